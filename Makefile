@@ -1,0 +1,43 @@
+# Two entry points: `make demo` and `make test`. Everything either needs is installed from here,
+# so a fresh machine needs nothing but this checkout, Python 3.10+, Go and network access to the
+# package registries.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+EXTRAS := train,serve,operator,dev
+DEBIAN_PACKAGES := prometheus dataset-fashion-mnist
+PYTEST_ARGS ?=
+
+.PHONY: test demo venv system-deps assets lint typecheck pytest clean
+
+test: venv system-deps assets lint typecheck pytest
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip setuptools wheel
+	$(PIP) install --quiet --progress-bar off -e '.[$(EXTRAS)]'
+	@touch $(STAMP)
+
+system-deps:
+	@bash hack/install-system-deps.sh $(DEBIAN_PACKAGES)
+
+assets:
+	@bash hack/build-k8s-assets.sh
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+pytest: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,90 @@
+"""The ``elastiserve`` command.
+
+Subcommands register themselves lazily: the parser names every command but imports a component
+only when that command runs, so ``elastiserve --help`` works on an install with no extras (the
+operator image has no torch, the serving image has no kopf).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from elastiserve import __version__
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand whose implementation lives in a component that may not be installed."""
+
+    name: str
+    help: str
+    module: str
+    extra: str
+
+
+# Each module exposes ``add_arguments(parser)`` and ``run(args) -> int``.
+COMMANDS: tuple[Command, ...] = ()
+
+
+def _version(_: argparse.Namespace) -> int:
+    print(f"elastiserve {__version__}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="elastiserve",
+        description=(
+            "Serve PyTorch CNNs at nested capacities from one set of weights and switch between "
+            "them at runtime to hold a latency objective."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"elastiserve {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    version = sub.add_parser("version", help="print the version and exit")
+    version.set_defaults(func=_version)
+    for command in COMMANDS:
+        try:
+            module = importlib.import_module(command.module)
+        except ImportError as err:
+            missing = err.name or command.module
+            placeholder = sub.add_parser(
+                command.name, help=f"{command.help} (needs the '{command.extra}' extra)"
+            )
+            placeholder.set_defaults(func=_missing_extra(command, missing))
+            continue
+        cmd_parser = sub.add_parser(command.name, help=command.help)
+        module.add_arguments(cmd_parser)
+        cmd_parser.set_defaults(func=module.run)
+    return parser
+
+
+def _missing_extra(command: Command, missing: str) -> Callable[[argparse.Namespace], int]:
+    def fail(_: argparse.Namespace) -> int:
+        print(
+            f"elastiserve {command.name}: module '{missing}' is not installed; "
+            f"install it with: pip install 'elastiserve[{command.extra}]'",
+            file=sys.stderr,
+        )
+        return 2
+
+    return fail
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 0
+    result: int = func(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

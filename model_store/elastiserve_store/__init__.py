@@ -1,0 +1,1 @@
+"""elastiserve_store."""
