@@ -1,0 +1,562 @@
+"""Typed, validated view of an ``ElasticModel`` spec.
+
+The CRD (``crd/elasticmodels.yaml``) is what the API server enforces; this module is its
+Python mirror so that the policy engine, the simulator and the cluster-less mode
+(``elastiserve serve``) all read one frozen, fully-defaulted object instead of poking at
+nested dicts. Two reasons to mirror the CRD rather than trust it:
+
+* the local mode has no API server, so nobody else applies the defaults or the CEL rules;
+* a handler that receives a spec from an older CRD version (or a hand-edited object) should
+  fail with a readable path (``spec.policy.panicWindowSeconds: ...``) instead of a
+  ``KeyError`` deep in the policy.
+
+Parsing is pure: ``parse_spec(dict) -> ElasticModelSpec`` raises ``SpecError``; it never
+touches the cluster. ``check_update(old, new)`` mirrors the CRD's transition rules
+(immutable fields). The defaults below are the single source of truth; a test checks that
+the CRD's ``default:`` values agree with them.
+
+Wiring (for the kopf handlers): call ``parse_spec(body["spec"])`` at the top of each
+handler and turn ``SpecError`` into ``kopf.PermanentError`` (retrying cannot fix a bad
+spec); the schema has already rejected most of these, so hitting one is a version skew.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+__all__ = [
+    "DEFAULTS",
+    "ElasticModelSpec",
+    "LevelBounds",
+    "LocalPathSource",
+    "ModelSource",
+    "ModelSpec",
+    "NodePressureThresholds",
+    "Objective",
+    "PolicyMode",
+    "PolicySettings",
+    "ProfileEntry",
+    "PvcSource",
+    "ServingSettings",
+    "SpecError",
+    "UrlSource",
+    "check_update",
+    "parse_spec",
+]
+
+MAX_LEVELS = 16
+"""Upper bound on the number of nested levels; keeps CEL costs and status small."""
+
+
+class SpecError(ValueError):
+    """A spec the operator cannot act on; ``path`` names the offending field."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+class PolicyMode(str, Enum):
+    """How the policy picks the next level.
+
+    ``Predictive`` asks the queueing model which level fits the measured request rate and
+    jumps there; ``Step`` moves one level at a time and only looks at the measured p95
+    (the naive baseline, kept because it needs no profile).
+    """
+
+    PREDICTIVE = "Predictive"
+    STEP = "Step"
+
+
+# --- Defaults: mirrored in crd/elasticmodels.yaml (tests/operator/test_crd.py checks). ---
+DEFAULTS: Mapping[str, Any] = {
+    "replicas": 1,
+    "allowRequestPinning": False,
+    "levels.minLevel": 0,
+    "policy.mode": PolicyMode.PREDICTIVE.value,
+    "policy.evaluationIntervalSeconds": 5,
+    "policy.stableWindowSeconds": 60,
+    "policy.panicWindowSeconds": 6,
+    "policy.panicThreshold": 2.0,
+    "policy.tolerance": 0.1,
+    "policy.headroom": 0.2,
+    "policy.widenStabilizationSeconds": 300,
+    "policy.settleSeconds": 30,
+    "policy.staleAfterSeconds": 60,
+    "nodePressure.enabled": True,
+    "nodePressure.cpuFraction": 0.9,
+    "nodePressure.memoryFraction": 0.9,
+    "nodePressure.temperatureCelsius": 85.0,
+    "nodePressure.gpuLoadPercent": 95.0,
+    "serving.workers": 1,
+    "serving.batchSize": 1,
+    "serving.maxBatchDelayMs": 10,
+}
+
+_SHA256 = re.compile(r"^[a-f0-9]{64}$")
+_URL = re.compile(r"^https?://[^\s/$.?#][^\s]*$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+# --------------------------------------------------------------------------- dataclasses
+
+
+@dataclass(frozen=True)
+class PvcSource:
+    """A ``.mar`` on a PersistentVolumeClaim, ``path`` relative to the volume root."""
+
+    claim_name: str
+    path: str
+
+
+@dataclass(frozen=True)
+class UrlSource:
+    """A ``.mar`` fetched over HTTP(S); the digest is checked before the archive is used."""
+
+    url: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class LocalPathSource:
+    """A ``.mar`` already on the serving host (tests and the cluster-less mode)."""
+
+    path: str
+
+
+ModelSource = PvcSource | UrlSource | LocalPathSource
+
+
+@dataclass(frozen=True)
+class ProfileEntry:
+    """One level's measured numbers as written in the CR (overrides the bundle manifest)."""
+
+    name: str
+    service_time_ms: float | None
+    capacity_rps: float | None
+    accuracy: float | None
+    macs: int | None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to serve: the archive, how many nested levels it holds, optional profile."""
+
+    source: ModelSource
+    level_count: int
+    name: str | None = None
+    profile: tuple[ProfileEntry, ...] = ()
+
+
+@dataclass(frozen=True)
+class LevelBounds:
+    """The levels the policy may choose from; ``max_level`` is always resolved."""
+
+    min_level: int
+    max_level: int
+    initial_level: int
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The latency objective and the PromQL that measures it (``None`` = operator default)."""
+
+    p95_ms: int
+    latency_query: str | None = None
+    request_rate_query: str | None = None
+
+    @property
+    def p95_s(self) -> float:
+        """The objective in seconds, the unit every latency in the policy uses."""
+        return self.p95_ms / 1000.0
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """Windows and thresholds of the level policy (see ``policy.py`` for their use)."""
+
+    mode: PolicyMode = PolicyMode.PREDICTIVE
+    evaluation_interval_s: int = 5
+    stable_window_s: int = 60
+    panic_window_s: int = 6
+    panic_threshold: float = 2.0
+    tolerance: float = 0.1
+    headroom: float = 0.2
+    widen_stabilization_s: int = 300
+    settle_s: int = 30
+    stale_after_s: int = 60
+
+
+@dataclass(frozen=True)
+class NodePressureThresholds:
+    """Node readings at or above which the policy narrows step by step and never widens."""
+
+    enabled: bool = True
+    cpu_fraction: float = 0.9
+    memory_fraction: float = 0.9
+    temperature_c: float = 85.0
+    gpu_load_percent: float = 95.0
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    """Pod-level serving knobs; ``workers`` also feeds the queueing model's server count."""
+
+    workers: int = 1
+    batch_size: int = 1
+    max_batch_delay_ms: int = 10
+    image: str | None = None
+    resources: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    runtime_class_name: str | None = None
+
+
+@dataclass(frozen=True)
+class ElasticModelSpec:
+    """The whole spec, defaulted and validated like the API server would."""
+
+    model: ModelSpec
+    levels: LevelBounds
+    objective: Objective
+    replicas: int = 1
+    policy: PolicySettings = PolicySettings()
+    node_pressure: NodePressureThresholds = NodePressureThresholds()
+    serving: ServingSettings = ServingSettings()
+    allow_request_pinning: bool = False
+
+
+# --------------------------------------------------------------------------- reading helpers
+
+
+class _Reader:
+    """Typed access to one mapping with the JSON path kept for error messages."""
+
+    def __init__(self, raw: object, path: str) -> None:
+        if not isinstance(raw, Mapping):
+            raise SpecError(path, f"must be an object, got {type(raw).__name__}")
+        self.raw: Mapping[str, Any] = raw
+        self.path = path
+
+    def at(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def has(self, key: str) -> bool:
+        return self.raw.get(key) is not None
+
+    def sub(self, key: str, *, required: bool = False) -> _Reader:
+        value = self.raw.get(key)
+        if value is None:
+            if required:
+                raise SpecError(self.at(key), "is required")
+            value = {}
+        return _Reader(value, self.at(key))
+
+    def integer(
+        self, key: str, default: int | None, lo: int | None = None, hi: int | None = None
+    ) -> int:
+        value = self.raw.get(key, default)
+        if value is None:
+            raise SpecError(self.at(key), "is required")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SpecError(self.at(key), f"must be an integer, got {value!r}")
+        _check_range(self.at(key), value, lo, hi)
+        return value
+
+    def optional_integer(
+        self, key: str, lo: int | None = None, hi: int | None = None
+    ) -> int | None:
+        return self.integer(key, None, lo, hi) if self.has(key) else None
+
+    def number(
+        self,
+        key: str,
+        default: float | None,
+        lo: float | None = None,
+        hi: float | None = None,
+        *,
+        lo_exclusive: bool = False,
+        hi_exclusive: bool = False,
+    ) -> float:
+        value = self.raw.get(key, default)
+        if value is None:
+            raise SpecError(self.at(key), "is required")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise SpecError(self.at(key), f"must be a number, got {value!r}")
+        number = float(value)
+        if not math.isfinite(number):
+            raise SpecError(self.at(key), "must be finite")
+        if lo is not None and (number <= lo if lo_exclusive else number < lo):
+            raise SpecError(self.at(key), f"must be {'>' if lo_exclusive else '>='} {lo}")
+        if hi is not None and (number >= hi if hi_exclusive else number > hi):
+            raise SpecError(self.at(key), f"must be {'<' if hi_exclusive else '<='} {hi}")
+        return number
+
+    def optional_number(self, key: str, lo: float | None = None) -> float | None:
+        return self.number(key, None, lo) if self.has(key) else None
+
+    def string(self, key: str, *, required: bool = True, max_length: int = 1024) -> str:
+        value = self.raw.get(key)
+        if value is None:
+            raise SpecError(self.at(key), "is required")
+        if not isinstance(value, str) or (required and not value):
+            raise SpecError(self.at(key), f"must be a non-empty string, got {value!r}")
+        if len(value) > max_length:
+            raise SpecError(self.at(key), f"must be at most {max_length} characters")
+        return value
+
+    def optional_string(self, key: str, max_length: int = 4096) -> str | None:
+        return self.string(key, max_length=max_length) if self.has(key) else None
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.raw.get(key, default)
+        if not isinstance(value, bool):
+            raise SpecError(self.at(key), f"must be true or false, got {value!r}")
+        return value
+
+    def string_map(self, key: str) -> dict[str, str]:
+        value = self.raw.get(key) or {}
+        if not isinstance(value, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise SpecError(self.at(key), "must be a map of strings to strings")
+        return dict(value)
+
+
+def _check_range(path: str, value: int, lo: int | None, hi: int | None) -> None:
+    if lo is not None and value < lo:
+        raise SpecError(path, f"must be >= {lo}, got {value}")
+    if hi is not None and value > hi:
+        raise SpecError(path, f"must be <= {hi}, got {value}")
+
+
+# --------------------------------------------------------------------------- section parsers
+
+
+def _parse_source(r: _Reader) -> ModelSource:
+    present = [k for k in ("pvc", "url", "localPath") if r.has(k)]
+    if len(present) != 1:
+        raise SpecError(r.path, "exactly one of pvc, url, localPath must be set")
+    kind = present[0]
+    if kind == "pvc":
+        pvc = r.sub("pvc")
+        claim = pvc.string("claimName", max_length=253)
+        path = pvc.string("path", max_length=1024)
+        if path.startswith("/") or ".." in path:
+            raise SpecError(pvc.at("path"), "must be relative to the volume and not contain '..'")
+        return PvcSource(claim_name=claim, path=path)
+    if kind == "url":
+        url = r.sub("url")
+        address = url.string("url", max_length=2048)
+        if not _URL.match(address):
+            raise SpecError(url.at("url"), "must be an http:// or https:// URL")
+        digest = url.string("sha256", max_length=64)
+        if not _SHA256.match(digest):
+            raise SpecError(url.at("sha256"), "must be 64 lowercase hex characters")
+        return UrlSource(url=address, sha256=digest)
+    path = r.string("localPath", max_length=4096)
+    if not path.startswith("/"):
+        raise SpecError(r.at("localPath"), "must be an absolute path")
+    return LocalPathSource(path=path)
+
+
+def _parse_profile(raw: object, path: str, level_count: int) -> tuple[ProfileEntry, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise SpecError(path, "must be a list")
+    if len(raw) != level_count:
+        raise SpecError(path, "must list exactly levelCount entries, narrowest first")
+    entries = []
+    for index, item in enumerate(raw):
+        r = _Reader(item, f"{path}[{index}]")
+        service = r.optional_number("serviceTimeMs", lo=0.0)
+        capacity = r.optional_number("capacityRps", lo=0.0)
+        if not service and not capacity:
+            raise SpecError(r.path, "needs serviceTimeMs or capacityRps (> 0)")
+        accuracy = r.number("accuracy", None, 0.0, 1.0) if r.has("accuracy") else None
+        entries.append(
+            ProfileEntry(
+                name=r.string("name", max_length=63) if r.has("name") else f"level-{index}",
+                service_time_ms=service or None,
+                capacity_rps=capacity or None,
+                accuracy=accuracy,
+                macs=r.optional_integer("macs", lo=0),
+            )
+        )
+    return tuple(entries)
+
+
+def _parse_model(r: _Reader) -> ModelSpec:
+    level_count = r.integer("levelCount", None, 1, MAX_LEVELS)
+    name = r.optional_string("name", max_length=63)
+    if name is not None and not _DNS_LABEL.match(name):
+        raise SpecError(r.at("name"), "must be a DNS label (lowercase letters, digits, '-')")
+    return ModelSpec(
+        source=_parse_source(r.sub("source", required=True)),
+        level_count=level_count,
+        name=name,
+        profile=_parse_profile(r.raw.get("profile"), r.at("profile"), level_count),
+    )
+
+
+def _parse_levels(r: _Reader, level_count: int) -> LevelBounds:
+    top = level_count - 1
+    min_level = r.integer("minLevel", DEFAULTS["levels.minLevel"], 0, MAX_LEVELS - 1)
+    max_level = r.integer("maxLevel", top, 0, MAX_LEVELS - 1)
+    if min_level > top:
+        raise SpecError(r.at("minLevel"), "minLevel must be < model.levelCount")
+    if max_level > top:
+        raise SpecError(r.at("maxLevel"), "maxLevel must be < model.levelCount")
+    if min_level > max_level:
+        raise SpecError(r.at("minLevel"), "minLevel must be <= maxLevel")
+    initial = r.integer("initialLevel", max_level, 0, MAX_LEVELS - 1)
+    if not min_level <= initial <= max_level:
+        raise SpecError(r.at("initialLevel"), "initialLevel must lie in [minLevel, maxLevel]")
+    return LevelBounds(min_level=min_level, max_level=max_level, initial_level=initial)
+
+
+def _parse_objective(r: _Reader) -> Objective:
+    return Objective(
+        p95_ms=r.integer("p95Ms", None, 1, 600_000),
+        latency_query=r.optional_string("latencyQuery"),
+        request_rate_query=r.optional_string("requestRateQuery"),
+    )
+
+
+def _parse_policy(r: _Reader) -> PolicySettings:
+    d = DEFAULTS
+    mode_raw = r.raw.get("mode", d["policy.mode"])
+    try:
+        mode = PolicyMode(mode_raw)
+    except ValueError:
+        allowed = ", ".join(m.value for m in PolicyMode)
+        raise SpecError(r.at("mode"), f"must be one of {allowed}, got {mode_raw!r}") from None
+    p = PolicySettings(
+        mode=mode,
+        evaluation_interval_s=r.integer(
+            "evaluationIntervalSeconds", d["policy.evaluationIntervalSeconds"], 1, 60
+        ),
+        stable_window_s=r.integer("stableWindowSeconds", d["policy.stableWindowSeconds"], 6, 3600),
+        panic_window_s=r.integer("panicWindowSeconds", d["policy.panicWindowSeconds"], 1, 600),
+        panic_threshold=r.number(
+            "panicThreshold", d["policy.panicThreshold"], 1.0, 10.0, lo_exclusive=True
+        ),
+        tolerance=r.number("tolerance", d["policy.tolerance"], 0.0, 0.5),
+        headroom=r.number("headroom", d["policy.headroom"], 0.0, 0.9),
+        widen_stabilization_s=r.integer(
+            "widenStabilizationSeconds", d["policy.widenStabilizationSeconds"], 0, 3600
+        ),
+        settle_s=r.integer("settleSeconds", d["policy.settleSeconds"], 0, 600),
+        stale_after_s=r.integer("staleAfterSeconds", d["policy.staleAfterSeconds"], 1, 3600),
+    )
+    # Relations: each mirrors one CEL rule on spec.policy in the CRD, same wording.
+    if p.panic_window_s > p.stable_window_s:
+        raise SpecError(
+            r.at("panicWindowSeconds"), "panicWindowSeconds must be <= stableWindowSeconds"
+        )
+    if p.evaluation_interval_s > p.panic_window_s:
+        raise SpecError(
+            r.at("evaluationIntervalSeconds"),
+            "evaluationIntervalSeconds must be <= panicWindowSeconds",
+        )
+    if p.panic_threshold <= 1.0 + p.tolerance:
+        raise SpecError(r.at("panicThreshold"), "panicThreshold must be > 1 + tolerance")
+    if p.settle_s > p.widen_stabilization_s:
+        raise SpecError(r.at("settleSeconds"), "settleSeconds must be <= widenStabilizationSeconds")
+    if p.stale_after_s < p.evaluation_interval_s:
+        raise SpecError(
+            r.at("staleAfterSeconds"), "staleAfterSeconds must be >= evaluationIntervalSeconds"
+        )
+    return p
+
+
+def _parse_node_pressure(r: _Reader) -> NodePressureThresholds:
+    d = DEFAULTS
+    return NodePressureThresholds(
+        enabled=r.boolean("enabled", d["nodePressure.enabled"]),
+        cpu_fraction=r.number(
+            "cpuFraction", d["nodePressure.cpuFraction"], 0.0, 1.0, lo_exclusive=True
+        ),
+        memory_fraction=r.number(
+            "memoryFraction", d["nodePressure.memoryFraction"], 0.0, 1.0, lo_exclusive=True
+        ),
+        temperature_c=r.number(
+            "temperatureCelsius", d["nodePressure.temperatureCelsius"], 30.0, 120.0
+        ),
+        gpu_load_percent=r.number("gpuLoadPercent", d["nodePressure.gpuLoadPercent"], 1.0, 100.0),
+    )
+
+
+def _parse_serving(r: _Reader) -> ServingSettings:
+    d = DEFAULTS
+    resources = r.sub("resources")
+    tolerations = r.raw.get("tolerations") or []
+    if not isinstance(tolerations, list) or not all(isinstance(t, Mapping) for t in tolerations):
+        raise SpecError(r.at("tolerations"), "must be a list of objects")
+    return ServingSettings(
+        workers=r.integer("workers", d["serving.workers"], 1, 64),
+        batch_size=r.integer("batchSize", d["serving.batchSize"], 1, 256),
+        max_batch_delay_ms=r.integer("maxBatchDelayMs", d["serving.maxBatchDelayMs"], 0, 10_000),
+        image=r.optional_string("image"),
+        resources={
+            key: {k: str(v) for k, v in resources.sub(key).raw.items()}
+            for key in ("requests", "limits")
+            if resources.has(key)
+        },
+        node_selector=r.string_map("nodeSelector"),
+        tolerations=tuple(dict(t) for t in tolerations),
+        runtime_class_name=r.optional_string("runtimeClassName", max_length=253),
+    )
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def parse_spec(raw: object) -> ElasticModelSpec:
+    """Default and validate ``raw`` (the CR's ``spec``) exactly as the CRD does.
+
+    Raises ``SpecError`` naming the first offending field. The order of checks follows the
+    document (model, levels, objective, ...) so the message is stable for a given input.
+    """
+    r = _Reader(raw, "spec")
+    model = _parse_model(r.sub("model", required=True))
+    levels = _parse_levels(r.sub("levels"), model.level_count)
+    objective = _parse_objective(r.sub("objective", required=True))
+    spec = ElasticModelSpec(
+        model=model,
+        levels=levels,
+        objective=objective,
+        replicas=r.integer("replicas", DEFAULTS["replicas"], 0, 1000),
+        policy=_parse_policy(r.sub("policy")),
+        node_pressure=_parse_node_pressure(r.sub("nodePressure")),
+        serving=_parse_serving(r.sub("serving")),
+        allow_request_pinning=r.boolean("allowRequestPinning", DEFAULTS["allowRequestPinning"]),
+    )
+    if spec.serving.max_batch_delay_ms >= spec.objective.p95_ms:
+        raise SpecError(
+            "spec.serving.maxBatchDelayMs",
+            "maxBatchDelayMs must be < objective.p95Ms (a batch wait alone would break it)",
+        )
+    return spec
+
+
+def check_update(old: object, new: object) -> ElasticModelSpec:
+    """Validate ``new`` as an update of ``old`` (the CRD's transition rules).
+
+    ``model.levelCount`` is immutable: ``status.activeLevel``, the policy state and every
+    pod's level file index into the bundle's levels, so a bundle with another level count
+    is a different ``ElasticModel``. The source itself may change (a retrained bundle with
+    the same levels rolls out like a new image).
+    """
+    new_spec = parse_spec(new)
+    old_spec = parse_spec(old)
+    if old_spec.model.level_count != new_spec.model.level_count:
+        raise SpecError("spec.model.levelCount", "levelCount is immutable")
+    return new_spec
