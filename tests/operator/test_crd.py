@@ -1,0 +1,100 @@
+"""The CRD document: readable with kubectl explain, and in step with the Python mirror."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import elastiserve_operator
+import pytest
+import yaml
+from elastiserve_operator.spec import DEFAULTS
+
+from .invalid_specs import INVALID_SPECS
+
+CRD_PATH = Path(elastiserve_operator.__file__).parent / "crd" / "elasticmodels.yaml"
+
+
+@pytest.fixture(scope="module")
+def crd() -> dict[str, Any]:
+    with CRD_PATH.open() as handle:
+        loaded: dict[str, Any] = yaml.safe_load(handle)
+    return loaded
+
+
+def _version(crd: dict[str, Any]) -> dict[str, Any]:
+    (version,) = crd["spec"]["versions"]
+    assert isinstance(version, dict)
+    return version
+
+
+def _properties(schema: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    for name, sub in schema.get("properties", {}).items():
+        yield f"{path}.{name}", sub
+        yield from _properties(sub, f"{path}.{name}")
+    if "items" in schema:
+        yield from _properties(schema["items"], f"{path}[]")
+
+
+def _schema_at(root: dict[str, Any], dotted: str) -> dict[str, Any]:
+    node = root
+    for key in dotted.split("."):
+        node = node["properties"][key]
+    return node
+
+
+class TestShape:
+    def test_identity(self, crd: dict[str, Any]) -> None:
+        assert crd["metadata"]["name"] == "elasticmodels.elastiserve.io"
+        assert crd["spec"]["group"] == "elastiserve.io"
+        assert crd["spec"]["scope"] == "Namespaced"
+        assert crd["spec"]["names"]["kind"] == "ElasticModel"
+        assert "em" in crd["spec"]["names"]["shortNames"]
+        version = _version(crd)
+        assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
+        assert version["subresources"] == {"status": {}}
+
+    def test_printer_columns(self, crd: dict[str, Any]) -> None:
+        columns = {c["name"]: c["jsonPath"] for c in _version(crd)["additionalPrinterColumns"]}
+        assert columns["Level"] == ".status.activeLevel"
+        assert columns["P95 ms"] == ".status.p95Ms"
+        assert columns["Objective ms"] == ".spec.objective.p95Ms"
+        assert columns["Ready"] == ".status.readyReplicas"
+        assert columns["Age"] == ".metadata.creationTimestamp"
+
+    def test_every_field_has_a_description(self, crd: dict[str, Any]) -> None:
+        root = _version(crd)["schema"]["openAPIV3Schema"]
+        undocumented = [
+            path
+            for path, schema in _properties(root, "")
+            if path != ".metadata" and not schema.get("description")
+        ]
+        assert undocumented == []
+
+    def test_status_conditions_are_a_map_keyed_by_type(self, crd: dict[str, Any]) -> None:
+        root = _version(crd)["schema"]["openAPIV3Schema"]
+        conditions = _schema_at(root, "status.conditions")
+        assert conditions["x-kubernetes-list-type"] == "map"
+        assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+        assert "observedGeneration" in conditions["items"]["properties"]
+
+
+class TestInStepWithPython:
+    @pytest.mark.parametrize("key", sorted(DEFAULTS))
+    def test_defaults_match(self, crd: dict[str, Any], key: str) -> None:
+        root = _version(crd)["schema"]["openAPIV3Schema"]
+        assert _schema_at(root, f"spec.{key}")["default"] == DEFAULTS[key]
+
+    def test_sections_with_defaults_default_to_empty_objects(self, crd: dict[str, Any]) -> None:
+        # Without `default: {}` on the parent, the API server never applies nested defaults
+        # when the whole section is omitted, and the CEL rules would see missing fields.
+        root = _version(crd)["schema"]["openAPIV3Schema"]
+        for section in ("levels", "policy", "nodePressure", "serving"):
+            assert _schema_at(root, f"spec.{section}")["default"] == {}
+
+    @pytest.mark.parametrize(
+        "case", [c for c in INVALID_SPECS if c.kind == "cel"], ids=lambda c: c.name
+    )
+    def test_cel_messages_exist(self, case: Any) -> None:
+        assert case.message in CRD_PATH.read_text()
