@@ -1,0 +1,87 @@
+"""Runtime settings, read from the ``handler:`` section of TorchServe's ``model-config.yaml``.
+
+Everything a deployment may want to tune without rebuilding the bundle lives here; the parser
+accepts a plain mapping so that it is independent of TorchServe and easy to table-test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .decode import DecodeLimits
+
+DEFAULT_CONTROL_FILE = Path("/dev/shm/elastiserve/level.json")
+PIN_HEADER = "x-elastiserve-level"
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """How the runtime serves; see :func:`settings_from_mapping` for the keys."""
+
+    control_file: Path | None = DEFAULT_CONTROL_FILE
+    default_level: str | None = None  # None: the widest level
+    allow_pin: bool = False
+    top_k: int = 5
+    limits: DecodeLimits = field(default_factory=DecodeLimits)
+    warmup_batch: int = 2
+    threads: int = 0  # torch intra-op threads per worker; 0 leaves torch's default
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise ValueError("top_k must be at least 1")
+        if self.warmup_batch < 0 or self.threads < 0:
+            raise ValueError("warmup_batch and threads must not be negative")
+
+
+def settings_from_mapping(raw: Mapping[str, object]) -> RuntimeSettings:
+    """Parse the ``handler:`` mapping; unknown keys are rejected so typos do not pass silently.
+
+    Keys: ``control_file`` (path, or empty for none), ``default_level``, ``allow_pin``,
+    ``top_k``, ``max_body_bytes``, ``max_image_pixels``, ``max_samples``, ``warmup_batch``,
+    ``threads``.
+    """
+    known = {
+        "control_file",
+        "default_level",
+        "allow_pin",
+        "top_k",
+        "max_body_bytes",
+        "max_image_pixels",
+        "max_samples",
+        "warmup_batch",
+        "threads",
+    }
+    unknown = set(raw) - known
+    if unknown:
+        raise ValueError(f"unknown handler settings: {sorted(unknown)}")
+    defaults = RuntimeSettings()
+    control = raw.get("control_file", str(DEFAULT_CONTROL_FILE))
+    limits = DecodeLimits(
+        max_body_bytes=_int(raw, "max_body_bytes", defaults.limits.max_body_bytes),
+        max_image_pixels=_int(raw, "max_image_pixels", defaults.limits.max_image_pixels),
+        max_samples=_int(raw, "max_samples", defaults.limits.max_samples),
+    )
+    default_level = raw.get("default_level")
+    if default_level is not None and not isinstance(default_level, str):
+        raise ValueError("default_level must be a string")
+    allow_pin = raw.get("allow_pin", defaults.allow_pin)
+    if not isinstance(allow_pin, bool):
+        raise ValueError("allow_pin must be a boolean")
+    return RuntimeSettings(
+        control_file=Path(str(control)) if control else None,
+        default_level=default_level,
+        allow_pin=allow_pin,
+        top_k=_int(raw, "top_k", defaults.top_k),
+        limits=limits,
+        warmup_batch=_int(raw, "warmup_batch", defaults.warmup_batch),
+        threads=_int(raw, "threads", defaults.threads),
+    )
+
+
+def _int(raw: Mapping[str, object], key: str, default: int) -> int:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{key} must be an integer")
+    return value

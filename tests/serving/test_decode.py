@@ -1,0 +1,141 @@
+"""The request decoder: accepted formats, geometry conversion, and refusal of everything else."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import torch
+from elastiserve_serve.runtime import BadRequest, DecodeLimits, InputSpec, Normalisation
+from elastiserve_serve.runtime.decode import decode
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from .tiny import SPEC, png_bytes
+
+NORM = Normalisation((0.0,), (1.0,))
+RGB = InputSpec(3, 8, 8)
+RGB_NORM = Normalisation((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+LIMITS = DecodeLimits(max_body_bytes=1 << 20, max_image_pixels=512 * 512, max_samples=4)
+
+
+class TestImages:
+    @pytest.mark.parametrize("mode", ["L", "RGB", "RGBA"])
+    @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+    def test_converts_to_model_geometry(self, mode: str, fmt: str) -> None:
+        if fmt == "JPEG" and mode == "RGBA":
+            pytest.skip("JPEG has no alpha")
+        body = png_bytes(20, 13, mode, fmt)
+        for spec, norm in ((SPEC, NORM), (RGB, RGB_NORM)):
+            out = decode(body, spec, norm, LIMITS)
+            assert out.shape == (1, *spec.shape)
+            assert out.dtype == torch.float32
+            assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+
+    def test_normalisation_applied(self) -> None:
+        body = png_bytes(8, 8)
+        plain = decode(body, SPEC, NORM, LIMITS)
+        shifted = decode(body, SPEC, Normalisation((0.5,), (0.5,)), LIMITS)
+        assert torch.allclose(shifted, (plain - 0.5) / 0.5)
+
+    @pytest.mark.parametrize("size", [(600, 600), (5000, 5000)])
+    def test_huge_image_refused_from_header(self, size: tuple[int, int]) -> None:
+        # A real, highly compressible PNG: small on the wire, huge once decoded.
+        buffer = io.BytesIO()
+        Image.new("L", size).save(buffer, format="PNG")
+        assert len(buffer.getvalue()) < LIMITS.max_body_bytes
+        with pytest.raises(BadRequest) as err:
+            decode(buffer.getvalue(), SPEC, NORM, LIMITS)
+        assert err.value.status == 413
+
+    def test_truncated_png(self) -> None:
+        with pytest.raises(BadRequest) as err:
+            decode(png_bytes()[:40], SPEC, NORM, LIMITS)
+        assert err.value.status == 400
+
+    def test_body_size_limit(self) -> None:
+        with pytest.raises(BadRequest) as err:
+            decode(b"[" + b"0," * (1 << 20) + b"0]", SPEC, NORM, LIMITS)
+        assert err.value.status == 413
+
+
+class TestJson:
+    def test_single_and_batch(self) -> None:
+        one = [[[0.5] * 8] * 8]
+        assert decode(json.dumps(one), SPEC, NORM, LIMITS).shape == (1, 1, 8, 8)
+        assert decode(json.dumps({"data": [one, one]}), SPEC, NORM, LIMITS).shape == (2, 1, 8, 8)
+        assert decode(json.dumps([[0.1] * 8] * 8), SPEC, NORM, LIMITS).shape == (1, 1, 8, 8)
+
+    @pytest.mark.parametrize(
+        ("body", "status"),
+        [
+            (b"", 400),
+            (b"hello", 415),
+            (b"{", 400),
+            (b'{"data": 1}', 400),
+            (b'{"x": []}', 400),
+            (b"[1, 2, 3]", 400),
+            (b'[["a"]]', 400),
+            (b"[[[true]]]", 400),
+            (json.dumps([[[0.5] * 8] * 7]).encode(), 400),
+            (json.dumps([[[0.5] * 8] * 8, [[0.5] * 7] * 8]).encode(), 400),
+            (json.dumps([[[1e39] * 8] * 8]).encode(), 400),
+            (json.dumps([[[[0.0] * 8] * 8]] * 5).encode(), 413),
+            (json.dumps([[[[0.0] * 8] * 8]] * 0).encode(), 400),
+            (b"[" * 100000 + b"]" * 100000, 400),
+            (b"[[[NaN]]]", 400),
+            (b"\xff\xfe[", 415),
+            (b"[\xff]", 400),
+        ],
+    )
+    def test_refused(self, body: bytes, status: int) -> None:
+        with pytest.raises(BadRequest) as err:
+            decode(body, SPEC, NORM, LIMITS)
+        assert err.value.status == status
+        assert err.value.reason
+
+
+class TestFuzz:
+    """Whatever arrives, the decoder answers a tensor or a 4xx: never another exception."""
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.binary(max_size=2048))
+    def test_random_bytes(self, body: bytes) -> None:
+        _decode_or_4xx(body)
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.binary(max_size=512), st.sampled_from([b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"]))
+    def test_image_magic_with_garbage(self, tail: bytes, magic: bytes) -> None:
+        _decode_or_4xx(magic + tail)
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.integers(0, 400), st.binary(min_size=1, max_size=8))
+    def test_corrupted_real_png(self, position: int, patch: bytes) -> None:
+        body = bytearray(png_bytes(12, 9, "RGB"))
+        position %= len(body)
+        body[position : position + len(patch)] = patch
+        _decode_or_4xx(bytes(body))
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.recursive(
+            st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=5),
+            lambda children: st.lists(children, max_size=6)
+            | st.dictionaries(st.text(max_size=5), children, max_size=3),
+            max_leaves=80,
+        )
+    )
+    def test_wrong_json(self, document: object) -> None:
+        _decode_or_4xx(json.dumps(document).encode())
+
+
+def _decode_or_4xx(body: bytes) -> None:
+    try:
+        out = decode(body, SPEC, NORM, LIMITS)
+    except BadRequest as err:
+        assert 400 <= err.status < 500
+        return
+    assert out.shape[1:] == SPEC.shape
+    assert torch.isfinite(out).all()

@@ -1,0 +1,130 @@
+"""The runtime core: level choice per batch and per request, grouping, failures, metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from elastiserve_serve.runtime import (
+    ControlState,
+    ElasticRuntime,
+    Failure,
+    RawRequest,
+    RecordingMetrics,
+    RuntimeSettings,
+    Success,
+    write_control_file,
+)
+
+from .tiny import CLASSES, NAMES, png_bytes, tiny_levels
+
+SAMPLE = json.dumps([[[0.25] * 8] * 8])
+
+
+def runtime(tmp_path: Path, **kwargs: object) -> tuple[ElasticRuntime, RecordingMetrics, Path]:
+    control = tmp_path / "level.json"
+    metrics = RecordingMetrics()
+    settings = RuntimeSettings(control_file=control, **kwargs)  # type: ignore[arg-type]
+    rt = ElasticRuntime(tiny_levels(), settings, metrics)
+    rt.warm_up()
+    return rt, metrics, control
+
+
+def test_defaults_to_widest_level(tmp_path: Path) -> None:
+    rt, _, _ = runtime(tmp_path)
+    assert rt.active == "full"
+    (out,) = rt.handle([RawRequest(SAMPLE)])
+    assert isinstance(out, Success) and out.level == "full"
+    assert len(out.predictions) == 1 and len(out.predictions[0]) == 4
+    assert {p["label"] for p in out.predictions[0]} == set(CLASSES)
+    assert sum(float(p["probability"]) for p in out.predictions[0]) == pytest.approx(1, abs=1e-4)  # type: ignore[arg-type]
+
+
+def test_control_file_switches_without_reload(tmp_path: Path) -> None:
+    rt, metrics, control = runtime(tmp_path, default_level="medium")
+    modules = [id(m) for m in rt.levels.modules]
+    for generation, level in enumerate(["small", "full", "medium", "small"], start=1):
+        write_control_file(control, ControlState(level, generation))
+        (out,) = rt.handle([RawRequest(SAMPLE)])
+        assert isinstance(out, Success) and out.level == level
+    assert [id(m) for m in rt.levels.modules] == modules
+    assert metrics.active[-1] == ("small", 0)
+
+
+def test_unknown_level_in_control_file_keeps_current(tmp_path: Path) -> None:
+    rt, _, control = runtime(tmp_path)
+    write_control_file(control, ControlState("small", 1))
+    rt.handle([RawRequest(SAMPLE)])
+    write_control_file(control, ControlState("huge", 2))
+    (out,) = rt.handle([RawRequest(SAMPLE)])
+    assert isinstance(out, Success) and out.level == "small"
+
+
+def test_levels_answer_differently_and_match_direct_call(tmp_path: Path) -> None:
+    rt, _, control = runtime(tmp_path, top_k=4)
+    answers = {}
+    for generation, level in enumerate(NAMES, start=1):
+        write_control_file(control, ControlState(level, generation))
+        (out,) = rt.handle([RawRequest(SAMPLE)])
+        assert isinstance(out, Success)
+        answers[level] = out.predictions[0][0]["probability"]
+        x = (torch.full((1, 1, 8, 8), 0.25) - 0.5) / 0.25
+        expected = torch.softmax(rt.levels.module(level)(x), dim=1).max().item()
+        assert answers[level] == pytest.approx(expected, abs=1e-5)
+    assert len(set(answers.values())) == 3
+
+
+class TestPinning:
+    def test_refused_unless_allowed(self, tmp_path: Path) -> None:
+        rt, metrics, _ = runtime(tmp_path)
+        (out,) = rt.handle([RawRequest(SAMPLE, {"X-Elastiserve-Level": "small"})])
+        assert isinstance(out, Failure) and out.status == 403
+        assert metrics.rejected == [403]
+
+    def test_allowed_by_settings_groups_by_level(self, tmp_path: Path) -> None:
+        rt, metrics, _ = runtime(tmp_path, allow_pin=True)
+        batch = [
+            RawRequest(SAMPLE, {"x-elastiserve-level": "small"}),
+            RawRequest(SAMPLE),
+            RawRequest(png_bytes(), {"X-ELASTISERVE-LEVEL": "small"}),
+            RawRequest(SAMPLE, {"x-elastiserve-level": "nope"}),
+            RawRequest(b"garbage"),
+        ]
+        out = rt.handle(batch)
+        assert [o.level if isinstance(o, Success) else o.status for o in out] == [
+            "small", "full", "small", 400, 415,
+        ]
+        assert sorted(level for level, _ in metrics.served) == ["full", "small", "small"]
+        assert all(seconds > 0 for _, seconds in metrics.served)
+
+    def test_control_file_overrides_setting(self, tmp_path: Path) -> None:
+        rt, _, control = runtime(tmp_path, allow_pin=True)
+        write_control_file(control, ControlState("full", 1, allow_pin=False))
+        (out,) = rt.handle([RawRequest(SAMPLE, {"x-elastiserve-level": "small"})])
+        assert isinstance(out, Failure) and out.status == 403
+
+
+def test_client_batch_in_one_request(tmp_path: Path) -> None:
+    rt, _, _ = runtime(tmp_path)
+    body = json.dumps({"data": [[[[0.1] * 8] * 8], [[[0.9] * 8] * 8]]})
+    (out,) = rt.handle([RawRequest(body)])
+    assert isinstance(out, Success) and len(out.predictions) == 2
+
+
+def test_model_failure_is_500_for_its_group_only(tmp_path: Path) -> None:
+    rt, _, _ = runtime(tmp_path, allow_pin=True)
+
+    def broken(_: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("boom")
+
+    rt.levels.modules[0].forward = broken  # type: ignore[method-assign]
+    out = rt.handle([RawRequest(SAMPLE, {"x-elastiserve-level": "small"}), RawRequest(SAMPLE)])
+    assert isinstance(out[0], Failure) and out[0].status == 500
+    assert isinstance(out[1], Success)
+
+
+def test_bad_default_level(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        ElasticRuntime(tiny_levels(), RuntimeSettings(control_file=None, default_level="x"))
