@@ -1,1 +1,44 @@
-"""elastiserve_store."""
+"""elastiserve_store: nested model architectures, the bundle format and its verified loader.
+
+Depends on torch, safetensors and numpy only (never on training code or Torch-Pruning), so the
+serving image can load bundles without the training stack.
+"""
+
+from .architectures import ARCHITECTURES, build, full_widths
+from .bundle import NestedBundle, load_bundle, write_bundle, write_manifest
+from .errors import (
+    BundleError,
+    ChecksumMismatchError,
+    CorruptWeightsError,
+    ManifestError,
+    PickleWeightsError,
+    ShapeMismatchError,
+    TruncatedWeightsError,
+    UnknownSchemaVersionError,
+    WeightsMissingError,
+)
+from .manifest import SCHEMA_VERSION, InputSpec, LevelInfo, Manifest, Normalisation
+
+__all__ = [
+    "ARCHITECTURES",
+    "SCHEMA_VERSION",
+    "BundleError",
+    "ChecksumMismatchError",
+    "CorruptWeightsError",
+    "InputSpec",
+    "LevelInfo",
+    "Manifest",
+    "ManifestError",
+    "NestedBundle",
+    "Normalisation",
+    "PickleWeightsError",
+    "ShapeMismatchError",
+    "TruncatedWeightsError",
+    "UnknownSchemaVersionError",
+    "WeightsMissingError",
+    "build",
+    "full_widths",
+    "load_bundle",
+    "write_bundle",
+    "write_manifest",
+]

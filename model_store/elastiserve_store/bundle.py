@@ -1,0 +1,294 @@
+"""The nested bundle: ``manifest.json`` + ``weights.safetensors`` in one directory.
+
+Layout of the weights file:
+
+* ``shared.<tensor>``: every tensor the levels share (conv and hidden linear weights), stored
+  once at the largest level's width with each slot's channels in *nested order*, so level k's
+  copy is a prefix slice on every slotted axis;
+* ``levels.<k>.<tensor>``: what each level owns, at that level's width: batch-norm parameters
+  and running statistics (activation statistics differ per width) and the classifier head.
+
+All levels together therefore cost the full model plus a few small per-level tensors.
+:func:`load_bundle` runs every integrity check (schema version, pickle refusal, truncation,
+SHA-256, names and shapes against manifest and architecture) before a tensor is read.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import architectures, integrity, profile
+from .errors import ManifestError, ShapeMismatchError
+from .manifest import (
+    MANIFEST_NAME,
+    WEIGHTS_NAME,
+    InputSpec,
+    LevelInfo,
+    Manifest,
+    Normalisation,
+    WeightsRef,
+)
+from .slots import TensorSlots, Widths, expected_shape, prefix, tensor_slots, widths_of
+
+SHARED = "shared."
+
+
+def level_prefix(k: int) -> str:
+    """Name prefix of level ``k``'s own tensors in the weights file."""
+    return f"levels.{k}."
+
+
+def _layout(arch: str, arch_args: Mapping[str, Any]) -> tuple[dict[str, TensorSlots],
+                                                               dict[str, tuple[int, ...]]]:
+    """Slot axes and full-width shapes of every tensor of ``arch`` (built on the meta device)."""
+    with torch.device("meta"):
+        model = architectures.build(arch, arch_args)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return tensor_slots(model), shapes
+
+
+def expected_tensors(arch: str, arch_args: Mapping[str, Any], level_widths: Sequence[Widths]
+                     ) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor a bundle with these levels must hold."""
+    layout, shapes = _layout(arch, arch_args)
+    out: dict[str, tuple[int, ...]] = {}
+    top = level_widths[-1]
+    for name, info in layout.items():
+        if info.per_level:
+            for k, widths in enumerate(level_widths):
+                out[level_prefix(k) + name] = expected_shape(shapes[name], info.axes, widths)
+        else:
+            out[SHARED + name] = expected_shape(shapes[name], info.axes, top)
+    return out
+
+
+def split_nested(models: Sequence[nn.Module]) -> dict[str, torch.Tensor]:
+    """Turn level models (smallest first, channels already in nested order) into bundle tensors.
+
+    Raises ``ValueError`` if a level's shared tensors are not exactly a prefix of the largest
+    level's: that is the property the serving side relies on, so it is checked at write time.
+    """
+    if not models:
+        raise ValueError("need at least one level")
+    layout = tensor_slots(models[-1])
+    top = models[-1].state_dict()
+    out: dict[str, torch.Tensor] = {}
+    for name, info in layout.items():
+        if not info.per_level:
+            out[SHARED + name] = top[name].detach().cpu().contiguous().clone()
+    for k, model in enumerate(models):
+        widths = widths_of(model)
+        state = model.state_dict()
+        for name, info in layout.items():
+            tensor = state[name].detach().cpu()
+            if info.per_level:
+                out[level_prefix(k) + name] = tensor.contiguous().clone()
+            elif not torch.equal(prefix(out[SHARED + name], info.axes, widths), tensor):
+                raise ValueError(f"level {k}: tensor {name} is not a prefix of the largest "
+                                 f"level's; channels are not in nested order")
+    return out
+
+
+def write_bundle(
+    directory: str | Path,
+    *,
+    architecture: str,
+    arch_args: Mapping[str, Any],
+    models: Sequence[nn.Module],
+    names: Sequence[str] | None = None,
+    channel_ratios: Sequence[float],
+    input_spec: InputSpec,
+    normalisation: Normalisation,
+    class_names: Sequence[str],
+    accuracies: Sequence[float | None] | None = None,
+    latencies_ms: Sequence[tuple[float, float] | None] | None = None,
+    training: Mapping[str, Any] | None = None,
+) -> Manifest:
+    """Write a bundle from the level models (smallest first, nested channel order).
+
+    MACs and parameter counts are computed here from the models themselves, so the manifest
+    cannot disagree with the weights; accuracy and latency are measured by the caller.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    n = len(models)
+    names = list(names) if names is not None else [f"L{k}" for k in range(n)]
+    if not (len(names) == len(channel_ratios) == n):
+        raise ValueError("names, channel_ratios and models must have the same length")
+    tensors = split_nested(models)
+    shape = (input_spec.channels, input_spec.height, input_spec.width)
+    levels = []
+    for k, model in enumerate(models):
+        lat = latencies_ms[k] if latencies_ms is not None else None
+        levels.append(LevelInfo(
+            name=names[k],
+            channel_ratio=float(channel_ratios[k]),
+            widths=widths_of(model),
+            macs=profile.count_macs(model, shape),
+            params=profile.count_params(model),
+            accuracy=None if accuracies is None else accuracies[k],
+            latency_ms_b1=None if lat is None else lat[0],
+            latency_ms_b32=None if lat is None else lat[1],
+        ))
+    weights_path = directory / WEIGHTS_NAME
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".weights-", suffix=".tmp")
+    os.close(fd)
+    save_file(tensors, tmp, metadata={"format": "elastiserve-nested"})
+    os.replace(tmp, weights_path)
+    manifest = Manifest(
+        architecture=architecture,
+        arch_args=dict(arch_args),
+        levels=tuple(levels),
+        input=input_spec,
+        normalisation=normalisation,
+        class_names=tuple(class_names),
+        weights=WeightsRef(
+            file=WEIGHTS_NAME,
+            sha256=integrity.sha256_file(weights_path),
+            tensors={k: tuple(v.shape) for k, v in tensors.items()},
+        ),
+        training=dict(training or {}),
+    )
+    write_manifest(directory, manifest)
+    return manifest
+
+
+def write_manifest(directory: str | Path, manifest: Manifest) -> None:
+    """Atomically (re)write ``manifest.json`` (e.g. to add measured latencies)."""
+    path = Path(directory) / MANIFEST_NAME
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(manifest.to_json(), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class NestedBundle:
+    """A loaded, verified bundle; builds any level as a compact dense eval-mode model."""
+
+    manifest: Manifest
+    directory: Path
+    tensors: Mapping[str, torch.Tensor]
+
+    @property
+    def level_names(self) -> tuple[str, ...]:
+        return self.manifest.level_names
+
+    def level_index(self, level: int | str) -> int:
+        """Index of a level given by index or name."""
+        if isinstance(level, str):
+            try:
+                return self.level_names.index(level)
+            except ValueError:
+                raise KeyError(f"no level named {level!r}; levels: {self.level_names}") from None
+        if not 0 <= level < len(self.manifest.levels):
+            raise IndexError(f"level {level} out of range 0..{len(self.manifest.levels) - 1}")
+        return level
+
+    def state_dict(self, level: int | str) -> dict[str, torch.Tensor]:
+        """Level ``level``'s state dict; shared tensors are prefix *views* (no copy)."""
+        k = self.level_index(level)
+        widths = self.manifest.levels[k].widths
+        layout, _ = _layout(self.manifest.architecture, self.manifest.arch_args)
+        own = level_prefix(k)
+        state = {}
+        for name, info in layout.items():
+            if info.per_level:
+                state[name] = self.tensors[own + name]
+            else:
+                state[name] = prefix(self.tensors[SHARED + name], info.axes, widths)
+        return state
+
+    def build_level(self, level: int | str, *, share_storage: bool = False) -> nn.Module:
+        """Level ``level`` as a dense model in eval mode.
+
+        With ``share_storage`` the shared weights are views into the bundle's tensors, so all
+        levels together take about the memory of the largest (slicing on the input-channel axis
+        gives non-contiguous weights, which some kernels copy per call; off by default).
+        """
+        k = self.level_index(level)
+        m = self.manifest
+        with torch.device("meta"):
+            model = architectures.build(m.architecture, m.arch_args, m.levels[k].widths)
+        state = self.state_dict(k)
+        if not share_storage:
+            state = {n: t.clone() for n, t in state.items()}
+        model.load_state_dict(state, strict=True, assign=True)
+        if share_storage:
+            model.requires_grad_(False)
+        return model.eval()
+
+    def build_all(self, *, share_storage: bool = False) -> list[nn.Module]:
+        """Every level, smallest first."""
+        return [self.build_level(k, share_storage=share_storage)
+                for k in range(len(self.manifest.levels))]
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """Apply the manifest's mean/std to a float NCHW batch of [0, 1] pixels."""
+        mean = torch.tensor(self.manifest.normalisation.mean, dtype=images.dtype)
+        std = torch.tensor(self.manifest.normalisation.std, dtype=images.dtype)
+        return (images - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+
+
+def _check_levels(manifest: Manifest) -> list[Widths]:
+    try:
+        full = architectures.full_widths(manifest.architecture, manifest.arch_args)
+    except ValueError as err:
+        raise ManifestError(str(err)) from None
+    widths = [dict(level.widths) for level in manifest.levels]
+    for k, w in enumerate(widths):
+        if set(w) != set(full):
+            raise ManifestError(f"level {k} widths do not name the slots of "
+                                f"{manifest.architecture}")
+        too_wide = {s: v for s, v in w.items() if v > full[s]}
+        if too_wide:
+            raise ManifestError(f"level {k} wider than the architecture: {too_wide}")
+        if k and any(w[s] < widths[k - 1][s] for s in w):
+            raise ManifestError(f"level {k} is not a superset of level {k - 1}")
+    return widths
+
+
+def load_bundle(directory: str | Path) -> NestedBundle:
+    """Verify and load a bundle. Every refusal is raised before any tensor is read."""
+    directory = Path(directory)
+    manifest = Manifest.read(directory)
+    widths = _check_levels(manifest)
+    path = directory / manifest.weights.file
+    header = integrity.verify_weights(path, manifest.weights.sha256)
+    listed = dict(manifest.weights.tensors)
+    found = {name: h.shape for name, h in header.items()}
+    if found != listed:
+        raise ShapeMismatchError(f"{path}: tensors disagree with the manifest: "
+                                 f"{_diff(listed, found)}")
+    expected = expected_tensors(manifest.architecture, manifest.arch_args, widths)
+    if found != expected:
+        raise ShapeMismatchError(f"{path}: tensors disagree with {manifest.architecture} at the "
+                                 f"manifest's level widths: {_diff(expected, found)}")
+    return NestedBundle(manifest=manifest, directory=directory, tensors=load_file(str(path)))
+
+
+def _diff(want: Mapping[str, tuple[int, ...]], got: Mapping[str, tuple[int, ...]]) -> str:
+    parts = []
+    for name in sorted(set(want) | set(got)):
+        if want.get(name) != got.get(name):
+            parts.append(f"{name}: expected {want.get(name)}, found {got.get(name)}")
+        if len(parts) == 5:
+            parts.append("...")
+            break
+    return "; ".join(parts)
+
+
+def with_levels(manifest: Manifest, **updates: Sequence[Any]) -> Manifest:
+    """A copy of ``manifest`` with per-level fields replaced (e.g. ``accuracy=[...]``)."""
+    levels = list(manifest.levels)
+    for field_name, values in updates.items():
+        levels = [replace(lv, **{field_name: v}) for lv, v in zip(levels, values, strict=True)]
+    return replace(manifest, levels=tuple(levels))

@@ -1,0 +1,113 @@
+"""Training and evaluation loops, single-process or DDP (``torchrun``, gloo on CPU).
+
+Batches come from in-memory uint8 tensors: a seeded permutation per epoch, sharded by rank,
+augmented on the batch. Growing a level passes gradient masks: they are applied *after* the
+backward pass (so after DDP's all-reduce) and weight decay is added to the gradient by hand
+before masking, so masked weights receive exactly zero update (optimiser weight decay would
+otherwise still shrink the frozen core).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from .data import ImageSet, augment, normalise
+from .schedules import cosine_lr
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings for one fine-tuning run."""
+
+    epochs: float
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    seed: int = 0
+    augment: bool = True
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) without ``torch.distributed``."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def batches(data: ImageSet, mean: torch.Tensor, std: torch.Tensor, batch_size: int, seed: int,
+            *, train: bool, shard: bool = True, augmentation: bool = True
+            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Normalised float batches; training batches are shuffled, sharded and augmented."""
+    n = len(data.labels)
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=gen) if train else torch.arange(n)
+    if shard:
+        rank, size = world()
+        usable = (n // size) * size if train else n
+        order = order[:usable][rank::size]
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        x = data.images[idx]
+        if train and augmentation:
+            x = augment(x, gen)
+        yield normalise(x, mean, std), data.labels[idx]
+
+
+def train(model: nn.Module, data: ImageSet, mean: torch.Tensor, std: torch.Tensor,
+          cfg: TrainConfig, *, masks: Mapping[str, torch.Tensor] | None = None,
+          on_step: Callable[[int, int, float], None] | None = None) -> None:
+    """Fine-tune ``model`` in place for ``cfg.epochs`` (fractions allowed) with SGD + cosine."""
+    _rank, size = world()
+    net: nn.Module = model
+    if size > 1:
+        net = DistributedDataParallel(model)
+    params = dict(model.named_parameters())
+    opt = torch.optim.SGD(params.values(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    per_epoch = -(-(len(data.labels) // size) // cfg.batch_size)
+    total = max(1, int(per_epoch * cfg.epochs))
+    step = 0
+    epoch = 0
+    model.train()
+    while step < total:
+        for x, y in batches(data, mean, std, cfg.batch_size, cfg.seed + 1000 * epoch,
+                            train=True, augmentation=cfg.augment):
+            if step >= total:
+                break
+            for group in opt.param_groups:
+                group["lr"] = cosine_lr(cfg.lr, step, total)
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(net(x), y)
+            loss.backward()  # type: ignore[no-untyped-call]
+            with torch.no_grad():
+                for name, p in params.items():
+                    if p.grad is None:
+                        continue
+                    if cfg.weight_decay and p.ndim > 1:
+                        p.grad.add_(p, alpha=cfg.weight_decay)
+                    if masks is not None and name in masks:
+                        p.grad.mul_(masks[name])
+            opt.step()
+            step += 1
+            if on_step is not None:
+                on_step(step, total, float(loss.detach()))
+        epoch += 1
+    model.eval()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: ImageSet, mean: torch.Tensor, std: torch.Tensor,
+             batch_size: int = 256) -> float:
+    """Top-1 accuracy on the whole set (every rank computes the same number)."""
+    model.eval()
+    correct = 0
+    for x, y in batches(data, mean, std, batch_size, 0, train=False, shard=False):
+        correct += int((model(x).argmax(1) == y).sum())
+    return correct / max(1, len(data.labels))

@@ -1,0 +1,202 @@
+"""Prune-and-grow state: a full-width master copy plus the nested channel subsets.
+
+Every tensor of the network lives once, at full width and in the *original* channel order, in
+``master``. Level k is the sub-network on ``kept[k]`` (sorted original indices per slot). Any
+compact level model can be cut out of the master (:meth:`NestedState.level_model`) and written
+back into it (:meth:`NestedState.absorb`), which is how pruned channels are "reinserted at
+their original positions with their original weights": they were never deleted from the master.
+
+Growing level k into k+1 trains the level-(k+1) model with the gradient of every *shared* tensor
+masked to zero on the block that level k uses (:func:`core_masks`), so level k's function is
+untouched. Each level owns its batch norms and head (``level_own``), trained at its own width.
+:meth:`NestedState.nested_models` finally permutes channels so each level is a prefix.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from elastiserve_store import architectures
+from elastiserve_store.slots import TensorSlots, Widths, gather, scatter, tensor_slots
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .pruning import Kept
+
+
+def _layout(arch: str, arch_args: Mapping[str, Any]) -> dict[str, TensorSlots]:
+    with torch.device("meta"):
+        return tensor_slots(architectures.build(arch, arch_args))
+
+
+def positions(small: torch.Tensor, big: torch.Tensor) -> torch.Tensor:
+    """Where each (sorted or not) index of ``small`` sits inside sorted ``big``."""
+    pos = torch.searchsorted(big, small)
+    if not torch.equal(big[pos.clamp(max=len(big) - 1)], small):
+        raise ValueError("channel subsets are not nested")
+    return pos
+
+
+@dataclass
+class NestedState:
+    """Everything prune-and-grow needs to resume: master weights, subsets, per-level tensors."""
+
+    arch: str
+    arch_args: dict[str, Any]
+    master: dict[str, torch.Tensor]
+    kept: list[Kept] = field(default_factory=list)
+    level_own: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    @classmethod
+    def from_model(cls, arch: str, arch_args: Mapping[str, Any], model: nn.Module
+                   ) -> NestedState:
+        master = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        return cls(arch, dict(arch_args), master)
+
+    @property
+    def layout(self) -> dict[str, TensorSlots]:
+        return _layout(self.arch, self.arch_args)
+
+    def widths(self, k: int) -> Widths:
+        return {s: len(v) for s, v in self.kept[k].items()}
+
+    def level_model(self, k: int, *, own_from: int | None = None) -> nn.Module:
+        """Compact level-k model (original channel order) cut from the master.
+
+        Its batch norms and head are level k's own if trained, else taken from the master with
+        the positions level ``own_from`` (the core) covers overwritten by that level's own.
+        """
+        layout = self.layout
+        state = {n: gather(t, layout[n].axes, self.kept[k]) for n, t in self.master.items()}
+        if k in self.level_own:
+            state.update(self.level_own[k])
+        elif own_from is not None and own_from in self.level_own:
+            pos = {s: positions(self.kept[own_from][s], self.kept[k][s]) for s in self.kept[k]}
+            for name, value in self.level_own[own_from].items():
+                state[name] = scatter(state[name], layout[name].axes, pos, value)
+        model = architectures.build(self.arch, self.arch_args, self.widths(k))
+        model.load_state_dict(state, strict=True)
+        return model
+
+    def absorb(self, model: nn.Module, kept: Kept, *, level: int | None = None) -> None:
+        """Write a compact model's tensors back into the master at ``kept``.
+
+        With ``level`` set, its per-level tensors are also recorded as that level's own.
+        """
+        layout = self.layout
+        state = {n: t.detach().cpu() for n, t in model.state_dict().items()}
+        for name, value in state.items():
+            self.master[name] = scatter(self.master[name], layout[name].axes, kept, value)
+        if level is not None:
+            self.level_own[level] = {n: v.clone() for n, v in state.items()
+                                     if layout[n].per_level}
+
+    def slot_sizes(self) -> Widths:
+        """Full channel count per slot, read from the master tensors."""
+        sizes: Widths = {}
+        for name, info in self.layout.items():
+            for dim, slot in enumerate(info.axes):
+                if slot is not None:
+                    sizes.setdefault(slot, int(self.master[name].shape[dim]))
+        return sizes
+
+    def nested_order(self) -> dict[str, torch.Tensor]:
+        """Per slot: level 0's channels, then those level 1 adds, ... then any never kept."""
+        order: dict[str, torch.Tensor] = {}
+        for slot, full in self.slot_sizes().items():
+            seen = torch.zeros(full, dtype=torch.bool)
+            parts = []
+            for kept in self.kept:
+                new = kept[slot][~seen[kept[slot]]]
+                parts.append(new)
+                seen[new] = True
+            parts.append(torch.nonzero(~seen).flatten())
+            order[slot] = torch.cat(parts)
+        return order
+
+    def nested_models(self) -> list[nn.Module]:
+        """Each level (smallest first) with channels permuted so it is a prefix of the next.
+
+        Functionally identical to :meth:`level_model`: a consistent permutation of every
+        coupled axis does not change what a network computes.
+        """
+        order = self.nested_order()
+        layout = self.layout
+        models = []
+        for k in range(len(self.kept)):
+            w = self.widths(k)
+            idx = {s: order[s][:w[s]] for s in order}
+            pos = {s: positions(idx[s], self.kept[k][s]) for s in idx}
+            own = self.level_own[k]
+            state = {}
+            for name, t in self.master.items():
+                if layout[name].per_level:
+                    state[name] = gather(own[name], layout[name].axes, pos)
+                else:
+                    state[name] = gather(t, layout[name].axes, idx)
+            model = architectures.build(self.arch, self.arch_args, w)
+            model.load_state_dict(state, strict=True)
+            models.append(model.eval())
+        return models
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, path_stem: Path) -> None:
+        """``<stem>.safetensors`` (tensors) + ``<stem>.json`` (subsets): no pickle."""
+        tensors = {f"master.{n}": t.contiguous() for n, t in self.master.items()}
+        for k, own in self.level_own.items():
+            tensors.update({f"own.{k}.{n}": t.contiguous() for n, t in own.items()})
+        tmp = path_stem.with_suffix(".safetensors.tmp")
+        save_file(tensors, str(tmp))
+        tmp.replace(path_stem.with_suffix(".safetensors"))
+        meta = {"arch": self.arch, "arch_args": self.arch_args,
+                "kept": [{s: v.tolist() for s, v in kept.items()} for kept in self.kept]}
+        tmp_json = path_stem.with_suffix(".json.tmp")
+        tmp_json.write_text(json.dumps(meta), encoding="utf-8")
+        tmp_json.replace(path_stem.with_suffix(".json"))
+
+    @classmethod
+    def load(cls, path_stem: Path) -> NestedState:
+        meta = json.loads(path_stem.with_suffix(".json").read_text(encoding="utf-8"))
+        tensors = load_file(str(path_stem.with_suffix(".safetensors")))
+        master = {n[len("master."):]: t for n, t in tensors.items() if n.startswith("master.")}
+        own: dict[int, dict[str, torch.Tensor]] = {}
+        for n, t in tensors.items():
+            if n.startswith("own."):
+                _, k, rest = n.split(".", 2)
+                own.setdefault(int(k), {})[rest] = t
+        kept = [{s: torch.tensor(v, dtype=torch.long) for s, v in level.items()}
+                for level in meta["kept"]]
+        return cls(meta["arch"], meta["arch_args"], master, kept, own)
+
+
+def core_masks(model: nn.Module, core: Kept, kept: Kept) -> dict[str, torch.Tensor]:
+    """Gradient masks for growing: 0 on the block of each shared tensor that ``core`` uses.
+
+    ``model`` is the compact model on ``kept``; per-level tensors (BN, head) get no mask.
+    """
+    layout = tensor_slots(model)
+    pos = {s: positions(core[s], kept[s]) for s in kept}
+    masks: dict[str, torch.Tensor] = {}
+    for name, param in model.named_parameters():
+        info = layout[name]
+        if info.per_level:
+            continue
+        core_shape = tuple(param.shape[d] if s is None else len(pos[s])
+                           for d, s in enumerate(info.axes))
+        masks[name] = scatter(torch.ones_like(param, device="cpu"), info.axes, pos,
+                              torch.zeros(core_shape)).to(param.device)
+    return masks
+
+
+def check_nested(kept: Sequence[Kept]) -> None:
+    """Raise unless every level's channels are a subset of the next level's, in every slot."""
+    for k in range(1, len(kept)):
+        for slot, small in kept[k - 1].items():
+            if not bool(torch.isin(small, kept[k][slot]).all()):
+                raise ValueError(f"level {k - 1} is not nested in level {k} at slot {slot}")

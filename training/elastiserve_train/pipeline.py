@@ -1,0 +1,254 @@
+"""The prune-and-grow pipeline as resumable stages.
+
+baseline -> prune -> core -> grow1 .. growN-1 -> export -> report
+
+Each stage writes its result to the output directory (tensors as safetensors, everything else as
+JSON) and records itself in ``state.json``; a rerun skips finished stages and resumes from the
+last checkpoint, so an interrupted run loses at most one stage. Under ``torchrun`` every rank runs
+every stage (DDP keeps them in step) and rank 0 alone writes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from elastiserve_store import InputSpec, Normalisation, architectures, write_bundle
+from elastiserve_store.profile import count_macs, latency_ms
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import loop
+from .data import Dataset
+from .importance import make_importance
+from .nested import NestedState, check_nested, core_masks
+from .pruning import ChainPruner
+from .schedules import chain, iterative, nested_ratios, one_shot
+
+Progress = Callable[[str, int, int], None]
+"""(stage, step, total) callback, e.g. a tqdm bar."""
+
+SCHEDULES = {"iterative": iterative, "one-shot": one_shot}
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything that determines the result; a resumed run must use the same values."""
+
+    arch: str = "resnet20"
+    arch_args: dict[str, Any] = field(default_factory=dict)
+    levels: int = 4
+    importance: str = "l2"
+    schedule: str = "iterative"
+    steps_per_level: int = 1
+    baseline_epochs: float = 1.0
+    prune_epochs: float = 0.0
+    core_epochs: float = 1.0
+    grow_epochs: float = 1.0
+    lr: float = 0.05
+    batch_size: int = 128
+    calib_batches: int = 2
+    seed: int = 0
+
+    def train_cfg(self, epochs: float, salt: int) -> loop.TrainConfig:
+        return loop.TrainConfig(epochs=epochs, lr=self.lr, batch_size=self.batch_size,
+                                seed=self.seed * 7919 + salt)
+
+
+def _is_writer() -> bool:
+    return loop.world()[0] == 0
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+class Pipeline:
+    """Runs the stages of one training job in ``out_dir``."""
+
+    def __init__(self, cfg: PipelineConfig, data: Dataset, out_dir: Path,
+                 progress: Progress | None = None) -> None:
+        self.cfg = cfg
+        self.data = data
+        self.out = out_dir
+        self.progress = progress
+        self.mean = torch.tensor(data.mean)
+        self.std = torch.tensor(data.std)
+        self.ratios = nested_ratios(cfg.levels)
+        self.state_path = out_dir / "state.json"
+        self.state = self._load_state()
+
+    # --------------------------------------------------------------- bookkeeping
+
+    def _load_state(self) -> dict[str, Any]:
+        config = json.loads(json.dumps(asdict(self.cfg)))
+        if self.state_path.is_file():
+            state: dict[str, Any] = json.loads(self.state_path.read_text(encoding="utf-8"))
+            if state.get("config") != config:
+                raise ValueError(f"{self.state_path}: existing run used a different "
+                                 f"configuration; use a new --out directory")
+            return state
+        return {"config": config, "done": [], "metrics": {}}
+
+    def _finish(self, stage: str, **metrics: Any) -> None:
+        self.state["metrics"].update(metrics)
+        self.state["done"].append(stage)
+        if _is_writer():
+            self.out.mkdir(parents=True, exist_ok=True)
+            tmp = self.state_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.state, indent=2), encoding="utf-8")
+            tmp.replace(self.state_path)
+        _barrier()
+
+    def done(self, stage: str) -> bool:
+        return stage in self.state["done"]
+
+    @property
+    def stages(self) -> list[str]:
+        grow = [f"grow{k}" for k in range(1, self.cfg.levels)]
+        return ["baseline", "prune", "core", *grow, "export"]
+
+    def _save_nested(self, state: NestedState, stem: str) -> None:
+        if _is_writer():
+            state.save(self.out / stem)
+
+    def _on_step(self, stage: str) -> Callable[[int, int, float], None] | None:
+        if self.progress is None:
+            return None
+        report = self.progress
+        return lambda step, total, _loss: report(stage, step, total)
+
+    def _input_shape(self) -> tuple[int, int, int]:
+        return self.data.input_shape
+
+    def _acc(self, model: nn.Module) -> float:
+        return loop.evaluate(model, self.data.test, self.mean, self.std)
+
+    # --------------------------------------------------------------- stages
+
+    def run(self) -> dict[str, Any]:
+        """Run every unfinished stage; returns the metrics gathered so far."""
+        for stage in self.stages:
+            if self.done(stage):
+                continue
+            if stage == "baseline":
+                self.baseline()
+            elif stage == "prune":
+                self.prune()
+            elif stage == "core":
+                self.core()
+            elif stage.startswith("grow"):
+                self.grow(int(stage[4:]))
+            elif stage == "export":
+                self.export()
+        return dict(self.state["metrics"])
+
+    def baseline(self) -> None:
+        torch.manual_seed(self.cfg.seed)
+        model = architectures.build(self.cfg.arch, self.cfg.arch_args)
+        if self.cfg.baseline_epochs > 0:
+            loop.train(model, self.data.train, self.mean, self.std,
+                       self.cfg.train_cfg(self.cfg.baseline_epochs, 1),
+                       on_step=self._on_step("baseline"))
+        acc = self._acc(model)
+        if _is_writer():
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+                      str(self.out / "baseline.safetensors"))
+        _barrier()
+        self._finish("baseline", baseline_acc=acc,
+                     baseline_macs=count_macs(model, self._input_shape()))
+
+    def _baseline_model(self) -> nn.Module:
+        model = architectures.build(self.cfg.arch, self.cfg.arch_args)
+        model.load_state_dict(load_file(str(self.out / "baseline.safetensors")))
+        return model
+
+    def prune(self) -> None:
+        cfg = self.cfg
+        model = self._baseline_model()
+        state = NestedState.from_model(cfg.arch, cfg.arch_args, model)
+        steps = chain(self.ratios, SCHEDULES[cfg.schedule], cfg.steps_per_level)
+        example = torch.zeros(1, *self._input_shape())
+        pruner = ChainPruner(model, example, make_importance(cfg.importance),
+                             [keep for keep, _ in steps])
+        kept: dict[int, Any] = {len(self.ratios) - 1: {s: torch.arange(n)
+                                                       for s, n in pruner.full.items()}}
+        calib = list(loop.batches(self.data.train, self.mean, self.std, cfg.batch_size,
+                                  cfg.seed, train=True, shard=False, augmentation=False))
+        calib = calib[:cfg.calib_batches]
+        for i, (_keep, level) in enumerate(steps):
+            now = pruner.step(calib)
+            if cfg.prune_epochs > 0:
+                loop.train(model, self.data.train, self.mean, self.std,
+                           cfg.train_cfg(cfg.prune_epochs, 100 + i),
+                           on_step=self._on_step(f"prune{i}"))
+                state.absorb(model, now)
+            if level is not None:
+                kept[level] = now
+        state.kept = [kept[k] for k in range(len(self.ratios))]
+        check_nested(state.kept)
+        self._save_nested(state, "prune")
+        _barrier()
+        self._finish("prune", widths=[state.widths(k) for k in range(len(self.ratios))])
+
+    def _resume_state(self, stage: str) -> NestedState:
+        return NestedState.load(self.out / stage)
+
+    def core(self) -> None:
+        state = self._resume_state("prune")
+        model = state.level_model(0)
+        loop.train(model, self.data.train, self.mean, self.std,
+                   self.cfg.train_cfg(self.cfg.core_epochs, 200), on_step=self._on_step("core"))
+        state.absorb(model, state.kept[0], level=0)
+        self._save_nested(state, "core")
+        _barrier()
+        self._finish("core", core_acc=self._acc(model))
+
+    def grow(self, k: int) -> None:
+        state = self._resume_state("core" if k == 1 else f"grow{k - 1}")
+        model = state.level_model(k, own_from=k - 1)
+        masks = core_masks(model, state.kept[k - 1], state.kept[k])
+        loop.train(model, self.data.train, self.mean, self.std,
+                   self.cfg.train_cfg(self.cfg.grow_epochs, 300 + k), masks=masks,
+                   on_step=self._on_step(f"grow{k}"))
+        state.absorb(model, state.kept[k], level=k)
+        self._save_nested(state, f"grow{k}")
+        _barrier()
+        self._finish(f"grow{k}", **{f"grow{k}_acc": self._acc(model)})
+
+    def final_state(self) -> NestedState:
+        last = "core" if self.cfg.levels == 1 else f"grow{self.cfg.levels - 1}"
+        return self._resume_state(last)
+
+    def export(self) -> None:
+        state = self.final_state()
+        models = state.nested_models()
+        shape = self._input_shape()
+        accs = [self._acc(m) for m in models]
+        lat = [(latency_ms(m, shape, 1), latency_ms(m, shape, 32, repeats=3)) for m in models]
+        if _is_writer():
+            write_bundle(
+                self.out / "bundle",
+                architecture=self.cfg.arch,
+                arch_args=self.cfg.arch_args,
+                models=models,
+                names=[f"L{k}-{round(r * 100)}pct" for k, r in enumerate(self.ratios)],
+                channel_ratios=self.ratios,
+                input_spec=InputSpec(*shape),
+                normalisation=Normalisation(self.data.mean, self.data.std),
+                class_names=self.data.class_names,
+                accuracies=accs,
+                latencies_ms=lat,
+                training={**asdict(self.cfg), "dataset": self.data.name},
+            )
+        _barrier()
+        macs = [count_macs(m, shape) for m in models]
+        self._finish("export", level_acc=accs, level_macs=macs,
+                     level_latency_ms=[list(x) for x in lat])
