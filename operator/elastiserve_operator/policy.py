@@ -25,7 +25,8 @@ gives capacity, "widen" gives accuracy):
    Predictive mode) a request rate the queueing model says drives the current level past
    that line, narrows at once.
 5. **Sustained breach.** Mean p95 over the stable window > (1 + tolerance) x objective,
-   with the window fully observed since the last settle, narrows at once.
+   with clean samples spanning the window (so not before a full window after a start or a
+   settle), narrows at once.
    Predictive mode narrows to the widest level whose predicted p95 meets the objective,
    and always at least one level (the breach is evidence the model is optimistic);
    Step mode narrows one level.
@@ -251,7 +252,8 @@ def decide(
     horizon = max(policy.stable_window_s, policy.panic_window_s)
     state = state.with_sample(Sample(sampled_at, p95, rate), horizon, now)
     panic_values = [s.p95_s for s in state.samples if s.at >= now - policy.panic_window_s]
-    stable_values = [s.p95_s for s in state.samples if s.at >= now - policy.stable_window_s]
+    stable = [s for s in state.samples if s.at >= now - policy.stable_window_s]
+    stable_values = [s.p95_s for s in stable]
     panic_line = policy.panic_threshold * objective
     breach_line = (1.0 + policy.tolerance) * objective
 
@@ -272,9 +274,11 @@ def decide(
             f"{policy.panic_threshold:g}x objective {_ms(objective)}"
         )
     else:
-        observed_for = now - state.observing_since(policy.settle_s)
-        covered = observed_for >= policy.stable_window_s - policy.evaluation_interval_s
-        if covered and stable_values and _mean(stable_values) > breach_line:
+        # Samples must span the window (less one evaluation interval): a breach seen for
+        # a few seconds after a start or a settle is not yet "sustained".
+        span_start = now - (policy.stable_window_s - policy.evaluation_interval_s)
+        covered = bool(stable) and stable[0].at <= span_start
+        if covered and _mean(stable_values) > breach_line:
             narrow_cause = Cause.SUSTAINED_BREACH
             evidence = (
                 f"mean p95 {_ms(_mean(stable_values))} > objective {_ms(objective)} "
@@ -290,8 +294,9 @@ def decide(
             )
         target = current - 1
         if ctx.predictive:
-            fit = _widest_fitting(ctx.predictions, lo, hi, objective)
-            target = min(target, fit if fit is not None else lo)
+            # Only levels below the current one: the breach says the current one fails.
+            fit = _widest_fitting(ctx.predictions, lo, current - 1, objective)
+            target = fit if fit is not None else lo
         return _switch(
             ctx,
             state,

@@ -59,12 +59,6 @@ class PolicyState:
         """
         return cls(level=level, started_at=now, recommendations=(Recommendation(now, level),))
 
-    def observing_since(self, settle_s: float) -> float:
-        """Start of the current clean observation period (start, or last switch + settle)."""
-        if self.last_change_at is None:
-            return self.started_at
-        return max(self.started_at, self.last_change_at + settle_s)
-
     def with_sample(self, sample: Sample, horizon_s: float, now: float) -> PolicyState:
         """Append ``sample`` (unless already seen) and drop those older than the horizon."""
         kept = [s for s in self.samples if s.at >= now - horizon_s and s.at != sample.at]
