@@ -1,0 +1,178 @@
+"""Command lines of the control-plane components, kept apart from starting them.
+
+Pure functions from a ``Layout`` (paths and ports) to argv lists, so that the flags can be read
+and reviewed in one place, and tested without starting anything. The choices favour a fast,
+single-member, loopback-only cluster that still behaves like a real one where our operator
+looks: admission, RBAC, CRD validation, garbage collection, scheduling and node lifecycle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from elastiserve.testing.certs import Pki
+from elastiserve.testing.ports import LOOPBACK
+
+ETCD = "etcd"
+APISERVER = "kube-apiserver"
+CONTROLLER_MANAGER = "kube-controller-manager"
+SCHEDULER = "kube-scheduler"
+KWOK = "kwok"
+KUBECTL = "kubectl"
+HELM = "helm"
+
+SERVICE_CIDR = "10.96.0.0/16"
+SERVICE_IP = "10.96.0.1"  # the first address of SERVICE_CIDR: the `kubernetes` Service
+POD_CIDR = "10.244.0.0/16"
+
+# Controllers that matter to an operator's tests, and nothing else (a 2-core CI machine pays
+# for every informer). node-lifecycle-controller removes the not-ready taint the API server
+# puts on new nodes and reacts to kwok's node leases; the others make Deployments, Services,
+# ServiceAccounts, namespaces and owner-reference garbage collection behave as in a cluster.
+CONTROLLERS = (
+    "garbage-collector-controller",
+    "deployment-controller",
+    "replicaset-controller",
+    "statefulset-controller",
+    "daemonset-controller",
+    "job-controller",
+    "endpoints-controller",
+    "endpointslice-controller",
+    "namespace-controller",
+    "serviceaccount-controller",
+    "serviceaccount-token-controller",
+    "root-ca-certificate-publisher-controller",
+    "clusterrole-aggregation-controller",
+    "pod-garbage-collector-controller",
+    "node-lifecycle-controller",
+    "disruption-controller",
+)
+
+
+@dataclass(frozen=True)
+class Ports:
+    etcd_client: int
+    etcd_peer: int
+    apiserver: int
+    controller_manager: int
+    scheduler: int
+    kwok: int
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where one control plane keeps its files, and which ports it listens on."""
+
+    run_dir: Path
+    ports: Ports
+    pki: Pki
+
+    @property
+    def etcd_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.ports.etcd_client}"
+
+    @property
+    def api_url(self) -> str:
+        return f"https://{LOOPBACK}:{self.ports.apiserver}"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.run_dir / "kubeconfig"
+
+    @property
+    def kwok_config(self) -> Path:
+        return self.run_dir / "kwok.yaml"
+
+    def log(self, name: str) -> Path:
+        return self.run_dir / "logs" / f"{name}.log"
+
+
+def etcd_argv(binary: Path, lay: Layout) -> list[str]:
+    peer = f"http://{LOOPBACK}:{lay.ports.etcd_peer}"
+    return [
+        str(binary),
+        "--name=elastiserve",
+        f"--data-dir={lay.run_dir / 'etcd'}",
+        f"--listen-client-urls={lay.etcd_url}",
+        f"--advertise-client-urls={lay.etcd_url}",
+        f"--listen-peer-urls={peer}",
+        f"--initial-advertise-peer-urls={peer}",
+        f"--initial-cluster=elastiserve={peer}",
+        "--initial-cluster-state=new",
+        # A test cluster lives for minutes and is thrown away: fsync only costs time.
+        "--unsafe-no-fsync=true",
+        "--log-level=warn",
+    ]
+
+
+def apiserver_argv(binary: Path, lay: Layout) -> list[str]:
+    pki = lay.pki
+    return [
+        str(binary),
+        f"--etcd-servers={lay.etcd_url}",
+        f"--bind-address={LOOPBACK}",
+        f"--advertise-address={LOOPBACK}",
+        f"--secure-port={lay.ports.apiserver}",
+        f"--cert-dir={lay.run_dir / 'apiserver'}",
+        f"--tls-cert-file={pki.server_cert}",
+        f"--tls-private-key-file={pki.server_key}",
+        f"--client-ca-file={pki.ca_cert}",
+        "--authorization-mode=RBAC",
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        f"--service-account-key-file={pki.sa_pub}",
+        f"--service-account-signing-key-file={pki.sa_key}",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        "--allow-privileged=true",
+        "--profiling=false",
+        "--v=1",
+    ]
+
+
+def controller_manager_argv(binary: Path, lay: Layout) -> list[str]:
+    kubeconfig = str(lay.kubeconfig)
+    return [
+        str(binary),
+        f"--kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        f"--bind-address={LOOPBACK}",
+        f"--secure-port={lay.ports.controller_manager}",
+        f"--cert-dir={lay.run_dir / 'kcm'}",
+        f"--controllers={','.join(CONTROLLERS)}",
+        f"--service-account-private-key-file={lay.pki.sa_key}",
+        f"--root-ca-file={lay.pki.ca_cert}",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        "--leader-elect=false",
+        "--profiling=false",
+        "--v=1",
+    ]
+
+
+def scheduler_argv(binary: Path, lay: Layout) -> list[str]:
+    kubeconfig = str(lay.kubeconfig)
+    return [
+        str(binary),
+        f"--kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        f"--bind-address={LOOPBACK}",
+        f"--secure-port={lay.ports.scheduler}",
+        f"--cert-dir={lay.run_dir / 'scheduler'}",
+        "--leader-elect=false",
+        "--profiling=false",
+        "--v=1",
+    ]
+
+
+def kwok_argv(binary: Path, lay: Layout, node_selector: str) -> list[str]:
+    return [
+        str(binary),
+        f"--kubeconfig={lay.kubeconfig}",
+        f"--config={lay.kwok_config}",
+        f"--manage-nodes-with-annotation-selector={node_selector}",
+        f"--server-address={LOOPBACK}:{lay.ports.kwok}",
+        f"--cidr={POD_CIDR}",
+        "--node-ip=10.0.0.1",
+        "--node-lease-duration-seconds=40",
+    ]
