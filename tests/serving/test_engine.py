@@ -39,7 +39,8 @@ def test_defaults_to_widest_level(tmp_path: Path) -> None:
     assert isinstance(out, Success) and out.level == "full"
     assert len(out.predictions) == 1 and len(out.predictions[0]) == 4
     assert {p["label"] for p in out.predictions[0]} == set(CLASSES)
-    assert sum(float(p["probability"]) for p in out.predictions[0]) == pytest.approx(1, abs=1e-4)  # type: ignore[arg-type]
+    total = sum(float(str(p["probability"])) for p in out.predictions[0])
+    assert total == pytest.approx(1, abs=1e-4)
 
 
 def test_control_file_switches_without_reload(tmp_path: Path) -> None:

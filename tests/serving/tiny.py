@@ -26,7 +26,8 @@ class Tiny(nn.Module):
         self.head = nn.Linear(width, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+        out: torch.Tensor = self.head(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+        return out
 
 
 def tiny_levels(spec: InputSpec = SPEC) -> LevelSet:

@@ -1,0 +1,90 @@
+"""TorchServe's ``config.properties`` for elastiserve: a safe configuration, each key explained.
+
+Pure: builds text from a :class:`ServeConfig`; :mod:`.ts_server` writes and runs it. TorchServe
+0.12 property names were checked against its frontend (``ConfigManager``) and launcher.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+# Environment variables whose names look like credentials are not passed to Python workers:
+# handler code (and anything it imports) never needs them.
+SECRET_ENV_PATTERN = (
+    r".*(TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|API_?KEY|PRIVATE|AUTH).*"
+    r"|AWS_.*|GOOGLE_APPLICATION_CREDENTIALS|AZURE_.*|KUBECONFIG"
+)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What varies between deployments; everything else is fixed to the safe choice."""
+
+    model_store: Path
+    models: Sequence[str]  # "name=file.mar" registered at startup (the model API is off)
+    metrics_config: Path
+    inference_port: int = 8080
+    management_port: int = 8081
+    metrics_port: int = 8082
+    bind_host: str = "127.0.0.1"  # inference only; management and metrics stay on loopback
+    max_request_size: int = 8 * 1024 * 1024 + 64 * 1024
+    max_response_size: int = 1024 * 1024
+    token_expiration_min: int = 720
+    job_queue_size: int = 100
+    netty_threads: int = 2
+    jvm_heap_mb: int = 512
+
+
+def config_properties(cfg: ServeConfig) -> str:
+    """The ``config.properties`` text, with a comment on each choice."""
+    store = cfg.model_store.resolve()
+    lines = [
+        "# Written by `elastiserve serve`; each key says why it has this value.",
+        "# Inference is the only listener that may leave the host (bind_host).",
+        f"inference_address=http://{cfg.bind_host}:{cfg.inference_port}",
+        "# Management and metrics listen on loopback only: nothing off-host can manage models,",
+        "# and Prometheus scrapes through the pod network namespace (or a sidecar) locally.",
+        f"management_address=http://127.0.0.1:{cfg.management_port}",
+        f"metrics_address=http://127.0.0.1:{cfg.metrics_port}",
+        "# Token authorisation is on (TorchServe 0.12's default; we never pass",
+        "# --disable-token-auth); keys land in key_file.json in the server's working directory.",
+        "disable_token_authorization=false",
+        f"token_expiration_min={cfg.token_expiration_min}",
+        "# The model registration API is off: the models below are registered at startup and",
+        "# nobody can register an archive from a URL at runtime.",
+        "enable_model_api=false",
+        f"load_models={','.join(cfg.models)}",
+        f"model_store={store}",
+        "# Were registration ever enabled, only archives already in the model store qualify.",
+        f"allowed_urls={_properties_escape(f'file://{re.escape(str(store))}/[^/]+[.]mar')}",
+        "# Bodies larger than this are refused by the frontend before a worker sees them.",
+        f"max_request_size={cfg.max_request_size}",
+        f"max_response_size={cfg.max_response_size}",
+        f"job_queue_size={cfg.job_queue_size}",
+        "# Workers get raw bytes; our decoder parses JSON itself, with its own limits.",
+        "decode_input_request=false",
+        "# Credentials in the environment stay out of worker processes.",
+        f"blacklist_env_vars={SECRET_ENV_PATTERN}",
+        "# No pip installs from an archive's requirements file at load time.",
+        "install_py_dep_per_model=false",
+        "# Configuration comes from this file only, not from TS_* environment variables.",
+        "enable_envvars_config=false",
+        "# Prometheus format on the metrics port, with our declared model metrics.",
+        "metrics_mode=prometheus",
+        f"metrics_config={cfg.metrics_config.resolve()}",
+        "enable_metrics_api=true",
+        "# Host metrics are the node agent's job; skipping them saves a process every minute.",
+        "disable_system_metrics=true",
+        f"number_of_netty_threads={cfg.netty_threads}",
+        f"netty_client_threads={cfg.netty_threads}",
+        f"vmargs=-Xmx{cfg.jvm_heap_mb}m -XX:+UseSerialGC -XX:+ExitOnOutOfMemoryError",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _properties_escape(value: str) -> str:
+    """Java ``Properties`` treats backslash as an escape: double it so regexes survive."""
+    return value.replace("\\", "\\\\")

@@ -1,0 +1,98 @@
+"""The metrics TorchServe exports for us, and the sink that feeds them from the handler.
+
+TorchServe 0.12 parses ``[METRICS]`` lines from its workers and, with ``metrics_mode=prometheus``,
+exposes every metric declared under ``model_metrics`` in its metrics config on the metrics port,
+histograms included (Prometheus' default buckets, 5 ms to 10 s, hence seconds). Exporting through
+TorchServe keeps one scrape target per pod and no extra port per worker.
+
+The latency histogram is what the handler sees (decode + forward + top-k, per request); the
+frontend queue is outside it and shows in TorchServe's own ``ts_queue_latency_microseconds``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+LATENCY = "elastiserve_request_latency_seconds"
+REQUESTS = "elastiserve_requests_total"
+REJECTED = "elastiserve_rejected_requests_total"
+ACTIVE = "elastiserve_active_level"
+LEVEL_DIMENSION = "ElasticLevel"
+
+# TorchServe's own frontend metrics, as in its default metrics.yaml (its defaults are replaced
+# wholesale when a metrics config is given, so the ones the operator reads are repeated here).
+_TS_METRICS: dict[str, list[dict[str, Any]]] = {
+    "counter": [
+        {"name": name, "unit": unit, "dimensions": ["model_name", "model_version", "hostname"]}
+        for name, unit in (
+            ("ts_inference_requests_total", "Count"),
+            ("ts_inference_latency_microseconds", "Microseconds"),
+            ("ts_queue_latency_microseconds", "Microseconds"),
+        )
+    ]
+    + [
+        {"name": name, "unit": "Count", "dimensions": ["Level", "Hostname"]}
+        for name in ("Requests2XX", "Requests4XX", "Requests5XX")
+    ],
+    "gauge": [
+        {"name": "QueueTime", "unit": "Milliseconds", "dimensions": ["Level", "Hostname"]},
+    ],
+}
+
+
+def metrics_config() -> dict[str, Any]:
+    """The document for TorchServe's ``metrics_config`` (YAML)."""
+
+    def per_level() -> list[str]:
+        # A fresh list per metric: shared lists become YAML aliases, and TorchServe's frontend
+        # appends "Hostname" to each metric's list in place, so aliased metrics would end up
+        # with one extra label per sharer ("Incorrect number of labels").
+        return ["ModelName", LEVEL_DIMENSION]
+
+    return {
+        "dimensions": ["ModelName", "Level", "Hostname", LEVEL_DIMENSION],
+        "ts_metrics": _TS_METRICS,
+        "model_metrics": {
+            "histogram": [{"name": LATENCY, "unit": "seconds", "dimensions": per_level()}],
+            "counter": [
+                {"name": REQUESTS, "unit": "Count", "dimensions": per_level()},
+                {"name": REJECTED, "unit": "Count", "dimensions": ["ModelName", "Status"]},
+            ],
+            "gauge": [{"name": ACTIVE, "unit": "index", "dimensions": per_level()}],
+        },
+    }
+
+
+class TorchServeMetrics:
+    """:class:`~elastiserve_serve.runtime.metrics.MetricsSink` over TorchServe's metrics cache.
+
+    ``cache`` is ``context.metrics``; metric objects are looked up once, at construction, so a
+    missing declaration fails the model load instead of every request.
+    """
+
+    def __init__(self, cache: Any, model_name: str) -> None:
+        from ts.metrics.metric_type_enum import MetricTypes
+
+        self._model = model_name
+        self._latency = cache.get_metric(LATENCY, MetricTypes.HISTOGRAM)
+        self._requests = cache.get_metric(REQUESTS, MetricTypes.COUNTER)
+        self._rejected = cache.get_metric(REJECTED, MetricTypes.COUNTER)
+        self._active = cache.get_metric(ACTIVE, MetricTypes.GAUGE)
+        self._last_active: str | None = None
+
+    def request_served(self, level: str, seconds: float) -> None:
+        self._latency.add_or_update(seconds, [self._model, level])
+        self._requests.add_or_update(1, [self._model, level])
+
+    def request_rejected(self, status: int) -> None:
+        self._rejected.add_or_update(1, [self._model, str(status)])
+
+    def active_level(self, level: str, index: int) -> None:
+        # A gauge per level name: 1 for the active one, 0 for the one it replaced. Emitted only
+        # on change (each emission is a log line the frontend parses).
+        if level == self._last_active:
+            return
+        if self._last_active is not None:
+            self._active.add_or_update(0, [self._model, self._last_active])
+        self._active.add_or_update(1, [self._model, level])
+        self._last_active = level
