@@ -27,7 +27,10 @@ class Command:
 
 
 # Each module exposes ``add_arguments(parser)`` and ``run(args) -> int``.
-COMMANDS: tuple[Command, ...] = ()
+COMMANDS: tuple[Command, ...] = (
+    Command("train", "build a nested elastic bundle by prune-and-grow", "elastiserve_train.cli",
+            "train"),
+)
 
 
 def _version(_: argparse.Namespace) -> int:

@@ -79,7 +79,7 @@ class NestedState:
             pos = {s: positions(self.kept[own_from][s], self.kept[k][s]) for s in self.kept[k]}
             for name, value in self.level_own[own_from].items():
                 state[name] = scatter(state[name], layout[name].axes, pos, value)
-        model = architectures.build(self.arch, self.arch_args, self.widths(k))
+        model: nn.Module = architectures.build(self.arch, self.arch_args, self.widths(k))
         model.load_state_dict(state, strict=True)
         return model
 

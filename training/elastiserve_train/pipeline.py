@@ -151,7 +151,7 @@ class Pipeline:
 
     def baseline(self) -> None:
         torch.manual_seed(self.cfg.seed)
-        model = architectures.build(self.cfg.arch, self.cfg.arch_args)
+        model: nn.Module = architectures.build(self.cfg.arch, self.cfg.arch_args)
         if self.cfg.baseline_epochs > 0:
             loop.train(model, self.data.train, self.mean, self.std,
                        self.cfg.train_cfg(self.cfg.baseline_epochs, 1),
@@ -166,7 +166,7 @@ class Pipeline:
                      baseline_macs=count_macs(model, self._input_shape()))
 
     def _baseline_model(self) -> nn.Module:
-        model = architectures.build(self.cfg.arch, self.cfg.arch_args)
+        model: nn.Module = architectures.build(self.cfg.arch, self.cfg.arch_args)
         model.load_state_dict(load_file(str(self.out / "baseline.safetensors")))
         return model
 

@@ -1,0 +1,112 @@
+"""``elastiserve train``: build a nested bundle by prune-and-grow, resumably.
+
+Runs plain (one process) or under ``torchrun --nproc_per_node N`` (DDP, gloo on CPU, NCCL on
+GPU is not used here). Interrupt it at any time: rerunning the same command in the same
+``--out`` directory skips the stages already finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from elastiserve_store import ARCHITECTURES, load_bundle
+
+from .data import DatasetError, load_dataset
+from .importance import IMPORTANCES
+from .pipeline import SCHEDULES, Pipeline, PipelineConfig
+from .report import write_report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--arch", choices=ARCHITECTURES, default="resnet20")
+    parser.add_argument("--width-mult", type=float, default=1.0,
+                        help="scale every layer's full width (default 1.0)")
+    parser.add_argument("--dataset", default="fashion-mnist",
+                        choices=("fashion-mnist", "cifar10", "imagefolder", "generated"))
+    parser.add_argument("--data-path", type=Path, default=None,
+                        help="dataset location (Fashion-MNIST default: the Debian package's)")
+    parser.add_argument("--image-size", type=int, default=32, help="ImageFolder resize")
+    parser.add_argument("--train-subset", type=int, default=None, help="use N train images")
+    parser.add_argument("--test-subset", type=int, default=None, help="use N test images")
+    parser.add_argument("--out", type=Path, required=True, help="output / resume directory")
+    parser.add_argument("--levels", type=int, default=4, help="nested levels (default 4)")
+    parser.add_argument("--importance", choices=IMPORTANCES, default="l2")
+    parser.add_argument("--schedule", choices=tuple(SCHEDULES), default="iterative")
+    parser.add_argument("--steps-per-level", type=int, default=1,
+                        help="pruning steps between two levels (iterative schedule)")
+    parser.add_argument("--epochs", type=float, default=10.0, help="baseline training epochs")
+    parser.add_argument("--prune-epochs", type=float, default=0.0,
+                        help="fine-tuning epochs after each pruning step")
+    parser.add_argument("--core-epochs", type=float, default=5.0)
+    parser.add_argument("--grow-epochs", type=float, default=3.0)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed and not dist.is_initialized():
+        dist.init_process_group("gloo")
+    rank = dist.get_rank() if distributed else 0
+    try:
+        return _run(args, rank)
+    except (DatasetError, ValueError) as err:
+        print(f"elastiserve train: {err}", file=sys.stderr)
+        return 2
+    finally:
+        if distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _run(args: argparse.Namespace, rank: int) -> int:
+    data = load_dataset(args.dataset, args.data_path, image_size=args.image_size,
+                        channels=3).limit(args.train_subset, args.test_subset, args.seed)
+    cfg = PipelineConfig(
+        arch=args.arch,
+        arch_args={"in_channels": data.input_shape[0], "num_classes": len(data.class_names),
+                   "width_mult": args.width_mult},
+        levels=args.levels, importance=args.importance, schedule=args.schedule,
+        steps_per_level=args.steps_per_level, baseline_epochs=args.epochs,
+        prune_epochs=args.prune_epochs, core_epochs=args.core_epochs,
+        grow_epochs=args.grow_epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
+    bar = None
+    progress = None
+    if rank == 0 and not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=0, unit="step", dynamic_ncols=True)
+        current = [""]
+
+        def progress(stage: str, step: int, total: int) -> None:
+            assert bar is not None
+            if current[0] != stage:
+                current[0] = stage
+                bar.reset(total=total)
+                bar.set_description(stage)
+            bar.update(step - bar.n)
+
+    pipeline = Pipeline(cfg, data, args.out, progress)
+    skipped = [s for s in pipeline.stages if pipeline.done(s)]
+    if skipped and rank == 0:
+        print(f"resuming: stages already done: {', '.join(skipped)}", file=sys.stderr)
+    metrics = pipeline.run()
+    if bar is not None:
+        bar.close()
+    if rank == 0:
+        bundle = load_bundle(args.out / "bundle")
+        report = write_report(args.out, bundle.manifest, metrics)
+        for lv in report["levels"]:
+            print(f"{lv['name']}: accuracy {lv['accuracy']:.4f}, MACs {lv['macs']} "
+                  f"({lv['macs_ratio']:.3f} of full)")
+        print(f"bundle: {args.out / 'bundle'}; report: {args.out / 'report.md'}")
+    return 0
