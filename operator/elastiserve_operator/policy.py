@@ -19,11 +19,15 @@ gives capacity, "widen" gives accuracy):
    once, whatever the metrics say.
 2. **No data, no move.** A missing, NaN, infinite or negative p95 or request rate, or a
    sample older than ``staleAfterSeconds``, holds the level (``metrics_available=False``).
-3. **Settle.** For ``settleSeconds`` after a switch, readings still mix in the previous
-   level (the query's rate() window), so they are not recorded and the level is held.
-4. **Panic.** Mean p95 over the panic window >= ``panicThreshold`` x objective, or (in
-   Predictive mode) a request rate the queueing model says drives the current level past
-   that line, narrows at once.
+3. **Settle.** For ``settleSeconds`` after a narrowing, latency readings still mix in the
+   slower level (the query's rate() window and the queue it left), so they are not
+   recorded and the level is held, unless the request rate alone predicts an overload.
+   After a widening, mixed readings underestimate, so they are used at once.
+4. **Panic.** Mean p95 over the panic window >= ``panicThreshold`` x objective narrows at
+   once. So does, in Predictive mode, a request rate for which the queueing model predicts
+   a p95 past that line at the current level, or past the breach line while the measured
+   p95 is already over the headroom line (the model moves first when the measurement
+   corroborates it, rather than waiting for the queue to build up).
 5. **Sustained breach.** Mean p95 over the stable window > (1 + tolerance) x objective,
    with clean samples spanning the window (so not before a full window after a start or a
    settle), narrows at once.
@@ -43,7 +47,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import Enum
 
 from .observation import NodePressure, Observation, finite_or_none
@@ -198,7 +202,7 @@ def decide(
             current,
             Cause.CLAMPED,
             f"level {current} outside allowed [{lo}, {hi}]; moving to {target}",
-            state.switched_to(target, now),
+            state.switched_to(target, now, now + policy.settle_s if target < current else None),
             metrics_available=True,
         )
 
@@ -239,51 +243,60 @@ def decide(
         per_replica_rps=rate / replicas,
     )
 
-    # 3. Settle after a switch.
-    if state.last_change_at is not None and sampled_at < state.last_change_at + policy.settle_s:
-        return hold(
-            Cause.SETTLING,
-            f"holding level {current}: settling for {policy.settle_s} s after the "
-            f"switch at {state.last_change_at:.0f}",
-            state,
-            predictions=ctx.predictions,
-        )
-
-    horizon = max(policy.stable_window_s, policy.panic_window_s)
-    state = state.with_sample(Sample(sampled_at, p95, rate), horizon, now)
+    # 3. Settle after a narrowing: readings still show the slower level. The rate does not
+    #    depend on the level, so a predicted overload is still acted on while settling.
+    settling = state.settle_until is not None and sampled_at < state.settle_until
+    if not settling:
+        horizon = max(policy.stable_window_s, policy.panic_window_s)
+        state = state.with_sample(Sample(sampled_at, p95, rate), horizon, now)
     panic_values = [s.p95_s for s in state.samples if s.at >= now - policy.panic_window_s]
     stable = [s for s in state.samples if s.at >= now - policy.stable_window_s]
-    stable_values = [s.p95_s for s in stable]
     panic_line = policy.panic_threshold * objective
     breach_line = (1.0 + policy.tolerance) * objective
+    headroom_line = (1.0 - policy.headroom) * objective
 
-    # 4./5. Narrowing on latency.
+    # 4./5. Narrowing on latency (measured, or predicted from the rate).
     narrow_cause: Cause | None = None
     evidence = ""
-    if panic_values and _mean(panic_values) >= panic_line:
+    if not settling and panic_values and _mean(panic_values) >= panic_line:
         narrow_cause = Cause.PANIC
         evidence = (
             f"p95 {_ms(_mean(panic_values))} >= {policy.panic_threshold:g}x objective "
             f"{_ms(objective)} over the {policy.panic_window_s} s panic window"
         )
-    elif ctx.predictive and ctx.predictions[current] >= panic_line:
+    elif ctx.predictive and (
+        ctx.predictions[current] >= panic_line
+        or (not settling and ctx.predictions[current] > breach_line and p95 > headroom_line)
+    ):
+        # The model alone acts only on a clear overload; a predicted breach needs the
+        # measured p95 to corroborate it (already past the headroom line).
         narrow_cause = Cause.PREDICTED_OVERLOAD
         evidence = (
             f"{ctx.per_replica_rps:.1f} rps per replica predicts p95 "
-            f"{_ms(ctx.predictions[current])} at level {current}, >= "
-            f"{policy.panic_threshold:g}x objective {_ms(objective)}"
+            f"{_ms(ctx.predictions[current])} at level {current} (measured {_ms(p95)}), "
+            f"over objective {_ms(objective)} +{policy.tolerance:.0%}"
         )
-    else:
+    elif not settling:
         # Samples must span the window (less one evaluation interval): a breach seen for
-        # a few seconds after a start or a settle is not yet "sustained".
+        # a few seconds after a start or a switch is not yet "sustained".
         span_start = now - (policy.stable_window_s - policy.evaluation_interval_s)
-        covered = bool(stable) and stable[0].at <= span_start
-        if covered and _mean(stable_values) > breach_line:
+        stable_mean = _mean([s.p95_s for s in stable]) if stable else 0.0
+        if stable and stable[0].at <= span_start and stable_mean > breach_line:
             narrow_cause = Cause.SUSTAINED_BREACH
             evidence = (
-                f"mean p95 {_ms(_mean(stable_values))} > objective {_ms(objective)} "
+                f"mean p95 {_ms(stable_mean)} > objective {_ms(objective)} "
                 f"+{policy.tolerance:.0%} over the {policy.stable_window_s} s window"
             )
+    if settling and narrow_cause is None:
+        assert state.settle_until is not None
+        return hold(
+            Cause.SETTLING,
+            f"holding level {current}: ignoring latency until "
+            f"{state.settle_until - sampled_at:.0f} s from now, the query window still "
+            f"holds the previous level",
+            state,
+            predictions=ctx.predictions,
+        )
     if narrow_cause is not None:
         if current <= lo:
             return hold(
@@ -331,7 +344,6 @@ def decide(
         )
 
     # 7. Recommendation, then widen after stabilisation.
-    headroom_line = (1.0 - policy.headroom) * objective
     if ctx.predictive:
         fit = _widest_fitting(ctx.predictions, lo, hi, headroom_line)
         recommended = fit if fit is not None else lo
@@ -356,9 +368,13 @@ def decide(
             target,
             now,
             Cause.HEADROOM,
-            f"p95 {_ms(p95)} within objective {_ms(objective)} and level {target} "
-            f"fitted with {policy.headroom:.0%} headroom for "
-            f"{policy.widen_stabilization_s} s; widening {ctx.label(current)} -> "
+            f"p95 {_ms(p95)} within objective {_ms(objective)} and "
+            + (
+                f"level {target} predicted within {policy.headroom:.0%} headroom"
+                if ctx.predictive
+                else f"p95 under the {policy.headroom:.0%} headroom line"
+            )
+            + f" for {policy.widen_stabilization_s} s; widening {ctx.label(current)} -> "
             f"{ctx.label(target)}{ctx.predicted(target)}",
         )
     if recommended > current:
@@ -391,5 +407,6 @@ def _switch(
     window = ctx.spec.policy.widen_stabilization_s
     if target < current:
         state = state.with_recommendation(target, window, now)
-    new_state = replace(state.switched_to(target, now))
+    settle_until = now + ctx.spec.policy.settle_s if target < current else None
+    new_state = state.switched_to(target, now, settle_until)
     return Decision(target, current, cause, reason, new_state, True, ctx.predictions)

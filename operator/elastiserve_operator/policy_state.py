@@ -46,6 +46,7 @@ class PolicyState:
     level: int
     started_at: float
     last_change_at: float | None = None
+    settle_until: float | None = None
     samples: tuple[Sample, ...] = ()
     recommendations: tuple[Recommendation, ...] = ()
 
@@ -72,9 +73,13 @@ class PolicyState:
         kept.append(Recommendation(now, level))
         return replace(self, recommendations=tuple(kept[-_MAX_ENTRIES:]))
 
-    def switched_to(self, level: int, now: float) -> PolicyState:
-        """The level changed: old samples describe the old level, so they are dropped."""
-        return replace(self, level=level, last_change_at=now, samples=())
+    def switched_to(self, level: int, now: float, settle_until: float | None = None) -> PolicyState:
+        """The level changed: old samples describe the old level, so they are dropped.
+
+        ``settle_until`` (set after a narrowing) marks readings taken before it as still
+        showing the slower level.
+        """
+        return replace(self, level=level, last_change_at=now, settle_until=settle_until, samples=())
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form for ``status.policyState``."""
@@ -83,6 +88,7 @@ class PolicyState:
             "level": self.level,
             "startedAt": self.started_at,
             "lastChangeAt": self.last_change_at,
+            "settleUntil": self.settle_until,
             "samples": [[s.at, s.p95_s, s.rate_rps] for s in self.samples],
             "recommendations": [[r.at, r.level] for r in self.recommendations],
         }
@@ -98,10 +104,12 @@ class PolicyState:
             raise ValueError(f"unsupported policy state version {raw.get('version')!r}")
         try:
             last = raw.get("lastChangeAt")
+            settle = raw.get("settleUntil")
             return cls(
                 level=int(raw["level"]),
                 started_at=float(raw["startedAt"]),
                 last_change_at=float(last) if last is not None else None,
+                settle_until=float(settle) if settle is not None else None,
                 samples=tuple(
                     Sample(float(a), float(p), float(r)) for a, p, r in raw.get("samples", [])
                 ),

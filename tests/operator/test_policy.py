@@ -50,6 +50,7 @@ def make_state(
     *,
     age: float = 3600.0,
     changed_ago: float | None = None,
+    settle_left: float | None = None,
     samples: tuple[tuple[float, float], ...] = (),
     recs: tuple[tuple[float, int], ...] | None = None,
     rate: float = 50.0,
@@ -64,6 +65,7 @@ def make_state(
         level=level,
         started_at=NOW - age,
         last_change_at=None if changed_ago is None else NOW - changed_ago,
+        settle_until=None if settle_left is None else NOW + settle_left,
         samples=tuple(Sample(NOW - ago, p95, rate) for ago, p95 in samples),
         recommendations=tuple(
             Recommendation(NOW - ago, lv) for ago, lv in recs_sorted(recommendations)
@@ -125,8 +127,13 @@ ROWS = (
     Row("stale-limit-is-configurable", make_state(3), obs(0.02, ago=61), 3, Cause.STEADY,
         {"policy": {"staleAfterSeconds": 120}}),
     # 3. settle after a switch
-    Row("settling-ignores-a-panic-reading", make_state(2, changed_ago=10), obs(0.9), 2,
-        Cause.SETTLING),
+    Row("settling-ignores-a-panic-reading", make_state(2, changed_ago=10, settle_left=20),
+        obs(0.9), 2, Cause.SETTLING),
+    Row("settling-still-acts-on-a-predicted-overload",
+        make_state(2, changed_ago=10, settle_left=20), obs(0.9, 200.0), 1,
+        Cause.PREDICTED_OVERLOAD),
+    Row("no-settling-after-a-widening", make_state(2, changed_ago=10), obs(0.3, 50.0), 1,
+        Cause.PANIC),
     # 4. panic
     Row("panic-narrows-to-the-level-that-fits", make_state(3), obs(0.25, 150.0), 1, Cause.PANIC),
     Row("panic-narrows-at-least-one-level", make_state(3), obs(0.25, 50.0), 2, Cause.PANIC),
@@ -148,6 +155,12 @@ ROWS = (
         Cause.STEADY),
     Row("rate-for-one-ready-replica-overloads", make_state(3), obs(0.05, 120.0, ready=1), 2,
         Cause.PREDICTED_OVERLOAD),
+    Row("corroborated-predicted-breach-narrows", make_state(3), obs(0.085, 90.0), 2,
+        Cause.PREDICTED_OVERLOAD),
+    Row("predicted-breach-without-corroboration-holds", make_state(3), obs(0.05, 90.0), 3,
+        Cause.STEADY),
+    Row("predicted-breach-waits-while-settling", make_state(3, changed_ago=5, settle_left=25),
+        obs(0.085, 90.0), 3, Cause.SETTLING),
     Row("no-prediction-in-step-mode", make_state(3), obs(0.05, 100.0), 3, Cause.STEADY,
         {"policy": {"mode": "Step"}}),
     Row("short-profile-falls-back-to-step", make_state(3), obs(0.05, 100.0), 3, Cause.STEADY,
@@ -323,7 +336,8 @@ class TestHelpers:
 
 class TestStateSerialisation:
     def test_round_trip(self) -> None:
-        state = make_state(2, changed_ago=100, samples=((10.0, 0.05),), recs=((50.0, 3),))
+        state = make_state(2, changed_ago=100, settle_left=5, samples=((10.0, 0.05),),
+                           recs=((50.0, 3),))
         assert PolicyState.from_dict(state.to_dict()) == state
 
     @pytest.mark.parametrize("raw", [{"version": 99}, {"version": 1, "level": 2}, {"version": 1,
@@ -353,8 +367,9 @@ def histories(draw: st.DrawFn, level: int) -> PolicyState:
     samples = draw(st.lists(st.tuples(st.floats(0.0, 120.0), latency), max_size=8))
     recs = draw(st.lists(st.tuples(st.floats(0.0, 400.0), st.integers(0, 3)), max_size=8))
     changed = draw(st.one_of(st.none(), st.floats(0.0, 600.0)))
-    return make_state(level, changed_ago=changed, samples=tuple(sorted(samples, reverse=True)),
-                      recs=tuple(recs) or None)
+    settle = draw(st.one_of(st.none(), st.floats(-30.0, 30.0)))
+    return make_state(level, changed_ago=changed, settle_left=settle,
+                      samples=tuple(sorted(samples, reverse=True)), recs=tuple(recs) or None)
 
 
 class TestProperties:
