@@ -25,6 +25,7 @@ from typing import Any
 
 from elastiserve_operator.profile import LevelProfile, profile_from_manifest
 from elastiserve_operator.simulate import (
+    Controller,
     PolicyController,
     SimConfig,
     SimResult,
@@ -84,7 +85,7 @@ def run(
     stepping = build_spec(len(profile), objective_ms, workers, "Step")
     full_capacity = profile[-1].service_and_capacity(workers)[1]
     trace = TRACES[trace_name][0](full_capacity, duration_s)
-    controllers = [
+    controllers: list[Controller] = [
         StaticController("static-full", len(profile) - 1),
         StaticController("static-narrowest", 0),
         PolicyController("step", stepping, profile),

@@ -1,0 +1,149 @@
+"""Node readings -> ``NodePressure`` (pure: dicts in, dataclass out).
+
+Inputs are what the operator already has as plain dicts:
+
+* the ``Node`` object (``status.allocatable``, falling back to ``status.capacity``);
+* the ``metrics.k8s.io/v1beta1`` ``NodeMetrics`` object (``usage.cpu``/``usage.memory``),
+  when metrics-server runs;
+* exporter values (name -> value, or name -> list of values for one value per thermal
+  zone / GPU), already fetched from Prometheus by the caller, for what metrics-server does
+  not know: Jetson temperature and GPU load, or CPU/memory where metrics-server is absent.
+
+Fractions are of allocatable because that is what pods may use. Metric names differ
+between exporters (jetson-stats exporters, tegrastats scrapers, DCGM), so they are
+configurable through ``ExporterNames``; the defaults follow kube-prometheus recording rules
+for CPU/memory and name the Jetson values plainly.
+
+Wiring: list the nodes that host ready serving pods, read each one's NodeMetrics (and the
+exporter values for that node), call ``node_pressure`` and pass ``worst(...)`` of them in
+the ``Observation``; a reading that cannot be had stays ``None`` and caps nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..observation import NodePressure, finite_or_none
+
+__all__ = ["ExporterNames", "node_pressure", "parse_quantity", "worst"]
+
+_QUANTITY = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)([a-zA-Z]*)$")
+_SUFFIX = {
+    "": 1.0,
+    "n": 1e-9,
+    "u": 1e-6,
+    "m": 1e-3,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "P": 1e15,
+    "E": 1e18,
+    "Ki": 2.0**10,
+    "Mi": 2.0**20,
+    "Gi": 2.0**30,
+    "Ti": 2.0**40,
+    "Pi": 2.0**50,
+    "Ei": 2.0**60,
+}
+
+
+@dataclass(frozen=True)
+class ExporterNames:
+    """Names of the exporter values to read; ``None`` skips that reading."""
+
+    cpu_fraction: str | None = "instance:node_cpu_utilisation:rate5m"
+    memory_fraction: str | None = "instance:node_memory_utilisation:ratio"
+    temperature_c: str | None = "jetson_temperature_celsius"
+    gpu_load_percent: str | None = "jetson_gpu_load_percent"
+
+
+def parse_quantity(quantity: str | int | float) -> float:
+    """A Kubernetes resource quantity (``"250m"``, ``"2"``, ``"1Gi"``, ``"1e3"``) as a float.
+
+    Raises ``ValueError`` on anything else, so a malformed node never reads as idle.
+    """
+    if isinstance(quantity, int | float) and not isinstance(quantity, bool):
+        return float(quantity)
+    match = _QUANTITY.match(str(quantity).strip())
+    if not match or match.group(2) not in _SUFFIX:
+        raise ValueError(f"not a Kubernetes quantity: {quantity!r}")
+    return float(match.group(1)) * _SUFFIX[match.group(2)]
+
+
+def _resource(node: Mapping[str, Any], name: str) -> float | None:
+    status = node.get("status") or {}
+    for field in ("allocatable", "capacity"):
+        raw = (status.get(field) or {}).get(name)
+        if raw is not None:
+            value = parse_quantity(raw)
+            return value if value > 0 else None
+    return None
+
+
+def _usage(metrics: Mapping[str, Any] | None, name: str) -> float | None:
+    if not metrics:
+        return None
+    raw = (metrics.get("usage") or {}).get(name)
+    return parse_quantity(raw) if raw is not None else None
+
+
+def _exported(
+    values: Mapping[str, float | Sequence[float]] | None, name: str | None
+) -> float | None:
+    """The value named ``name``; for a list (one per zone/GPU) the hottest/busiest."""
+    if not values or name is None or name not in values:
+        return None
+    raw = values[name]
+    items: Iterable[float] = raw if isinstance(raw, Sequence) else (raw,)
+    finite = [v for v in (finite_or_none(float(x)) for x in items) if v is not None]
+    return max(finite) if finite else None
+
+
+def _fraction(used: float | None, total: float | None) -> float | None:
+    if used is None or total is None:
+        return None
+    return used / total
+
+
+def node_pressure(
+    node: Mapping[str, Any],
+    node_metrics: Mapping[str, Any] | None = None,
+    exporter: Mapping[str, float | Sequence[float]] | None = None,
+    names: ExporterNames | None = None,
+) -> NodePressure:
+    """Combine the three sources; metrics-server wins over the exporter for CPU/memory
+    because it measures the same thing the scheduler's allocatable describes."""
+    names = names or ExporterNames()
+    cpu = _fraction(_usage(node_metrics, "cpu"), _resource(node, "cpu"))
+    memory = _fraction(_usage(node_metrics, "memory"), _resource(node, "memory"))
+    return NodePressure(
+        cpu_fraction=cpu if cpu is not None else _exported(exporter, names.cpu_fraction),
+        memory_fraction=(
+            memory if memory is not None else _exported(exporter, names.memory_fraction)
+        ),
+        temperature_c=_exported(exporter, names.temperature_c),
+        gpu_load_percent=_exported(exporter, names.gpu_load_percent),
+    )
+
+
+def worst(readings: Iterable[NodePressure]) -> NodePressure | None:
+    """Field-wise maximum over several nodes (the busiest node caps the level)."""
+    readings = list(readings)
+    if not readings:
+        return None
+
+    def top(values: Iterable[float | None]) -> float | None:
+        finite = [v for v in values if v is not None and not math.isnan(v)]
+        return max(finite) if finite else None
+
+    return NodePressure(
+        cpu_fraction=top(r.cpu_fraction for r in readings),
+        memory_fraction=top(r.memory_fraction for r in readings),
+        temperature_c=top(r.temperature_c for r in readings),
+        gpu_load_percent=top(r.gpu_load_percent for r in readings),
+    )

@@ -1,0 +1,267 @@
+"""Instant PromQL queries, reduced to one number the policy can use.
+
+The policy never imports this module: it takes an ``Observation``. The operator's timer
+builds one with ``gather_observation(source, ...)``, where ``source`` is anything with the
+``MetricsSource`` shape (a ``PrometheusClient`` in the cluster, a fake in unit tests, the
+simulator's Prometheus in benchmarks).
+
+Rules, so that a bad answer never looks like a good number:
+
+* non-2xx, a timeout, a connection error, non-JSON or ``status != "success"`` raise
+  ``PrometheusError`` (the caller holds the level and sets ``MetricsAvailable=False``);
+* an empty result is ``None``: no series means no traffic or no scrape yet, not zero;
+* NaN and +-Inf are ``None``: ``histogram_quantile`` over zero requests is NaN;
+* several series are reduced by ``SeriesPolicy``: ``ERROR`` by default (a template that
+  forgot its ``sum``/``max`` is a misconfiguration worth failing loudly), ``MAX`` for a
+  per-pod p95 (the slowest pod is what some clients see), ``SUM`` for per-pod rates.
+  NaN/Inf series are dropped before reducing; if none is left the result is ``None``.
+
+The sample timestamp returned is Prometheus's: for an instant query that is the
+evaluation time, so staleness shows up as an empty result (Prometheus drops series 5 min
+after the last scrape, and ``rate()`` over a window with < 2 samples is empty). To catch a
+scrape that stopped recently, wrap the query in ``timestamp(...)``-style PromQL.
+
+Wiring: create one ``PrometheusClient`` per operator process (it owns an aiohttp session;
+``await client.close()`` on shutdown, e.g. from ``@kopf.on.cleanup``), render the CR's
+query templates with ``render_query`` and call ``gather_observation`` from the timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from string import Template
+from types import TracebackType
+from typing import Any, Protocol
+
+import aiohttp
+
+from ..observation import NodePressure, Observation
+
+__all__ = [
+    "DEFAULT_LATENCY_QUERY",
+    "DEFAULT_RATE_QUERY",
+    "InstantValue",
+    "MetricsSource",
+    "PrometheusClient",
+    "PrometheusError",
+    "SeriesPolicy",
+    "gather_observation",
+    "parse_instant_response",
+    "render_query",
+]
+
+DEFAULT_LATENCY_QUERY = (
+    "histogram_quantile(0.95, sum by (le) (rate("
+    'elastiserve_request_duration_seconds_bucket{namespace="$namespace",model="$model"}[1m])))'
+)
+"""p95 of the ingress latency histogram; the operator's settings may override it."""
+
+DEFAULT_RATE_QUERY = (
+    'sum(rate(elastiserve_requests_received_total{namespace="$namespace",model="$model"}[1m]))'
+)
+"""Arriving requests/s, counted when a request enters (see ``Observation``)."""
+
+
+class PrometheusError(Exception):
+    """The query failed; the message says how (HTTP status, timeout, bad payload)."""
+
+
+class SeriesPolicy(str, Enum):
+    """How to reduce a result with several series to one value."""
+
+    ERROR = "error"
+    MAX = "max"
+    SUM = "sum"
+
+
+@dataclass(frozen=True)
+class InstantValue:
+    """One finite value and the timestamp Prometheus gave it (epoch seconds)."""
+
+    value: float
+    timestamp: float
+    series: int = 1
+
+
+class MetricsSource(Protocol):
+    """The seam the operator depends on; ``PrometheusClient`` is the real one."""
+
+    async def query(
+        self, promql: str, *, multiple: SeriesPolicy = SeriesPolicy.ERROR
+    ) -> InstantValue | None: ...
+
+
+def render_query(template: str, *, namespace: str, name: str, model: str) -> str:
+    """Fill ``$namespace``, ``$name`` and ``$model`` (``$$`` for a literal ``$``).
+
+    ``string.Template`` rather than ``str.format`` because PromQL is full of braces.
+    Unknown placeholders are left as they are, so a typo shows up in the query error.
+    """
+    return Template(template).safe_substitute(namespace=namespace, name=name, model=model)
+
+
+def _finite(raw: object) -> float | None:
+    try:
+        value = float(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise PrometheusError(f"sample value {raw!r} is not a number") from None
+    return value if math.isfinite(value) else None
+
+
+def parse_instant_response(
+    payload: Mapping[str, Any], multiple: SeriesPolicy = SeriesPolicy.ERROR
+) -> InstantValue | None:
+    """Reduce the JSON body of ``/api/v1/query`` to one value (pure; see module rules)."""
+    if payload.get("status") != "success":
+        raise PrometheusError(
+            f"query failed: {payload.get('errorType', 'unknown')}: {payload.get('error', '')}"
+        )
+    data = payload.get("data")
+    if not isinstance(data, Mapping):
+        raise PrometheusError("response has no data object")
+    kind, result = data.get("resultType"), data.get("result")
+    if kind == "scalar":
+        if not isinstance(result, list) or len(result) != 2:
+            raise PrometheusError("malformed scalar result")
+        value = _finite(result[1])
+        return None if value is None else InstantValue(value, float(result[0]))
+    if kind != "vector":
+        raise PrometheusError(f"expected an instant vector or scalar, got {kind!r}")
+    if not isinstance(result, list):
+        raise PrometheusError("malformed vector result")
+    samples: list[tuple[float, float]] = []
+    for series in result:
+        pair = series.get("value") if isinstance(series, Mapping) else None
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise PrometheusError("malformed series in vector result")
+        value = _finite(pair[1])
+        if value is not None:
+            samples.append((value, float(pair[0])))
+    if len(result) > 1 and multiple is SeriesPolicy.ERROR:
+        raise PrometheusError(
+            f"query returned {len(result)} series; aggregate it (sum/max) in the PromQL"
+        )
+    if not samples:
+        return None
+    if multiple is SeriesPolicy.SUM:
+        return InstantValue(
+            math.fsum(v for v, _ in samples), min(t for _, t in samples), len(samples)
+        )
+    value, timestamp = max(samples)
+    return InstantValue(value, timestamp, len(samples))
+
+
+class PrometheusClient:
+    """Async client for Prometheus's HTTP API (instant queries only)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_s: float = 5.0,
+        headers: Mapping[str, str] | None = None,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self._url = base_url.rstrip("/") + "/api/v1/query"
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._headers = dict(headers or {})
+        self._session = session
+        self._owns_session = session is None
+
+    async def __aenter__(self) -> PrometheusClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the session this client created (a session passed in stays open)."""
+        if self._session is not None and self._owns_session:
+            await self._session.close()
+            self._session = None
+
+    async def query(
+        self, promql: str, *, multiple: SeriesPolicy = SeriesPolicy.ERROR
+    ) -> InstantValue | None:
+        """Run ``promql`` as an instant query now; see the module docstring for the rules."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        try:
+            async with self._session.post(
+                self._url, data={"query": promql}, headers=self._headers, timeout=self._timeout
+            ) as response:
+                body = await response.text()
+                if response.status // 100 != 2:
+                    raise PrometheusError(f"HTTP {response.status} from Prometheus: {body[:200]}")
+        except asyncio.TimeoutError:
+            raise PrometheusError(f"query timed out after {self._timeout.total} s") from None
+        except aiohttp.ClientError as error:
+            raise PrometheusError(f"cannot reach Prometheus: {error}") from error
+        try:
+            payload = json.loads(body)
+        except json.JSONDecodeError:
+            raise PrometheusError(f"response is not JSON: {body[:200]!r}") from None
+        if not isinstance(payload, Mapping):
+            raise PrometheusError("response is not a JSON object")
+        return parse_instant_response(payload, multiple)
+
+
+@dataclass(frozen=True)
+class GatherResult:
+    """The observation plus what went wrong, for the MetricsAvailable condition message."""
+
+    observation: Observation
+    errors: tuple[str, ...] = ()
+
+
+async def gather_observation(
+    source: MetricsSource,
+    latency_query: str,
+    rate_query: str,
+    *,
+    node: NodePressure | None = None,
+    ready_replicas: int | None = None,
+) -> GatherResult:
+    """Run both queries concurrently and build an ``Observation``.
+
+    A failed query becomes ``None`` in the observation (the policy then holds) and a line
+    in ``errors``. The latency takes the slowest series (``MAX``), the rate the sum. The
+    sample time is the older of the two timestamps.
+    """
+    outcomes = await asyncio.gather(
+        source.query(latency_query, multiple=SeriesPolicy.MAX),
+        source.query(rate_query, multiple=SeriesPolicy.SUM),
+        return_exceptions=True,
+    )
+    values: list[InstantValue | None] = []
+    errors: list[str] = []
+    for label, outcome in zip(("latency", "request rate"), outcomes, strict=True):
+        if isinstance(outcome, PrometheusError):
+            errors.append(f"{label}: {outcome}")
+            values.append(None)
+        elif isinstance(outcome, BaseException):
+            raise outcome
+        else:
+            values.append(outcome)
+    latency, rate = values
+    stamps = [v.timestamp for v in values if v is not None]
+    return GatherResult(
+        Observation(
+            p95_s=latency.value if latency else None,
+            request_rate_rps=rate.value if rate else None,
+            sampled_at=min(stamps) if stamps else None,
+            node=node,
+            ready_replicas=ready_replicas,
+        ),
+        tuple(errors),
+    )
