@@ -90,8 +90,19 @@ class TestInStepWithPython:
         # Without `default: {}` on the parent, the API server never applies nested defaults
         # when the whole section is omitted, and the CEL rules would see missing fields.
         root = _version(crd)["schema"]["openAPIV3Schema"]
-        for section in ("levels", "policy", "nodePressure", "serving"):
+        for section in ("levels", "nodePressure", "serving"):
             assert _schema_at(root, f"spec.{section}")["default"] == {}
+
+    def test_policy_default_is_spelled_out_and_matches(self, crd: dict[str, Any]) -> None:
+        # The API server validates a default against the CEL rules as written, without
+        # filling nested defaults, so the policy section (which has rules) spells it out.
+        root = _version(crd)["schema"]["openAPIV3Schema"]
+        expected = {
+            key.split(".", 1)[1]: value
+            for key, value in DEFAULTS.items()
+            if key.startswith("policy.")
+        }
+        assert _schema_at(root, "spec.policy")["default"] == expected
 
     @pytest.mark.parametrize(
         "case", [c for c in INVALID_SPECS if c.kind == "cel"], ids=lambda c: c.name
