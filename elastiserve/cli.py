@@ -30,6 +30,12 @@ class Command:
 COMMANDS: tuple[Command, ...] = (
     Command("train", "build a nested elastic bundle by prune-and-grow", "elastiserve_train.cli",
             "train"),
+    Command("archive", "package a nested bundle as a TorchServe .mar (no pickle inside)",
+            "elastiserve_serve.cli_archive", "serve"),
+    Command("serve", "run TorchServe locally with a safe configuration",
+            "elastiserve_serve.cli_serve", "serve"),
+    Command("level", "set the active level through the control file",
+            "elastiserve_serve.cli_level", "serve"),
 )
 
 

@@ -1,0 +1,69 @@
+"""``elastiserve serve``: TorchServe on this machine, configured as in :mod:`.ts_config`.
+
+Takes a bundle directory (archived on the fly) or ready ``.mar`` files, writes the initial level
+to the control file so workers come up at it, starts TorchServe and waits for Ctrl-C. The bearer
+tokens stay in ``RUN_DIR/key_file.json``; only its path is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import signal
+import threading
+from pathlib import Path
+
+from .archive import ArchiveSpec, build_archive
+from .level_agent import set_level
+from .ts_server import run_torchserve
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--bundle", type=Path, help="nested bundle directory")
+    source.add_argument("--mar", type=Path, action="append", help=".mar file (repeatable)")
+    parser.add_argument("--name", default="elastic", help="model name for --bundle")
+    parser.add_argument("--run-dir", type=Path, default=Path(".elastiserve/serve"))
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-batch-delay-ms", type=int, default=5)
+    parser.add_argument("--allow-pin", action="store_true")
+    parser.add_argument("--level", help="initial level (default: the widest)")
+    parser.add_argument("--control-file", type=Path,
+                        default=Path("/dev/shm/elastiserve/level.json"))
+    parser.add_argument("--bind", default="127.0.0.1",
+                        help="inference address to bind (management/metrics stay on loopback)")
+
+
+def run(args: argparse.Namespace) -> int:
+    run_dir: Path = args.run_dir.resolve()
+    store = run_dir / "model-store"
+    store.mkdir(parents=True, exist_ok=True)
+    if args.bundle is not None:
+        spec = ArchiveSpec(
+            workers=args.workers,
+            batch_size=args.batch_size,
+            max_batch_delay_ms=args.max_batch_delay_ms,
+            handler={"control_file": str(args.control_file), "allow_pin": args.allow_pin},
+        )
+        build_archive(args.bundle, store, args.name, spec, force=True)
+        models = [f"{args.name}={args.name}.mar"]
+    else:
+        models = []
+        for mar in args.mar:
+            shutil.copy2(mar, store / mar.name)
+            models.append(f"{mar.stem}={mar.name}")
+    if args.level:
+        set_level(args.control_file, args.level)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with run_torchserve(run_dir / "torchserve", store, models, bind_host=args.bind) as server:
+        print(f"inference:  {server.inference_url}/predictions/<model>")
+        print(f"management: {server.management_url}")
+        print(f"metrics:    http://{server.metrics_address}/metrics")
+        print(f"tokens:     {server.run_dir / 'key_file.json'} (Authorization: Bearer <key>)")
+        print(f"level:      elastiserve level set <name> --control-file {args.control_file}")
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()
+    return 0
