@@ -1,0 +1,221 @@
+"""Nested prune-and-grow levels vs independently pruned models, on real Fashion-MNIST.
+
+Variants (ResNet-20, 4 levels at 25/50/75/100 % channels, each level gets the same number of
+fine-tuning epochs ``E`` after pruning):
+
+* baseline: the unpruned model trained ``--baseline-epochs``; every variant starts from it;
+* nested: prune-and-grow (core fine-tuned E epochs, each regrown level E epochs, core frozen);
+* independent: the baseline pruned one-shot to each level's size, fine-tuned E epochs
+  (the 100 % "level" is the baseline fine-tuned E more epochs);
+* no regrowth: levels rebuilt by reinserting the pruned channels with their original weights
+  around the fine-tuned core, without the regrowth fine-tuning;
+* one-shot vs iterative at 1/3 channels kept (~2/3 removed): one step then E epochs, or three
+  steps with E/3 epochs after each.
+
+Resumable: every finished variant is cached in ``--work-dir``; rerun the same command to
+continue. Writes ``benchmarks/results/nested_vs_independent.json`` and prints tables.
+
+    python benchmarks/nested_vs_independent.py --epochs 5 --baseline-epochs 10
+    python benchmarks/nested_vs_independent.py --epochs 0.05 --baseline-epochs 0.05 \
+        --subset 2000 --test-subset 500 --out /tmp/tiny.json        # smoke size
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from elastiserve_store.profile import count_macs
+from elastiserve_train import loop
+from elastiserve_train.data import FASHION_MNIST_DIR, Dataset, load_fashion_mnist
+from elastiserve_train.importance import IMPORTANCES, make_importance
+from elastiserve_train.pipeline import Pipeline, PipelineConfig
+from elastiserve_train.pruning import ChainPruner
+from elastiserve_train.schedules import iterative, nested_ratios, one_shot
+
+ROOT = Path(__file__).resolve().parent
+
+
+class Cache:
+    """JSON file of finished variant results: the benchmark's resume point."""
+
+    def __init__(self, path: Path, config: dict[str, Any]) -> None:
+        self.path = path
+        self.data: dict[str, Any] = {"config": config, "results": {}}
+        if path.is_file():
+            old = json.loads(path.read_text())
+            if old.get("config") == config:
+                self.data = old
+            else:
+                print(f"{path}: configuration changed, starting over", file=sys.stderr)
+
+    def get(self, key: str) -> Any:
+        return self.data["results"].get(key)
+
+    def put(self, key: str, value: Any) -> Any:
+        self.data["results"][key] = value
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2))
+        tmp.replace(self.path)
+        return value
+
+
+def _prune_and_tune(pipe: Pipeline, keeps: list[float], epochs_per_step: float, importance: str,
+                    salt: int) -> dict[str, float]:
+    """Prune the baseline through ``keeps``, fine-tuning after each step; accuracy and MACs."""
+    model = pipe._baseline_model()
+    data = pipe.data
+    calib = list(loop.batches(data.train, pipe.mean, pipe.std, pipe.cfg.batch_size, 0,
+                              train=True, shard=False, augmentation=False))[:2]
+    pruner = ChainPruner(model, torch.zeros(1, *data.input_shape), make_importance(importance),
+                         keeps)
+    for i in range(len(keeps)):
+        pruner.step(calib)
+        if epochs_per_step > 0:
+            loop.train(model, data.train, pipe.mean, pipe.std,
+                       pipe.cfg.train_cfg(epochs_per_step, salt + i))
+    return {"acc": loop.evaluate(model, data.test, pipe.mean, pipe.std),
+            "macs": count_macs(model, data.input_shape)}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    data: Dataset = load_fashion_mnist(args.data_path).limit(args.subset, args.test_subset)
+    ratios = nested_ratios(4)
+    cfg = PipelineConfig(
+        arch="resnet20", arch_args={"in_channels": 1, "num_classes": 10, "width_mult": 1.0},
+        levels=4, importance=args.importance, schedule="iterative", steps_per_level=1,
+        baseline_epochs=args.baseline_epochs, prune_epochs=0.0, core_epochs=args.epochs,
+        grow_epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
+    config = {"pipeline": json.loads(json.dumps(cfg.__dict__)), "subset": args.subset,
+              "test_subset": args.test_subset}
+    cache = Cache(args.work_dir / "variants.json", config)
+    timings: dict[str, float] = cache.get("timings") or {}
+
+    def timed(key: str, fn: Any) -> Any:
+        if (hit := cache.get(key)) is not None:
+            return hit
+        start = time.perf_counter()
+        value = fn()
+        timings[key] = round(time.perf_counter() - start, 1)
+        cache.put("timings", timings)
+        print(f"[{key}] done in {timings[key]} s", file=sys.stderr)
+        return cache.put(key, value)
+
+    pipe = Pipeline(cfg, data, args.work_dir / "nested")
+    start = time.perf_counter()
+    metrics = pipe.run()  # baseline + nested levels, resumable by itself
+    timings.setdefault("nested_pipeline", round(time.perf_counter() - start, 1))
+    cache.put("timings", timings)
+    full_macs = metrics["level_macs"][-1]
+
+    def no_regrow() -> list[float]:
+        state = pipe._resume_state("core")
+        return [loop.evaluate(state.level_model(k, own_from=0), data.test, pipe.mean, pipe.std)
+                for k in range(len(ratios))]
+
+    no_regrow_acc = timed("no_regrow", no_regrow)
+    independent = []
+    for k, r in enumerate(ratios):
+        if r >= 1.0:
+            independent.append(timed(f"independent_{k}", lambda: {
+                "acc": _tuned_baseline(pipe, args), "macs": full_macs}))
+        else:
+            independent.append(timed(f"independent_{k}", lambda r=r, k=k: _prune_and_tune(
+                pipe, one_shot(r), args.epochs, args.importance, 500 + 10 * k)))
+    keep = 1.0 / 3.0
+    oneshot = timed("oneshot_third", lambda: _prune_and_tune(
+        pipe, one_shot(keep), args.epochs, args.importance, 700))
+    iter3 = timed("iterative_third", lambda: _prune_and_tune(
+        pipe, iterative(keep, 3), args.epochs / 3, args.importance, 800))
+
+    result = {
+        "dataset": "fashion-mnist",
+        "architecture": "resnet20",
+        "importance": args.importance,
+        "epochs": args.epochs,
+        "baseline_epochs": args.baseline_epochs,
+        "train_subset": args.subset,
+        "test_subset": args.test_subset,
+        "baseline_acc": metrics["baseline_acc"],
+        "levels": [{
+            "name": f"L{k}-{round(r * 100)}pct",
+            "channel_ratio": r,
+            "macs": metrics["level_macs"][k],
+            "macs_ratio": metrics["level_macs"][k] / full_macs,
+            "nested_acc": metrics["level_acc"][k],
+            "independent_acc": independent[k]["acc"],
+            "no_regrow_acc": no_regrow_acc[k],
+        } for k, r in enumerate(ratios)],
+        "one_shot_vs_iterative": {
+            "channels_kept": keep,
+            "epochs": args.epochs,
+            "one_shot_acc": oneshot["acc"],
+            "iterative_acc": iter3["acc"],
+            "iterative_steps": 3,
+            "macs_ratio": oneshot["macs"] / full_macs,
+        },
+        "seconds": timings,
+    }
+    return result
+
+
+def _tuned_baseline(pipe: Pipeline, args: argparse.Namespace) -> float:
+    model = pipe._baseline_model()
+    if args.epochs > 0:
+        loop.train(model, pipe.data.train, pipe.mean, pipe.std,
+                   pipe.cfg.train_cfg(args.epochs, 900))
+    acc: float = loop.evaluate(model, pipe.data.test, pipe.mean, pipe.std)
+    return acc
+
+
+def print_tables(result: dict[str, Any]) -> None:
+    print(f"\nResNet-20 on Fashion-MNIST, {result['epochs']} fine-tuning epochs per level "
+          f"(baseline {result['baseline_epochs']} epochs: acc {result['baseline_acc']:.4f})")
+    print(f"{'level':<12}{'channels':>9}{'MACs':>8}{'nested':>9}{'independent':>13}"
+          f"{'no regrow':>11}")
+    for lv in result["levels"]:
+        print(f"{lv['name']:<12}{lv['channel_ratio']:>9.2f}{lv['macs_ratio']:>8.3f}"
+              f"{lv['nested_acc']:>9.4f}{lv['independent_acc']:>13.4f}{lv['no_regrow_acc']:>11.4f}")
+    o = result["one_shot_vs_iterative"]
+    print(f"\n~2/3 channels removed (keep {o['channels_kept']:.3f}, MACs {o['macs_ratio']:.3f}), "
+          f"{o['epochs']} epochs in total")
+    print(f"{'schedule':<12}{'accuracy':>9}")
+    print(f"{'one-shot':<12}{o['one_shot_acc']:>9.4f}")
+    print(f"{'iterative':<12}{o['iterative_acc']:>9.4f}  ({o['iterative_steps']} steps)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=float, default=5.0,
+                        help="fine-tuning epochs per level, the same for every variant")
+    parser.add_argument("--baseline-epochs", type=float, default=10.0)
+    parser.add_argument("--subset", type=int, default=None, help="train on N images")
+    parser.add_argument("--test-subset", type=int, default=None, help="test on N images")
+    parser.add_argument("--importance", choices=IMPORTANCES, default="l2")
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--data-path", type=Path, default=FASHION_MNIST_DIR)
+    parser.add_argument("--work-dir", type=Path,
+                        default=ROOT.parent / "runs" / "bench-nested-vs-independent")
+    parser.add_argument("--out", type=Path,
+                        default=ROOT / "results" / "nested_vs_independent.json")
+    args = parser.parse_args(argv)
+    result = run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print_tables(result)
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
