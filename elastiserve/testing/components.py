@@ -47,6 +47,7 @@ CONTROLLERS = (
     "pod-garbage-collector-controller",
     "node-lifecycle-controller",
     "disruption-controller",
+    "service-cidr-controller",
 )
 
 

@@ -79,7 +79,7 @@ class ControlPlane:
         """Start a control plane in ``run_dir``; the caller must ``stop`` it (or use ``with``).
 
         ``workloads=False`` starts only etcd and kube-apiserver (envtest's set), for tests that
-        need the API and nothing that runs pods; ``nodes`` then must be empty.
+        need the API and nothing that runs pods (and so no fake nodes).
         Explicit ports are checked up front; unset ones are picked free.
         """
         found = assets if assets is not None else Assets.locate()
@@ -87,7 +87,9 @@ class ControlPlane:
         if workloads:
             names += [comp.CONTROLLER_MANAGER, comp.SCHEDULER, comp.KWOK]
         binaries = {name: found.binary(name) for name in names}
-        node_list = list(default_nodes() if nodes is None else nodes)
+        if nodes is None:
+            nodes = default_nodes() if workloads else ()
+        node_list = list(nodes)
         if node_list and not workloads:
             raise ControlPlaneError("fake nodes need kwok: pass workloads=True or nodes=()")
 

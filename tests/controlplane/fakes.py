@@ -31,7 +31,11 @@ def fake_assets(directory: Path, **bodies: str) -> Assets:
 
 
 def processes_under(directory: Path) -> list[psutil.Process]:
-    """Live processes whose command line mentions ``directory`` (a fake binary or its child)."""
+    """Live processes whose command line mentions ``directory``.
+
+    Pass the test's ``tmp_path``: a fake binary's path, or the run directory in its arguments,
+    is under it.
+    """
     marker = str(directory)
     found = []
     for proc in psutil.process_iter(["cmdline", "status"]):
