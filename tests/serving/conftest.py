@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from elastiserve_serve.archive import ArchiveSpec, build_archive
-from elastiserve_serve.runtime import ControlState, write_control_file
+from elastiserve_serve.level_agent import set_level
 from elastiserve_serve.ts_server import TorchServe, run_torchserve
 
 from .bundles import make_bundle
@@ -34,8 +34,9 @@ class Served:
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.server.keys.inference}"}
 
-    def set_level(self, level: str, generation: int, allow_pin: bool | None = None) -> None:
-        write_control_file(self.control_file, ControlState(level, generation, allow_pin))
+    def set_level(self, level: str, _order: int = 0, allow_pin: bool | None = None) -> None:
+        """Write the next generation (tests share one server, so generations must only grow)."""
+        set_level(self.control_file, level, allow_pin)
 
 
 @pytest.fixture(scope="session")
