@@ -56,15 +56,20 @@ __all__ = [
 ]
 
 DEFAULT_LATENCY_QUERY = (
-    "histogram_quantile(0.95, sum by (le) (rate("
-    'elastiserve_request_duration_seconds_bucket{namespace="$namespace",model="$model"}[1m])))'
+    "histogram_quantile(0.95, sum by (le) (rate(elastiserve_request_latency_seconds_bucket"
+    '{namespace="$namespace",ModelName="$model"}[1m])))'
 )
-"""p95 of the ingress latency histogram; the operator's settings may override it."""
+"""p95 of the latency histogram the serving side really exports
+(``elastiserve_serve.ts_metrics.LATENCY``, TorchServe labels ``ModelName``/``ElasticLevel``).
+It is the handler's time; the frontend queue is outside it, so a deployment that has an
+ingress histogram should point ``ELASTISERVE_LATENCY_QUERY`` at that one."""
 
 DEFAULT_RATE_QUERY = (
-    'sum(rate(elastiserve_requests_received_total{namespace="$namespace",model="$model"}[1m]))'
+    'sum(rate(ts_inference_requests_total{namespace="$namespace",model_name="$model"}[1m]))'
 )
-"""Arriving requests/s, counted when a request enters (see ``Observation``)."""
+"""Arriving requests/s: TorchServe's frontend counts a request when it is received, before
+the queue, which is what the predictor needs (see ``Observation``); the handler's
+``elastiserve_requests_total`` counts completions and saturates under overload."""
 
 
 class PrometheusError(Exception):

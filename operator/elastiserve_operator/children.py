@@ -1,0 +1,412 @@
+"""Pure builders of the objects one ``ElasticModel`` owns (kubebuilder's "children").
+
+Every builder takes the CR's identity (``Owner``), its parsed spec and the operator
+settings, and returns the full object to server-side-apply: deterministic names, the
+owner reference (so deleting the CR garbage-collects everything), and the labels the
+operator selects on. No I/O, so the shape is table-tested without a cluster.
+
+What each child is for:
+
+* ``Deployment``: the serving pods. Container ``torchserve`` runs the elastic handler;
+  container ``level-agent`` watches this one ``ElasticModel`` and copies
+  ``status.activeLevel`` into the control file on a shared in-memory ``emptyDir``. The
+  pod does not automount a token; the agent alone gets a short-lived projected token of
+  the per-model ServiceAccount, so TorchServe's container holds no credentials. The pod
+  template never contains the level: a switch must not roll the pods.
+* ``Service``: inference (8080) and metrics (8082) ports for clients and Prometheus.
+* ``ConfigMap``: the serving configuration (model name, batching, pinning) as JSON,
+  mounted read-only; the container arguments repeat what the launcher needs.
+* ``ServiceAccount`` + ``Role`` + ``RoleBinding``: get/watch on this one ``ElasticModel``
+  (``resourceNames``), nothing else.
+
+Security: pods satisfy Pod Security Standard ``restricted`` (non-root, no privilege
+escalation, all capabilities dropped, RuntimeDefault seccomp).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .settings import OperatorSettings
+from .spec import ElasticModelSpec, LocalPathSource, PvcSource, UrlSource
+
+__all__ = [
+    "API_VERSION",
+    "CONTROL_DIR",
+    "CONTROL_FILE",
+    "INFERENCE_PORT",
+    "KIND",
+    "METRICS_PORT",
+    "MODEL_LABEL",
+    "Names",
+    "Owner",
+    "build_children",
+    "build_configmap",
+    "build_deployment",
+    "build_rbac",
+    "build_service",
+    "level_names",
+    "model_name",
+    "names_for",
+]
+
+API_VERSION = "elastiserve.io/v1alpha1"
+KIND = "ElasticModel"
+MODEL_LABEL = "elastiserve.io/model"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "elastiserve-operator"}
+INFERENCE_PORT = 8080
+METRICS_PORT = 8082
+CONTROL_DIR = "/var/run/elastiserve"
+CONTROL_FILE = f"{CONTROL_DIR}/level.json"
+TOKEN_DIR = "/var/run/secrets/elastiserve"
+MODEL_DIR = "/models"
+CONFIG_DIR = "/etc/elastiserve"
+TOKEN_EXPIRATION_S = 3600
+RUN_AS = 1000
+
+
+@dataclass(frozen=True)
+class Owner:
+    """What a child needs to know about its ``ElasticModel``."""
+
+    name: str
+    namespace: str
+    uid: str
+
+
+@dataclass(frozen=True)
+class Names:
+    """Deterministic child names: the same CR always yields the same names."""
+
+    deployment: str
+    service: str
+    configmap: str
+    account: str
+
+
+def _fit(name: str, suffix: str, limit: int = 63) -> str:
+    """``name-suffix`` within ``limit`` characters (hash-shortened when too long).
+
+    63 because Service names and label values are DNS labels, and a CR name may be longer.
+    """
+    full = f"{name}-{suffix}" if suffix else name
+    if len(full) <= limit:
+        return full
+    digest = hashlib.sha256(full.encode()).hexdigest()[:8]
+    keep = limit - len(suffix) - len(digest) - (2 if suffix else 1)
+    return f"{name[:keep].rstrip('-')}-{digest}" + (f"-{suffix}" if suffix else "")
+
+
+def names_for(name: str) -> Names:
+    return Names(
+        deployment=_fit(name, "serving"),
+        service=_fit(name, ""),
+        configmap=_fit(name, "config"),
+        account=_fit(name, "level-agent"),
+    )
+
+
+def model_name(owner: Owner, spec: ElasticModelSpec) -> str:
+    """Name registered in TorchServe (``/predictions/<name>``) and used in PromQL."""
+    return spec.model.name or _fit(owner.name, "")
+
+
+def level_names(spec: ElasticModelSpec) -> tuple[str, ...]:
+    """Level names the agent writes into the control file, narrowest first.
+
+    The control file speaks level *names* (the bundle manifest's); the CR speaks indexes.
+    Named profile entries give the names; otherwise the bundle default ``L<k>``.
+    """
+    profile = spec.model.profile
+    if profile and all(not entry.name.startswith("level-") for entry in profile):
+        return tuple(entry.name for entry in profile)
+    return tuple(f"L{k}" for k in range(spec.model.level_count))
+
+
+def _labels(owner: Owner) -> dict[str, str]:
+    return {MODEL_LABEL: _fit(owner.name, ""), **MANAGED_BY}
+
+
+def _meta(owner: Owner, name: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": _labels(owner),
+        "ownerReferences": [
+            {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "name": owner.name,
+                "uid": owner.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ],
+        **extra,
+    }
+
+
+def build_configmap(owner: Owner, spec: ElasticModelSpec) -> dict[str, Any]:
+    config = {
+        "model": model_name(owner, spec),
+        "levels": list(level_names(spec)),
+        "workers": spec.serving.workers,
+        "batchSize": spec.serving.batch_size,
+        "maxBatchDelayMs": spec.serving.max_batch_delay_ms,
+        "allowRequestPinning": spec.allow_request_pinning,
+        "controlFile": CONTROL_FILE,
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(owner, names_for(owner.name).configmap),
+        "data": {"serving.json": json.dumps(config, indent=2, sort_keys=True) + "\n"},
+    }
+
+
+def build_service(owner: Owner) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(owner, names_for(owner.name).service),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {MODEL_LABEL: _fit(owner.name, "")},
+            "ports": [
+                {"name": "http", "port": INFERENCE_PORT, "targetPort": "http"},
+                {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics"},
+            ],
+        },
+    }
+
+
+def build_rbac(owner: Owner) -> list[dict[str, Any]]:
+    """ServiceAccount, Role (get/list/watch this one CR by name) and RoleBinding.
+
+    ``list``/``watch`` with ``resourceNames`` are allowed only together with a
+    ``metadata.name`` field selector, which is exactly what the agent sends.
+    """
+    names = names_for(owner.name)
+    account = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _meta(owner, names.account),
+        "automountServiceAccountToken": False,
+    }
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _meta(owner, names.account),
+        "rules": [
+            {
+                "apiGroups": ["elastiserve.io"],
+                "resources": ["elasticmodels"],
+                "resourceNames": [owner.name],
+                "verbs": ["get", "list", "watch"],
+            }
+        ],
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _meta(owner, names.account),
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": names.account,
+        },
+        "subjects": [
+            {"kind": "ServiceAccount", "name": names.account, "namespace": owner.namespace}
+        ],
+    }
+    return [account, role, binding]
+
+
+_CONTAINER_SECURITY: Mapping[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "runAsNonRoot": True,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def _model_volume(spec: ElasticModelSpec) -> tuple[dict[str, Any], str, list[dict[str, Any]]]:
+    """(volume, path of the .mar inside the container, init containers)."""
+    source = spec.model.source
+    if isinstance(source, PvcSource):
+        volume = {
+            "name": "model",
+            "persistentVolumeClaim": {"claimName": source.claim_name, "readOnly": True},
+        }
+        return volume, f"{MODEL_DIR}/{source.path}", []
+    if isinstance(source, LocalPathSource):
+        directory, _, filename = source.path.rpartition("/")
+        volume = {"name": "model", "hostPath": {"path": directory or "/", "type": "Directory"}}
+        return volume, f"{MODEL_DIR}/{filename}", []
+    assert isinstance(source, UrlSource)
+    # Downloaded by an init container into an emptyDir, refused unless the digest matches.
+    fetch = (
+        "import hashlib,sys,urllib.request\n"
+        "url,digest,dest=sys.argv[1:4]\n"
+        "data=urllib.request.urlopen(url,timeout=300).read()\n"
+        "got=hashlib.sha256(data).hexdigest()\n"
+        "sys.exit(f'sha256 mismatch: {got}') if got!=digest else open(dest,'wb').write(data)\n"
+    )
+    init = {
+        "name": "fetch-model",
+        "command": ["python", "-c", fetch, source.url, source.sha256, f"{MODEL_DIR}/model.mar"],
+        "volumeMounts": [{"name": "model", "mountPath": MODEL_DIR}],
+        "securityContext": dict(_CONTAINER_SECURITY),
+    }
+    return {"name": "model", "emptyDir": {}}, f"{MODEL_DIR}/model.mar", [init]
+
+
+def build_deployment(
+    owner: Owner, spec: ElasticModelSpec, settings: OperatorSettings
+) -> dict[str, Any]:
+    names = names_for(owner.name)
+    image = spec.serving.image or settings.serving_image
+    volume, mar_path, init = _model_volume(spec)
+    for container in init:
+        container["image"] = image
+    serving = spec.serving
+    args = [
+        "serve",
+        "--mar", mar_path,
+        "--name", model_name(owner, spec),
+        "--bind", "0.0.0.0",
+        "--run-dir", "/tmp/elastiserve",
+        "--control-file", CONTROL_FILE,
+        "--workers", str(serving.workers),
+        "--batch-size", str(serving.batch_size),
+        "--max-batch-delay-ms", str(serving.max_batch_delay_ms),
+    ]
+    if spec.allow_request_pinning:
+        args.append("--allow-pin")
+    torchserve: dict[str, Any] = {
+        "name": "torchserve",
+        "image": image,
+        "command": ["elastiserve"],
+        "args": args,
+        "ports": [
+            {"name": "http", "containerPort": INFERENCE_PORT},
+            {"name": "metrics", "containerPort": METRICS_PORT},
+        ],
+        "readinessProbe": {
+            "httpGet": {"path": "/ping", "port": "http"},
+            "periodSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "volumeMounts": [
+            {"name": "model", "mountPath": MODEL_DIR, "readOnly": True},
+            {"name": "control", "mountPath": CONTROL_DIR, "readOnly": True},
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        "securityContext": dict(_CONTAINER_SECURITY),
+    }
+    if serving.resources:
+        torchserve["resources"] = {k: dict(v) for k, v in serving.resources.items()}
+    agent = {
+        "name": "level-agent",
+        "image": image,
+        "command": ["python", "-m", "elastiserve_serve.level_source_k8s"],
+        "args": [
+            "--namespace", owner.namespace,
+            "--name", owner.name,
+            "--control-file", CONTROL_FILE,
+            "--token-file", f"{TOKEN_DIR}/token",
+            "--ca-file", f"{TOKEN_DIR}/ca.crt",
+            "--level-names", ",".join(level_names(spec)),
+        ],
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "32Mi"},
+            "limits": {"memory": "64Mi"},
+        },
+        "volumeMounts": [
+            {"name": "control", "mountPath": CONTROL_DIR},
+            {"name": "agent-token", "mountPath": TOKEN_DIR, "readOnly": True},
+        ],
+        "securityContext": {**_CONTAINER_SECURITY, "readOnlyRootFilesystem": True},
+    }
+    pod_spec: dict[str, Any] = {
+        "serviceAccountName": names.account,
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "fsGroup": RUN_AS,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "initContainers": init,
+        "containers": [torchserve, agent],
+        "volumes": [
+            volume,
+            {"name": "control", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+            {"name": "tmp", "emptyDir": {}},
+            {"name": "config", "configMap": {"name": names.configmap}},
+            {
+                "name": "agent-token",
+                "projected": {
+                    "sources": [
+                        {
+                            "serviceAccountToken": {
+                                "path": "token",
+                                "expirationSeconds": TOKEN_EXPIRATION_S,
+                            }
+                        },
+                        {
+                            "configMap": {
+                                "name": "kube-root-ca.crt",
+                                "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                            }
+                        },
+                    ]
+                },
+            },
+        ],
+    }
+    if serving.node_selector:
+        pod_spec["nodeSelector"] = dict(serving.node_selector)
+    if serving.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in serving.tolerations]
+    if serving.runtime_class_name:
+        pod_spec["runtimeClassName"] = serving.runtime_class_name
+    selector = {MODEL_LABEL: _fit(owner.name, "")}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(owner, names.deployment),
+        "spec": {
+            "replicas": spec.replicas,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {
+                    "labels": _labels(owner),
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(METRICS_PORT),
+                    },
+                },
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def build_children(
+    owner: Owner, spec: ElasticModelSpec, settings: OperatorSettings
+) -> list[dict[str, Any]]:
+    """Every child, in the order to apply them (the pods' dependencies first)."""
+    return [
+        *build_rbac(owner),
+        build_configmap(owner, spec),
+        build_service(owner),
+        build_deployment(owner, spec, settings),
+    ]

@@ -1,0 +1,212 @@
+"""A minimal async Kubernetes API client for the operator's own requests.
+
+kopf watches and patches the ``ElasticModel`` itself; the reconcile loop also needs to
+server-side-apply children, read Deployments/Pods/Nodes and post Events. The ``kubernetes``
+package is not an operator dependency (the operator image stays small: RSS target 150 MB on
+edge boards), so this is a few aiohttp calls authenticated with the same ``ConnectionInfo``
+that kopf's own login helpers produce (``kopf.login_with_service_account`` in a pod,
+``kopf.login_with_kubeconfig`` elsewhere). Only what the operator uses is here.
+
+Errors: 404 is ``NotFound``; 409/429/5xx and connection failures are ``ApiTransient``
+(the caller turns them into ``kopf.TemporaryError``); other 4xx are ``ApiError`` (a bug or
+missing RBAC: retrying will not fix it quickly).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import ssl
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import aiohttp
+import kopf
+
+__all__ = [
+    "ApiError",
+    "ApiTransient",
+    "KubeApi",
+    "NotFound",
+    "connection_info",
+    "resource_path",
+]
+
+FIELD_MANAGER = "elastiserve-operator"
+
+_PLURALS = {
+    ("", "ConfigMap"): "configmaps",
+    ("", "Service"): "services",
+    ("", "ServiceAccount"): "serviceaccounts",
+    ("", "Event"): "events",
+    ("", "Pod"): "pods",
+    ("", "Node"): "nodes",
+    ("apps", "Deployment"): "deployments",
+    ("rbac.authorization.k8s.io", "Role"): "roles",
+    ("rbac.authorization.k8s.io", "RoleBinding"): "rolebindings",
+    ("elastiserve.io", "ElasticModel"): "elasticmodels",
+}
+
+
+class ApiError(Exception):
+    """The API server refused the request for a reason retrying will not fix soon."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+
+
+class NotFound(ApiError):
+    """404: the object (or the whole API, e.g. metrics.k8s.io) does not exist."""
+
+
+class ApiTransient(ApiError):
+    """Conflict, throttling, server error or no connection: worth a retry."""
+
+
+def resource_path(
+    api_version: str, kind: str, namespace: str | None, name: str | None = None
+) -> str:
+    """URL path of a collection or an object (``/api/v1/...`` or ``/apis/g/v/...``)."""
+    group = api_version.split("/")[0] if "/" in api_version else ""
+    plural = _PLURALS[(group, kind)]
+    root = f"/apis/{api_version}" if group else f"/api/{api_version}"
+    ns = f"/namespaces/{quote(namespace)}" if namespace else ""
+    tail = f"/{quote(name)}" if name else ""
+    return f"{root}{ns}/{plural}{tail}"
+
+
+def connection_info(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
+    """The credentials kopf's own minimal login helpers find (service account first)."""
+    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
+        settings=settings
+    )
+    if info is None:
+        raise kopf.LoginError("no in-cluster service account and no kubeconfig")
+    return info
+
+
+def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
+    if info.insecure:
+        return False
+    context = ssl.create_default_context()
+    if info.ca_path:
+        context.load_verify_locations(cafile=str(Path(str(info.ca_path))))
+    elif info.ca_data:
+        import base64
+
+        context.load_verify_locations(cadata=base64.b64decode(info.ca_data).decode())
+    cert, key = info.certificate_path, info.private_key_path
+    if info.certificate_data or info.private_key_data:
+        import base64
+
+        # ssl wants files; write them to a private temp dir that lives as long as the process.
+        folder = Path(tempfile.mkdtemp(prefix="elastiserve-op-"))
+        if info.certificate_data:
+            cert = folder / "client.crt"
+            cert.write_bytes(base64.b64decode(info.certificate_data))
+        if info.private_key_data:
+            key = folder / "client.key"
+            key.write_bytes(base64.b64decode(info.private_key_data))
+            key.chmod(0o600)
+    if cert:
+        context.load_cert_chain(str(cert), str(key) if key else None)
+    return context
+
+
+class KubeApi:
+    """One aiohttp session to the API server; create once per operator process."""
+
+    def __init__(self, info: kopf.ConnectionInfo, *, timeout_s: float = 10.0) -> None:
+        self._server = info.server.rstrip("/")
+        self._headers = info.as_http_headers()
+        self._ssl = _ssl_context(info)
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: object = None,
+        params: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        """Send one request; the decoded JSON body on 2xx, a typed error otherwise."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=8)
+            )
+        url = self._server + path + (f"?{urlencode(params)}" if params else "")
+        headers = dict(self._headers)
+        data = None
+        if body is not None:
+            headers["Content-Type"] = content_type
+            data = json.dumps(body)
+        try:
+            async with self._session.request(
+                method, url, data=data, headers=headers, timeout=self._timeout
+            ) as response:
+                text = await response.text()
+                status = response.status
+        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+            raise ApiTransient(0, f"{method} {path}: {error!r}") from error
+        if status // 100 == 2:
+            decoded = json.loads(text) if text else {}
+            return decoded if isinstance(decoded, dict) else {}
+        message = text[:500]
+        with contextlib.suppress(ValueError, AttributeError):
+            message = json.loads(text).get("message", message)
+        if status == 404:
+            raise NotFound(status, message)
+        if status in (409, 429) or status >= 500:
+            raise ApiTransient(status, message)
+        raise ApiError(status, message)
+
+    async def get(self, path: str) -> dict[str, Any] | None:
+        """The object at ``path``, or ``None`` when it does not exist."""
+        try:
+            return await self.request("GET", path)
+        except NotFound:
+            return None
+
+    async def list(self, path: str, **params: str) -> list[dict[str, Any]]:
+        result = await self.request("GET", path, params=params or None)
+        items = result.get("items") or []
+        return [item for item in items if isinstance(item, dict)]
+
+    async def apply(
+        self, obj: Mapping[str, Any], *, manager: str = FIELD_MANAGER, subresource: str = ""
+    ) -> dict[str, Any]:
+        """Server-side apply ``obj`` as the operator's field manager (idempotent).
+
+        Apply rather than create-or-replace: the API server merges, records ownership per
+        field (an HPA or a human editing another field is not fought), and an unchanged
+        object is not written at all, so re-applying every reconcile costs a round trip only.
+        """
+        meta = obj["metadata"]
+        path = resource_path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
+        if subresource:
+            path += f"/{subresource}"
+        return await self.request(
+            "PATCH",
+            path,
+            body=obj,
+            params={"fieldManager": manager, "force": "true"},
+            content_type="application/apply-patch+yaml",
+        )
+
+    async def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        meta = obj["metadata"]
+        path = resource_path(obj["apiVersion"], obj["kind"], meta.get("namespace"))
+        return await self.request("POST", path, body=obj)

@@ -1,0 +1,280 @@
+"""The I/O half of the operator: read the world, call the pure parts, write the result.
+
+``reconcile`` (kopf create/update/resume) ensures the children by server-side apply and
+rebuilds the reconcile part of the status; ``refresh_ready`` does the latter when a child
+Deployment changes; ``evaluate`` (the per-model policy loop) gathers an ``Observation``,
+calls ``decide`` and applies the policy part of the status, then posts an Event when the
+level moved. Everything pure lives in ``children``, ``status``, ``policy``; this module
+only sequences calls and maps failures onto kopf's retry semantics:
+
+* an invalid spec -> ``Degraded=True`` + ``kopf.PermanentError`` (retrying cannot fix it);
+* API throttling/conflicts/outages -> ``kopf.TemporaryError`` (retry soon);
+* any other refusal (missing RBAC) -> ``Degraded=True`` + ``TemporaryError`` with a long
+  delay (someone has to fix the cluster, then the retry succeeds).
+
+Crash safety: a level switch is one status apply (levels, policy state and last switch
+together), so an operator killed mid-switch leaves either the old or the new state,
+never half; the Event follows the apply and may be lost, never duplicated for one switch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from .children import API_VERSION, KIND, MODEL_LABEL, Owner, build_children, model_name, names_for
+from .kube import FIELD_MANAGER, ApiError, ApiTransient, KubeApi, resource_path
+from .metrics import OperatorMetrics
+from .observation import NodePressure
+from .policy import Decision, decide
+from .profile import profile_from_spec
+from .settings import OperatorSettings
+from .signals.nodes import node_pressure, worst
+from .signals.prometheus import MetricsSource, gather_observation, render_query
+from .spec import ElasticModelSpec, SpecError, parse_spec
+from .status import evaluation_patch, reconcile_patch, restore_state
+
+__all__ = ["POLICY_MANAGER", "Runtime", "evaluate", "reconcile", "refresh_ready"]
+
+log = logging.getLogger(__name__)
+
+POLICY_MANAGER = "elastiserve-policy"
+"""Field manager of the policy's part of the status (the reconcile part uses the default)."""
+
+NODE_CACHE_S = 5.0
+
+
+@dataclass
+class Runtime:
+    """Per-process clients and caches, created at operator start (kopf ``memo``)."""
+
+    api: KubeApi
+    prometheus: MetricsSource
+    settings: OperatorSettings
+    metrics: OperatorMetrics
+    _nodes: dict[str, tuple[float, NodePressure]] = field(default_factory=dict)
+    _node_metrics_api: bool = True
+
+
+def _owner(body: Mapping[str, Any]) -> Owner:
+    meta = body["metadata"]
+    return Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
+
+
+def _status_object(owner: Owner, status: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": owner.name, "namespace": owner.namespace},
+        "status": dict(status),
+    }
+
+
+async def _apply_status(
+    rt: Runtime, owner: Owner, status: Mapping[str, Any], manager: str = FIELD_MANAGER
+) -> None:
+    try:
+        await rt.api.apply(_status_object(owner, status), manager=manager, subresource="status")
+    except ApiTransient as error:
+        rt.metrics.errors.labels("status").inc()
+        raise kopf.TemporaryError(f"status update failed: {error}", delay=2) from error
+    except ApiError as error:
+        rt.metrics.errors.labels("status").inc()
+        if error.status == 404:
+            return  # deleted meanwhile: nothing to report on
+        raise kopf.TemporaryError(f"status update refused: {error}", delay=30) from error
+
+
+async def _deployment(rt: Runtime, owner: Owner) -> dict[str, Any] | None:
+    path = resource_path("apps/v1", "Deployment", owner.namespace, names_for(owner.name).deployment)
+    try:
+        return await rt.api.get(path)
+    except ApiError:
+        return None
+
+
+async def reconcile(rt: Runtime, body: Mapping[str, Any]) -> None:
+    """Ensure the children of ``body`` and rebuild the reconcile part of its status."""
+    started = time.perf_counter()
+    owner = _owner(body)
+    generation = int(body["metadata"].get("generation") or 0)
+    status = body.get("status") or {}
+    try:
+        spec = parse_spec(body.get("spec"))
+    except SpecError as error:
+        rt.metrics.errors.labels("spec").inc()
+        await _apply_status(rt, owner, reconcile_patch(status, generation, None, None,
+                                                       str(error), time.time()))
+        raise kopf.PermanentError(f"invalid spec: {error}") from error
+    children = build_children(owner, spec, rt.settings)
+    outcomes = await asyncio.gather(
+        *(rt.api.apply(child) for child in children), return_exceptions=True
+    )
+    failures = [o for o in outcomes if isinstance(o, BaseException)]
+    for failure in failures:
+        if not isinstance(failure, ApiError):
+            raise failure
+    deployment = next(
+        (o for o, c in zip(outcomes, children, strict=True)
+         if c["kind"] == "Deployment" and isinstance(o, dict)),
+        None,
+    )
+    problem = "; ".join(str(f) for f in failures) or None
+    await _apply_status(
+        rt, owner, reconcile_patch(status, generation, spec, deployment, problem, time.time())
+    )
+    rt.metrics.reconcile.observe(time.perf_counter() - started)
+    if failures:
+        rt.metrics.errors.labels("apply").inc()
+        transient = all(isinstance(f, ApiTransient) for f in failures)
+        raise kopf.TemporaryError(f"applying children failed: {problem}",
+                                  delay=2 if transient else 30)
+
+
+async def refresh_ready(rt: Runtime, deployment: Mapping[str, Any]) -> None:
+    """A child Deployment changed: rebuild ``readyReplicas``/``Ready`` of its owner."""
+    meta = deployment.get("metadata") or {}
+    owners = [
+        ref for ref in meta.get("ownerReferences") or []
+        if ref.get("kind") == KIND and ref.get("apiVersion") == API_VERSION
+    ]
+    if not owners:
+        return
+    namespace = meta.get("namespace", "")
+    body = await rt.api.get(resource_path(API_VERSION, KIND, namespace, owners[0]["name"]))
+    if body is None or body["metadata"].get("uid") != owners[0].get("uid"):
+        return
+    owner = _owner(body)
+    status = body.get("status") or {}
+    try:
+        spec: ElasticModelSpec | None = parse_spec(body.get("spec"))
+    except SpecError:
+        return  # the reconcile handler owns the InvalidSpec report
+    patch = reconcile_patch(status, int(body["metadata"].get("generation") or 0), spec,
+                            deployment, None, time.time())
+    # Keep the Degraded verdict of the last reconcile: a Deployment event knows nothing of it.
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "Degraded":
+            patch["conditions"] = [
+                c if c["type"] != "Degraded" else dict(condition) for c in patch["conditions"]
+            ]
+    await _apply_status(rt, owner, patch)
+
+
+async def _node_pressure(rt: Runtime, owner: Owner) -> NodePressure | None:
+    """Worst reading over the nodes that run this model's pods (cached a few seconds)."""
+    pods = await rt.api.list(
+        resource_path("v1", "Pod", owner.namespace),
+        labelSelector=f"{MODEL_LABEL}={names_for(owner.name).service}",
+    )
+    nodes = {p.get("spec", {}).get("nodeName") for p in pods} - {None, ""}
+    readings = []
+    now = time.monotonic()
+    for node in sorted(str(n) for n in nodes):
+        cached = rt._nodes.get(node)
+        if cached is not None and now - cached[0] < NODE_CACHE_S:
+            readings.append(cached[1])
+            continue
+        obj = await rt.api.get(resource_path("v1", "Node", None, node))
+        if obj is None:
+            continue
+        usage = None
+        if rt._node_metrics_api:
+            try:
+                usage = await rt.api.request(
+                    "GET", f"/apis/metrics.k8s.io/v1beta1/nodes/{node}"
+                )
+            except ApiError as error:
+                # No metrics-server (404 on the whole API) is normal on small clusters.
+                if error.status == 404 and "nodes" not in str(error):
+                    rt._node_metrics_api = False
+        reading = node_pressure(obj, usage)
+        rt._nodes[node] = (now, reading)
+        readings.append(reading)
+    return worst(readings)
+
+
+async def evaluate(rt: Runtime, body: Mapping[str, Any]) -> Decision | None:
+    """One policy evaluation for ``body`` (kopf's live view of the CR)."""
+    started = time.perf_counter()
+    owner = _owner(body)
+    try:
+        spec = parse_spec(body.get("spec"))
+    except SpecError:
+        return None  # reported by the reconcile handler as Degraded
+    status = body.get("status") or {}
+    now = time.time()
+    state = restore_state(status, spec, now)
+    ready = status.get("readyReplicas")
+    node = None
+    if rt.settings.node_pressure and spec.node_pressure.enabled and ready:
+        try:
+            node = await _node_pressure(rt, owner)
+        except ApiError as error:
+            rt.metrics.errors.labels("nodes").inc()
+            log.warning("node pressure of %s/%s unavailable: %s", owner.namespace, owner.name,
+                        error)
+    model = model_name(owner, spec)
+    fill = {"namespace": owner.namespace, "name": owner.name, "model": model}
+    latency_q = render_query(spec.objective.latency_query or rt.settings.latency_query, **fill)
+    rate_q = render_query(spec.objective.request_rate_query or rt.settings.rate_query, **fill)
+    gathered = await gather_observation(
+        rt.prometheus, latency_q, rate_q, node=node,
+        ready_replicas=int(ready) if isinstance(ready, int) and ready > 0 else None,
+    )
+    if gathered.errors:
+        rt.metrics.errors.labels("prometheus").inc()
+    decision = decide(gathered.observation, spec, profile_from_spec(spec.model.profile), state, now)
+    generation = int(body["metadata"].get("generation") or 0)
+    patch = evaluation_patch(status, generation, decision, gathered.observation,
+                             gathered.errors, now)
+    await _apply_status(rt, owner, patch, POLICY_MANAGER)
+    rt.metrics.decisions.labels(decision.cause.value).inc()
+    rt.metrics.level.labels(owner.namespace, owner.name).set(decision.level)
+    rt.metrics.evaluation.observe(time.perf_counter() - started)
+    if decision.changed:
+        direction = "narrow" if decision.level < decision.previous_level else "widen"
+        rt.metrics.switches.labels(owner.namespace, owner.name, direction).inc()
+        log.info("%s/%s: level %d -> %d: %s", owner.namespace, owner.name,
+                 decision.previous_level, decision.level, decision.reason)
+        await post_event(rt, body, decision.cause.value, decision.reason)
+    return decision
+
+
+async def post_event(rt: Runtime, body: Mapping[str, Any], reason: str, message: str) -> None:
+    """A core/v1 Event on the CR (``kubectl describe`` shows it); failures are logged only."""
+    owner = _owner(body)
+    now_iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    event = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{owner.name}.", "namespace": owner.namespace},
+        "involvedObject": {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": owner.name,
+            "namespace": owner.namespace,
+            "uid": owner.uid,
+        },
+        "reason": reason,
+        "message": message[:1024],
+        "type": "Normal",
+        "source": {"component": "elastiserve-operator"},
+        "firstTimestamp": now_iso,
+        "lastTimestamp": now_iso,
+        "count": 1,
+        "reportingComponent": "elastiserve-operator",
+    }
+    try:
+        await rt.api.create(event)
+    except ApiError as error:
+        rt.metrics.errors.labels("event").inc()
+        log.warning("event for %s/%s not posted: %s", owner.namespace, owner.name, error)
+
+

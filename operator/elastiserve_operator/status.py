@@ -1,0 +1,183 @@
+"""Pure status rebuilding: the world as read -> the ``status`` patch to write.
+
+kubebuilder's shape: every pass reads the world (the CR, its Deployment, the metrics) and
+rebuilds the status from it, rather than editing the old status incrementally, so a missed
+event or an operator restart cannot leave a stale field behind. Two writers share the
+status through server-side apply with distinct field managers, so neither needs to read
+and re-send what the other owns (``conditions`` is a map-list keyed by ``type``):
+
+* ``reconcile_patch`` (create/update/resume and Deployment changes): ``observedGeneration``,
+  ``readyReplicas`` and the ``Ready``/``Degraded`` conditions;
+* ``evaluation_patch`` (the policy loop): the levels, the latency readings, the policy
+  state, the last switch and the ``MetricsAvailable`` condition.
+
+Each always sends its whole set: with apply, a field a manager stops sending is removed,
+which is how a stale ``p95Ms`` disappears when the metrics do. A condition's
+``lastTransitionTime`` moves only when its ``status`` changes (the Kubernetes convention),
+and every condition carries the ``observedGeneration`` it was computed from.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .observation import Observation
+from .policy import Decision
+from .policy_state import PolicyState
+from .spec import ElasticModelSpec
+
+__all__ = [
+    "Condition",
+    "evaluation_patch",
+    "iso",
+    "merge_conditions",
+    "metrics_condition",
+    "ready_condition",
+    "reconcile_patch",
+    "restore_state",
+]
+
+
+def iso(epoch_s: float) -> str:
+    """RFC 3339 in UTC with second precision (what ``format: date-time`` fields hold)."""
+    moment = datetime.datetime.fromtimestamp(epoch_s, tz=datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One condition as computed now (``lastTransitionTime`` is decided when merging)."""
+
+    type: str
+    status: str
+    reason: str
+    message: str
+    observed_generation: int
+
+
+def merge_conditions(
+    existing: Sequence[Mapping[str, Any]], updates: Sequence[Condition], now: float
+) -> list[dict[str, Any]]:
+    """The ``updates`` as condition dicts, sorted by type; ``existing`` (the status as last
+    seen) only supplies ``lastTransitionTime`` for a condition whose status did not move."""
+    by_type = {str(c.get("type")): dict(c) for c in existing if isinstance(c, Mapping)}
+    out: dict[str, dict[str, Any]] = {}
+    for new in updates:
+        old = by_type.get(new.type)
+        moved = old is None or old.get("status") != new.status
+        out[new.type] = {
+            "type": new.type,
+            "status": new.status,
+            "reason": new.reason,
+            "message": new.message[:32768],
+            "observedGeneration": new.observed_generation,
+            "lastTransitionTime": iso(now)
+            if moved or old is None
+            else str(old.get("lastTransitionTime") or iso(now)),
+        }
+    return [out[key] for key in sorted(out)]
+
+
+def ready_condition(
+    deployment: Mapping[str, Any] | None, replicas: int, generation: int
+) -> tuple[Condition, int]:
+    """``Ready`` from the Deployment's status, and the ready replica count."""
+    if deployment is None:
+        return Condition("Ready", "False", "DeploymentMissing", "no serving Deployment yet",
+                         generation), 0
+    ready = int((deployment.get("status") or {}).get("readyReplicas") or 0)
+    if replicas == 0:
+        return Condition("Ready", "False", "ScaledToZero", "spec.replicas is 0", generation), 0
+    if ready >= replicas:
+        message = f"{ready}/{replicas} serving replicas ready"
+        return Condition("Ready", "True", "ReplicasReady", message, generation), ready
+    message = f"{ready}/{replicas} serving replicas ready"
+    return Condition("Ready", "False", "ReplicasNotReady", message, generation), ready
+
+
+def reconcile_patch(
+    status: Mapping[str, Any],
+    generation: int,
+    spec: ElasticModelSpec | None,
+    deployment: Mapping[str, Any] | None,
+    error: str | None,
+    now: float,
+) -> dict[str, Any]:
+    """Status after a reconcile; ``error`` (an invalid spec, a refused apply) -> Degraded."""
+    replicas = spec.replicas if spec is not None else 0
+    ready, ready_count = ready_condition(deployment, replicas, generation)
+    if error is not None:
+        reason = "InvalidSpec" if spec is None else "ReconcileFailed"
+        degraded = Condition("Degraded", "True", reason, error, generation)
+    else:
+        degraded = Condition("Degraded", "False", "Reconciled",
+                             "children are in the desired state", generation)
+    patch: dict[str, Any] = {
+        "observedGeneration": generation,
+        "readyReplicas": ready_count,
+        "conditions": merge_conditions(status.get("conditions") or [], [ready, degraded], now),
+    }
+    return patch
+
+
+def restore_state(status: Mapping[str, Any], spec: ElasticModelSpec, now: float) -> PolicyState:
+    """The policy state kept in the status, or a fresh one at the active level.
+
+    A malformed or missing state (first evaluation, a version change) only delays the next
+    widening by one stabilisation window: ``PolicyState.initial`` seeds that window.
+    """
+    raw = status.get("policyState")
+    if isinstance(raw, Mapping):
+        try:
+            return PolicyState.from_dict(raw)
+        except ValueError:
+            pass
+    active = status.get("activeLevel")
+    level = active if isinstance(active, int) else spec.levels.initial_level
+    return PolicyState.initial(level, now)
+
+
+def metrics_condition(
+    decision: Decision, errors: Sequence[str], generation: int
+) -> Condition:
+    if decision.metrics_available:
+        return Condition("MetricsAvailable", "True", "MetricsFresh",
+                         "latency and request rate read from Prometheus", generation)
+    message = decision.reason + ("; " + "; ".join(errors) if errors else "")
+    return Condition("MetricsAvailable", "False", decision.cause.value, message, generation)
+
+
+def evaluation_patch(
+    status: Mapping[str, Any],
+    generation: int,
+    decision: Decision,
+    observation: Observation,
+    errors: Sequence[str],
+    now: float,
+) -> dict[str, Any]:
+    """Status after one policy evaluation; readings that are not usable are left out (and
+    so removed), the last switch is carried over from ``status`` unless this one switches."""
+    p95 = observation.p95_s
+    rate = observation.request_rate_rps
+    patch: dict[str, Any] = {
+        "activeLevel": decision.level,
+        "desiredLevel": decision.level,
+        "policyState": decision.state.to_dict(),
+        "conditions": merge_conditions(
+            status.get("conditions") or [], [metrics_condition(decision, errors, generation)], now
+        ),
+    }
+    if decision.metrics_available and p95 is not None and rate is not None:
+        patch["p95Ms"] = round(p95 * 1000.0, 3)
+        patch["requestRate"] = round(rate, 3)
+    if decision.changed:
+        patch["lastSwitchTime"] = iso(now)
+        patch["lastSwitchReason"] = decision.reason
+    else:
+        for key in ("lastSwitchTime", "lastSwitchReason"):
+            if status.get(key):
+                patch[key] = status[key]
+    return patch
