@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from elastiserve.testing.assets import Assets
+from elastiserve.testing.assets import KUBE_VERSION, Assets
 from elastiserve.testing.controlplane import ControlPlane
 from elastiserve.testing.errors import ControlPlaneError
 
@@ -31,6 +31,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO_ROOT / "charts" / "elastiserve"
 JETSON_VALUES = CHART_DIR / "values-jetson-k3s.yaml"
 OPERATOR_COMPONENT = "app.kubernetes.io/component=operator"
+# Without a cluster helm assumes the Kubernetes version it was built for; a helm built with
+# plain `go build` (as hack/build-k8s-assets.sh does) claims v1.20, older than the chart's
+# kubeVersion floor. Renders and lints say which version they target instead.
+KUBE_VERSION_ARG = f"--kube-version={KUBE_VERSION}"
 
 
 class HelmError(ControlPlaneError):
@@ -58,7 +62,8 @@ class ChartValues:
             if isinstance(value, str):
                 out += ["--set-string", f"{key}={value}"]
             else:
-                out += ["--set", f"{key}={_json(value)}"]
+                # --set would turn 1.05 into a string (helm parses only integers there).
+                out += ["--set-json", f"{key}={_json(value)}"]
         for key, value in self.set_json.items():
             # --set-json (helm >= 3.10) keeps lists and maps intact, e.g. watchNamespaces.
             out += ["--set-json", f"{key}={_json(value)}"]
@@ -110,7 +115,7 @@ def template(
     extra: Sequence[str] = (),
 ) -> str:
     """``helm template`` of the chart: the YAML stream, as helm prints it."""
-    args = ["template", release, str(chart), "--namespace", namespace]
+    args = ["template", release, str(chart), "--namespace", namespace, KUBE_VERSION_ARG]
     if include_crds:
         args.append("--include-crds")
     args += (values or ChartValues()).args()
@@ -269,19 +274,56 @@ def write_service_account_kubeconfig(
 
 
 def can_i(plane: ControlPlane, kubeconfig: Path, verb: str, resource: str, *extra: str) -> bool:
-    """``kubectl auth can-i`` as the identity of ``kubeconfig`` (a SelfSubjectAccessReview)."""
+    """Whether the identity of ``kubeconfig`` may do ``verb`` on ``resource``.
+
+    Arguments read like ``kubectl auth can-i``'s (``nodes.metrics.k8s.io``, ``pods/exec``,
+    ``-n NS``, ``--all-namespaces``, ``--subresource=status``), but the question goes to the
+    API server as a SelfSubjectAccessReview posted with that kubeconfig, so it also works for
+    resources the cluster does not serve (``kubectl auth can-i`` resolves names through
+    discovery and answers "no" for an API group that is absent, like metrics.k8s.io here).
+    """
+    name, _, subresource = resource.partition("/")
+    plural, _, group = name.partition(".")
+    namespace = ""
+    rest = list(extra)
+    while rest:
+        flag = rest.pop(0)
+        if flag in ("-n", "--namespace"):
+            namespace = rest.pop(0)
+        elif flag.startswith("--namespace="):
+            namespace = flag.split("=", 1)[1]
+        elif flag == "--all-namespaces":
+            namespace = ""
+        elif flag.startswith("--subresource="):
+            subresource = flag.split("=", 1)[1]
+        else:
+            raise ValueError(f"can_i: unsupported argument {flag!r}")
+    review = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectAccessReview",
+        "spec": {
+            "resourceAttributes": {
+                "verb": verb,
+                "group": group,
+                "resource": plural,
+                "subresource": subresource,
+                "namespace": namespace,
+            }
+        },
+    }
     binary = plane.assets.binary("kubectl")
     done = subprocess.run(
-        [str(binary), f"--kubeconfig={kubeconfig}", "auth", "can-i", verb, resource, *extra],
+        [str(binary), f"--kubeconfig={kubeconfig}", "create", "-f", "-", "-o", "json"],
+        input=json.dumps(review),
         capture_output=True,
         text=True,
         timeout=30,
         check=False,
     )
-    answer = done.stdout.strip()
-    if answer not in ("yes", "no"):
-        raise ControlPlaneError(f"kubectl auth can-i {verb} {resource}: {done.stderr.strip()}")
-    return answer == "yes"
+    if done.returncode != 0:
+        raise ControlPlaneError(f"access review {verb} {resource}: {done.stderr.strip()}")
+    status = json.loads(done.stdout).get("status") or {}
+    return bool(status.get("allowed"))
 
 
 def iter_rules(objects: Sequence[Mapping[str, Any]]) -> Iterator[tuple[str, Mapping[str, Any]]]:

@@ -54,12 +54,13 @@ def test_leftover_check_finds_a_live_process(tmp_path: Path) -> None:
 
 def test_sigterm_ignoring_group_is_killed_with_its_children(tmp_path: Path) -> None:
     """A component that ignores SIGTERM, and a grandchild it forked, are both SIGKILLed."""
-    script = "trap '' TERM; sleep 300 & echo started; wait"
+    script = "trap '' TERM; sleep 300 & wait"
     proc = ManagedProcess.spawn("stubborn", ["sh", "-c", script], tmp_path / "stubborn.log")
     deadline = time.monotonic() + 5
-    while "started" not in proc.log_tail() and time.monotonic() < deadline:
+    grandchildren: list[psutil.Process] = []
+    while not grandchildren and time.monotonic() < deadline:
         time.sleep(0.05)
-    grandchildren = psutil.Process(proc.pid).children()
+        grandchildren = psutil.Process(proc.pid).children()
     assert grandchildren, "the script should have forked sleep"
 
     started = time.monotonic()

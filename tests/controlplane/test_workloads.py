@@ -96,23 +96,18 @@ class TestScheduling:
             timeout_s=WAIT_S,
         )
 
-    def test_arm64_gpu_deployment_spreads_over_the_jetson_pool(
+    def test_arm64_gpu_deployment_fills_the_jetson_pool_and_no_more(
         self, kube_client: Any, kube_namespace: str
     ) -> None:
+        """Three boards with one GPU each: one replica per board, the fourth is unschedulable."""
         apps, core = k8s.AppsV1Api(kube_client), k8s.CoreV1Api(kube_client)
-        apps.create_namespaced_deployment(kube_namespace, deployment("edge", 3, edge=True))
+        apps.create_namespaced_deployment(kube_namespace, deployment("edge", 4, edge=True))
         pods = wait_running(core, kube_namespace, "edge", 3)
         assert sorted(pod.spec.node_name for pod in pods) == sorted(JETSONS)
 
-    def test_fourth_gpu_replica_stays_pending(self, kube_client: Any, kube_namespace: str) -> None:
-        """Three boards with one GPU each: the scheduler must refuse a fourth replica."""
-        apps, core = k8s.AppsV1Api(kube_client), k8s.CoreV1Api(kube_client)
-        apps.create_namespaced_deployment(kube_namespace, deployment("greedy", 4, edge=True))
-        wait_running(core, kube_namespace, "greedy", 3)
-
         def unschedulable() -> bool:
             pods: list[Any] = core.list_namespaced_pod(
-                kube_namespace, label_selector="app=greedy"
+                kube_namespace, label_selector="app=edge"
             ).items
             return any(
                 c.type == "PodScheduled" and c.reason == "Unschedulable"
@@ -120,7 +115,7 @@ class TestScheduling:
                 for c in (p.status.conditions or [])
             )
 
-        wait_until(unschedulable, what="a pod marked Unschedulable", timeout_s=WAIT_S)
+        wait_until(unschedulable, what="the fourth replica marked Unschedulable", timeout_s=WAIT_S)
 
 
 class TestGarbageCollection:
@@ -161,3 +156,8 @@ class TestTools:
         version = k8s.VersionApi(kube_client).get_code()
         assert version.git_version.startswith("v1.")
         assert version.git_version != "v0.0.0-master+$Format:%H$"
+
+    def test_helm_talks_to_the_cluster(self, control_plane: ControlPlane) -> None:
+        assert control_plane.helm("version", "--short").stdout.startswith("v3.")
+        listed = control_plane.helm("list", "--all-namespaces", "--output", "json").stdout
+        assert listed.strip() == "[]"
