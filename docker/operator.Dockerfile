@@ -43,5 +43,5 @@ ENV PATH=/opt/venv/bin:${PATH} \
     PYTHONUNBUFFERED=1
 USER 65532:65532
 EXPOSE 8080 9100
-ENTRYPOINT ["kopf"]
-CMD ["run", "--module=elastiserve_operator.handlers", "--liveness=http://0.0.0.0:8080/healthz", "--standalone", "--all-namespaces"]
+ENTRYPOINT ["python", "-m", "elastiserve_operator"]
+# Settings come from ELASTISERVE_* variables (the chart sets them); no flags needed.
