@@ -29,7 +29,7 @@ from typing import Any
 import kopf
 
 from .children import API_VERSION, KIND, MODEL_LABEL, Owner, build_children, model_name, names_for
-from .kube import FIELD_MANAGER, ApiError, ApiTransient, KubeApi, resource_path
+from .kube import FIELD_MANAGER, ApiError, ApiTransient, KubeApi, NotFound, resource_path
 from .metrics import OperatorMetrics
 from .observation import NodePressure
 from .policy import Decision, decide
@@ -113,9 +113,16 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any]) -> None:
                                                        str(error), time.time()))
         raise kopf.PermanentError(f"invalid spec: {error}") from error
     children = build_children(owner, spec, rt.settings)
-    outcomes = await asyncio.gather(
-        *(rt.api.apply(child) for child in children), return_exceptions=True
-    )
+    # Two waves: a RoleBinding is checked against its Role (the API server refuses to bind
+    # a Role it cannot find), so the Role goes first; within a wave, requests overlap.
+    first = [c for c in children if c["kind"] != "RoleBinding"]
+    second = [c for c in children if c["kind"] == "RoleBinding"]
+    outcomes: list[Any] = []
+    for wave in (first, second):
+        outcomes += await asyncio.gather(
+            *(rt.api.apply(child) for child in wave), return_exceptions=True
+        )
+    children = first + second
     failures = [o for o in outcomes if isinstance(o, BaseException)]
     for failure in failures:
         if not isinstance(failure, ApiError):
@@ -132,7 +139,7 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any]) -> None:
     rt.metrics.reconcile.observe(time.perf_counter() - started)
     if failures:
         rt.metrics.errors.labels("apply").inc()
-        transient = all(isinstance(f, ApiTransient) for f in failures)
+        transient = all(isinstance(f, ApiTransient | NotFound) for f in failures)
         raise kopf.TemporaryError(f"applying children failed: {problem}",
                                   delay=2 if transient else 30)
 
