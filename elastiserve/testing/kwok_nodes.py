@@ -32,6 +32,7 @@ class FakeNode:
     allocatable_cpu: str
     allocatable_memory: str
     gpus: int = 0
+    internal_ip: str = "10.0.0.1"
     labels: dict[str, str] = field(default_factory=dict)
     taints: tuple[dict[str, str], ...] = ()
     os_image: str = "Debian GNU/Linux 12 (bookworm)"
@@ -72,6 +73,10 @@ class FakeNode:
             },
             "spec": {"taints": [dict(taint) for taint in self.taints]},
             "status": {
+                "addresses": [
+                    {"type": "InternalIP", "address": self.internal_ip},
+                    {"type": "Hostname", "address": self.name},
+                ],
                 "capacity": capacity,
                 "allocatable": allocatable,
                 "nodeInfo": {
@@ -93,7 +98,9 @@ class FakeNode:
 EDGE_TAINT = {"key": EDGE_TAINT_KEY, "value": EDGE_POOL, "effect": "NoSchedule"}
 
 
-def jetson(name: str, model: str, cores: int, memory_gib: int, gpu_cores: int) -> FakeNode:
+def jetson(
+    name: str, model: str, cores: int, memory_gib: int, gpu_cores: int, internal_ip: str
+) -> FakeNode:
     """A Jetson Orin module running k3s with JetPack 6.
 
     k3s reserves nothing by default, but the board's OS, display stack and the CUDA context
@@ -107,6 +114,7 @@ def jetson(name: str, model: str, cores: int, memory_gib: int, gpu_cores: int) -
         allocatable_cpu=f"{cores * 1000 - 500}m",
         allocatable_memory=f"{memory_gib * 1024 - 1536}Mi",
         gpus=1,
+        internal_ip=internal_ip,
         labels={
             "node.kubernetes.io/instance-type": "k3s",
             POOL_LABEL: EDGE_POOL,
@@ -126,9 +134,18 @@ def jetson(name: str, model: str, cores: int, memory_gib: int, gpu_cores: int) -
 def default_nodes() -> tuple[FakeNode, ...]:
     """Three Jetson Orin boards (AGX 32 GB, NX 16 GB, Nano 8 GB) and one x86 server."""
     return (
-        jetson("jetson-agx-orin-0", "agx-orin-32gb", cores=8, memory_gib=32, gpu_cores=1792),
-        jetson("jetson-orin-nx-0", "orin-nx-16gb", cores=8, memory_gib=16, gpu_cores=1024),
-        jetson("jetson-orin-nano-0", "orin-nano-8gb", cores=6, memory_gib=8, gpu_cores=1024),
+        jetson(
+            "jetson-agx-orin-0", "agx-orin-32gb",
+            cores=8, memory_gib=32, gpu_cores=1792, internal_ip="10.0.0.11",
+        ),
+        jetson(
+            "jetson-orin-nx-0", "orin-nx-16gb",
+            cores=8, memory_gib=16, gpu_cores=1024, internal_ip="10.0.0.12",
+        ),
+        jetson(
+            "jetson-orin-nano-0", "orin-nano-8gb",
+            cores=6, memory_gib=8, gpu_cores=1024, internal_ip="10.0.0.13",
+        ),
         FakeNode(
             name="server-0",
             arch="amd64",
@@ -136,6 +153,7 @@ def default_nodes() -> tuple[FakeNode, ...]:
             memory_gib=64,
             allocatable_cpu="15500m",
             allocatable_memory=f"{64 * 1024 - 2048}Mi",
+            internal_ip="10.0.0.21",
             labels={
                 "node.kubernetes.io/instance-type": "x86-server",
                 POOL_LABEL: SERVER_POOL,
