@@ -18,8 +18,9 @@ from typing import Any
 
 import elastiserve_operator
 import yaml
-from elastiserve.testing.controlplane import ControlPlane
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+from elastiserve.testing.controlplane import ControlPlane
 
 PKG = Path(elastiserve_operator.__file__).parent
 CRD = PKG / "crd" / "elasticmodels.yaml"
@@ -93,7 +94,7 @@ def token_kubeconfig(
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "local", "cluster": cluster}],
-        "users": [{"name": account, "user": {"token": token.status.token}}],
+        "users": [{"name": account, "user": {"token": token.status.token}}],  # type: ignore[union-attr]
         "contexts": [{"name": "ctx", "context": {"cluster": "local", "user": account}}],
         "current-context": "ctx",
     }

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from elastiserve.testing.controlplane import ControlPlane
 from elastiserve.testing.prometheus import ScrapeTarget, run_prometheus
 
@@ -74,7 +75,7 @@ def installed(control_plane: ControlPlane, kube_client: Any) -> ControlPlane:
 def _has_account(kube_client: Any) -> bool:
     from kubernetes import client as k8s
 
-    names = [a.metadata.name for a in
+    names = [a.metadata.name for a in  # type: ignore[union-attr]
              k8s.CoreV1Api(kube_client).list_namespaced_service_account(OPERATOR_NS).items]
     return OPERATOR_SA in names
 
@@ -167,6 +168,12 @@ def condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
     return None
 
 
+def must(obj: dict[str, Any], kind: str) -> dict[str, Any]:
+    found = condition(obj, kind)
+    assert found is not None, (kind, obj.get("status"))
+    return found
+
+
 def children(control_plane: ControlPlane, namespace: str) -> dict[str, list[dict[str, Any]]]:
     found: dict[str, list[dict[str, Any]]] = {}
     for kind in ("deployments", "services", "configmaps", "serviceaccounts", "roles",
@@ -209,7 +216,7 @@ def test_api_server_refuses_invalid_spec(case: Any, crs: Any, namespace: str) ->
                 GROUP, VERSION, namespace, PLURAL, as_object(case, name)
             )
     assert refused.value.status == 422, refused.value.body
-    status = json.loads(refused.value.body)  # the raw body escapes '<' as \u003c
+    status = json.loads(str(refused.value.body))  # the raw body escapes '<' as \u003c
     said = status["message"] + " ".join(
         c.get("message", "") for c in (status.get("details") or {}).get("causes") or []
     )
@@ -234,8 +241,8 @@ def test_children_status_and_garbage_collection(
         return None
 
     obj = wait_for(reconciled, "first reconcile and evaluation", timeout_s=40)
-    assert condition(obj, "Degraded")["status"] == "False"
-    assert condition(obj, "Degraded")["observedGeneration"] == obj["metadata"]["generation"]
+    assert must(obj, "Degraded")["status"] == "False"
+    assert must(obj, "Degraded")["observedGeneration"] == obj["metadata"]["generation"]
     found = children(installed, namespace)
     for kind, items in found.items():
         assert len(items) == 1, (kind, items)
@@ -310,8 +317,8 @@ def test_prometheus_down_holds_level(world: World, crs: Any, namespace: str) -> 
     obj = wait_for(lambda: (lambda o: o if (condition(o, "MetricsAvailable") or {})
                             .get("status") == "False" else None)(get(crs, namespace, "m1")),
                    "MetricsAvailable=False", timeout_s=20)
-    assert condition(obj, "MetricsAvailable")["reason"] == "MetricsMissing"
-    assert "Prometheus" in condition(obj, "MetricsAvailable")["message"]
+    assert must(obj, "MetricsAvailable")["reason"] == "MetricsMissing"
+    assert "Prometheus" in must(obj, "MetricsAvailable")["message"]
     assert "p95Ms" not in obj["status"]
     time.sleep(3)
     assert get(crs, namespace, "m1")["status"]["activeLevel"] == level

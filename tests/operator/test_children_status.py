@@ -1,0 +1,120 @@
+"""Pure builders and status rebuilding: shapes checked without a cluster."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from elastiserve_operator.children import Owner, build_children, level_names, names_for
+from elastiserve_operator.observation import Observation
+from elastiserve_operator.policy import decide
+from elastiserve_operator.policy_state import PolicyState
+from elastiserve_operator.settings import ENV, OperatorSettings, settings_from_env
+from elastiserve_operator.spec import parse_spec
+from elastiserve_operator.status import evaluation_patch, reconcile_patch, restore_state
+
+OWNER = Owner(name="resnet", namespace="ml", uid="u-1")
+
+
+def spec(**extra: Any) -> dict[str, Any]:
+    return {
+        "model": {"levelCount": 3, "source": {"pvc": {"claimName": "models", "path": "r.mar"}}},
+        "objective": {"p95Ms": 100},
+        **extra,
+    }
+
+
+class TestChildren:
+    def test_names_are_deterministic_and_short(self) -> None:
+        assert names_for("resnet") == names_for("resnet")
+        long = names_for("x" * 200)
+        assert all(len(n) <= 63 for n in vars(long).values())
+        assert long.deployment != long.service
+
+    def test_every_child_is_owned_by_the_model(self) -> None:
+        for child in build_children(OWNER, parse_spec(spec()), OperatorSettings()):
+            (ref,) = child["metadata"]["ownerReferences"]
+            assert ref["uid"] == "u-1" and ref["controller"] and ref["kind"] == "ElasticModel"
+            assert child["metadata"]["namespace"] == "ml"
+
+    def test_pod_is_restricted_and_only_the_agent_holds_a_token(self) -> None:
+        s = parse_spec(spec(serving={"nodeSelector": {"kubernetes.io/arch": "arm64"},
+                                     "runtimeClassName": "nvidia",
+                                     "resources": {"limits": {"memory": "1Gi"}}}))
+        deployment = build_children(OWNER, s, OperatorSettings())[-1]
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["nodeSelector"] == {"kubernetes.io/arch": "arm64"}
+        assert pod["runtimeClassName"] == "nvidia"
+        serving, agent = pod["containers"]
+        assert serving["resources"] == {"limits": {"memory": "1Gi"}}
+        for container in pod["containers"]:
+            sc = container["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False
+            assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert "agent-token" in {m["name"] for m in agent["volumeMounts"]}
+        assert "agent-token" not in {m["name"] for m in serving["volumeMounts"]}
+        control = next(v for v in pod["volumes"] if v["name"] == "control")
+        assert control["emptyDir"]["medium"] == "Memory"
+        # The level never appears in the pod template: a switch must not roll the pods.
+        assert "activeLevel" not in str(deployment)
+
+    def test_level_names_default_to_bundle_names(self) -> None:
+        assert level_names(parse_spec(spec())) == ("L0", "L1", "L2")
+        named = spec()
+        named["model"]["profile"] = [{"name": n, "serviceTimeMs": 5} for n in ("a", "b", "c")]
+        assert level_names(parse_spec(named)) == ("a", "b", "c")
+
+
+class TestStatus:
+    def test_invalid_spec_is_degraded_with_generation(self) -> None:
+        patch = reconcile_patch({}, 7, None, None, "spec.x: bad", 1000.0)
+        conditions = {c["type"]: c for c in patch["conditions"]}
+        assert conditions["Degraded"]["status"] == "True"
+        assert conditions["Degraded"]["reason"] == "InvalidSpec"
+        assert conditions["Degraded"]["observedGeneration"] == 7
+        assert patch["observedGeneration"] == 7
+
+    def test_transition_time_moves_only_with_status(self) -> None:
+        s = parse_spec(spec())
+        ready = {"status": {"readyReplicas": 1}}
+        first = reconcile_patch({}, 1, s, ready, None, 1000.0)
+        again = reconcile_patch({"conditions": first["conditions"]}, 2, s, ready, None, 2000.0)
+        assert [c["lastTransitionTime"] for c in again["conditions"]] == [
+            c["lastTransitionTime"] for c in first["conditions"]
+        ]
+        lost = reconcile_patch({"conditions": first["conditions"]}, 2, s, None, None, 3000.0)
+        by_type = {c["type"]: c for c in lost["conditions"]}
+        assert by_type["Ready"]["status"] == "False"
+        assert by_type["Ready"]["lastTransitionTime"] == "1970-01-01T00:50:00Z"
+
+    def test_missing_metrics_hold_and_drop_readings(self) -> None:
+        s = parse_spec(spec())
+        state = restore_state({"activeLevel": 1}, s, 100.0)
+        assert state.level == 1
+        decision = decide(Observation(None, None, None), s, (), state, 100.0)
+        patch = evaluation_patch({"lastSwitchTime": "t", "lastSwitchReason": "r"}, 3, decision,
+                                 Observation(None, None, None), ["latency: down"], 100.0)
+        assert patch["activeLevel"] == 1 and "p95Ms" not in patch
+        (cond,) = patch["conditions"]
+        assert cond["status"] == "False" and "latency: down" in cond["message"]
+        assert patch["lastSwitchReason"] == "r"
+
+    def test_state_round_trips_through_status(self) -> None:
+        s = parse_spec(spec())
+        state = PolicyState.initial(2, 50.0)
+        assert restore_state({"policyState": state.to_dict()}, s, 60.0) == state
+        assert restore_state({"policyState": {"version": 99}}, s, 60.0).level == 2
+
+
+class TestSettings:
+    def test_env_overrides(self) -> None:
+        got = settings_from_env({ENV["prometheus_url"]: "http://p:9090",
+                                 ENV["namespaces"]: "a, b", ENV["metrics_port"]: "0"})
+        assert got.prometheus_url == "http://p:9090"
+        assert got.namespaces == ("a", "b") and got.metrics_port == 0
+
+    def test_bad_values_fail_at_start(self) -> None:
+        with pytest.raises(ValueError, match="ELASTISERVE"):
+            settings_from_env({ENV["metrics_port"]: "eighty"})

@@ -1,0 +1,104 @@
+"""The level agent's Kubernetes source against a real API server, with the per-model Role.
+
+The agent authenticates with a TokenRequest token of the per-model ServiceAccount whose
+Role allows get/list/watch on one ElasticModel by name (what the operator creates), and
+must follow ``status.activeLevel`` into the control file within the 2 s budget.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from elastiserve_operator.children import Owner, build_rbac, names_for
+from elastiserve_serve.level_agent import LevelAgent
+from elastiserve_serve.level_source_k8s import Connection, K8sLevelSource, decision_from_object
+from elastiserve_serve.runtime.control import read_control_file
+
+from elastiserve.testing.controlplane import ControlPlane
+from tests.operator.cluster_harness import GROUP, PLURAL, VERSION, install, token_kubeconfig
+
+pytestmark = [pytest.mark.controlplane]
+
+
+def test_decision_maps_index_to_name() -> None:
+    obj: dict[str, Any] = {"status": {"activeLevel": 1}, "spec": {"allowRequestPinning": True}}
+    assert decision_from_object(obj) is not None
+    assert decision_from_object(obj).level == "L1"  # type: ignore[union-attr]
+    assert decision_from_object(obj, ["small", "big"]).level == "big"  # type: ignore[union-attr]
+    assert decision_from_object(obj, ["only"]) is None
+    assert decision_from_object({"status": {}}) is None
+
+
+def _status(crs: Any, namespace: str, name: str, level: int) -> None:
+    crs.patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, PLURAL, name, {"status": {"activeLevel": level}}
+    )
+
+
+def test_agent_follows_status_with_one_object_role(
+    control_plane: ControlPlane, kube_client: Any, kube_namespace: str, tmp_path: Path
+) -> None:
+    from kubernetes import client as k8s
+
+    install(control_plane)
+    crs = k8s.CustomObjectsApi(kube_client)
+    ns = kube_namespace
+    spec = {"model": {"levelCount": 3, "source": {"localPath": "/m.mar"}},
+            "objective": {"p95Ms": 100}}
+    for name in ("mine", "other"):
+        crs.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "ElasticModel",
+            "metadata": {"name": name}, "spec": spec})
+    uid = crs.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "mine")["metadata"]["uid"]
+    for obj in build_rbac(Owner("mine", ns, uid)):
+        control_plane.kubectl("apply", "-f", "-", input=yaml.safe_dump(obj))
+    account = names_for("mine").account
+    time.sleep(1.0)  # the RBAC cache of the API server catches up
+    kubeconfig = token_kubeconfig(control_plane, kube_client, ns, account, tmp_path / "kc")
+
+    # Only the one object: the other ElasticModel is forbidden to this token.
+    kube = ["--kubeconfig", str(kubeconfig)]
+    assert control_plane.kubectl(*kube, "auth", "can-i", "watch", "elasticmodels/mine", "-n", ns,
+                                 check=False).stdout.strip() == "yes"
+    assert control_plane.kubectl(*kube, "auth", "can-i", "get", "elasticmodels/other", "-n", ns,
+                                 check=False).stdout.strip() == "no"
+
+    _status(crs, ns, "mine", 2)
+    source = K8sLevelSource(Connection.from_kubeconfig(kubeconfig), ns, "mine",
+                            ["w25", "w50", "w100"]).start()
+    control = tmp_path / "shm" / "level.json"
+    agent = LevelAgent(source, control)
+    stop = threading.Event()
+    runner = threading.Thread(target=agent.run, args=(stop, 0.05), daemon=True)
+    runner.start()
+    try:
+        def wait_level(name: str) -> float:
+            start = time.monotonic()
+            while time.monotonic() - start < 10:
+                state = read_control_file(control) if control.exists() else None
+                if state is not None and state.level == name:
+                    return time.monotonic() - start
+                time.sleep(0.02)
+            raise AssertionError(f"control file never showed {name}; error {source.last_error}")
+
+        wait_level("w100")
+        delays = []
+        for level, name in ((0, "w25"), (1, "w50"), (2, "w100"), (0, "w25")):
+            _status(crs, ns, "mine", level)
+            delays.append(wait_level(name))
+        assert max(delays) < 2.0, delays
+        assert source.last_error is None
+
+        # The object goes away (or the API refuses): the last level stays in the file.
+        crs.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "mine")
+        time.sleep(1.0)
+        state = read_control_file(control)
+        assert state is not None and state.level == "w25"
+    finally:
+        stop.set()
+        source.stop()
