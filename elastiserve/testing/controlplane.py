@@ -44,7 +44,7 @@ from elastiserve.testing.kwok_nodes import (
     default_nodes,
 )
 from elastiserve.testing.ports import LOOPBACK, ensure_free, free_port
-from elastiserve.testing.processes import ManagedProcess, stop_all, wait_until
+from elastiserve.testing.processes import ManagedProcess, stop_tiers, wait_until
 from elastiserve.testing.rundir import RunDir
 
 STOP_GRACE_S = 5.0
@@ -287,7 +287,11 @@ class ControlPlane:
         if self._stopped:
             return
         self._stopped = True
-        stop_all(self.processes, grace_s=STOP_GRACE_S)
+        servers = (comp.APISERVER, comp.ETCD)
+        clients = [p for p in self.processes if p.name not in servers]
+        api = [p for p in self.processes if p.name == comp.APISERVER]
+        etcd = [p for p in self.processes if p.name == comp.ETCD]
+        stop_tiers([clients, api, etcd], grace_s=STOP_GRACE_S)
         if not find_leftovers(self.pids()):
             self.run.release()
 
