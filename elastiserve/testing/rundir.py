@@ -14,8 +14,10 @@ is visible):
   command that clears it, because etcd would otherwise resurrect the crashed run's objects into
   the new one; ``clean_stale=True`` (``up --clean`` on the command line) wipes it instead.
 
-A directory without the file (fresh, or cleanly stopped) is reused after its generated files
-are removed, so a clean rerun starts from an empty cluster.
+A clean stop leaves ``controlplane.stopped`` instead. A directory holding that marker is
+reused after the files the harness generated are removed, so a rerun starts from an empty
+cluster; an empty or missing directory is simply used. Any other non-empty directory is
+refused rather than cleared: ``--run-dir .`` must never delete someone's ``logs/``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import psutil
 from elastiserve.testing.errors import StaleRunDirError
 
 STATE_FILE = "controlplane.json"
+STOPPED_MARKER = "controlplane.stopped"
 # Everything the harness generates in a run directory; nothing else there is ever deleted.
 GENERATED = ("etcd", "pki", "logs", "kubeconfig", "kwok.yaml", "apiserver", "kcm", "scheduler")
 
@@ -81,9 +84,15 @@ class RunDir:
         path = path.resolve()
         path.mkdir(parents=True, exist_ok=True)
         run_dir = cls(path)
+        marker = path / STOPPED_MARKER
         if run_dir.state_file.exists():
             run_dir._handle_leftover_state(clean_stale)
-        for name in GENERATED:
+        elif any(path.iterdir()) and not marker.exists():
+            raise StaleRunDirError(
+                f"run directory {path} is not empty and was not made by the control-plane "
+                "harness; give an empty or new directory"
+            )
+        for name in (*GENERATED, STOPPED_MARKER):
             _remove(path / name)
         run_dir._write()
         return run_dir
@@ -113,6 +122,7 @@ class RunDir:
 
     def release(self) -> None:
         """Mark the run as cleanly stopped (all its processes are gone)."""
+        (self.path / STOPPED_MARKER).touch()
         with contextlib.suppress(FileNotFoundError):
             self.state_file.unlink()
 

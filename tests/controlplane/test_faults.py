@@ -24,7 +24,7 @@ from elastiserve.testing.errors import (
     ReadinessTimeoutError,
     StaleRunDirError,
 )
-from elastiserve.testing.rundir import STATE_FILE
+from elastiserve.testing.rundir import STATE_FILE, STOPPED_MARKER
 from tests.controlplane.fakes import fake_assets, processes_under
 
 FAST_S = 5.0
@@ -191,3 +191,24 @@ class TestStaleRunDir:
 def test_fake_assets_are_what_the_harness_resolves(tmp_path: Path) -> None:
     assets = fake_assets(tmp_path / "assets")
     assert Assets(assets.directory, from_env=True).binary("etcd") == assets.directory / "etcd"
+
+
+class TestRunDirReuse:
+    def test_foreign_non_empty_directory_is_refused_untouched(self, tmp_path: Path) -> None:
+        run_dir = tmp_path / "run"
+        (run_dir / "logs").mkdir(parents=True)
+        (run_dir / "logs" / "mine.txt").write_text("keep me")
+        with pytest.raises(StaleRunDirError, match="not made by the control-plane harness"):
+            ControlPlane.start(run_dir, assets=fake_assets(tmp_path / "assets"))
+        assert (run_dir / "logs" / "mine.txt").read_text() == "keep me"
+
+    def test_cleanly_stopped_directory_is_reused(self, tmp_path: Path) -> None:
+        run_dir = tmp_path / "run"
+        assets = fake_assets(tmp_path / "assets", etcd="echo attempt; exit 3")
+        for _ in range(2):
+            # A failed start is still a clean stop, so the second start is allowed.
+            with pytest.raises(ProcessExitedError):
+                ControlPlane.start(run_dir, assets=assets)
+            assert (run_dir / STOPPED_MARKER).exists()
+        log = (run_dir / "logs" / "etcd.log").read_text()
+        assert log.count("attempt") == 1, "logs of the previous run are cleared"
