@@ -337,7 +337,9 @@ class TestInstallNamespaced:
             assert not can_i(plane, kubeconfig, "create", "deployments.apps", "-n", other)
             assert not can_i(plane, kubeconfig, "list", "elasticmodels.elastiserve.io",
                              "--all-namespaces")
-            assert not can_i(plane, kubeconfig, "list", "namespaces")
+            assert can_i(plane, kubeconfig, "watch", "namespaces")
+            assert not can_i(plane, kubeconfig, "patch", "kopfpeerings.kopf.dev", "-n", other)
+            assert not can_i(plane, kubeconfig, "patch", "clusterkopfpeerings.kopf.dev")
             assert can_i(plane, kubeconfig, "get", "nodes")
         finally:
             uninstall(plane, release, namespace)
