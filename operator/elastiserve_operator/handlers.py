@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 from collections.abc import Mapping
 from typing import Any
 
@@ -130,6 +131,7 @@ async def _reensure_owner(runtime: Runtime, deployment: Mapping[str, Any]) -> No
 async def policy_loop(body: kopf.Body, memo: Any, stopped: kopf.DaemonStopped, **_: Any) -> None:
     """Evaluate, then sleep the CR's interval (read live: a spec change applies next round)."""
     runtime = _runtime(memo)
+    first = True
     while not stopped:
         try:
             await evaluate(runtime, body)
@@ -139,5 +141,11 @@ async def policy_loop(body: kopf.Body, memo: Any, stopped: kopf.DaemonStopped, *
             runtime.metrics.errors.labels("evaluate").inc()
             log.warning("evaluation of %s failed: %s", body["metadata"]["name"], error)
         policy = (body.get("spec") or {}).get("policy") or {}
-        interval = policy.get("evaluationIntervalSeconds") or 5
-        await stopped.wait(float(interval))
+        interval = float(policy.get("evaluationIntervalSeconds") or 5)
+        if first:
+            # Models created together (or resumed at start) would otherwise evaluate in
+            # lockstep: a burst of queries and status writes every interval. A random phase
+            # after the first evaluation spreads them evenly.
+            interval *= 1.0 + random.random()
+            first = False
+        await stopped.wait(interval)

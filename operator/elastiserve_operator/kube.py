@@ -145,7 +145,7 @@ class KubeApi:
         """Send one request; the decoded JSON body on 2xx, a typed error otherwise."""
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=8)
+                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=32)
             )
         url = self._server + path + (f"?{urlencode(params)}" if params else "")
         headers = dict(self._headers)
