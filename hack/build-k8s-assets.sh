@@ -77,6 +77,7 @@ kube_ldflags() {
 }
 
 built=0
+kept=" "
 # build NAME GROUP PACKAGE LDFLAGS: builds one binary unless its stamp is current.
 build() {
   local name="$1" group="$2" pkg="$3" ldflags="$4"
@@ -85,6 +86,7 @@ build() {
   want="$(stamp_for "${group}")"
   if [[ -x "${bin}" && ! -f "${stampfile}" ]]; then
     echo "build-k8s-assets: keeping ${bin} (not built by this script)"
+    kept+="${name} "
     return 0
   fi
   if [[ -x "${bin}" && "$(cat "${stampfile}")" == "${want}" ]]; then
@@ -117,15 +119,24 @@ build helm helm helm.sh/helm/v3/cmd/helm \
 
 # The VERSIONS file is what the harness and a human read to know what they are running.
 versions_tmp="${DEST}/VERSIONS.tmp"
+# version_line NAME VERSION MODULE: what VERSIONS says about one binary.
+version_line() {
+  if [[ "${kept}" == *" $1 "* ]]; then
+    echo "$1 unknown provided-by-user"
+  else
+    echo "$1 $2 $3"
+  fi
+}
 {
   echo "# Built by hack/build-k8s-assets.sh from the Go module proxy with ${GO_VERSION}."
-  echo "etcd ${ETCD_VERSION} go.etcd.io/etcd/server/v3"
-  echo "kube-apiserver ${KUBE_VERSION} k8s.io/kubernetes/cmd/kube-apiserver"
-  echo "kube-controller-manager ${KUBE_VERSION} k8s.io/kubernetes/cmd/kube-controller-manager"
-  echo "kube-scheduler ${KUBE_VERSION} k8s.io/kubernetes/cmd/kube-scheduler"
-  echo "kubectl ${KUBE_VERSION} k8s.io/kubernetes/cmd/kubectl"
-  echo "kwok ${KWOK_VERSION} sigs.k8s.io/kwok/cmd/kwok"
-  echo "helm ${HELM_VERSION} helm.sh/helm/v3/cmd/helm"
+  version_line etcd "${ETCD_VERSION}" go.etcd.io/etcd/server/v3
+  version_line kube-apiserver "${KUBE_VERSION}" k8s.io/kubernetes/cmd/kube-apiserver
+  version_line kube-controller-manager "${KUBE_VERSION}" \
+    k8s.io/kubernetes/cmd/kube-controller-manager
+  version_line kube-scheduler "${KUBE_VERSION}" k8s.io/kubernetes/cmd/kube-scheduler
+  version_line kubectl "${KUBE_VERSION}" k8s.io/kubernetes/cmd/kubectl
+  version_line kwok "${KWOK_VERSION}" sigs.k8s.io/kwok/cmd/kwok
+  version_line helm "${HELM_VERSION}" helm.sh/helm/v3/cmd/helm
 } >"${versions_tmp}"
 if ! cmp -s "${versions_tmp}" "${DEST}/VERSIONS" 2>/dev/null; then
   mv -f "${versions_tmp}" "${DEST}/VERSIONS"
