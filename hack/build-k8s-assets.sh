@@ -17,7 +17,8 @@
 # Knobs: ELASTISERVE_GO_BUILD_P (go build -p, default 2: the CI machine has two cores, shared).
 set -euo pipefail
 
-readonly HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+readonly HERE
 readonly MODULES="${HERE}/k8s-assets"
 
 if ! command -v go >/dev/null 2>&1; then
@@ -51,8 +52,10 @@ if command -v flock >/dev/null 2>&1; then
   flock 9
 fi
 
-readonly GO_VERSION="$(go env GOVERSION)"
-readonly SCRIPT_HASH="$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-64)"
+GO_VERSION="$(go env GOVERSION)"
+readonly GO_VERSION
+SCRIPT_HASH="$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-64)"
+readonly SCRIPT_HASH
 
 # stamp_for GROUP -> a hash that changes whenever what the group's binaries are built from does.
 stamp_for() {
@@ -107,7 +110,8 @@ build() {
   built=$((built + 1))
 }
 
-readonly KUBE_LDFLAGS="$(kube_ldflags)"
+KUBE_LDFLAGS="$(kube_ldflags)"
+readonly KUBE_LDFLAGS
 build etcd etcd go.etcd.io/etcd/server/v3 "-s -w"
 build kube-apiserver kube k8s.io/kubernetes/cmd/kube-apiserver "${KUBE_LDFLAGS}"
 build kube-controller-manager kube k8s.io/kubernetes/cmd/kube-controller-manager "${KUBE_LDFLAGS}"
