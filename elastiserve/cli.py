@@ -36,6 +36,8 @@ COMMANDS: tuple[Command, ...] = (
             "elastiserve_serve.cli_serve", "serve"),
     Command("level", "set the active level through the control file",
             "elastiserve_serve.cli_level", "serve"),
+    Command("demo", "train, serve and switch levels under a load ramp on this machine",
+            "elastiserve.local.cli_demo", "train,serve,operator"),
 )
 
 

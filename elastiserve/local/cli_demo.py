@@ -1,0 +1,34 @@
+"""``elastiserve demo``: the arguments; the demo itself (torch, TorchServe) loads only to run.
+
+The CLI imports every command's module to build its parser, so this module stays light: the
+imports below only prove that the extras the demo needs are installed (the CLI then offers the
+command, or a hint naming the extras), without paying for torch on ``elastiserve --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import elastiserve_operator.signals.prometheus  # noqa: F401  (operator extra)
+import elastiserve_serve.ts_server  # noqa: F401  (serve extra)
+import elastiserve_train  # noqa: F401  (train extra: the model and matplotlib)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/demo"),
+                        help="model, logs, timeline.json and timeline.png (default runs/demo)")
+    parser.add_argument("--bundle", type=Path, help="serve this bundle instead of training one")
+    parser.add_argument("--objective-ms", type=int, help="p95 objective (default: derived from "
+                        "the full level's measured latency)")
+    parser.add_argument("--peak-factor", type=float, default=2.0,
+                        help="peak load as a multiple of the full level's capacity (default 2)")
+    parser.add_argument("--images-per-request", type=int, default=8,
+                        help="images in each request body (default 8)")
+    parser.add_argument("--quiet", action="store_true", help="no line per second")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .demo import run as run_demo
+
+    return run_demo(args)
