@@ -33,7 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--control-file", type=Path,
                         default=Path("/dev/shm/elastiserve/level.json"))
     parser.add_argument("--bind", default="127.0.0.1",
-                        help="inference address to bind (management/metrics stay on loopback)")
+                        help="inference address to bind (management stays on loopback)")
+    parser.add_argument("--metrics-bind", default="127.0.0.1",
+                        help="metrics address to bind (0.0.0.0 in a pod, for Prometheus)")
+    parser.add_argument("--port", type=int, default=0, help="inference port (0: a free one)")
+    parser.add_argument("--metrics-port", type=int, default=0,
+                        help="metrics port (0: a free one)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,12 +63,15 @@ def run(args: argparse.Namespace) -> int:
         set_level(args.control_file, args.level)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with run_torchserve(run_dir / "torchserve", store, models, bind_host=args.bind) as server:
+    with run_torchserve(
+        run_dir / "torchserve", store, models, bind_host=args.bind,
+        metrics_host=args.metrics_bind, inference_port=args.port, metrics_port=args.metrics_port,
+    ) as server:
         print(f"inference:  {server.inference_url}/predictions/<model>")
         print(f"management: {server.management_url}")
         print(f"metrics:    http://{server.metrics_address}/metrics")
         print(f"tokens:     {server.run_dir / 'key_file.json'} (Authorization: Bearer <key>)")
-        print(f"level:      elastiserve level set <name> --control-file {args.control_file}")
+        print(f"level:      elastiserve level set <name|index> --control-file {args.control_file}")
         with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
     return 0

@@ -23,9 +23,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Decision:
-    """What the source says should be served."""
+    """What the source says should be served: a level index (0 = narrowest) or a level name."""
 
-    level: str
+    level: int | str
     allow_pin: bool | None = None
 
 
@@ -83,8 +83,11 @@ class LevelAgent:
             stop.wait(interval_s)
 
 
-def set_level(path: Path, level: str, allow_pin: bool | None = None) -> ControlState:
-    """One-shot write with the next generation (``elastiserve level set``)."""
+def set_level(path: Path, level: int | str, allow_pin: bool | None = None) -> ControlState:
+    """One-shot write with the next generation (``elastiserve level set``).
+
+    ``level`` is an index or a name; the serving runtime resolves it against its own levels.
+    """
     last = _safe_read(path)
     state = ControlState(level, (last.generation + 1) if last else 1, allow_pin)
     write_control_file(path, state)

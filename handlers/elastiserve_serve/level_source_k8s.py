@@ -12,9 +12,11 @@ tests, a kubeconfig (token or client certificate). When the API server is unreac
 watch breaks or the object disappears, ``current()`` keeps returning the last decision, so
 replicas keep serving the last level (the agent never clears the control file).
 
-Levels: the CR speaks indexes (0 = narrowest), the control file speaks the bundle's level
-names; ``level_names`` maps one to the other (the operator passes them on the command
-line), else named ``spec.model.profile`` entries, else the bundle default ``L<k>``.
+Levels: the CR speaks indexes (0 = narrowest) and so does the control file: the source writes
+``status.activeLevel`` as it is and the serving runtime resolves it against the bundle it
+loaded. The agent therefore needs no list of level names, which is what used to go wrong (the
+CR could only guess ``L<k>``, while training names levels ``L<k>-<pct>pct``). An index past the
+last level is refused by the runtime, which keeps serving the level it has.
 
 Run it: ``python -m elastiserve_serve.level_source_k8s --namespace NS --name NAME
 --control-file /var/run/elastiserve/level.json``.
@@ -44,7 +46,7 @@ import yaml
 
 from .level_agent import Decision, LevelAgent
 
-__all__ = ["Connection", "K8sLevelSource", "decision_from_object", "main"]
+__all__ = ["Connection", "K8sLevelSource", "build_parser", "decision_from_object", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -111,33 +113,13 @@ class Connection:
         return cls(str(cluster["server"]).rstrip("/"), ssl_context, lambda: token)
 
 
-def _level_names(obj: Mapping[str, Any], names: Sequence[str] | None) -> Sequence[str] | None:
-    if names:
-        return names
-    profile = ((obj.get("spec") or {}).get("model") or {}).get("profile") or []
-    if profile and all(isinstance(p, Mapping) and p.get("name") for p in profile):
-        return [str(p["name"]) for p in profile]
-    return None
-
-
-def decision_from_object(
-    obj: Mapping[str, Any], names: Sequence[str] | None = None
-) -> Decision | None:
+def decision_from_object(obj: Mapping[str, Any]) -> Decision | None:
     """The decision an ``ElasticModel`` holds, or ``None`` (no level decided yet)."""
     level = (obj.get("status") or {}).get("activeLevel")
     if isinstance(level, bool) or not isinstance(level, int) or level < 0:
         return None
-    resolved = _level_names(obj, names)
-    if resolved is not None:
-        if level >= len(resolved):
-            log.warning("activeLevel %d has no name among %s; keeping the last level",
-                        level, list(resolved))
-            return None
-        name = resolved[level]
-    else:
-        name = f"L{level}"
     pin = (obj.get("spec") or {}).get("allowRequestPinning")
-    return Decision(level=name, allow_pin=pin if isinstance(pin, bool) else None)
+    return Decision(level=level, allow_pin=pin if isinstance(pin, bool) else None)
 
 
 class K8sLevelSource:
@@ -148,7 +130,6 @@ class K8sLevelSource:
         connection: Connection,
         namespace: str,
         name: str,
-        level_names: Sequence[str] | None = None,
         *,
         watch_timeout_s: int = 240,
         retry_s: float = 1.0,
@@ -156,7 +137,6 @@ class K8sLevelSource:
         self.connection = connection
         self.namespace = namespace
         self.name = name
-        self.level_names = tuple(level_names) if level_names else None
         self.watch_timeout_s = watch_timeout_s
         self.retry_s = retry_s
         self._decision: Decision | None = None
@@ -191,7 +171,7 @@ class K8sLevelSource:
         return urllib.request.urlopen(request, timeout=timeout, context=self.connection.ssl_context)
 
     def _observe(self, obj: Mapping[str, Any]) -> None:
-        decision = decision_from_object(obj, self.level_names)
+        decision = decision_from_object(obj)
         if decision is not None:
             self._decision = decision
             self.updates += 1
@@ -245,7 +225,8 @@ class K8sLevelSource:
                 self._stop.wait(self.retry_s)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The agent's command line (separate so tests can check the pod spec's arguments)."""
     parser = argparse.ArgumentParser(
         prog="level-agent", description="copy an ElasticModel's level into the control file"
     )
@@ -256,17 +237,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--token-file", type=Path, default=SA_DIR / "token")
     parser.add_argument("--ca-file", type=Path, default=SA_DIR / "ca.crt")
     parser.add_argument("--server", help="API server URL (default: from KUBERNETES_SERVICE_*)")
-    parser.add_argument("--level-names", default="", help="comma list, narrowest first")
     parser.add_argument("--interval", type=float, default=0.2, help="seconds between syncs")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     connection = (
         Connection.from_kubeconfig(args.kubeconfig)
         if args.kubeconfig
         else Connection.in_cluster(args.token_file, args.ca_file, args.server)
     )
-    names = [n for n in args.level_names.split(",") if n] or None
-    source = K8sLevelSource(connection, args.namespace, args.name, names).start()
+    source = K8sLevelSource(connection, args.namespace, args.name).start()
     agent = LevelAgent(source, args.control_file)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

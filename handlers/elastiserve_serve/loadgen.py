@@ -76,6 +76,101 @@ def run_open_loop(
     return results
 
 
+@dataclass(frozen=True)
+class Target:
+    """One replica's predict URL and the headers it needs (each TorchServe has its own token)."""
+
+    url: str
+    headers: Mapping[str, str]
+
+
+def run_schedule(
+    targets: Sequence[Target],
+    body: bytes,
+    due_offsets: Sequence[float],
+    results: list[Result],
+    *,
+    max_in_flight: int = 64,
+    timeout_s: float = 30.0,
+    stop: threading.Event | None = None,
+) -> list[Result]:
+    """Send one request per due offset (seconds from now), round-robin over ``targets``.
+
+    One schedule for the whole run, unlike back-to-back :func:`run_open_loop` calls, which
+    wait for each call's stragglers and so pause arrivals exactly when the server is slow.
+    ``results`` is appended to (under the GIL, one ``append`` per answer) while the run goes
+    on, so a caller can read it live, for a timeline or a policy; it is also returned, sorted.
+    """
+    if not targets:
+        raise ValueError("at least one target is needed")
+    lock = threading.Lock()
+    limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight)
+    with httpx.Client(timeout=timeout_s, limits=limits) as client, ThreadPoolExecutor(
+        max_in_flight
+    ) as pool:
+
+        def send(scheduled: float, target: Target) -> None:
+            try:
+                response = client.post(target.url, content=body, headers=dict(target.headers))
+                status, level = response.status_code, response.headers.get("x-elastiserve-level")
+            except httpx.HTTPError:
+                status, level = 0, None
+            with lock:
+                results.append(Result(scheduled, time.monotonic(), status, level))
+
+        start = time.monotonic()
+        for i, offset in enumerate(due_offsets):
+            if stop is not None and stop.is_set():
+                break
+            due = start + offset
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            pool.submit(send, due, targets[i % len(targets)])
+    results.sort(key=lambda r: r.scheduled)
+    return results
+
+
+def piecewise_arrivals(phases: Sequence[tuple[float, float, float]]) -> list[float]:
+    """Due offsets for phases ``(duration_s, start_rps, end_rps)`` with a linear rate in each.
+
+    Arrival ``k`` is due where the integrated rate reaches ``k``: deterministic (no Poisson
+    jitter), so a test offers the same load every run.
+    """
+    due: list[float] = []
+    begin = 0.0
+    carried = 0.0  # arrivals owed from earlier phases (fractional part)
+    for duration, r0, r1 in phases:
+        if duration <= 0 or r0 < 0 or r1 < 0:
+            raise ValueError("phases need duration > 0 and rates >= 0")
+        slope = (r1 - r0) / duration
+        area = r0 * duration + slope * duration**2 / 2
+        k = 1.0 - carried  # area still needed for the next arrival
+        while k <= area + 1e-12:
+            due.append(begin + _time_for_area(r0, slope, k))
+            k += 1.0
+        carried = area - (k - 1.0)
+        begin += duration
+    return due
+
+
+def _time_for_area(r0: float, slope: float, area: float) -> float:
+    """``t`` where ``r0 t + slope t^2 / 2 = area`` (the rate's integral reaches ``area``)."""
+    if abs(slope) < 1e-12:
+        return area / r0
+    return (-r0 + math.sqrt(max(0.0, r0 * r0 + 2 * slope * area))) / slope
+
+
+def planned_rate(phases: Sequence[tuple[float, float, float]], offset_s: float) -> float:
+    """The arrival rate the phases plan at ``offset_s`` (0 outside them)."""
+    begin = 0.0
+    for duration, r0, r1 in phases:
+        if begin <= offset_s < begin + duration:
+            return r0 + (r1 - r0) * (offset_s - begin) / duration
+        begin += duration
+    return 0.0
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile (``q`` in [0, 100]); NaN for no values."""
     if not values:

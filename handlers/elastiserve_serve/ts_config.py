@@ -29,7 +29,10 @@ class ServeConfig:
     inference_port: int = 8080
     management_port: int = 8081
     metrics_port: int = 8082
-    bind_host: str = "127.0.0.1"  # inference only; management and metrics stay on loopback
+    bind_host: str = "127.0.0.1"  # inference; management always stays on loopback
+    # Metrics: loopback locally; a pod binds all addresses so that Prometheus, which scrapes
+    # the pod IP from outside the pod, can reach it (the endpoint is read-only).
+    metrics_host: str = "127.0.0.1"
     max_request_size: int = 8 * 1024 * 1024 + 64 * 1024
     max_response_size: int = 1024 * 1024
     token_expiration_min: int = 720
@@ -43,12 +46,12 @@ def config_properties(cfg: ServeConfig) -> str:
     store = cfg.model_store.resolve()
     lines = [
         "# Written by `elastiserve serve`; each key says why it has this value.",
-        "# Inference is the only listener that may leave the host (bind_host).",
+        "# Inference may leave the host (bind_host); management never does: nothing off-host",
+        "# can manage models.",
         f"inference_address=http://{cfg.bind_host}:{cfg.inference_port}",
-        "# Management and metrics listen on loopback only: nothing off-host can manage models,",
-        "# and Prometheus scrapes through the pod network namespace (or a sidecar) locally.",
         f"management_address=http://127.0.0.1:{cfg.management_port}",
-        f"metrics_address=http://127.0.0.1:{cfg.metrics_port}",
+        "# Metrics are read-only; a pod binds them to all addresses so Prometheus can scrape it.",
+        f"metrics_address=http://{cfg.metrics_host}:{cfg.metrics_port}",
         "# Token authorisation is on (TorchServe 0.12's default; we never pass",
         "# --disable-token-auth); keys land in key_file.json in the server's working directory.",
         "disable_token_authorization=false",

@@ -147,10 +147,17 @@ def run_torchserve(
     *,
     ready_timeout_s: float = 180.0,
     bind_host: str = "127.0.0.1",
+    metrics_host: str = "127.0.0.1",
+    inference_port: int = 0,
+    metrics_port: int = 0,
     min_ready_workers: int = 1,
     extra_env: dict[str, str] | None = None,
 ) -> Iterator[TorchServe]:
-    """Start TorchServe serving ``models`` ("name=file.mar"); stop it when the block ends."""
+    """Start TorchServe serving ``models`` ("name=file.mar"); stop it when the block ends.
+
+    Ports 0 mean a free port (tests, several servers on one machine); a pod passes the fixed
+    ports its container spec declares, since probes and Prometheus find them there.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "tmp").mkdir(exist_ok=True)
     (run_dir / "key_file.json").unlink(missing_ok=True)
@@ -160,10 +167,11 @@ def run_torchserve(
         model_store=model_store,
         models=tuple(models),
         metrics_config=metrics_path,
-        inference_port=free_port(),
+        inference_port=inference_port or free_port(),
         management_port=free_port(),
-        metrics_port=free_port(),
+        metrics_port=metrics_port or free_port(),
         bind_host=bind_host,
+        metrics_host=metrics_host,
     )
     config_path = run_dir / "config.properties"
     config_path.write_text(config_properties(cfg))

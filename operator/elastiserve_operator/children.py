@@ -9,7 +9,8 @@ What each child is for:
 
 * ``Deployment``: the serving pods. Container ``torchserve`` runs the elastic handler;
   container ``level-agent`` watches this one ``ElasticModel`` and copies
-  ``status.activeLevel`` into the control file on a shared in-memory ``emptyDir``. The
+  ``status.activeLevel`` (an index; the runtime resolves it against the bundle's levels)
+  into the control file on a shared in-memory ``emptyDir``. The
   pod does not automount a token; the agent alone gets a short-lived projected token of
   the per-model ServiceAccount, so TorchServe's container holds no credentials. The pod
   template never contains the level: a switch must not roll the pods.
@@ -116,10 +117,11 @@ def model_name(owner: Owner, spec: ElasticModelSpec) -> str:
 
 
 def level_names(spec: ElasticModelSpec) -> tuple[str, ...]:
-    """Level names the agent writes into the control file, narrowest first.
+    """Level names for people (the ConfigMap), narrowest first.
 
-    The control file speaks level *names* (the bundle manifest's); the CR speaks indexes.
-    Named profile entries give the names; otherwise the bundle default ``L<k>``.
+    Only informative: the agent writes the CR's index into the control file and the runtime
+    resolves it against the bundle, so these names never select a level. Named profile
+    entries give them; otherwise ``L<k>``.
     """
     profile = spec.model.profile
     if profile and all(not entry.name.startswith("level-") for entry in profile):
@@ -279,6 +281,9 @@ def build_deployment(
         "--mar", mar_path,
         "--name", model_name(owner, spec),
         "--bind", "0.0.0.0",
+        "--port", str(INFERENCE_PORT),
+        "--metrics-bind", "0.0.0.0",  # Prometheus scrapes the pod IP; management stays loopback
+        "--metrics-port", str(METRICS_PORT),
         "--run-dir", "/tmp/elastiserve",
         "--control-file", CONTROL_FILE,
         "--workers", str(serving.workers),
@@ -321,7 +326,6 @@ def build_deployment(
             "--control-file", CONTROL_FILE,
             "--token-file", f"{TOKEN_DIR}/token",
             "--ca-file", f"{TOKEN_DIR}/ca.crt",
-            "--level-names", ",".join(level_names(spec)),
         ],
         "resources": {
             "requests": {"cpu": "10m", "memory": "32Mi"},

@@ -48,3 +48,10 @@ def test_level_set_bumps_generation(tmp_path: Path) -> None:
     assert state is not None and (state.level, state.generation, state.allow_pin) == (
         "L1", 2, False
     )
+
+
+def test_level_set_accepts_an_index(tmp_path: Path) -> None:
+    path = tmp_path / "level.json"
+    assert main(["level", "set", "0", "--control-file", str(path)]) == 0
+    state = read_control_file(path)
+    assert state is not None and (state.level, state.generation) == ("0", 1)

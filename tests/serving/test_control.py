@@ -26,13 +26,22 @@ def test_round_trip(tmp_path: Path) -> None:
     assert not [p for p in path.parent.iterdir() if p.name != "level.json"]
 
 
+def test_index_round_trips_as_a_number(tmp_path: Path) -> None:
+    path = tmp_path / "level.json"
+    write_control_file(path, ControlState(2, 1))
+    assert b'"level":2' in path.read_bytes()
+    assert read_control_file(path) == ControlState(2, 1)
+    assert parse_control(b'{"level": 0}') == ControlState(0, 0)
+
+
 def test_missing_file_reads_none(tmp_path: Path) -> None:
     assert read_control_file(tmp_path / "nope.json") is None
 
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"{", b"[]", b'{"level": ""}', b'{"level": 3}', b'{"level": "a", "generation": -1}',
+    [b"", b"{", b"[]", b'{"level": ""}', b'{"level": -1}', b'{"level": true}',
+     b'{"level": 1.5}', b'{"level": null}', b'{"level": "a", "generation": -1}',
      b'{"level": "a", "generation": true}', b'{"level": "a", "allow_pin": "yes"}',
      b'{"level": "' + b"x" * 5000 + b'"}'],
 )

@@ -54,6 +54,30 @@ def test_control_file_switches_without_reload(tmp_path: Path) -> None:
     assert metrics.active[-1] == ("small", 0)
 
 
+def test_control_file_index_resolves_against_the_bundle_order(tmp_path: Path) -> None:
+    # The operator decides indexes (0 = narrowest); the runtime alone knows the names.
+    rt, metrics, control = runtime(tmp_path)
+    cases: list[tuple[int | str, str]] = [
+        (0, "small"), (2, "full"), ("1", "medium"), ("small", "small")]
+    for generation, (ref, name) in enumerate(cases, start=1):
+        write_control_file(control, ControlState(ref, generation))
+        (out,) = rt.handle([RawRequest(SAMPLE)])
+        assert isinstance(out, Success) and out.level == name
+    assert metrics.active[-1] == ("small", 0)
+    write_control_file(control, ControlState(3, 9))  # past the last level: keep serving
+    (out,) = rt.handle([RawRequest(SAMPLE)])
+    assert isinstance(out, Success) and out.level == "small"
+
+
+def test_level_set_resolves_names_then_indexes() -> None:
+    levels = tiny_levels()
+    assert [levels.resolve(r) for r in (0, 1, 2, "full", "0")] == [
+        "small", "medium", "full", "full", "small"]
+    for bad in (3, -1, "huge", "", True):
+        with pytest.raises(KeyError):
+            levels.resolve(bad)
+
+
 def test_unknown_level_in_control_file_keeps_current(tmp_path: Path) -> None:
     rt, _, control = runtime(tmp_path)
     write_control_file(control, ControlState("small", 1))

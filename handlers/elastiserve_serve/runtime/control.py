@@ -7,15 +7,22 @@ a shared ``emptyDir`` (``medium: Memory``, i.e. tmpfs) written by one in-pod age
 that: the agent is the only holder of (read-only) credentials, every TorchServe worker reads the
 same file, and a missing or broken file simply means "keep what you have".
 
-Format: one small JSON object, ``{"level": "<name>", "generation": <int>, "allow_pin": <bool>}``,
-written atomically (temporary file in the same directory, then ``rename``), so a reader sees the
-old file or the new one and never a torn write. JSON rather than packed bytes because it costs
-nothing measurable at a few dozen bytes and an operator can ``cat`` it.
+Format: one small JSON object, ``{"level": <index or "name">, "generation": <int>, "allow_pin":
+<bool>}``, written atomically (temporary file in the same directory, then ``rename``), so a
+reader sees the old file or the new one and never a torn write. JSON rather than packed bytes
+because it costs nothing measurable at a few dozen bytes and an operator can ``cat`` it.
 
 Cost per batch: :meth:`ControlFileReader.current` does one ``stat`` and re-reads only when the
 inode, mtime or size changed (a rename always yields a new inode, so two writes within one mtime
 tick are still seen). That is a microsecond-scale syscall against milliseconds of inference, which
 is why the reader checks on every batch instead of polling on a timer.
+
+Level: an integer index into the bundle's ordered levels (0 = narrowest) or a level name. The
+operator decides indexes (``status.activeLevel``) and the level agent writes the index as it is:
+the agent then needs no copy of the bundle's names, which it used to get wrong (the CR knew
+``L<k>``, training wrote ``L<k>-<pct>pct``). The runtime resolves the index against the levels it
+loaded, the only place that knows them for sure. Names stay accepted for people
+(``elastiserve level set L2-100pct``) and for the local loop.
 """
 
 from __future__ import annotations
@@ -35,9 +42,12 @@ class ControlFileError(ValueError):
 
 @dataclass(frozen=True)
 class ControlState:
-    """What the controller wants served: a level, a monotonic generation, and whether pins pass."""
+    """What the controller wants served: a level, a monotonic generation, and whether pins pass.
 
-    level: str
+    ``level`` is an index (0 = narrowest) or a level name; see the module docstring.
+    """
+
+    level: int | str
     generation: int
     allow_pin: bool | None = None  # None: leave it to the handler's configuration
 
@@ -61,8 +71,10 @@ def parse_control(data: bytes) -> ControlState:
     level = body.get("level")
     generation = body.get("generation", 0)
     allow_pin = body.get("allow_pin")
-    if not isinstance(level, str) or not level:
-        raise ControlFileError("control file needs a non-empty string 'level'")
+    if isinstance(level, bool) or not isinstance(level, (int, str)) or level in ("", None):
+        raise ControlFileError("control file needs 'level': an index or a non-empty name")
+    if isinstance(level, int) and level < 0:
+        raise ControlFileError("a level index must not be negative")
     if isinstance(generation, bool) or not isinstance(generation, int) or generation < 0:
         raise ControlFileError("'generation' must be a non-negative integer")
     if allow_pin is not None and not isinstance(allow_pin, bool):

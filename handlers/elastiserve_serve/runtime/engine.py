@@ -73,9 +73,12 @@ class ElasticRuntime:
         self._clock = clock
         if settings.threads:
             torch.set_num_threads(settings.threads)
-        default = settings.default_level or levels.names[-1]
-        if default not in levels.names:
-            raise ValueError(f"default level {default!r} is not one of {levels.names}")
+        try:
+            default = levels.resolve(settings.default_level or levels.names[-1])
+        except KeyError:
+            raise ValueError(
+                f"default level {settings.default_level!r} is not one of {levels.names}"
+            ) from None
         self._active = default
         self._control = (
             ControlFileReader(settings.control_file) if settings.control_file else None
@@ -163,14 +166,16 @@ class ElasticRuntime:
         state = self._control.current()
         if state is not None and state is not self._control_state:
             self._control_state = state
-            if state.level in self.levels.names:
-                if state.level != self._active:
-                    log.info("active level %s -> %s (generation %d)",
-                             self._active, state.level, state.generation)
-                self._active = state.level
-            else:
+            try:
+                wanted = self.levels.resolve(state.level)
+            except KeyError:
                 log.warning("control file names unknown level %r; keeping %s",
                             state.level, self._active)
+            else:
+                if wanted != self._active:
+                    log.info("active level %s -> %s (generation %d)",
+                             self._active, wanted, state.generation)
+                self._active = wanted
         self.metrics.active_level(self._active, self.levels.index(self._active))
 
     def _pin_allowed(self) -> bool:
@@ -185,11 +190,12 @@ class ElasticRuntime:
             return self._active
         if not self._pin_allowed():
             raise BadRequest(403, "pinning a level is not allowed for this model")
-        if pinned not in self.levels.names:
+        try:
+            return self.levels.resolve(pinned)
+        except KeyError:
             raise BadRequest(
                 400, f"unknown level {pinned!r}; levels are {', '.join(self.levels.names)}"
-            )
-        return pinned
+            ) from None
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

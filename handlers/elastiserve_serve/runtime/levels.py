@@ -79,6 +79,23 @@ class LevelSet:
         except ValueError:
             raise KeyError(name) from None
 
+    def resolve(self, ref: int | str) -> str:
+        """The name of the level ``ref`` designates: an index (0 = narrowest) or a name.
+
+        Indexes are what the operator decides; names are what people type. A string of digits
+        that is not itself a level name is read as an index (so ``--level 2`` works from a
+        shell). Raises ``KeyError`` for anything that designates no level.
+        """
+        if isinstance(ref, str):
+            if ref in self.names:
+                return ref
+            if not ref.isdigit():
+                raise KeyError(ref)
+            ref = int(ref)
+        if isinstance(ref, bool) or not 0 <= ref < len(self.names):
+            raise KeyError(ref)
+        return self.names[ref]
+
     def module(self, name: str) -> nn.Module:
         return self.modules[self.index(name)]
 
