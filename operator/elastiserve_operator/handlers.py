@@ -26,9 +26,17 @@ from typing import Any
 
 import kopf
 
+from .applied import key_of
 from .kube import ApiError, KubeApi, connection_info, resource_path
 from .metrics import OperatorMetrics
-from .reconcile import Runtime, evaluate, reconcile, refresh_ready
+from .reconcile import (
+    Runtime,
+    evaluate,
+    forget_model,
+    reconcile,
+    refresh_ready,
+    remember_deployment,
+)
 from .settings import OperatorSettings, settings_from_env
 from .signals.prometheus import PrometheusClient
 
@@ -37,6 +45,16 @@ log = logging.getLogger(__name__)
 GROUP, VERSION, PLURAL = "elastiserve.io", "v1alpha1", "elasticmodels"
 MANAGED = {"app.kubernetes.io/managed-by": "elastiserve-operator"}
 PREFIX = "elastiserve.io"
+PEERING_LIFETIME_S = 20
+CHILD_RESOURCES = (
+    ("apps", "v1", "deployments"),
+    ("", "v1", "configmaps"),
+    ("", "v1", "services"),
+    ("", "v1", "serviceaccounts"),
+    ("rbac.authorization.k8s.io", "v1", "roles"),
+    ("rbac.authorization.k8s.io", "v1", "rolebindings"),
+)
+"""What ``build_children`` creates, watched for drift with a server-side label selector."""
 
 
 def _runtime(memo: Any) -> Runtime:
@@ -59,6 +77,19 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     # own Events, so only problems are worth one here.
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 600
+    # Children are watched for drift (``_child_event``): filter on the API server, so the
+    # operator never receives other workloads' ConfigMaps or Deployments.
+    selector = ",".join(f"{k}={v}" for k, v in MANAGED.items())
+    for resource in CHILD_RESOURCES:
+        settings.watching.label_selectors[resource] = selector
+    # Peering (several replicas): kopf pauses every replica that sees a live peer with a
+    # higher or *equal* priority, so equal defaults would pause them all. A random priority
+    # per process makes exactly one (the highest) act. A short lifetime bounds the takeover
+    # after the acting replica dies without saying goodbye (SIGKILL, node loss): its record
+    # expires PEERING_LIFETIME_S after its last keep-alive; a clean exit hands over at once.
+    settings.peering.priority = random.randint(1, 2**31 - 1)
+    settings.peering.lifetime = PEERING_LIFETIME_S
+    settings.peering.stealth = True
     metrics = getattr(memo, "metrics", None) or OperatorMetrics()
     if op.metrics_port and not getattr(memo, "metrics_served", False):
         metrics.serve(op.metrics_port)
@@ -96,26 +127,72 @@ async def ensure(body: kopf.Body, memo: Any, **_: Any) -> None:
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
 async def forget(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
-    """Children go with the garbage collector (owner references); only metrics remain."""
-    _runtime(memo).metrics.forget(namespace or "", name)
+    """Children go with the garbage collector (owner references); only memory remains."""
+    runtime = _runtime(memo)
+    runtime.metrics.forget(namespace or "", name)
+    forget_model(runtime, namespace or "", name)
+
+
+async def _child_event(runtime: Runtime, event: kopf.RawEvent) -> None:
+    """Re-apply a child that was deleted or changed by someone else (drift).
+
+    The reconcile handler skips children it applied before (``applied``); these watches
+    are what makes that safe. Errors are logged, not raised: kopf would retry the event,
+    but the next event or the next reconcile covers it anyway.
+    """
+    body = event["object"]
+    kind = event.get("type")
+    try:
+        if kind is not None and runtime.applied.drifted(kind, body):
+            runtime.metrics.drifts.labels(str(body.get("kind"))).inc()
+            runtime.applied.forget(key_of(body))
+            if kind == "DELETED":
+                log.info("%s %s deleted: re-applying", body.get("kind"),
+                         (body.get("metadata") or {}).get("name"))
+            await _reensure_owner(runtime, body)
+    except (ApiError, kopf.TemporaryError) as error:
+        runtime.metrics.errors.labels("drift").inc()
+        log.warning("child event not handled: %s", error)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
 async def child_deployment(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
+    """Drift, and readiness: the owner's ``Ready`` follows ``status.readyReplicas``."""
     runtime = _runtime(memo)
     body = event["object"]
+    await _child_event(runtime, event)
+    if event.get("type") in (None, "DELETED"):  # None: the initial listing
+        if event.get("type") is None:
+            remember_deployment(runtime, body)
+        return
+    meta = body.get("metadata") or {}
+    known = runtime.deployments.get((meta.get("namespace", ""), meta.get("name", "")))
+    if known is not None and _ready(known) == _ready(body):
+        remember_deployment(runtime, body)
+        return  # the owner's status already says this (most events: rollout bookkeeping)
     try:
-        if event.get("type") == "DELETED":
-            await _reensure_owner(runtime, body)
-        elif event.get("type") is not None:  # None: the initial listing, resume covers it
-            await refresh_ready(runtime, body)
+        await refresh_ready(runtime, body)
+        remember_deployment(runtime, body)  # only once the owner's status says so
     except (ApiError, kopf.TemporaryError) as error:
         runtime.metrics.errors.labels("deployment").inc()
         log.warning("deployment event not handled: %s", error)
 
 
-async def _reensure_owner(runtime: Runtime, deployment: Mapping[str, Any]) -> None:
-    meta = deployment.get("metadata") or {}
+def _ready(deployment: Mapping[str, Any]) -> int:
+    return int((deployment.get("status") or {}).get("readyReplicas") or 0)
+
+
+@kopf.on.event("", "v1", "configmaps", labels=MANAGED)
+@kopf.on.event("", "v1", "services", labels=MANAGED)
+@kopf.on.event("", "v1", "serviceaccounts", labels=MANAGED)
+@kopf.on.event("rbac.authorization.k8s.io", "v1", "roles", labels=MANAGED)
+@kopf.on.event("rbac.authorization.k8s.io", "v1", "rolebindings", labels=MANAGED)
+async def child_other(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
+    await _child_event(_runtime(memo), event)
+
+
+async def _reensure_owner(runtime: Runtime, child: Mapping[str, Any]) -> None:
+    meta = child.get("metadata") or {}
     for ref in meta.get("ownerReferences") or []:
         if ref.get("kind") != "ElasticModel":
             continue
@@ -129,9 +206,16 @@ async def _reensure_owner(runtime: Runtime, deployment: Mapping[str, Any]) -> No
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0)
 async def policy_loop(body: kopf.Body, memo: Any, stopped: kopf.DaemonStopped, **_: Any) -> None:
-    """Evaluate, then sleep the CR's interval (read live: a spec change applies next round)."""
+    """Evaluate every interval (read live: a spec change applies from the next round).
+
+    The first evaluation waits a random fraction of the interval. Models created together
+    (or resumed together at start) would otherwise evaluate in lockstep, and the first
+    round would land on top of their reconciles: a burst of queries and status writes on
+    the one event loop. A random phase spreads them evenly over the interval, and costs
+    at most one interval before a new model's first decision.
+    """
     runtime = _runtime(memo)
-    first = True
+    await stopped.wait(random.random() * _interval(body))
     while not stopped:
         try:
             await evaluate(runtime, body)
@@ -140,12 +224,9 @@ async def policy_loop(body: kopf.Body, memo: Any, stopped: kopf.DaemonStopped, *
         except ApiError as error:
             runtime.metrics.errors.labels("evaluate").inc()
             log.warning("evaluation of %s failed: %s", body["metadata"]["name"], error)
-        policy = (body.get("spec") or {}).get("policy") or {}
-        interval = float(policy.get("evaluationIntervalSeconds") or 5)
-        if first:
-            # Models created together (or resumed at start) would otherwise evaluate in
-            # lockstep: a burst of queries and status writes every interval. A random phase
-            # after the first evaluation spreads them evenly.
-            interval *= 1.0 + random.random()
-            first = False
-        await stopped.wait(interval)
+        await stopped.wait(_interval(body))
+
+
+def _interval(body: Mapping[str, Any]) -> float:
+    policy = (body.get("spec") or {}).get("policy") or {}
+    return float(policy.get("evaluationIntervalSeconds") or 5)

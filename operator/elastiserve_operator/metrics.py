@@ -61,6 +61,22 @@ class OperatorMetrics:
             buckets=RECONCILE_BUCKETS,
             registry=r,
         )
+        self.applies = Counter(
+            "elastiserve_operator_child_applies",
+            "Children sent to the API server by server-side apply.",
+            registry=r,
+        )
+        self.skipped_applies = Counter(
+            "elastiserve_operator_child_applies_skipped",
+            "Children a reconcile did not send: unchanged since this process applied them.",
+            registry=r,
+        )
+        self.drifts = Counter(
+            "elastiserve_operator_child_drifts",
+            "Children deleted or changed by someone else, and so applied again.",
+            ["kind"],
+            registry=r,
+        )
         self.errors = Counter(
             "elastiserve_operator_errors", "Failures by stage.", ["stage"], registry=r
         )

@@ -247,11 +247,12 @@ class TestRbac:
         role = find(namespaced_objects, "Role")[0]
         verbs = {(r["apiGroups"][0], res): set(r["verbs"]) for r in role["rules"]
                  for res in r["resources"]}
-        applied = {"get", "create", "patch"}
+        # Children: applied (get/create/patch) and watched for drift (list/watch).
+        applied = {"get", "list", "watch", "create", "patch"}
         assert verbs == {
             ("elastiserve.io", "elasticmodels"): {"get", "list", "watch", "patch"},
             ("elastiserve.io", "elasticmodels/status"): {"get", "patch"},
-            ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
+            ("apps", "deployments"): applied,
             ("", "services"): applied,
             ("", "configmaps"): applied,
             ("", "serviceaccounts"): applied,

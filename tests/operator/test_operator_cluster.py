@@ -393,3 +393,136 @@ def _fetch(url: str) -> str | None:
             return str(response.read().decode())
     except (urllib.error.URLError, OSError):
         return None
+
+
+# --------------------------------------------------------------------------- skip path
+
+
+def _metric(text: str | None, name: str) -> float:
+    """Sum of every sample of ``name`` (all label sets) in an exposition."""
+    total = 0.0
+    for line in (text or "").splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.split()[-1])
+    return total
+
+
+def test_skipped_children_are_reapplied_when_deleted_or_edited(
+    world: World, crs: Any, namespace: str, installed: ControlPlane
+) -> None:
+    """A reconcile skips children it applied before, so drift must bring them back."""
+    create(crs, namespace, "m1", model_spec())
+    wait_for(lambda: (get(crs, namespace, "m1").get("status") or {}).get("observedGeneration"),
+             "first reconcile", timeout_s=40)
+    url = f"http://127.0.0.1:{world.operator.metrics_port}/metrics"
+    skipped = _metric(_fetch(url), "elastiserve_operator_child_applies_skipped_total")
+
+    # A policy-only change changes no child: every apply is skipped, the status follows.
+    crs.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "m1",
+                                       {"spec": {"objective": {"p95Ms": 150}}})
+    generation = get(crs, namespace, "m1")["metadata"]["generation"]
+    wait_for(lambda: get(crs, namespace, "m1")["status"].get("observedGeneration")
+             == generation, "reconcile of the policy-only change")
+    wait_for(lambda: _metric(_fetch(url), "elastiserve_operator_child_applies_skipped_total")
+             >= skipped + 6, "six skipped applies")
+
+    def configmap() -> dict[str, Any] | None:
+        items = children(installed, namespace)["configmaps"]
+        return items[0] if items else None
+
+    def deployment() -> dict[str, Any]:
+        return children(installed, namespace)["deployments"][0]
+
+    applied = (configmap() or {})["data"]["serving.json"]
+    installed.kubectl("delete", "configmap", "-n", namespace, "m1-config")
+    wait_for(lambda: (configmap() or {}).get("data", {}).get("serving.json") == applied,
+             "deleted ConfigMap re-applied")
+
+    installed.kubectl("patch", "configmap", "-n", namespace, "m1-config", "--type=merge",
+                      "-p", json.dumps({"data": {"serving.json": "{}"}}))
+    wait_for(lambda: (configmap() or {}).get("data", {}).get("serving.json") == applied,
+             "edited ConfigMap restored")
+
+    image = next(c["image"] for c in deployment()["spec"]["template"]["spec"]["containers"]
+                 if c["name"] == "torchserve")
+    installed.kubectl("set", "image", "-n", namespace, "deployment/m1-serving",
+                      "torchserve=example.invalid/other:1")
+    wait_for(lambda: next(c["image"] for c in deployment()["spec"]["template"]["spec"]
+                          ["containers"] if c["name"] == "torchserve") == image,
+             "edited Deployment restored")
+
+    installed.kubectl("delete", "rolebinding", "-n", namespace, "m1-level-agent")
+    wait_for(lambda: len(children(installed, namespace)["rolebindings"]) == 1,
+             "deleted RoleBinding re-applied")
+    assert _metric(_fetch(url), "elastiserve_operator_child_drifts_total") >= 4
+    assert all(len(v) == 1 for v in children(installed, namespace).values())
+
+
+# --------------------------------------------------------------------------- peering
+
+
+def test_two_peered_replicas_one_acts_and_the_other_takes_over(
+    tmp_path: Path, operator_kubeconfig: Path, namespace: str, crs: Any,
+    installed: ControlPlane,
+) -> None:
+    """Two operators with one peering name: one reconciles and evaluates, the other waits;
+    when the acting one is SIGKILLed the other takes over within the peering lifetime."""
+    peering = "elastiserve-test"
+    installed.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "kopf.dev/v1", "kind": "KopfPeering",
+        "metadata": {"name": peering, "namespace": namespace},
+    }))
+    exporter = LatencyExporter(namespace, "m1").start()
+    with run_prometheus(tmp_path / "prom",
+                        [ScrapeTarget("exporter", f"127.0.0.1:{exporter.port}")],
+                        scrape_interval_s=1) as prometheus:
+        replicas = [
+            OperatorProcess(kubeconfig=operator_kubeconfig, log_path=tmp_path / f"op{i}.log",
+                            prometheus_url=prometheus.url, namespaces=(namespace,),
+                            peering=peering).start()
+            for i in range(2)
+        ]
+        try:
+            urls = [f"http://127.0.0.1:{r.metrics_port}/metrics" for r in replicas]
+            wait_for(lambda: all(_fetch(u) is not None for u in urls), "both replicas up")
+            # Both announce themselves before any work exists, then one pauses.
+            wait_for(lambda: len(json.loads(installed.kubectl(
+                "get", "kopfpeering", peering, "-n", namespace, "-o", "json").stdout)
+                .get("status") or {}) == 2, "both replicas in the peering", timeout_s=30)
+            time.sleep(2)
+            create(crs, namespace, "m1", model_spec())
+
+            def decisions() -> list[float]:
+                return [_metric(_fetch(u), "elastiserve_operator_decisions_total") for u in urls]
+
+            wait_for(lambda: max(decisions()) >= 3, "evaluations by one replica", timeout_s=40)
+            time.sleep(3)
+            counts = decisions()
+            reconciles = [_metric(_fetch(u),
+                                  "elastiserve_operator_reconcile_duration_seconds_count")
+                          for u in urls]
+            acting = 0 if counts[0] > 0 else 1
+            waiting = 1 - acting
+            assert counts[waiting] == 0 and reconciles[waiting] == 0, (counts, reconciles)
+            assert reconciles[acting] >= 1
+            assert get(crs, namespace, "m1")["status"]["activeLevel"] == 2
+
+            replicas[acting].kill()
+            killed_at = time.monotonic()
+            crs.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "m1",
+                                               {"spec": {"objective": {"p95Ms": 150}}})
+            generation = get(crs, namespace, "m1")["metadata"]["generation"]
+            wait_for(lambda: get(crs, namespace, "m1")["status"].get("observedGeneration")
+                     == generation, "the waiting replica reconciles", timeout_s=90, every_s=1)
+            wait_for(lambda: decisions()[waiting] >= 2, "the waiting replica evaluates",
+                     timeout_s=30)
+            took = time.monotonic() - killed_at
+            # The dead replica's record expires 20 s after its last keep-alive.
+            assert took < 60, took
+            print(f"takeover after SIGKILL: {took:.1f} s")
+        finally:
+            for r in replicas:
+                r.stop()
+            exporter.stop()
+            for r in replicas:
+                print(f"{r.log_path.name} tail:\n" + r.log_tail(15))
