@@ -118,8 +118,17 @@ build kube-controller-manager kube k8s.io/kubernetes/cmd/kube-controller-manager
 build kube-scheduler kube k8s.io/kubernetes/cmd/kube-scheduler "${KUBE_LDFLAGS}"
 build kubectl kube k8s.io/kubernetes/cmd/kubectl "${KUBE_LDFLAGS}"
 build kwok kwok sigs.k8s.io/kwok/cmd/kwok "-s -w"
-build helm helm helm.sh/helm/v3/cmd/helm \
-  "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}"
+# helm's own release build stamps the Kubernetes version it assumes for offline `template` and
+# `lint` (capabilities and deprecation checks) from its client-go; without it a plain go build
+# says v1.20 and charts declaring `kubeVersion: >=1.27` fail to render offline.
+HELM_CLIENT_GO="$(module_version helm k8s.io/client-go)"
+HELM_KUBE_MINOR="$(echo "${HELM_CLIENT_GO}" | cut -d. -f2)"
+readonly HELM_CLIENT_GO HELM_KUBE_MINOR
+HELM_LDFLAGS="-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}"
+for pkg in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+  HELM_LDFLAGS+=" -X ${pkg}.k8sVersionMajor=1 -X ${pkg}.k8sVersionMinor=${HELM_KUBE_MINOR}"
+done
+build helm helm helm.sh/helm/v3/cmd/helm "${HELM_LDFLAGS}"
 
 # The VERSIONS file is what the harness and a human read to know what they are running.
 versions_tmp="${DEST}/VERSIONS.tmp"
