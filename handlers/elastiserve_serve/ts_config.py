@@ -33,6 +33,10 @@ class ServeConfig:
     # Metrics: loopback locally; a pod binds all addresses so that Prometheus, which scrapes
     # the pod IP from outside the pod, can reach it (the endpoint is read-only).
     metrics_host: str = "127.0.0.1"
+    # TorchServe 0.12 always starts its gRPC listeners (no switch turns them off); the fixed
+    # defaults 7070/7071 make a second server on the same host exit at startup.
+    grpc_inference_port: int = 7070
+    grpc_management_port: int = 7071
     max_request_size: int = 8 * 1024 * 1024 + 64 * 1024
     max_response_size: int = 1024 * 1024
     token_expiration_min: int = 720
@@ -52,6 +56,11 @@ def config_properties(cfg: ServeConfig) -> str:
         f"management_address=http://127.0.0.1:{cfg.management_port}",
         "# Metrics are read-only; a pod binds them to all addresses so Prometheus can scrape it.",
         f"metrics_address=http://{cfg.metrics_host}:{cfg.metrics_port}",
+        "# gRPC cannot be disabled in TorchServe 0.12: loopback only, on ports of its own.",
+        "grpc_inference_address=127.0.0.1",
+        f"grpc_inference_port={cfg.grpc_inference_port}",
+        "grpc_management_address=127.0.0.1",
+        f"grpc_management_port={cfg.grpc_management_port}",
         "# Token authorisation is on (TorchServe 0.12's default; we never pass",
         "# --disable-token-auth); keys land in key_file.json in the server's working directory.",
         "disable_token_authorization=false",

@@ -170,6 +170,8 @@ def run_torchserve(
         inference_port=inference_port or free_port(),
         management_port=free_port(),
         metrics_port=metrics_port or free_port(),
+        grpc_inference_port=free_port(),
+        grpc_management_port=free_port(),
         bind_host=bind_host,
         metrics_host=metrics_host,
     )
