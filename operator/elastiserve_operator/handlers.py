@@ -5,8 +5,10 @@ and calls one coroutine of ``reconcile``. Importing this module registers the ha
 kopf's default registry (what ``kopf.operator()`` and ``kopf run`` use).
 
 * create/update/resume of an ``ElasticModel`` -> ensure its children and status;
-* an event on a Deployment the operator manages -> refresh its owner's ``Ready``, or
-  re-create the children if it was deleted while its owner still exists;
+* an event on any child the operator manages (server-side label-selected watches) ->
+  re-apply it when it was deleted or edited by another field manager (the reconcile skips
+  children it applied and nobody touched since: ``applied``); for a Deployment also
+  refresh its owner's ``Ready`` when ``readyReplicas`` moved;
 * one daemon per ``ElasticModel`` -> evaluate the policy every
   ``spec.policy.evaluationIntervalSeconds`` (a daemon rather than a kopf timer because the
   interval is per object and may change with the spec).
@@ -18,6 +20,7 @@ the two field managers described in ``status.py``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
@@ -94,8 +97,9 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     if op.metrics_port and not getattr(memo, "metrics_served", False):
         metrics.serve(op.metrics_port)
         memo.metrics_served = True
+    memo.lag_task = asyncio.get_running_loop().create_task(metrics.watch_loop_lag())
     memo.runtime = Runtime(
-        api=KubeApi(connection_info(settings)),
+        api=KubeApi(connection_info(settings), observe=metrics.observe_request),
         prometheus=PrometheusClient(op.prometheus_url, timeout_s=op.prometheus_timeout_s),
         settings=op,
         metrics=metrics,
@@ -110,6 +114,9 @@ def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
 
 @kopf.on.cleanup()
 async def cleanup(memo: Any, **_: Any) -> None:
+    lag_task = getattr(memo, "lag_task", None)
+    if lag_task is not None:
+        lag_task.cancel()
     runtime = getattr(memo, "runtime", None)
     if runtime is not None:
         await runtime.api.close()

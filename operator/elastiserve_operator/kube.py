@@ -19,7 +19,8 @@ import contextlib
 import json
 import ssl
 import tempfile
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -121,7 +122,16 @@ def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
 class KubeApi:
     """One aiohttp session to the API server; create once per operator process."""
 
-    def __init__(self, info: kopf.ConnectionInfo, *, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        info: kopf.ConnectionInfo,
+        *,
+        timeout_s: float = 10.0,
+        observe: Callable[[str, float], None] | None = None,
+    ) -> None:
+        """``observe(method, seconds)`` is called after every request, answered or not
+        (the operator feeds a histogram: is a slow reconcile the API server or us?)."""
+        self._observe = observe
         self._server = info.server.rstrip("/")
         self._headers = info.as_http_headers()
         self._ssl = _ssl_context(info)
@@ -153,6 +163,7 @@ class KubeApi:
         if body is not None:
             headers["Content-Type"] = content_type
             data = json.dumps(body)
+        started = time.perf_counter()
         try:
             async with self._session.request(
                 method, url, data=data, headers=headers, timeout=self._timeout
@@ -161,6 +172,9 @@ class KubeApi:
                 status = response.status
         except (aiohttp.ClientError, asyncio.TimeoutError) as error:
             raise ApiTransient(0, f"{method} {path}: {error!r}") from error
+        finally:
+            if self._observe is not None:
+                self._observe(method, time.perf_counter() - started)
         if status // 100 == 2:
             decoded = json.loads(text) if text else {}
             return decoded if isinstance(decoded, dict) else {}

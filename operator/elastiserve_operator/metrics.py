@@ -7,6 +7,7 @@ process collector (RSS, CPU seconds) that the footprint benchmark and dashboards
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from dataclasses import dataclass, field
 
@@ -61,6 +62,21 @@ class OperatorMetrics:
             buckets=RECONCILE_BUCKETS,
             registry=r,
         )
+        self.api_requests = Histogram(
+            "elastiserve_operator_api_request_duration_seconds",
+            "Round trip of the operator's own API server requests (kopf's excluded), by "
+            "method: separates a slow API server from a busy operator.",
+            ["method"],
+            buckets=RECONCILE_BUCKETS,
+            registry=r,
+        )
+        self.loop_lag = Histogram(
+            "elastiserve_operator_event_loop_lag_seconds",
+            "How late a 1 s timer fires on the operator's event loop (CPU starvation or a "
+            "blocking call delays every handler by this much).",
+            buckets=RECONCILE_BUCKETS,
+            registry=r,
+        )
         self.applies = Counter(
             "elastiserve_operator_child_applies",
             "Children sent to the API server by server-side apply.",
@@ -80,6 +96,17 @@ class OperatorMetrics:
         self.errors = Counter(
             "elastiserve_operator_errors", "Failures by stage.", ["stage"], registry=r
         )
+
+    def observe_request(self, method: str, seconds: float) -> None:
+        self.api_requests.labels(method).observe(seconds)
+
+    async def watch_loop_lag(self, period_s: float = 1.0) -> None:
+        """Sample the event loop's lag forever (cancel to stop); one wake-up per period."""
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + period_s
+            await asyncio.sleep(period_s)
+            self.loop_lag.observe(max(0.0, loop.time() - due))
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop a deleted model's series so that the exposition does not grow forever."""
