@@ -44,6 +44,9 @@ class ScrapeTarget:
     metrics_path: str = "/metrics"
     scheme: str = "http"
     bearer_token: str | None = None
+    # Target labels, as Kubernetes service discovery would attach them (namespace, pod): the
+    # operator's queries select on ``namespace``, which nothing adds on loopback otherwise.
+    labels: tuple[tuple[str, str], ...] = ()
 
 
 def find_binary() -> Path:
@@ -83,7 +86,7 @@ def scrape_config(targets: Sequence[ScrapeTarget], interval_s: float) -> dict[st
             "job_name": job,
             "metrics_path": first.metrics_path,
             "scheme": first.scheme,
-            "static_configs": [{"targets": [m.address for m in members]}],
+            "static_configs": _static_configs(members),
         }
         if first.bearer_token:
             entry["authorization"] = {"type": "Bearer", "credentials": first.bearer_token}
@@ -93,6 +96,20 @@ def scrape_config(targets: Sequence[ScrapeTarget], interval_s: float) -> dict[st
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "scrape_configs": scrape_configs,
     }
+
+
+def _static_configs(members: Sequence[ScrapeTarget]) -> list[dict[str, object]]:
+    """Targets grouped by their label set (Prometheus attaches labels per static config)."""
+    groups: dict[tuple[tuple[str, str], ...], list[str]] = {}
+    for member in members:
+        groups.setdefault(member.labels, []).append(member.address)
+    configs: list[dict[str, object]] = []
+    for labels, addresses in groups.items():
+        config: dict[str, object] = {"targets": addresses}
+        if labels:
+            config["labels"] = dict(labels)
+        configs.append(config)
+    return configs
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ def make_bundle(
     width_mult: float = 0.25,
     ratios: tuple[float, ...] = (0.5, 0.75, 1.0),
     size: int = 16,
+    names: tuple[str, ...] | None = None,
 ) -> Path:
     """Write a 1-channel, 10-class bundle of ``len(ratios)`` nested levels to ``directory``."""
     torch.manual_seed(0)
@@ -47,7 +48,8 @@ def make_bundle(
         architecture=arch,
         arch_args=args,
         models=models,
-        names=list(LEVELS[: len(ratios)]) if len(ratios) <= len(LEVELS) else None,
+        names=list(names) if names is not None
+        else list(LEVELS[: len(ratios)]) if len(ratios) <= len(LEVELS) else None,
         channel_ratios=ratios,
         input_spec=InputSpec(1, size, size),
         normalisation=Normalisation((0.5,), (0.25,)),

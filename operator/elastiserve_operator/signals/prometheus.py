@@ -45,11 +45,13 @@ from ..observation import NodePressure, Observation
 __all__ = [
     "DEFAULT_LATENCY_QUERY",
     "DEFAULT_RATE_QUERY",
+    "END_TO_END_LATENCY_QUERY",
     "InstantValue",
     "MetricsSource",
     "PrometheusClient",
     "PrometheusError",
     "SeriesPolicy",
+    "end_to_end_latency_query",
     "gather_observation",
     "parse_instant_response",
     "render_query",
@@ -63,6 +65,30 @@ DEFAULT_LATENCY_QUERY = (
 (``elastiserve_serve.ts_metrics.LATENCY``, TorchServe labels ``ModelName``/``ElasticLevel``).
 It is the handler's time; the frontend queue is outside it, so a deployment that has an
 ingress histogram should point ``ELASTISERVE_LATENCY_QUERY`` at that one."""
+
+def end_to_end_latency_query(window: str = "1m") -> str:
+    """p95 as a client sees it, estimated from what TorchServe exports: handler p95 + queue wait.
+
+    The handler's histogram misses the time a request waits in TorchServe's frontend queue,
+    which is where overload shows first. TorchServe 0.12 exports that wait only as a sum
+    (``ts_queue_latency_microseconds``, added when a request leaves the queue), so the
+    estimate adds the *mean* wait of the requests that left the queue in the window (the sum's
+    rate over the handler's completions) to the handler's p95. It is not a quantile of the sum:
+    it underestimates while a queue grows (the p95 request waited longer than the mean) and
+    overestimates little at light load (waits are then near zero). ``tests/e2e`` measures the
+    difference against what an open-loop client observes.
+    """
+    selector_ts = f'{{namespace="$namespace",model_name="$model"}}[{window}]'
+    selector_es = f'{{namespace="$namespace",ModelName="$model"}}[{window}]'
+    return (
+        "histogram_quantile(0.95, sum by (le) (rate(elastiserve_request_latency_seconds_bucket"
+        f"{selector_es}))) + on() (sum(rate(ts_queue_latency_microseconds{selector_ts}))"
+        f" / sum(rate(elastiserve_requests_total{selector_es})) / 1e6)"
+    )
+
+
+END_TO_END_LATENCY_QUERY = end_to_end_latency_query()
+"""The end-to-end estimate over the default 1 m window; see :func:`end_to_end_latency_query`."""
 
 DEFAULT_RATE_QUERY = (
     'sum(rate(ts_inference_requests_total{namespace="$namespace",model_name="$model"}[1m]))'
