@@ -231,11 +231,13 @@ def main() -> int:
         "load_avg_1m_idle_window": round(load_idle[0], 2),
         "load_avg_1m_steady_changes": round(load_steady[0], 2),
         "cpu_cores": os.cpu_count(),
-        "note": "p99 values are histogram bucket upper bounds (inf: over 10 s). "
+        "note": "p99/p50 values are histogram bucket upper bounds (inf: over 60 s). "
         "reconcile_p99_ms: steady state, one spec change at a time with 100 models live "
         "(the larger of a policy-only and a child-changing change; the 200 ms target applies "
         "to this). create_burst: all models applied in one kubectl call, a different "
-        "quantity. evaluation p99 over the idle window. Shared cores: see the load averages.",
+        "quantity. evaluation p99 over the idle window. steady_breakdown: api_patch is the "
+        "operator's own PATCH round trips in that phase (status writes included); event loop "
+        "lag is how late a 1 s timer fired. Shared cores: see the load averages.",
     }
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(result, indent=2) + "\n")

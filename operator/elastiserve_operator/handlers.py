@@ -21,6 +21,7 @@ the two field managers described in ``status.py``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import random
@@ -104,6 +105,26 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         settings=op,
         metrics=metrics,
     )
+    _tune_gc()
+
+
+GC_THRESHOLDS = (2000, 10, 10)
+"""Python's default is (700, 10, 10): a full collection every ~70k net allocations."""
+
+
+def _tune_gc() -> None:
+    """Make full garbage collections rarer and shorter: they stop the event loop.
+
+    Measured with 100 models on 2 shared cores: a full (generation 2) collection took
+    180-320 ms and came every 25-50 s, so one steady-state reconcile in tens landed on one
+    and missed 200 ms. ``gc.freeze()`` moves everything alive now (imported modules, kopf's
+    registry, the clients: ~70k objects) out of every later collection; the higher first
+    threshold makes every collection ~3x rarer. Cyclic garbage lives a little longer: a few
+    thousand more allocations before it is found (RSS is in the footprint benchmark).
+    """
+    gc.collect()  # what is garbage now would otherwise be frozen with the rest
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 @kopf.on.login()
