@@ -24,6 +24,10 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet --progress-bar off -e '.[$(EXTRAS)]'
 	@touch $(STAMP)
 
+# The whole loop on this machine (see elastiserve/local/demo.py): writes runs/demo/timeline.png.
+demo: venv system-deps
+	$(PY) -m elastiserve.local.demo $(DEMO_ARGS)
+
 system-deps:
 	@bash hack/install-system-deps.sh $(DEBIAN_PACKAGES)
 

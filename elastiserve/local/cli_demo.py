@@ -23,8 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "the full level's measured latency)")
     parser.add_argument("--peak-factor", type=float, default=2.0,
                         help="peak load as a multiple of the full level's capacity (default 2)")
-    parser.add_argument("--images-per-request", type=int, default=8,
-                        help="images in each request body (default 8)")
+    parser.add_argument("--images-per-request", type=int, default=16,
+                        help="images in each request body (default 16)")
     parser.add_argument("--quiet", action="store_true", help="no line per second")
 
 

@@ -9,9 +9,10 @@ shapes and the policy are the operator's own, so what the demo shows is what the
 
 Latency signal: the operator's default query is the handler's histogram, which misses the time
 a request waits in TorchServe's frontend queue, and that wait is where overload shows first. The
-local query adds the mean queue wait over the same window (``ts_queue_latency_microseconds``
-divided by ``ts_inference_requests_total``): an estimate, not a quantile, but it rises with the
-queue as the client's p95 does, which the demo checks by printing both side by side.
+loop acts on the operator's end-to-end estimate instead
+(:func:`~elastiserve_operator.signals.prometheus.end_to_end_latency_query`: handler p95 plus the
+mean queue wait), an estimate rather than a quantile, so the demo prints it next to the p95 its
+own load generator observes, every second.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from elastiserve_operator.signals.prometheus import (
     DEFAULT_LATENCY_QUERY,
     DEFAULT_RATE_QUERY,
     MetricsSource,
+    end_to_end_latency_query,
     gather_observation,
     render_query,
 )
@@ -42,40 +44,37 @@ _NAMESPACE_MATCHER = 'namespace="$namespace",'
 _OPERATOR_WINDOW = "[1m]"
 
 
-def _local(template: str, model: str, window_s: int) -> str:
-    """The operator's query with no namespace label (nothing adds one locally) and a short window.
+def _local(template: str, model: str) -> str:
+    """The operator's query without its namespace matcher (nothing adds that label locally).
 
     Raises when the operator's template no longer has the expected shape, so a change there
     fails the demo's test instead of silently querying something else.
     """
-    if _NAMESPACE_MATCHER not in template or _OPERATOR_WINDOW not in template:
+    if _NAMESPACE_MATCHER not in template:
         raise ValueError(f"unexpected operator query shape: {template}")
-    local = template.replace(_NAMESPACE_MATCHER, "").replace(_OPERATOR_WINDOW, f"[{window_s}s]")
+    local = template.replace(_NAMESPACE_MATCHER, "")
     return str(render_query(local, namespace="", name=model, model=model))
+
+
+def _windowed(template: str, window_s: int) -> str:
+    if _OPERATOR_WINDOW not in template:
+        raise ValueError(f"unexpected operator query window: {template}")
+    return template.replace(_OPERATOR_WINDOW, f"[{window_s}s]")
 
 
 def handler_p95_query(model: str, window_s: int) -> str:
     """p95 of the handler's own latency histogram (the operator's default, windowed)."""
-    return _local(DEFAULT_LATENCY_QUERY, model, window_s)
+    return _local(_windowed(DEFAULT_LATENCY_QUERY, window_s), model)
 
 
 def rate_query(model: str, window_s: int) -> str:
     """Arriving requests/s as the frontend counts them (the operator's default, windowed)."""
-    return _local(DEFAULT_RATE_QUERY, model, window_s)
-
-
-def queue_wait_query(model: str, window_s: int) -> str:
-    """Mean seconds a request waited in TorchServe's frontend queue over the window."""
-    selector = f'{{model_name="{model}"}}[{window_s}s]'
-    return (
-        f"(sum(rate(ts_queue_latency_microseconds{selector})) / "
-        f"sum(rate(ts_inference_requests_total{selector}))) / 1e6"
-    )
+    return _local(_windowed(DEFAULT_RATE_QUERY, window_s), model)
 
 
 def end_to_end_p95_query(model: str, window_s: int) -> str:
-    """Handler p95 plus the mean queue wait: the latency the local loop acts on."""
-    return f"({handler_p95_query(model, window_s)}) + ({queue_wait_query(model, window_s)})"
+    """Handler p95 plus the mean frontend queue wait: the operator's end-to-end estimate."""
+    return _local(end_to_end_latency_query(f"{window_s}s"), model)
 
 
 @dataclass(frozen=True)

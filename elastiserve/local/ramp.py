@@ -1,11 +1,10 @@
 """Open-loop load whose arrival rate follows a piecewise-linear plan (the demo's ramp).
 
-:func:`elastiserve_serve.loadgen.run_open_loop` holds one rate; a ramp cannot be built from
-consecutive calls of it, because each call waits for its stragglers before the next one starts,
-which pauses the arrivals exactly when the server is slow (coordinated omission). Here one
-schedule covers the whole plan: arrival ``k`` is due when the integral of the rate reaches
-``k``, latency is measured from that due time, and results are visible while the run goes on
-(the live view and the timeline read them).
+The schedule is :func:`elastiserve_serve.loadgen.piecewise_arrivals` (one schedule for the whole
+ramp, latency measured from each request's due time). The sender differs from
+:func:`~elastiserve_serve.loadgen.run_schedule` in what the demo needs on top: many bodies of
+real test images, each answer scored against the true labels (the accuracy each level gives
+back), and a stop that also drops the requests not yet sent when the user presses Ctrl-C.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import httpx
+from elastiserve_serve.loadgen import piecewise_arrivals
 from elastiserve_serve.runtime.settings import PIN_HEADER
 
 
@@ -67,25 +67,10 @@ class LoadPlan:
                 return phase.name
         return self.phases[-1].name
 
-    def arrivals(self, step_s: float = 0.001) -> list[float]:
-        """Due offsets of every request: where the integrated rate crosses each integer.
-
-        Deterministic (no Poisson jitter), so two runs of the demo offer the same load and the
-        test can rely on the counts.
-        """
-        due: list[float] = []
-        total = self.duration_s
-        area = 0.0
-        t = 0.0
-        while t < total:
-            rate = 0.5 * (self.rate_at(t) + self.rate_at(min(t + step_s, total - 1e-9)))
-            before = area
-            area += rate * step_s
-            for k in range(math.floor(before) + 1, math.floor(area) + 1):
-                # Linear interpolation inside the step keeps the spacing even at high rates.
-                due.append(t + step_s * (k - before) / (area - before))
-            t += step_s
-        return due
+    def arrivals(self) -> list[float]:
+        """Due offsets of every request (deterministic; see ``piecewise_arrivals``)."""
+        phases = [(p.duration_s, p.start_rps, p.end_rps) for p in self.phases]
+        return list(piecewise_arrivals(phases))
 
 
 @dataclass(frozen=True)
