@@ -19,7 +19,7 @@ CR could only guess ``L<k>``, while training names levels ``L<k>-<pct>pct``). An
 last level is refused by the runtime, which keeps serving the level it has.
 
 Run it: ``python -m elastiserve_serve.level_source_k8s --namespace NS --name NAME
---control-file /var/run/elastiserve/level.json``.
+--control-file /dev/shm/elastiserve/level.json``.
 """
 
 from __future__ import annotations

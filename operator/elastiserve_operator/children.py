@@ -61,7 +61,9 @@ MODEL_LABEL = "elastiserve.io/model"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "elastiserve-operator"}
 INFERENCE_PORT = 8080
 METRICS_PORT = 8082
-CONTROL_DIR = "/var/run/elastiserve"
+# The serving handler's default control file lives here too, so that an archive built with
+# default settings follows the agent's writes in a pod (an emptyDir, medium Memory, mounted here).
+CONTROL_DIR = "/dev/shm/elastiserve"
 CONTROL_FILE = f"{CONTROL_DIR}/level.json"
 TOKEN_DIR = "/var/run/secrets/elastiserve"
 MODEL_DIR = "/models"

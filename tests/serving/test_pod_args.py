@@ -67,3 +67,16 @@ def test_metrics_bind_is_loopback_unless_asked_and_management_always_is() -> Non
     assert pod["metrics_address"] == "http://0.0.0.0:8082"
     assert pod["inference_address"] == "http://0.0.0.0:8080"
     assert pod["management_address"] == "http://127.0.0.1:8081"
+
+
+def test_agent_writes_the_control_file_the_handler_reads_by_default() -> None:
+    # An archive built with default settings must follow the level in a pod: the agent's
+    # --control-file, the volume both containers mount, and the handler's default agree.
+    from elastiserve_operator.children import CONTROL_DIR, CONTROL_FILE
+    from elastiserve_serve.runtime.settings import DEFAULT_CONTROL_FILE
+
+    agent = containers()["level-agent"]
+    args = agent_parser().parse_args([str(a) for a in agent["args"]])  # type: ignore[union-attr]
+    assert Path(args.control_file) == DEFAULT_CONTROL_FILE == Path(CONTROL_FILE)
+    mounts = {m["mountPath"] for c in containers().values() for m in c["volumeMounts"]}  # type: ignore[attr-defined]
+    assert CONTROL_DIR in mounts
