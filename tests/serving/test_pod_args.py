@@ -75,8 +75,12 @@ def test_agent_writes_the_control_file_the_handler_reads_by_default() -> None:
     from elastiserve_operator.children import CONTROL_DIR, CONTROL_FILE
     from elastiserve_serve.runtime.settings import DEFAULT_CONTROL_FILE
 
-    agent = containers()["level-agent"]
-    args = agent_parser().parse_args([str(a) for a in agent["args"]])  # type: ignore[union-attr]
+    pod = containers()
+    agent_args: list[str] = pod["level-agent"]["args"]  # type: ignore[assignment]
+    args = agent_parser().parse_args([str(a) for a in agent_args])
     assert Path(args.control_file) == DEFAULT_CONTROL_FILE == Path(CONTROL_FILE)
-    mounts = {m["mountPath"] for c in containers().values() for m in c["volumeMounts"]}  # type: ignore[attr-defined]
+    mounts: set[str] = set()
+    for container in pod.values():
+        volume_mounts: list[dict[str, str]] = container["volumeMounts"]  # type: ignore[assignment]
+        mounts.update(m["mountPath"] for m in volume_mounts)
     assert CONTROL_DIR in mounts
