@@ -538,6 +538,9 @@ def draw_timeline(
             ax_load.axhline(m.capacity_rps, color="grey", ls=":", lw=1)
             ax_load.annotate(f"{m.name} capacity", (0, m.capacity_rps), fontsize=7,
                              color="grey", va="bottom")
+    top = max([m.capacity_rps for m in measures] + [s.offered_rps for s in rows]
+              + [s.served_rps for s in rows])
+    ax_load.set_ylim(0, top * 1.12)
     ax_load.set_ylabel("requests/s")
     ax_load.legend(loc="upper right", fontsize=8)
 
