@@ -232,13 +232,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
 
+    from elastiserve.testing.prometheus import ScrapeTarget, run_prometheus
     from elastiserve_serve.archive import ArchiveSpec, build_archive
     from elastiserve_serve.level_agent import set_level
     from elastiserve_serve.loadgen import Result, Target, piecewise_arrivals, run_schedule
     from elastiserve_serve.ts_server import free_port, run_torchserve
     from elastiserve_store.bundle import load_bundle
-
-    from elastiserve.testing.prometheus import ScrapeTarget, run_prometheus
     from tests.serving.bundles import make_bundle
 
     trained = load_bundle(args.bundle).manifest if (args.bundle / "manifest.json").exists() \

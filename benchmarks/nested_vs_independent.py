@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from elastiserve_store.profile import count_macs
 from elastiserve_train import loop
 from elastiserve_train.data import FASHION_MNIST_DIR, Dataset, load_fashion_mnist

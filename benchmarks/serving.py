@@ -56,6 +56,7 @@ def rss_child(bundle: str, mode: str) -> None:
 
     import psutil
     import torch
+
     from elastiserve_store.bundle import load_bundle
 
     torch.set_num_threads(1)
@@ -97,6 +98,7 @@ def memory(bundle: Path) -> dict[str, float]:
 def overhead(bundle: Path, body: bytes, repeats: int) -> float:
     """Runtime handle() time per request / bare forward time, widest level, batch of 1."""
     import torch
+
     from elastiserve_serve.bundle_levels import load_levels
     from elastiserve_serve.runtime import ElasticRuntime, RawRequest, RuntimeSettings
     from elastiserve_serve.runtime.decode import decode

@@ -38,6 +38,8 @@ COMMANDS: tuple[Command, ...] = (
             "elastiserve_serve.cli_level", "serve"),
     Command("demo", "train, serve and switch levels under a load ramp on this machine",
             "elastiserve.local.cli_demo", "train,serve,operator"),
+    Command("operator", "run the Kubernetes operator (kopf)", "elastiserve_operator.cli",
+            "operator"),
 )
 
 
@@ -46,7 +48,13 @@ def _version(_: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only the ``selected`` command's module is imported.
+
+    Importing every command's module would make ``elastiserve --help`` pay for torch (seconds)
+    and would hide which extra a command needs until something else failed. The other commands
+    get a light placeholder that still lists them with their help line.
+    """
     parser = argparse.ArgumentParser(
         prog="elastiserve",
         description=(
@@ -59,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     version = sub.add_parser("version", help="print the version and exit")
     version.set_defaults(func=_version)
     for command in COMMANDS:
+        if command.name != selected:
+            sub.add_parser(command.name, help=command.help)
+            continue
         try:
             module = importlib.import_module(command.module)
         except ImportError as err:
@@ -74,6 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _selected_command(argv: Sequence[str]) -> str | None:
+    """The subcommand named on the command line, if any (the first non-option word)."""
+    names = {command.name for command in COMMANDS}
+    for word in argv:
+        if not word.startswith("-"):
+            return word if word in names else None
+    return None
+
+
 def _missing_extra(command: Command, missing: str) -> Callable[[argparse.Namespace], int]:
     def fail(_: argparse.Namespace) -> int:
         print(
@@ -87,8 +107,9 @@ def _missing_extra(command: Command, missing: str) -> Callable[[argparse.Namespa
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_selected_command(words))
+    args = parser.parse_args(words)
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()

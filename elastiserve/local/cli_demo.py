@@ -1,8 +1,8 @@
 """``elastiserve demo``: the arguments; the demo itself (torch, TorchServe) loads only to run.
 
-The CLI imports every command's module to build its parser, so this module stays light: the
-imports below only prove that the extras the demo needs are installed (the CLI then offers the
-command, or a hint naming the extras), without paying for torch on ``elastiserve --help``.
+The CLI imports this module when ``demo`` is the chosen command; it stays light anyway: the
+imports below only prove that the extras the demo needs are installed (the CLI then runs the
+command, or prints a hint naming the extras) before any torch import is paid for.
 """
 
 from __future__ import annotations

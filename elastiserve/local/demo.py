@@ -37,6 +37,8 @@ from types import FrameType
 from typing import Any
 
 import httpx
+
+from elastiserve.testing.prometheus import ScrapeTarget, run_prometheus
 from elastiserve_operator.policy import predict_p95_s
 from elastiserve_operator.profile import LevelProfile
 from elastiserve_operator.signals.prometheus import PrometheusClient
@@ -46,8 +48,6 @@ from elastiserve_serve.loadgen import percentile
 from elastiserve_serve.runtime.settings import PIN_HEADER
 from elastiserve_serve.ts_server import TorchServe, run_torchserve
 from elastiserve_store.manifest import Manifest
-
-from elastiserve.testing.prometheus import ScrapeTarget, run_prometheus
 
 from .loop import LoopEvent, LoopThread, PolicyLoop, end_to_end_p95_query, rate_query
 from .ramp import LoadPlan, Outcome, Phase, RampLoad, Request

@@ -30,8 +30,8 @@ from elastiserve_operator.policy import Decision, decide
 from elastiserve_operator.policy_state import PolicyState
 from elastiserve_operator.profile import LevelProfile
 from elastiserve_operator.signals.prometheus import (
-    DEFAULT_LATENCY_QUERY,
     DEFAULT_RATE_QUERY,
+    HANDLER_LATENCY_QUERY,
     MetricsSource,
     end_to_end_latency_query,
     gather_observation,
@@ -63,8 +63,8 @@ def _windowed(template: str, window_s: int) -> str:
 
 
 def handler_p95_query(model: str, window_s: int) -> str:
-    """p95 of the handler's own latency histogram (the operator's default, windowed)."""
-    return _local(_windowed(DEFAULT_LATENCY_QUERY, window_s), model)
+    """p95 of the handler's own latency histogram (windowed), shown beside the end-to-end one."""
+    return _local(_windowed(HANDLER_LATENCY_QUERY, window_s), model)
 
 
 def rate_query(model: str, window_s: int) -> str:

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import httpx
+
 from elastiserve_serve.loadgen import piecewise_arrivals
 from elastiserve_serve.runtime.settings import PIN_HEADER
 

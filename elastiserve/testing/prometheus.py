@@ -14,7 +14,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -26,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from elastiserve.testing.ports import ensure_free, free_port
 
 PROMETHEUS_ENV = "ELASTISERVE_PROMETHEUS"
 """Path of the prometheus binary when it is not on PATH as ``prometheus``."""
@@ -64,14 +65,6 @@ def find_binary() -> Path:
             f"(make test does) or set {PROMETHEUS_ENV}"
         )
     return Path(found)
-
-
-def free_port() -> int:
-    """Ask the kernel for an unused loopback port."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def scrape_config(targets: Sequence[ScrapeTarget], interval_s: float) -> dict[str, object]:
@@ -244,7 +237,7 @@ def run_prometheus(
         _refuse_if_live(run_dir)
         shutil.rmtree(run_dir / "data")
     chosen = port or free_port()
-    _refuse_port_in_use(chosen)
+    ensure_free(chosen, "prometheus")
     config_path = run_dir / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(scrape_config(targets, scrape_interval_s)))
     log = (run_dir / "prometheus.log").open("wb")
@@ -271,14 +264,6 @@ def run_prometheus(
         server.stop()
         log.close()
         (run_dir / "prometheus.pid").unlink(missing_ok=True)
-
-
-def _refuse_port_in_use(port: int) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError as err:
-            raise PrometheusError(f"port 127.0.0.1:{port} is already in use") from err
 
 
 def _refuse_if_live(run_dir: Path) -> None:

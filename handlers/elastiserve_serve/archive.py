@@ -57,9 +57,10 @@ def build_archive(
     force: bool = False,
 ) -> Path:
     """Verify the bundle, then write ``export_dir/name.mar``; return its path."""
-    from elastiserve_store.bundle import load_bundle
     from model_archiver.model_archiver_config import ModelArchiverConfig
     from model_archiver.model_packaging import generate_model_archive
+
+    from elastiserve_store.bundle import load_bundle
 
     load_bundle(bundle_dir)  # refuse a corrupt bundle now rather than at model load
     export_dir.mkdir(parents=True, exist_ok=True)

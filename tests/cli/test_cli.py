@@ -66,3 +66,24 @@ def test_extras_keep_components_apart(extra: str, forbidden: set[str]) -> None:
     required = _requirements_of(extra)
     assert required, f"extra {extra!r} declares nothing"
     assert not required & forbidden
+
+
+def test_help_imports_no_component() -> None:
+    # `elastiserve --help` must stay instant on any install: only the chosen command's module
+    # is imported, so neither torch nor kopf is loaded to list the commands.
+    code = (
+        "import sys; from elastiserve.cli import build_parser; build_parser(None); "
+        "print(sorted(m for m in ('torch', 'kopf', 'elastiserve_train', 'elastiserve_serve') "
+        "if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
+
+
+def test_chosen_command_gets_its_own_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["level", "--help"])
+    assert exc.value.code == 0
+    assert "--control-file" in capsys.readouterr().out

@@ -67,6 +67,11 @@ import httpx
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
+
+from elastiserve.testing.controlplane import ControlPlane
+from elastiserve.testing.ports import free_port
+from elastiserve.testing.prometheus import PrometheusServer, ScrapeTarget, run_prometheus
 from elastiserve_operator.children import names_for
 from elastiserve_operator.signals.prometheus import end_to_end_latency_query, render_query
 from elastiserve_serve.archive import ArchiveSpec, build_archive
@@ -78,10 +83,6 @@ from elastiserve_serve.loadgen import (
     planned_rate,
     run_schedule,
 )
-from PIL import Image
-
-from elastiserve.testing.controlplane import ControlPlane
-from elastiserve.testing.prometheus import PrometheusServer, ScrapeTarget, run_prometheus
 from tests.operator.cluster_harness import (
     GROUP,
     OPERATOR_NS,
@@ -89,7 +90,6 @@ from tests.operator.cluster_harness import (
     PLURAL,
     VERSION,
     OperatorProcess,
-    free_port,
     install,
     token_kubeconfig,
     wait_for,

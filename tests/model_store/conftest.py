@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from elastiserve_store import InputSpec, Normalisation, architectures, write_bundle
 from elastiserve_store.slots import prefix, tensor_slots
 

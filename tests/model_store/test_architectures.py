@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from elastiserve_store import ARCHITECTURES, architectures
 from elastiserve_store.slots import prefix, tensor_slots, widths_of
 

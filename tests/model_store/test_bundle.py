@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from elastiserve_store import ARCHITECTURES, SCHEMA_VERSION, load_bundle, write_bundle
 from elastiserve_store.bundle import SHARED
 from elastiserve_store.manifest import InputSpec, Normalisation

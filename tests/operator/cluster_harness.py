@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,11 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import elastiserve_operator
 import yaml
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
+import elastiserve_operator
 from elastiserve.testing.controlplane import ControlPlane
+from elastiserve.testing.ports import free_port
 
 PKG = Path(elastiserve_operator.__file__).parent
 CRD = PKG / "crd" / "elasticmodels.yaml"
@@ -29,12 +29,6 @@ CLUSTER_ROLE = PKG / "rbac" / "operator-clusterrole.yaml"
 OPERATOR_NS = "elastiserve-system"
 OPERATOR_SA = "elastiserve-operator"
 GROUP, VERSION, PLURAL = "elastiserve.io", "v1alpha1", "elasticmodels"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from elastiserve_operator.children import Owner, build_children, level_names, names_for
 from elastiserve_operator.observation import Observation
 from elastiserve_operator.policy import decide

@@ -6,9 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import elastiserve_operator
 import pytest
 import yaml
+
+import elastiserve_operator
 from elastiserve_operator.spec import DEFAULTS
 
 from .invalid_specs import INVALID_SPECS

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from elastiserve_operator.observation import NodePressure
 from elastiserve_operator.signals.nodes import ExporterNames, node_pressure, parse_quantity, worst
 

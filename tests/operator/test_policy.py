@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from elastiserve_operator.observation import NodePressure, Observation
 from elastiserve_operator.policy import Cause, Decision, decide, predict_p95_s, pressure_reasons
 from elastiserve_operator.policy_state import PolicyState, Recommendation, Sample
 from elastiserve_operator.profile import LevelProfile
 from elastiserve_operator.spec import ElasticModelSpec, parse_spec
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 NOW = 10_000.0
 PROFILE = tuple(

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+
 from elastiserve_operator.signals.prometheus import (
     InstantValue,
     PrometheusClient,

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 import pytest
+
 from elastiserve_operator.profile import LevelProfile, profile_from_manifest, profile_from_spec
 from elastiserve_operator.queueing import erlang_c, p95_latency_s
 from elastiserve_operator.spec import ProfileEntry

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from elastiserve_operator.profile import LevelProfile
 from elastiserve_operator.simulate import (
     PolicyController,

@@ -10,12 +10,9 @@ import psutil
 import pytest
 from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
 
-from elastiserve.testing.prometheus import (
-    PrometheusError,
-    ScrapeTarget,
-    free_port,
-    run_prometheus,
-)
+from elastiserve.testing.errors import PortInUseError
+from elastiserve.testing.ports import free_port
+from elastiserve.testing.prometheus import PrometheusError, ScrapeTarget, run_prometheus
 
 
 @pytest.fixture
@@ -96,9 +93,9 @@ def test_port_in_use_is_named(tmp_path: Path) -> None:
         busy.listen()
         port = busy.getsockname()[1]
         started = time.monotonic()
-        expected = f"127.0.0.1:{port} is already in use"
+        expected = f"port {port} on 127.0.0.1 \\(prometheus\\) is already in use"
         with (
-            pytest.raises(PrometheusError, match=expected),
+            pytest.raises(PortInUseError, match=expected),
             run_prometheus(tmp_path, [], port=port),
         ):
             pass

@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 import torch
+
 from elastiserve_store import architectures
 from elastiserve_store.bundle import write_bundle
 from elastiserve_store.manifest import InputSpec, Normalisation

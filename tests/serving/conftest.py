@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from elastiserve_serve.archive import ArchiveSpec, build_archive
 from elastiserve_serve.level_agent import set_level
 from elastiserve_serve.ts_server import TorchServe, run_torchserve

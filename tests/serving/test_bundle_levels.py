@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from elastiserve_serve.bundle_levels import load_levels
 from elastiserve_serve.runtime import ElasticRuntime, RawRequest, RuntimeSettings, Success
 from elastiserve_store.errors import ChecksumMismatchError

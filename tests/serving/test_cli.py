@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from elastiserve_serve.runtime.control import read_control_file
-from elastiserve_store.errors import BundleError
 
 from elastiserve.cli import main
+from elastiserve_serve.runtime.control import read_control_file
+from elastiserve_store.errors import BundleError
 
 from .bundles import make_bundle
 

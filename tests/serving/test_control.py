@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
+
 from elastiserve_serve.runtime.control import (
     ControlFileError,
     ControlFileReader,

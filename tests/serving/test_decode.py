@@ -7,11 +7,12 @@ import json
 
 import pytest
 import torch
-from elastiserve_serve.runtime import BadRequest, DecodeLimits, InputSpec, Normalisation
-from elastiserve_serve.runtime.decode import decode
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+
+from elastiserve_serve.runtime import BadRequest, DecodeLimits, InputSpec, Normalisation
+from elastiserve_serve.runtime.decode import decode
 
 from .tiny import SPEC, png_bytes
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from elastiserve_serve.runtime import (
     ControlState,
     ElasticRuntime,

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 import yaml
+
+from elastiserve.testing.controlplane import ControlPlane
 from elastiserve_operator.children import Owner, build_rbac, names_for
 from elastiserve_serve.level_agent import LevelAgent
 from elastiserve_serve.level_source_k8s import Connection, K8sLevelSource, decision_from_object
 from elastiserve_serve.runtime.control import read_control_file
-
-from elastiserve.testing.controlplane import ControlPlane
 from tests.operator.cluster_harness import GROUP, PLURAL, VERSION, install, token_kubeconfig
 
 pytestmark = [pytest.mark.controlplane]

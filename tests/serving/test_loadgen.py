@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from elastiserve_serve.loadgen import (
     Result,
     Switch,

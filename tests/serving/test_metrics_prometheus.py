@@ -6,9 +6,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from elastiserve_serve.loadgen import percentile, run_open_loop
 
 from elastiserve.testing.prometheus import ScrapeTarget, run_prometheus
+from elastiserve_serve.loadgen import percentile, run_open_loop
 
 from .conftest import Served
 from .tiny import png_bytes

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from elastiserve.cli import build_parser
 from elastiserve_operator.children import (
     INFERENCE_PORT,
     METRICS_PORT,
@@ -19,8 +20,6 @@ from elastiserve_operator.settings import OperatorSettings
 from elastiserve_operator.spec import parse_spec
 from elastiserve_serve.level_source_k8s import build_parser as agent_parser
 from elastiserve_serve.ts_config import ServeConfig, config_properties
-
-from elastiserve.cli import build_parser
 
 SPEC = {
     "model": {"levelCount": 3, "source": {"localPath": "/models/m.mar"}},

@@ -12,6 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from PIL import Image
+
 from elastiserve_serve.loadgen import (
     Switch,
     first_new_answers,
@@ -19,7 +21,6 @@ from elastiserve_serve.loadgen import (
     run_open_loop,
     switch_latencies,
 )
-from PIL import Image
 
 from .bundles import LEVELS
 from .conftest import Served

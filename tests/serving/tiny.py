@@ -10,9 +10,10 @@ import io
 
 import numpy as np
 import torch
-from elastiserve_serve.runtime import InputSpec, LevelSet, Normalisation
 from PIL import Image
 from torch import nn
+
+from elastiserve_serve.runtime import InputSpec, LevelSet, Normalisation
 
 SPEC = InputSpec(channels=1, height=8, width=8)
 CLASSES = tuple(f"class{i}" for i in range(4))

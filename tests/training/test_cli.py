@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from elastiserve_store import load_bundle
-from elastiserve_train import pipeline
 
 from elastiserve.cli import main
+from elastiserve_store import load_bundle
+from elastiserve_train import pipeline
 
 ARGS = ["train", "--dataset", "generated", "--arch", "resnet20", "--width-mult", "0.25",
         "--epochs", "0.5", "--core-epochs", "0.5", "--grow-epochs", "0.5", "--batch-size", "16",

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from elastiserve_train.data import (
     DatasetError,
     augment,
@@ -17,7 +19,6 @@ from elastiserve_train.data import (
     load_fashion_mnist,
     load_image_folder,
 )
-from PIL import Image
 
 
 def _idx(path: Path, array: np.ndarray, *, gz: bool = True) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from elastiserve_store import ARCHITECTURES, load_bundle
 from elastiserve_store.bundle import split_nested
 from elastiserve_store.slots import gather, prefix, tensor_slots

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from elastiserve_store import ARCHITECTURES, architectures
 from elastiserve_store.slots import gather, tensor_slots
 from elastiserve_train.importance import IMPORTANCES, make_importance

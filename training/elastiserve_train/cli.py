@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
 from elastiserve_store import ARCHITECTURES, load_bundle
 
 from .data import DatasetError, load_dataset

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from elastiserve_store import architectures
-from elastiserve_store.slots import TensorSlots, Widths, gather, scatter, tensor_slots
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from elastiserve_store import architectures
+from elastiserve_store.slots import TensorSlots, Widths, gather, scatter, tensor_slots
 
 from .pruning import Kept
 

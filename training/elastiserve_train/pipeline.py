@@ -18,10 +18,11 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from elastiserve_store import InputSpec, Normalisation, architectures, write_bundle
-from elastiserve_store.profile import count_macs, latency_ms
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from elastiserve_store import InputSpec, Normalisation, architectures, write_bundle
+from elastiserve_store.profile import count_macs, latency_ms
 
 from . import loop
 from .data import Dataset

@@ -14,8 +14,9 @@ from collections.abc import Iterable, Sequence
 
 import torch
 import torch_pruning as tp
-from elastiserve_store.slots import Widths, slot_tag, widths_of
 from torch import nn
+
+from elastiserve_store.slots import Widths, slot_tag, widths_of
 
 from .importance import Batch, ImportanceStrategy
 

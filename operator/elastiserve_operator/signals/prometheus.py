@@ -46,6 +46,7 @@ __all__ = [
     "DEFAULT_LATENCY_QUERY",
     "DEFAULT_RATE_QUERY",
     "END_TO_END_LATENCY_QUERY",
+    "HANDLER_LATENCY_QUERY",
     "InstantValue",
     "MetricsSource",
     "PrometheusClient",
@@ -57,14 +58,14 @@ __all__ = [
     "render_query",
 ]
 
-DEFAULT_LATENCY_QUERY = (
+HANDLER_LATENCY_QUERY = (
     "histogram_quantile(0.95, sum by (le) (rate(elastiserve_request_latency_seconds_bucket"
     '{namespace="$namespace",ModelName="$model"}[1m])))'
 )
 """p95 of the latency histogram the serving side really exports
 (``elastiserve_serve.ts_metrics.LATENCY``, TorchServe labels ``ModelName``/``ElasticLevel``).
-It is the handler's time; the frontend queue is outside it, so a deployment that has an
-ingress histogram should point ``ELASTISERVE_LATENCY_QUERY`` at that one."""
+It is the handler's time only: the frontend queue, where overload shows first, is outside it,
+which is why the operator's default is :data:`DEFAULT_LATENCY_QUERY` below."""
 
 def end_to_end_latency_query(window: str = "1m") -> str:
     """p95 as a client sees it, estimated from what TorchServe exports: handler p95 + queue wait.
@@ -89,6 +90,11 @@ def end_to_end_latency_query(window: str = "1m") -> str:
 
 END_TO_END_LATENCY_QUERY = end_to_end_latency_query()
 """The end-to-end estimate over the default 1 m window; see :func:`end_to_end_latency_query`."""
+
+DEFAULT_LATENCY_QUERY = END_TO_END_LATENCY_QUERY
+"""The operator's default: the objective is on what clients see, so the estimate that includes
+the queue wait, not the handler-only histogram. A deployment with an ingress histogram should
+point ``ELASTISERVE_LATENCY_QUERY`` (or the CR's ``objective.latencyQuery``) at that one."""
 
 DEFAULT_RATE_QUERY = (
     'sum(rate(ts_inference_requests_total{namespace="$namespace",model_name="$model"}[1m]))'
