@@ -106,9 +106,14 @@ def _missing_extra(command: Command, missing: str) -> Callable[[argparse.Namespa
     return fail
 
 
+def parser_for(argv: Sequence[str]) -> argparse.ArgumentParser:
+    """The parser that can parse ``argv``: the one holding the named command's arguments."""
+    return build_parser(_selected_command(argv))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(_selected_command(words))
+    parser = parser_for(words)
     args = parser.parse_args(words)
     func = getattr(args, "func", None)
     if func is None:

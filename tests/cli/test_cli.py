@@ -87,3 +87,8 @@ def test_chosen_command_gets_its_own_arguments(capsys: pytest.CaptureFixture[str
         main(["level", "--help"])
     assert exc.value.code == 0
     assert "--control-file" in capsys.readouterr().out
+
+
+def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 0
+    assert "COMMAND" in capsys.readouterr().out

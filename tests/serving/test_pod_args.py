@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from elastiserve.cli import build_parser
+from elastiserve.cli import parser_for
 from elastiserve_operator.children import (
     INFERENCE_PORT,
     METRICS_PORT,
@@ -40,7 +40,8 @@ def properties(text: str) -> dict[str, str]:
 
 def test_serving_container_args_parse_and_bind_what_the_pod_declares() -> None:
     serving = containers()["torchserve"]
-    args = build_parser().parse_args([*serving["args"]])  # type: ignore[misc]
+    argv = [str(a) for a in serving["args"]]  # type: ignore[attr-defined]
+    args = parser_for(argv).parse_args(argv)
     assert (args.bind, args.port) == ("0.0.0.0", INFERENCE_PORT)
     assert (args.metrics_bind, args.metrics_port) == ("0.0.0.0", METRICS_PORT)
     declared = {p["name"]: p["containerPort"] for p in serving["ports"]}  # type: ignore[attr-defined]
