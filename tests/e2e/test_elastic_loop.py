@@ -459,7 +459,7 @@ def test_load_ramp_narrows_then_widens(
     crs, ns, tmp = world["crs"], world["namespace"], world["tmp"]
     prom: PrometheusServer = world["prom"]
     replicas: list[Replica] = world["replicas"]
-    size = 64
+    size = 96  # heavy enough that the levels differ by more than per-request overhead
     bundle = make_bundle(tmp / "bundle", width_mult=1.0, ratios=(0.25, 0.5, 1.0), size=size,
                          names=LEVEL_NAMES)
     body = image_body(size)
