@@ -130,16 +130,24 @@ def apiserver_argv(binary: Path, lay: Layout) -> list[str]:
     ]
 
 
-def controller_manager_argv(binary: Path, lay: Layout) -> list[str]:
+def _client_component_args(lay: Layout, port: int, cert_dir: str) -> list[str]:
+    """What kube-controller-manager and kube-scheduler share: one kubeconfig for the API and
+    for authenticating/authorising their own (loopback) health endpoints."""
     kubeconfig = str(lay.kubeconfig)
     return [
-        str(binary),
         f"--kubeconfig={kubeconfig}",
         f"--authentication-kubeconfig={kubeconfig}",
         f"--authorization-kubeconfig={kubeconfig}",
         f"--bind-address={LOOPBACK}",
-        f"--secure-port={lay.ports.controller_manager}",
-        f"--cert-dir={lay.run_dir / 'kcm'}",
+        f"--secure-port={port}",
+        f"--cert-dir={lay.run_dir / cert_dir}",
+    ]
+
+
+def controller_manager_argv(binary: Path, lay: Layout) -> list[str]:
+    return [
+        str(binary),
+        *_client_component_args(lay, lay.ports.controller_manager, "kcm"),
         f"--controllers={','.join(CONTROLLERS)}",
         f"--service-account-private-key-file={lay.pki.sa_key}",
         f"--root-ca-file={lay.pki.ca_cert}",
@@ -151,15 +159,9 @@ def controller_manager_argv(binary: Path, lay: Layout) -> list[str]:
 
 
 def scheduler_argv(binary: Path, lay: Layout) -> list[str]:
-    kubeconfig = str(lay.kubeconfig)
     return [
         str(binary),
-        f"--kubeconfig={kubeconfig}",
-        f"--authentication-kubeconfig={kubeconfig}",
-        f"--authorization-kubeconfig={kubeconfig}",
-        f"--bind-address={LOOPBACK}",
-        f"--secure-port={lay.ports.scheduler}",
-        f"--cert-dir={lay.run_dir / 'scheduler'}",
+        *_client_component_args(lay, lay.ports.scheduler, "scheduler"),
         "--leader-elect=false",
         "--profiling=false",
         "--v=1",
