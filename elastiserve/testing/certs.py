@@ -1,8 +1,8 @@
 """A throwaway PKI for one control plane, made with the ``openssl`` command.
 
 The API server insists on TLS and on a service-account signing key; RBAC needs a client
-identity. A per-run CA keeps runs independent. ``openssl`` is on every machine the project
-targets, so this adds no Python dependency; EC P-256 keys make generation near-instant.
+identity. A per-run CA keeps runs independent. ``openssl`` (installed by ``make test`` when
+missing) adds no Python dependency; EC P-256 keys make generation near-instant.
 """
 
 from __future__ import annotations
