@@ -1,4 +1,10 @@
-"""``elastiserve train``: build a nested bundle by prune-and-grow, resumably.
+"""``elastiserve train``: build a nested bundle, resumably, by one of three strategies.
+
+``--strategy prune-grow`` (default) is seed 1 and lives in ``pipeline.py``; ``regrowth``
+(bidirectional pruning-regrowth, seed 2) and ``discovery`` (complexity-aware structure discovery,
+seed 3) live in their own subpackages, each exposing ``add_arguments(group)`` and
+``run(args, data, rank) -> int``. All of them share the data and output arguments below and write
+the same bundle format.
 
 Runs plain (one process) or under ``torchrun --nproc_per_node N`` (DDP, gloo on CPU, NCCL on
 GPU is not used here). Interrupt it at any time: rerunning the same command in the same
@@ -8,6 +14,7 @@ GPU is not used here). Interrupt it at any time: rerunning the same command in t
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -22,8 +29,17 @@ from .importance import IMPORTANCES
 from .pipeline import SCHEDULES, Pipeline, PipelineConfig
 from .report import write_report
 
+STRATEGY_MODULES: dict[str, str] = {
+    "regrowth": "elastiserve_train.regrowth.cli",
+    "discovery": "elastiserve_train.discovery.cli",
+}
+"""Strategies other than prune-and-grow: name -> module with add_arguments/run."""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--strategy", choices=("prune-grow", *STRATEGY_MODULES),
+                        default="prune-grow",
+                        help="prune-grow (seed 1, default), regrowth (seed 2), discovery (seed 3)")
     parser.add_argument("--arch", choices=ARCHITECTURES, default="resnet20")
     parser.add_argument("--width-mult", type=float, default=1.0,
                         help="scale every layer's full width (default 1.0)")
@@ -50,6 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    for name, module in STRATEGY_MODULES.items():
+        group = parser.add_argument_group(f"--strategy {name}")
+        importlib.import_module(module).add_arguments(group)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,6 +91,9 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, rank: int) -> int:
     data = load_dataset(args.dataset, args.data_path, image_size=args.image_size,
                         channels=3).limit(args.train_subset, args.test_subset, args.seed)
+    if args.strategy in STRATEGY_MODULES:
+        strategy_run = importlib.import_module(STRATEGY_MODULES[args.strategy]).run
+        return int(strategy_run(args, data, rank))
     cfg = PipelineConfig(
         arch=args.arch,
         arch_args={"in_channels": data.input_shape[0], "num_classes": len(data.class_names),

@@ -1,0 +1,1 @@
+"""Training strategy `discovery` (see ``cli.py``)."""

@@ -1,0 +1,1 @@
+"""Training strategy `regrowth` (see ``cli.py``)."""
