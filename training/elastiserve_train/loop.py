@@ -70,6 +70,7 @@ def train(model: nn.Module, data: ImageSet, mean: torch.Tensor, std: torch.Tenso
     if size > 1:
         net = DistributedDataParallel(model)
     params = dict(model.named_parameters())
+    device = next(iter(params.values())).device
     opt = torch.optim.SGD(params.values(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     per_epoch = -(-(len(data.labels) // size) // cfg.batch_size)
     total = max(1, int(per_epoch * cfg.epochs))
@@ -84,6 +85,7 @@ def train(model: nn.Module, data: ImageSet, mean: torch.Tensor, std: torch.Tenso
             for group in opt.param_groups:
                 group["lr"] = cosine_lr(cfg.lr, step, total)
             opt.zero_grad(set_to_none=True)
+            x, y = x.to(device), y.to(device)  # batches are built on the CPU
             loss = F.cross_entropy(net(x), y)
             loss.backward()  # type: ignore[no-untyped-call]
             with torch.no_grad():
@@ -109,5 +111,6 @@ def evaluate(model: nn.Module, data: ImageSet, mean: torch.Tensor, std: torch.Te
     model.eval()
     correct = 0
     for x, y in batches(data, mean, std, batch_size, 0, train=False, shard=False):
-        correct += int((model(x).argmax(1) == y).sum())
+        pred = model(x.to(next(model.parameters()).device)).argmax(1).cpu()
+        correct += int((pred == y).sum())
     return correct / max(1, len(data.labels))
