@@ -39,7 +39,7 @@ from .settings import OperatorSettings
 from .signals.nodes import node_pressure, worst
 from .signals.prometheus import MetricsSource, gather_observation, render_query
 from .spec import ElasticModelSpec, SpecError, parse_spec
-from .status import evaluation_patch, reconcile_patch, restore_state
+from .status import evaluation_patch, reconcile_patch, restore_state, status_holds
 
 __all__ = [
     "POLICY_MANAGER",
@@ -121,8 +121,11 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any]) -> None:
 
     Only children that differ from what this process last applied (``AppliedChildren``)
     are sent; the rest were applied before and nobody has touched them since (the child
-    watches would have said so). A spec change that changes no child costs one status
-    write.
+    watches would have said so). The status write goes out together with the first wave
+    of children, written as if they will succeed, and only when it changes something
+    (``status_holds``): a spec change costs one round trip whether or not it changes a
+    child, a resume of an unchanged model none. A failed child (rare: RBAC, quota, an
+    outage) costs a second status write that says ``Degraded``.
     """
     started = time.perf_counter()
     owner = _owner(body)
@@ -136,16 +139,37 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any]) -> None:
                                                        str(error), time.time()))
         raise kopf.PermanentError(f"invalid spec: {error}") from error
     children = [c for c in build_children(owner, spec, rt.settings) if rt.applied.needs_apply(c)]
+    deployment_key = (owner.namespace, names_for(owner.name).deployment)
+    hopeful = reconcile_patch(status, generation, spec, rt.deployments.get(deployment_key),
+                              None, time.time())
+    status_write = None
+    if not status_holds(status, hopeful):
+        status_write = asyncio.ensure_future(_apply_status(rt, owner, hopeful))
     # Two waves: a RoleBinding is checked against its Role (the API server refuses to bind
     # a Role it cannot find), so the Role goes first; within a wave, requests overlap.
     first = [c for c in children if c["kind"] != "RoleBinding"]
     second = [c for c in children if c["kind"] == "RoleBinding"]
     outcomes: list[Any] = []
-    for wave in (first, second):
-        if wave:
+    waves_ms: list[float] = []
+    try:
+        for wave in (first, second):
+            if not wave:
+                continue
+            wave_started = time.perf_counter()
             outcomes += await asyncio.gather(
                 *(_apply_child(rt, child) for child in wave), return_exceptions=True
             )
+            waves_ms.append((time.perf_counter() - wave_started) * 1000.0)
+    except BaseException:  # cancelled (kopf stopping): do not leave the write behind
+        if status_write is not None:
+            status_write.cancel()
+        raise
+    status_error: BaseException | None = None
+    if status_write is not None:
+        try:
+            await status_write
+        except kopf.TemporaryError as error:
+            status_error = error
     rt.metrics.applies.inc(len(outcomes))
     rt.metrics.skipped_applies.inc(CHILD_COUNT - len(outcomes))
     failures = [o for o in outcomes if isinstance(o, BaseException)]
@@ -153,11 +177,18 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any]) -> None:
         if not isinstance(failure, ApiError):
             raise failure
     problem = "; ".join(str(f) for f in failures) or None
-    deployment = rt.deployments.get((owner.namespace, names_for(owner.name).deployment))
-    await _apply_status(
-        rt, owner, reconcile_patch(status, generation, spec, deployment, problem, time.time())
-    )
-    rt.metrics.reconcile.observe(time.perf_counter() - started)
+    if problem is not None:
+        deployment = rt.deployments.get(deployment_key)
+        await _apply_status(rt, owner, reconcile_patch(status, generation, spec, deployment,
+                                                       problem, time.time()))
+    elif status_error is not None:
+        raise status_error
+    elapsed = time.perf_counter() - started
+    rt.metrics.reconcile.observe(elapsed)
+    log.info("reconciled %s/%s in %.1f ms: %d of %d children applied (waves %s ms), status %s",
+             owner.namespace, owner.name, elapsed * 1000.0, len(outcomes), CHILD_COUNT,
+             "/".join(f"{w:.1f}" for w in waves_ms) or "-",
+             "written" if status_write is not None else "unchanged")
     if failures:
         rt.metrics.errors.labels("apply").inc()
         transient = all(isinstance(f, ApiTransient | NotFound) for f in failures)
@@ -295,7 +326,7 @@ async def evaluate(rt: Runtime, body: Mapping[str, Any]) -> Decision | None:
     generation = int(body["metadata"].get("generation") or 0)
     patch = evaluation_patch(status, generation, decision, gathered.observation,
                              gathered.errors, now)
-    if decision.changed or not _holds(status, patch):
+    if decision.changed or not status_holds(status, patch, POLICY_OPTIONAL):
         await _apply_status(rt, owner, patch, POLICY_MANAGER)
     rt.metrics.decisions.labels(decision.cause.value).inc()
     rt.metrics.level.labels(owner.namespace, owner.name).set(decision.level)
@@ -311,18 +342,6 @@ async def evaluate(rt: Runtime, body: Mapping[str, Any]) -> Decision | None:
 
 POLICY_OPTIONAL = ("p95Ms", "requestRate", "lastSwitchTime", "lastSwitchReason")
 """Status fields the policy's apply leaves out to remove them (see ``evaluation_patch``)."""
-
-
-def _holds(status: Mapping[str, Any], patch: Mapping[str, Any]) -> bool:
-    """Whether the status already says everything ``patch`` would apply.
-
-    Then the apply would write nothing, but it would still cost a request, an admission
-    and a merge on the API server, which on an edge board shares the cores with us. While
-    metrics are missing or steady (a hold), most evaluations are such no-ops.
-    """
-    if any(status.get(key) != value for key, value in patch.items()):
-        return False
-    return not any(key in status for key in POLICY_OPTIONAL if key not in patch)
 
 
 async def post_event(rt: Runtime, body: Mapping[str, Any], reason: str, message: str) -> None:

@@ -38,6 +38,7 @@ __all__ = [
     "ready_condition",
     "reconcile_patch",
     "restore_state",
+    "status_holds",
 ]
 
 
@@ -181,3 +182,30 @@ def evaluation_patch(
             if status.get(key):
                 patch[key] = status[key]
     return patch
+
+
+def status_holds(
+    status: Mapping[str, Any], patch: Mapping[str, Any], optional: Sequence[str] = ()
+) -> bool:
+    """Whether ``status`` already says everything ``patch`` would apply.
+
+    Then the apply would write nothing, but it would still cost a request, an admission, a
+    merge and a watch event that kopf processes, on an API server that on an edge board
+    shares the cores with us. Most policy evaluations (a steady level, or metrics missing)
+    and every resume of an unchanged model are such no-ops.
+
+    ``conditions`` is compared per ``type``: the status also holds the other field
+    manager's conditions, which this patch neither sends nor removes. ``optional`` names
+    fields the writer owns but leaves out to remove them: present in ``status`` but absent
+    from ``patch`` means the apply would change something.
+    """
+    for key, value in patch.items():
+        if key == "conditions":
+            existing = {
+                c.get("type"): c for c in status.get("conditions") or [] if isinstance(c, Mapping)
+            }
+            if any(existing.get(c["type"]) != c for c in value):
+                return False
+        elif status.get(key) != value:
+            return False
+    return not any(key in status for key in optional if key not in patch)

@@ -12,7 +12,12 @@ from elastiserve_operator.policy import decide
 from elastiserve_operator.policy_state import PolicyState
 from elastiserve_operator.settings import ENV, OperatorSettings, settings_from_env
 from elastiserve_operator.spec import parse_spec
-from elastiserve_operator.status import evaluation_patch, reconcile_patch, restore_state
+from elastiserve_operator.status import (
+    evaluation_patch,
+    reconcile_patch,
+    restore_state,
+    status_holds,
+)
 
 OWNER = Owner(name="resnet", namespace="ml", uid="u-1")
 
@@ -107,6 +112,49 @@ class TestStatus:
         state = PolicyState.initial(2, 50.0)
         assert restore_state({"policyState": state.to_dict()}, s, 60.0) == state
         assert restore_state({"policyState": {"version": 99}}, s, 60.0).level == 2
+
+
+class TestNoOpWrites:
+    """A status write is skipped only when it would change nothing (``status_holds``)."""
+
+    def evaluated(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A status written by both managers, and the policy's next (holding) patch."""
+        s = parse_spec(spec())
+        reconciled = reconcile_patch({}, 1, s, None, None, 1000.0)
+        state = restore_state({"activeLevel": 2}, s, 1000.0)
+        decision = decide(Observation(None, None, None), s, (), state, 1000.0)
+        first = evaluation_patch(reconciled, 1, decision, Observation(None, None, None),
+                                 [], 1000.0)
+        status = {**reconciled, **first,
+                  "conditions": reconciled["conditions"] + first["conditions"]}
+        again = evaluation_patch(status, 1, decision, Observation(None, None, None), [], 1005.0)
+        return status, again
+
+    def test_a_steady_hold_writes_nothing_despite_the_other_managers_conditions(
+        self,
+    ) -> None:
+        status, again = self.evaluated()
+        assert len(status["conditions"]) == 3 and len(again["conditions"]) == 1
+        assert status_holds(status, again, ("p95Ms",))
+
+    def test_a_changed_condition_or_field_is_written(self) -> None:
+        status, again = self.evaluated()
+        moved = dict(again, conditions=[dict(again["conditions"][0], message="other")])
+        assert not status_holds(status, moved)
+        assert not status_holds(status, dict(again, activeLevel=1))
+        assert not status_holds(status, dict(again, conditions=[
+            dict(again["conditions"][0], type="Brandnew")]))
+
+    def test_a_field_to_remove_is_written(self) -> None:
+        status, again = self.evaluated()
+        assert not status_holds({**status, "p95Ms": 40.0}, again, ("p95Ms",))
+        assert status_holds({**status, "p95Ms": 40.0}, again)  # not ours to remove
+
+    def test_a_resumed_unchanged_model_writes_nothing(self) -> None:
+        s = parse_spec(spec())
+        status = reconcile_patch({}, 4, s, None, None, 1000.0)
+        assert status_holds(status, reconcile_patch(status, 4, s, None, None, 2000.0))
+        assert not status_holds(status, reconcile_patch(status, 5, s, None, None, 2000.0))
 
 
 class TestSettings:
