@@ -67,9 +67,15 @@ class TestNodePressure:
             (
                 node(),
                 None,
-                {"jetson_temperature_celsius": [61.0, 78.5, float("nan")],
-                 "jetson_gpu_load_percent": 97.0},
+                {"jetson_temperatures": [61.0, 78.5, float("nan")],
+                 "jetson_usage_gpu": 97.0},
                 NodePressure(temperature_c=78.5, gpu_load_percent=97.0),
+            ),
+            (
+                node(),
+                None,
+                {"jetson_temperatures": [-256.0, -256.0], "jetson_usage_gpu": 0.0},
+                NodePressure(temperature_c=None, gpu_load_percent=0.0),
             ),
             (node(cpu="0"), metrics("1", "1Gi"), None, NodePressure(None, 0.125)),
         ],
@@ -80,6 +86,7 @@ class TestNodePressure:
             "exporter-only",
             "metrics-server-wins",
             "jetson-hottest-zone",
+            "jetson-sensors-off",
             "zero-allocatable",
         ],
     )

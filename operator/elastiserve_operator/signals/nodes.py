@@ -6,17 +6,30 @@ Inputs are what the operator already has as plain dicts:
 * the ``metrics.k8s.io/v1beta1`` ``NodeMetrics`` object (``usage.cpu``/``usage.memory``),
   when metrics-server runs;
 * exporter values (name -> value, or name -> list of values for one value per thermal
-  zone / GPU), already fetched from Prometheus by the caller, for what metrics-server does
-  not know: Jetson temperature and GPU load, or CPU/memory where metrics-server is absent.
+  zone / GPU), already fetched from Prometheus by the caller (``node_series``), for what
+  metrics-server does not know: Jetson temperature and GPU load, or CPU/memory where
+  metrics-server is absent.
 
 Fractions are of allocatable because that is what pods may use. Metric names differ
 between exporters (jetson-stats exporters, tegrastats scrapers, DCGM), so they are
-configurable through ``ExporterNames``; the defaults follow kube-prometheus recording rules
-for CPU/memory and name the Jetson values plainly.
+configurable through ``ExporterNames`` (chart values ``nodePressure.metrics``, env
+``ELASTISERVE_NODE_*_METRIC``). The defaults:
 
-Wiring: list the nodes that host ready serving pods, read each one's NodeMetrics (and the
-exporter values for that node), call ``node_pressure`` and pass ``worst(...)`` of them in
-the ``Observation``; a reading that cannot be had stays ``None`` and caps nothing.
+* CPU/memory: kube-prometheus's recording rules;
+* Jetson: the jetson-stats (``jtop``) Prometheus collector that the jetson-stats Grafana
+  dashboard ships and its forks reuse: ``jetson_temperatures{temperature="gpu"|"cpu"|...}``
+  (degrees Celsius, one series per sensor; the hottest counts) and
+  ``jetson_usage_gpu{gpu="val"}`` (GR3D load in percent). Chosen because it is the
+  collector most Jetson Grafana setups scrape; other exporters name these
+  differently (tegrastats scrapers, ``jetson_stats_node_exporter``'s ``temperature_C``),
+  hence the settings.
+
+Each series must carry the node's name in one label (``node_label``, default ``node``:
+what a PodMonitor relabelling ``__meta_kubernetes_pod_node_name`` usually writes;
+kube-prometheus writes it into ``instance``, so set ``instance`` there).
+
+A reading that cannot be had stays ``None`` and caps nothing. Jetson sensors that are
+switched off report -256 C; temperatures below ``MIN_PLAUSIBLE_C`` are no reading.
 """
 
 from __future__ import annotations
@@ -29,7 +42,10 @@ from typing import Any
 
 from ..observation import NodePressure, finite_or_none
 
-__all__ = ["ExporterNames", "node_pressure", "parse_quantity", "worst"]
+__all__ = ["MIN_PLAUSIBLE_C", "ExporterNames", "node_pressure", "parse_quantity", "worst"]
+
+MIN_PLAUSIBLE_C = -40.0
+"""Below this a temperature is a switched-off sensor (Jetson reports -256), not a reading."""
 
 _QUANTITY = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)([a-zA-Z]*)$")
 _SUFFIX = {
@@ -54,12 +70,25 @@ _SUFFIX = {
 
 @dataclass(frozen=True)
 class ExporterNames:
-    """Names of the exporter values to read; ``None`` skips that reading."""
+    """Series selectors of the exporter values to read; ``None`` skips that reading.
+
+    A selector is a metric name, optionally with matchers
+    (``jetson_temperatures{temperature!="pmic"}``). ``node_label`` is the label that holds
+    the node's name; a sample older than ``max_age_s`` is no reading.
+    """
 
     cpu_fraction: str | None = "instance:node_cpu_utilisation:rate5m"
     memory_fraction: str | None = "instance:node_memory_utilisation:ratio"
-    temperature_c: str | None = "jetson_temperature_celsius"
-    gpu_load_percent: str | None = "jetson_gpu_load_percent"
+    temperature_c: str | None = "jetson_temperatures"
+    gpu_load_percent: str | None = "jetson_usage_gpu"
+    node_label: str = "node"
+    max_age_s: float = 60.0
+
+    def selectors(self) -> tuple[str, ...]:
+        """The configured selectors, each once (a reading may be switched off)."""
+        named = (self.cpu_fraction, self.memory_fraction, self.temperature_c,
+                 self.gpu_load_percent)
+        return tuple(dict.fromkeys(n for n in named if n))
 
 
 def parse_quantity(quantity: str | int | float) -> float:
@@ -104,6 +133,10 @@ def _exported(
     return max(finite) if finite else None
 
 
+def _plausible_temperature(value: float | None) -> float | None:
+    return value if value is not None and value >= MIN_PLAUSIBLE_C else None
+
+
 def _fraction(used: float | None, total: float | None) -> float | None:
     if used is None or total is None:
         return None
@@ -126,7 +159,7 @@ def node_pressure(
         memory_fraction=(
             memory if memory is not None else _exported(exporter, names.memory_fraction)
         ),
-        temperature_c=_exported(exporter, names.temperature_c),
+        temperature_c=_plausible_temperature(_exported(exporter, names.temperature_c)),
         gpu_load_percent=_exported(exporter, names.gpu_load_percent),
     )
 

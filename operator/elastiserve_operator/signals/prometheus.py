@@ -48,13 +48,16 @@ __all__ = [
     "END_TO_END_LATENCY_QUERY",
     "HANDLER_LATENCY_QUERY",
     "InstantValue",
+    "LabelledValue",
     "MetricsSource",
     "PrometheusClient",
     "PrometheusError",
     "SeriesPolicy",
+    "VectorSource",
     "end_to_end_latency_query",
     "gather_observation",
     "parse_instant_response",
+    "parse_vector_response",
     "render_query",
 ]
 
@@ -133,6 +136,24 @@ class MetricsSource(Protocol):
     ) -> InstantValue | None: ...
 
 
+@dataclass(frozen=True)
+class LabelledValue:
+    """One finite sample of an instant vector with its series' labels (``__name__`` too,
+    when the query kept it)."""
+
+    labels: Mapping[str, str]
+    value: float
+    timestamp: float
+
+
+class VectorSource(Protocol):
+    """The seam for per-series answers (one value per node, say); ``PrometheusClient``
+    is the real one. Kept apart from ``MetricsSource`` so that the simulator's and the
+    local loop's sources need not grow a method they never use."""
+
+    async def query_vector(self, promql: str) -> tuple[LabelledValue, ...]: ...
+
+
 def render_query(template: str, *, namespace: str, name: str, model: str) -> str:
     """Fill ``$namespace``, ``$name`` and ``$model`` (``$$`` for a literal ``$``).
 
@@ -150,10 +171,8 @@ def _finite(raw: object) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def parse_instant_response(
-    payload: Mapping[str, Any], multiple: SeriesPolicy = SeriesPolicy.ERROR
-) -> InstantValue | None:
-    """Reduce the JSON body of ``/api/v1/query`` to one value (pure; see module rules)."""
+def _check_success(payload: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The ``data`` object of a successful answer; ``PrometheusError`` otherwise."""
     if payload.get("status") != "success":
         raise PrometheusError(
             f"query failed: {payload.get('errorType', 'unknown')}: {payload.get('error', '')}"
@@ -161,6 +180,39 @@ def parse_instant_response(
     data = payload.get("data")
     if not isinstance(data, Mapping):
         raise PrometheusError("response has no data object")
+    return data
+
+
+def parse_vector_response(payload: Mapping[str, Any]) -> tuple[LabelledValue, ...]:
+    """Every finite sample of an instant-vector answer with its labels (pure).
+
+    The same failure rules as :func:`parse_instant_response`; NaN/Inf samples are dropped
+    (no reading), an empty vector is an empty tuple (nothing exported, or all stale).
+    """
+    data = _check_success(payload)
+    if data.get("resultType") != "vector":
+        raise PrometheusError(f"expected an instant vector, got {data.get('resultType')!r}")
+    result = data.get("result")
+    if not isinstance(result, list):
+        raise PrometheusError("malformed vector result")
+    found: list[LabelledValue] = []
+    for series in result:
+        pair = series.get("value") if isinstance(series, Mapping) else None
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise PrometheusError("malformed series in vector result")
+        metric = series.get("metric") if isinstance(series, Mapping) else None
+        labels = {str(k): str(v) for k, v in (metric or {}).items()}
+        value = _finite(pair[1])
+        if value is not None:
+            found.append(LabelledValue(labels, value, float(pair[0])))
+    return tuple(found)
+
+
+def parse_instant_response(
+    payload: Mapping[str, Any], multiple: SeriesPolicy = SeriesPolicy.ERROR
+) -> InstantValue | None:
+    """Reduce the JSON body of ``/api/v1/query`` to one value (pure; see module rules)."""
+    data = _check_success(payload)
     kind, result = data.get("resultType"), data.get("result")
     if kind == "scalar":
         if not isinstance(result, list) or len(result) != 2:
@@ -231,6 +283,14 @@ class PrometheusClient:
         self, promql: str, *, multiple: SeriesPolicy = SeriesPolicy.ERROR
     ) -> InstantValue | None:
         """Run ``promql`` as an instant query now; see the module docstring for the rules."""
+        return parse_instant_response(await self._instant(promql), multiple)
+
+    async def query_vector(self, promql: str) -> tuple[LabelledValue, ...]:
+        """Run ``promql`` as an instant query and keep every series with its labels."""
+        return parse_vector_response(await self._instant(promql))
+
+    async def _instant(self, promql: str) -> Mapping[str, Any]:
+        """POST the instant query; the decoded JSON object, or ``PrometheusError``."""
         if self._session is None:
             self._session = aiohttp.ClientSession()
         try:
@@ -250,7 +310,7 @@ class PrometheusClient:
             raise PrometheusError(f"response is not JSON: {body[:200]!r}") from None
         if not isinstance(payload, Mapping):
             raise PrometheusError("response is not a JSON object")
-        return parse_instant_response(payload, multiple)
+        return payload
 
 
 @dataclass(frozen=True)
