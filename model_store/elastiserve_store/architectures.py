@@ -6,6 +6,15 @@ the full one. The structure (which layers exist, which blocks have projection sh
 only on the architecture arguments, never on the widths: that is what lets the weights of one
 level be a prefix slice of the next.
 
+**Depth.** The ResNets can also be built with some residual blocks *skipped* (named by their
+hidden slot, e.g. ``"s1.b2"``): a skipped block is an ``nn.Identity`` at its place in
+``layers``, so it holds no tensors and costs no MACs, and the other blocks keep their
+state-dict names (``layers.<i>.…``), which is what lets levels of different depth share weights.
+Only blocks with an identity shortcut can be skipped: a block that downsamples or changes the
+stream's width (the first block of stages 2 and 3) carries the projection every later layer
+depends on, and dropping it would leave a different, not a shallower, network, so asking for
+it is refused (:class:`BlockSkipError`) instead of silently keeping its shortcut.
+
 All models end in global average pooling, so any input height/width works (Fashion-MNIST 28x28,
 CIFAR 32x32, larger ImageFolder images); max-pools use ``ceil_mode`` so a 28x28 input survives
 VGG's five halvings.
@@ -13,7 +22,7 @@ VGG's five halvings.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,9 +79,14 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """He et al.'s CIFAR ResNet (6n+2 layers), option-B (projection) shortcuts."""
+    """He et al.'s CIFAR ResNet (6n+2 layers), option-B (projection) shortcuts.
 
-    def __init__(self, depth: int, widths: Widths, in_channels: int, num_classes: int) -> None:
+    ``skipped`` names residual blocks (by hidden slot) replaced by the identity; see the module
+    docstring for which blocks may be skipped.
+    """
+
+    def __init__(self, depth: int, widths: Widths, in_channels: int, num_classes: int,
+                 skipped: frozenset[str] = frozenset()) -> None:
         super().__init__()
         n = (depth - 2) // 6
         self.conv1, self.bn1 = _conv_bn(in_channels, widths["s1"], None, "s1")
@@ -84,9 +98,14 @@ class CifarResNet(nn.Module):
             for b in range(n):
                 stride = 2 if stage > 1 and b == 0 else 1
                 mid = f"s{stage}.b{b}"
-                blocks.append(BasicBlock(widths[prev], widths[mid], widths[out_slot], stride,
-                                         prev, mid, out_slot))
+                if mid in skipped:
+                    blocks.append(nn.Identity())
+                else:
+                    blocks.append(BasicBlock(widths[prev], widths[mid], widths[out_slot],
+                                             stride, prev, mid, out_slot))
                 prev = out_slot
+        self.skipped_blocks: tuple[str, ...] = tuple(
+            name for name, _ in _resnet_blocks(depth) if name in skipped)
         self.layers = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = _head(widths["s3"], num_classes, "s3")
@@ -94,6 +113,13 @@ class CifarResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layers(self.relu(self.bn1(self.conv1(x))))
         return self.fc(torch.flatten(self.pool(x), 1))  # type: ignore[no-any-return]
+
+
+def _resnet_blocks(depth: int) -> list[tuple[str, bool]]:
+    """(block name, may be skipped) for each residual block, in ``layers`` order."""
+    n = (depth - 2) // 6
+    return [(f"s{stage}.b{b}", not (stage > 1 and b == 0))
+            for stage in (1, 2, 3) for b in range(n)]
 
 
 def _resnet_widths(depth: int, args: ArchArgs) -> Widths:
@@ -267,22 +293,53 @@ def _mbv2_widths(args: ArchArgs) -> Widths:
 # --------------------------------------------------------------------------- registry
 
 
+class BlockSkipError(ValueError):
+    """A requested skipped block does not exist or cannot be skipped."""
+
+
+@dataclass(frozen=True)
+class Block:
+    """One residual block: its name (= its hidden slot), index in ``layers``, skippability."""
+
+    name: str
+    index: int
+    skippable: bool
+
+    @property
+    def prefix(self) -> str:
+        """State-dict prefix of the block's tensors."""
+        return f"layers.{self.index}."
+
+
+def _plain(make: Callable[[Widths, int, int], nn.Module]
+           ) -> Callable[[Widths, int, int, frozenset[str]], nn.Module]:
+    """Adapter for architectures without skippable blocks (the skip set is validated empty)."""
+    return lambda w, c, k, _skipped: make(w, c, k)
+
+
 @dataclass(frozen=True)
 class Architecture:
-    """How to compute an architecture's full widths and build it at any widths."""
+    """How to compute an architecture's full widths and build it at any widths and depth."""
 
     full_widths: Callable[[ArchArgs], Widths]
-    make: Callable[[Widths, int, int], nn.Module]
+    make: Callable[[Widths, int, int, frozenset[str]], nn.Module]
+    blocks: tuple[Block, ...] = ()
+
+
+def _resnet(depth: int) -> Architecture:
+    return Architecture(
+        lambda a: _resnet_widths(depth, a),
+        lambda w, c, k, skipped: CifarResNet(depth, w, c, k, skipped),
+        tuple(Block(name, i, ok) for i, (name, ok) in enumerate(_resnet_blocks(depth))),
+    )
 
 
 REGISTRY: dict[str, Architecture] = {
-    "resnet20": Architecture(lambda a: _resnet_widths(20, a),
-                             lambda w, c, k: CifarResNet(20, w, c, k)),
-    "resnet56": Architecture(lambda a: _resnet_widths(56, a),
-                             lambda w, c, k: CifarResNet(56, w, c, k)),
-    "vgg16_bn": Architecture(_vgg_widths, VGG),
-    "alexnet": Architecture(_alexnet_widths, AlexNet),
-    "mobilenetv2": Architecture(_mbv2_widths, MobileNetV2),
+    "resnet20": _resnet(20),
+    "resnet56": _resnet(56),
+    "vgg16_bn": Architecture(_vgg_widths, _plain(VGG)),
+    "alexnet": Architecture(_alexnet_widths, _plain(AlexNet)),
+    "mobilenetv2": Architecture(_mbv2_widths, _plain(MobileNetV2)),
 }
 
 ARCHITECTURES: tuple[str, ...] = tuple(REGISTRY)
@@ -300,10 +357,43 @@ def full_widths(arch: str, arch_args: ArchArgs) -> Widths:
     return _lookup(arch).full_widths(arch_args)
 
 
-def build(arch: str, arch_args: ArchArgs, widths: Mapping[str, int] | None = None) -> nn.Module:
-    """Build ``arch`` at ``widths`` (default: full); ``arch_args`` holds in_channels,
-    num_classes and optionally width_mult."""
+def blocks(arch: str) -> tuple[Block, ...]:
+    """The residual blocks of ``arch`` (empty for architectures without them)."""
+    return _lookup(arch).blocks
+
+
+def check_skipped(arch: str, skipped: Collection[str]) -> frozenset[str]:
+    """Validate a set of blocks to skip; raises :class:`BlockSkipError` naming the culprit."""
+    known = {b.name: b for b in _lookup(arch).blocks}
+    for name in skipped:
+        block = known.get(name)
+        if block is None:
+            hint = (f"its blocks are {', '.join(known)}" if known
+                    else "it has no skippable residual blocks")
+            raise BlockSkipError(f"{arch} has no residual block {name!r}; {hint}")
+        if not block.skippable:
+            raise BlockSkipError(
+                f"block {name!r} of {arch} cannot be skipped: it has a projection shortcut "
+                f"(it downsamples or changes the stream width), so removing it would change "
+                f"the network's shape rather than its depth")
+    return frozenset(skipped)
+
+
+def skipped_blocks_of(model: nn.Module) -> tuple[str, ...]:
+    """Names of the blocks a model built by :func:`build` skips (in ``layers`` order)."""
+    value = getattr(model, "skipped_blocks", ())
+    return tuple(value) if isinstance(value, tuple) else ()
+
+
+def build(arch: str, arch_args: ArchArgs, widths: Mapping[str, int] | None = None,
+          skipped_blocks: Collection[str] = ()) -> nn.Module:
+    """Build ``arch`` at ``widths`` (default: full) without ``skipped_blocks`` (default: none).
+
+    ``arch_args`` holds in_channels, num_classes and optionally width_mult. ``widths`` names
+    every slot, a skipped block's hidden slot too (its value is then unused).
+    """
     spec = _lookup(arch)
+    skip = check_skipped(arch, skipped_blocks)
     full = spec.full_widths(arch_args)
     chosen = dict(full if widths is None else widths)
     if set(chosen) != set(full):
@@ -315,4 +405,4 @@ def build(arch: str, arch_args: ArchArgs, widths: Mapping[str, int] | None = Non
         raise ValueError(f"widths out of range (1..full) for {arch}: {bad}")
     in_ch = int(arch_args.get("in_channels", 3))
     classes = int(arch_args.get("num_classes", 10))
-    return spec.make(chosen, in_ch, classes)
+    return spec.make(chosen, in_ch, classes, skip)

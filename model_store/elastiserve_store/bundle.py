@@ -9,6 +9,11 @@ Layout of the weights file:
   and running statistics (activation statistics differ per width) and the classifier head.
 
 All levels together therefore cost the full model plus a few small per-level tensors.
+
+Levels may also differ in depth (manifest schema 2, ``skipped_blocks``): a level that skips a
+residual block has no tensors for it, shared or own; a block's shared tensors are stored when
+the largest level runs it. Depth nests like width: a block a level runs, every larger level
+runs too.
 :func:`load_bundle` runs every integrity check (schema version, pickle refusal, truncation,
 SHA-256, names and shapes against manifest and architecture) before a tensor is read.
 """
@@ -35,7 +40,9 @@ from .manifest import (
     LevelInfo,
     Manifest,
     Normalisation,
+    SkippedBlocksError,
     WeightsRef,
+    schema_version_for,
 )
 from .slots import TensorSlots, Widths, expected_shape, prefix, tensor_slots, widths_of
 
@@ -47,27 +54,32 @@ def level_prefix(k: int) -> str:
     return f"levels.{k}."
 
 
-def _layout(arch: str, arch_args: Mapping[str, Any]) -> tuple[dict[str, TensorSlots],
-                                                               dict[str, tuple[int, ...]]]:
-    """Slot axes and full-width shapes of every tensor of ``arch`` (built on the meta device)."""
+def _layout(arch: str, arch_args: Mapping[str, Any], skipped: Sequence[str] = ()
+            ) -> tuple[dict[str, TensorSlots], dict[str, tuple[int, ...]]]:
+    """Slot axes and full-width shapes of every tensor of ``arch`` without the ``skipped``
+    blocks (built on the meta device)."""
     with torch.device("meta"):
-        model = architectures.build(arch, arch_args)
+        model = architectures.build(arch, arch_args, skipped_blocks=skipped)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     return tensor_slots(model), shapes
 
 
-def expected_tensors(arch: str, arch_args: Mapping[str, Any], level_widths: Sequence[Widths]
+def expected_tensors(arch: str, arch_args: Mapping[str, Any], level_widths: Sequence[Widths],
+                     level_skipped: Sequence[Sequence[str]] | None = None
                      ) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every tensor a bundle with these levels must hold."""
-    layout, shapes = _layout(arch, arch_args)
+    skipped = list(level_skipped) if level_skipped is not None else [()] * len(level_widths)
     out: dict[str, tuple[int, ...]] = {}
     top = level_widths[-1]
+    layout, shapes = _layout(arch, arch_args, skipped[-1])
     for name, info in layout.items():
-        if info.per_level:
-            for k, widths in enumerate(level_widths):
-                out[level_prefix(k) + name] = expected_shape(shapes[name], info.axes, widths)
-        else:
+        if not info.per_level:
             out[SHARED + name] = expected_shape(shapes[name], info.axes, top)
+    for k, widths in enumerate(level_widths):
+        layout, shapes = _layout(arch, arch_args, skipped[k])
+        for name, info in layout.items():
+            if info.per_level:
+                out[level_prefix(k) + name] = expected_shape(shapes[name], info.axes, widths)
     return out
 
 
@@ -75,7 +87,8 @@ def split_nested(models: Sequence[nn.Module]) -> dict[str, torch.Tensor]:
     """Turn level models (smallest first, channels already in nested order) into bundle tensors.
 
     Raises ``ValueError`` if a level's shared tensors are not exactly a prefix of the largest
-    level's: that is the property the serving side relies on, so it is checked at write time.
+    level's, or a level runs a block the largest level skips: that is the property the serving
+    side relies on, so it is checked at write time.
     """
     if not models:
         raise ValueError("need at least one level")
@@ -88,10 +101,13 @@ def split_nested(models: Sequence[nn.Module]) -> dict[str, torch.Tensor]:
     for k, model in enumerate(models):
         widths = widths_of(model)
         state = model.state_dict()
-        for name, info in layout.items():
+        for name, info in tensor_slots(model).items():
             tensor = state[name].detach().cpu()
             if info.per_level:
                 out[level_prefix(k) + name] = tensor.contiguous().clone()
+            elif SHARED + name not in out:
+                raise ValueError(f"level {k}: tensor {name} belongs to a block the largest "
+                                 f"level skips; levels are not nested in depth")
             elif not torch.equal(prefix(out[SHARED + name], info.axes, widths), tensor):
                 raise ValueError(f"level {k}: tensor {name} is not a prefix of the largest "
                                  f"level's; channels are not in nested order")
@@ -132,7 +148,8 @@ def write_bundle(
         levels.append(LevelInfo(
             name=names[k],
             channel_ratio=float(channel_ratios[k]),
-            widths=widths_of(model),
+            widths=level_widths(architecture, arch_args, model),
+            skipped_blocks=architectures.skipped_blocks_of(model),
             macs=profile.count_macs(model, shape),
             params=profile.count_params(model),
             accuracy=None if accuracies is None else accuracies[k],
@@ -157,9 +174,20 @@ def write_bundle(
             tensors={k: tuple(v.shape) for k, v in tensors.items()},
         ),
         training=dict(training or {}),
+        schema_version=schema_version_for(levels),
     )
     write_manifest(directory, manifest)
     return manifest
+
+
+def level_widths(arch: str, arch_args: Mapping[str, Any], model: nn.Module) -> Widths:
+    """A level model's widths for the manifest: every slot named, as :func:`architectures.build`
+    wants; the hidden slot of a block the model skips (absent from its tensors) is recorded as 1.
+    """
+    widths = widths_of(model)
+    for slot in architectures.full_widths(arch, arch_args):
+        widths.setdefault(slot, 1)
+    return widths
 
 
 def write_manifest(directory: str | Path, manifest: Manifest) -> None:
@@ -197,7 +225,8 @@ class NestedBundle:
         """Level ``level``'s state dict; shared tensors are prefix *views* (no copy)."""
         k = self.level_index(level)
         widths = self.manifest.levels[k].widths
-        layout, _ = _layout(self.manifest.architecture, self.manifest.arch_args)
+        layout, _ = _layout(self.manifest.architecture, self.manifest.arch_args,
+                            self.manifest.levels[k].skipped_blocks)
         own = level_prefix(k)
         state = {}
         for name, info in layout.items():
@@ -217,7 +246,8 @@ class NestedBundle:
         k = self.level_index(level)
         m = self.manifest
         with torch.device("meta"):
-            model = architectures.build(m.architecture, m.arch_args, m.levels[k].widths)
+            model = architectures.build(m.architecture, m.arch_args, m.levels[k].widths,
+                                        m.levels[k].skipped_blocks)
         state = self.state_dict(k)
         if not share_storage:
             state = {n: t.clone() for n, t in state.items()}
@@ -253,7 +283,24 @@ def _check_levels(manifest: Manifest) -> list[Widths]:
             raise ManifestError(f"level {k} wider than the architecture: {too_wide}")
         if k and any(w[s] < widths[k - 1][s] for s in w):
             raise ManifestError(f"level {k} is not a superset of level {k - 1}")
+    _check_depth(manifest)
     return widths
+
+
+def _check_depth(manifest: Manifest) -> None:
+    """Each level's skipped blocks exist, may be skipped, and nest (a larger level skips a
+    subset of what a smaller one skips)."""
+    for k, level in enumerate(manifest.levels):
+        try:
+            architectures.check_skipped(manifest.architecture, level.skipped_blocks)
+        except architectures.BlockSkipError as err:
+            raise SkippedBlocksError(f"level {k} ({level.name}): {err}") from None
+        if k:
+            runs_again = set(level.skipped_blocks) - set(manifest.levels[k - 1].skipped_blocks)
+            if runs_again:
+                raise SkippedBlocksError(
+                    f"level {k} ({level.name}) skips {sorted(runs_again)}, which level {k - 1} "
+                    f"runs: a larger level must run every block a smaller one runs")
 
 
 def load_bundle(directory: str | Path) -> NestedBundle:
@@ -268,7 +315,8 @@ def load_bundle(directory: str | Path) -> NestedBundle:
     if found != listed:
         raise ShapeMismatchError(f"{path}: tensors disagree with the manifest: "
                                  f"{_diff(listed, found)}")
-    expected = expected_tensors(manifest.architecture, manifest.arch_args, widths)
+    expected = expected_tensors(manifest.architecture, manifest.arch_args, widths,
+                                [lv.skipped_blocks for lv in manifest.levels])
     if found != expected:
         raise ShapeMismatchError(f"{path}: tensors disagree with {manifest.architecture} at the "
                                  f"manifest's level widths: {_diff(expected, found)}")

@@ -4,6 +4,12 @@
 normalise inputs, the operator's policy for each level's cost (MACs, latency), the archiver for
 the weights' checksum. Parsing is strict: an unknown schema version or a missing / mistyped field
 is refused with a message naming the field, before the weights are touched.
+
+Schema versions: 1 is a bundle whose levels differ only in width; 2 adds the optional per-level
+``skipped_blocks`` (residual blocks a level runs as the identity, so levels may differ in depth).
+A writer uses 2 only when some level skips a block, so depth-uniform bundles stay readable by
+loaders that only know 1, and a version-1 loader refuses a depth-varying bundle by its version
+instead of failing on shapes. This loader reads both.
 """
 
 from __future__ import annotations
@@ -17,11 +23,17 @@ from typing import Any, TypeVar
 from .errors import ManifestError, UnknownSchemaVersionError
 
 SCHEMA_VERSION = 1
-SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
+DEPTH_SCHEMA_VERSION = 2
+"""The version that introduced per-level ``skipped_blocks``."""
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2})
 MANIFEST_NAME = "manifest.json"
 WEIGHTS_NAME = "weights.safetensors"
 
 T = TypeVar("T")
+
+
+class SkippedBlocksError(ManifestError):
+    """A level's ``skipped_blocks`` names an unknown or unskippable block, or breaks nesting."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +48,21 @@ class LevelInfo:
     accuracy: float | None = None
     latency_ms_b1: float | None = None
     latency_ms_b32: float | None = None
+    skipped_blocks: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form; ``skipped_blocks`` is left out when empty (the version-1 layout)."""
+        out: dict[str, Any] = {**asdict(self), "widths": dict(self.widths)}
+        if self.skipped_blocks:
+            out["skipped_blocks"] = list(self.skipped_blocks)
+        else:
+            del out["skipped_blocks"]
+        return out
+
+
+def schema_version_for(levels: Sequence[LevelInfo]) -> int:
+    """The lowest schema version that can describe ``levels``."""
+    return DEPTH_SCHEMA_VERSION if any(lv.skipped_blocks for lv in levels) else SCHEMA_VERSION
 
 
 @dataclass(frozen=True)
@@ -87,9 +114,7 @@ class Manifest:
         return {
             "schema_version": self.schema_version,
             "architecture": {"name": self.architecture, "args": dict(self.arch_args)},
-            "levels": [
-                {**asdict(level), "widths": dict(level.widths)} for level in self.levels
-            ],
+            "levels": [level.to_dict() for level in self.levels],
             "input": asdict(self.input),
             "normalisation": {"mean": list(self.normalisation.mean),
                               "std": list(self.normalisation.std)},
@@ -118,6 +143,9 @@ class Manifest:
         if not levels_raw:
             raise ManifestError("manifest field 'levels' must list at least one level")
         levels = tuple(_level(raw, f"levels[{i}]") for i, raw in enumerate(levels_raw))
+        if version < DEPTH_SCHEMA_VERSION and any(lv.skipped_blocks for lv in levels):
+            raise ManifestError(f"manifest field 'levels[].skipped_blocks' needs schema_version "
+                                f"{DEPTH_SCHEMA_VERSION}, the manifest says {version}")
         inp = _get(data, "input", dict, "")
         norm = _get(data, "normalisation", dict, "")
         weights = _get(data, "weights", dict, "")
@@ -206,4 +234,15 @@ def _level(raw: Any, where: str) -> LevelInfo:
         accuracy=_opt_float(raw, "accuracy", w),
         latency_ms_b1=_opt_float(raw, "latency_ms_b1", w),
         latency_ms_b32=_opt_float(raw, "latency_ms_b32", w),
+        skipped_blocks=_skipped(raw, w),
     )
+
+
+def _skipped(raw: Mapping[str, Any], where: str) -> tuple[str, ...]:
+    value = raw.get("skipped_blocks", [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ManifestError(f"manifest field '{where}skipped_blocks' must be a list of block "
+                            f"names")
+    if len(set(value)) != len(value):
+        raise ManifestError(f"manifest field '{where}skipped_blocks' names a block twice")
+    return tuple(value)

@@ -52,6 +52,12 @@ class NestedState:
     master: dict[str, torch.Tensor]
     kept: list[Kept] = field(default_factory=list)
     level_own: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
+    skipped: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    """Residual blocks each level skips (structure discovery); absent: the level runs all."""
+
+    def build_level(self, k: int, widths: Widths) -> nn.Module:
+        """Level ``k``'s architecture at ``widths``, without the blocks it skips."""
+        return architectures.build(self.arch, self.arch_args, widths, self.skipped.get(k, ()))
 
     @classmethod
     def from_model(cls, arch: str, arch_args: Mapping[str, Any], model: nn.Module
@@ -80,8 +86,9 @@ class NestedState:
             pos = {s: positions(self.kept[own_from][s], self.kept[k][s]) for s in self.kept[k]}
             for name, value in self.level_own[own_from].items():
                 state[name] = scatter(state[name], layout[name].axes, pos, value)
-        model: nn.Module = architectures.build(self.arch, self.arch_args, self.widths(k))
-        model.load_state_dict(state, strict=True)
+        model = self.build_level(k, self.widths(k))
+        wanted = model.state_dict().keys()
+        model.load_state_dict({n: state[n] for n in wanted}, strict=True)
         return model
 
     def absorb(self, model: nn.Module, kept: Kept, *, level: int | None = None) -> None:
@@ -91,7 +98,7 @@ class NestedState:
         """
         layout = self.layout
         state = {n: t.detach().cpu() for n, t in model.state_dict().items()}
-        for name, value in state.items():
+        for name, value in state.items():  # a skipped block has no tensors: master keeps it
             self.master[name] = scatter(self.master[name], layout[name].axes, kept, value)
         if level is not None:
             self.level_own[level] = {n: v.clone() for n, v in state.items()
@@ -135,12 +142,12 @@ class NestedState:
             pos = {s: positions(idx[s], self.kept[k][s]) for s in idx}
             own = self.level_own[k]
             state = {}
-            for name, t in self.master.items():
+            model = self.build_level(k, w)
+            for name in model.state_dict():
                 if layout[name].per_level:
                     state[name] = gather(own[name], layout[name].axes, pos)
                 else:
-                    state[name] = gather(t, layout[name].axes, idx)
-            model = architectures.build(self.arch, self.arch_args, w)
+                    state[name] = gather(self.master[name], layout[name].axes, idx)
             model.load_state_dict(state, strict=True)
             models.append(model.eval())
         return models
@@ -156,7 +163,8 @@ class NestedState:
         save_file(tensors, str(tmp))
         tmp.replace(path_stem.with_suffix(".safetensors"))
         meta = {"arch": self.arch, "arch_args": self.arch_args,
-                "kept": [{s: v.tolist() for s, v in kept.items()} for kept in self.kept]}
+                "kept": [{s: v.tolist() for s, v in kept.items()} for kept in self.kept],
+                "skipped": {str(k): list(v) for k, v in self.skipped.items()}}
         tmp_json = path_stem.with_suffix(".json.tmp")
         tmp_json.write_text(json.dumps(meta), encoding="utf-8")
         tmp_json.replace(path_stem.with_suffix(".json"))
@@ -173,7 +181,8 @@ class NestedState:
                 own.setdefault(int(k), {})[rest] = t
         kept = [{s: torch.tensor(v, dtype=torch.long) for s, v in level.items()}
                 for level in meta["kept"]]
-        return cls(meta["arch"], meta["arch_args"], master, kept, own)
+        skipped = {int(k): tuple(v) for k, v in meta.get("skipped", {}).items()}
+        return cls(meta["arch"], meta["arch_args"], master, kept, own, skipped)
 
 
 def core_masks(model: nn.Module, core: Kept, kept: Kept) -> dict[str, torch.Tensor]:
