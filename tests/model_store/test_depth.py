@@ -72,9 +72,11 @@ class TestArchitecture:
     def test_skipping_equals_a_block_whose_branch_is_zero(self) -> None:
         torch.manual_seed(1)
         full = architectures.build("resnet20", ARGS).eval()
+        bn2 = full.get_submodule("layers.4.bn2")
+        assert isinstance(bn2, torch.nn.BatchNorm2d)
         with torch.no_grad():
-            full.layers[4].bn2.weight.zero_()
-            full.layers[4].bn2.bias.zero_()
+            bn2.weight.zero_()
+            bn2.bias.zero_()
         short = architectures.build("resnet20", ARGS, skipped_blocks=("s2.b1",)).eval()
         short.load_state_dict({n: t for n, t in full.state_dict().items()
                                if not n.startswith("layers.4.")})
