@@ -16,6 +16,7 @@ from elastiserve_train.data import (
     DatasetError,
     augment,
     load_cifar10,
+    load_dataset,
     load_fashion_mnist,
     load_image_folder,
 )
@@ -114,3 +115,16 @@ def test_augment_is_seeded_and_keeps_shape() -> None:
     a = augment(images, torch.Generator().manual_seed(1))
     b = augment(images, torch.Generator().manual_seed(1))
     assert a.shape == images.shape and torch.equal(a, b)
+
+
+def test_fashion_mnist_resize_only_when_asked(tmp_path: Path) -> None:
+    """``--image-size`` upscales Fashion-MNIST (bilinear, uint8, stats recomputed); no size
+    keeps the native 28x28, so existing runs are unchanged."""
+    _fashion(tmp_path)
+    native = load_dataset("fashion-mnist", tmp_path)
+    assert native.input_shape == (1, 28, 28) and native.name == "fashion-mnist"
+    big = load_dataset("fashion-mnist", tmp_path, image_size=64)
+    assert big.input_shape == (1, 64, 64) and big.test.images.shape == (6, 1, 64, 64)
+    assert big.train.images.dtype == torch.uint8 and big.name == "fashion-mnist-64px"
+    assert torch.equal(big.train.labels, native.train.labels)
+    assert abs(big.mean[0] - native.mean[0]) < 0.02 and big.std[0] < native.std[0]

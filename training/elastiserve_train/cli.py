@@ -47,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         choices=("fashion-mnist", "cifar10", "imagefolder", "generated"))
     parser.add_argument("--data-path", type=Path, default=None,
                         help="dataset location (Fashion-MNIST default: the Debian package's)")
-    parser.add_argument("--image-size", type=int, default=32, help="ImageFolder resize")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="resize: ImageFolder (default 32), Fashion-MNIST (default 28)")
     parser.add_argument("--train-subset", type=int, default=None, help="use N train images")
     parser.add_argument("--test-subset", type=int, default=None, help="use N test images")
     parser.add_argument("--out", type=Path, required=True, help="output / resume directory")

@@ -46,6 +46,16 @@ class ImageSet:
         idx = torch.randperm(len(self.labels), generator=torch.Generator().manual_seed(seed))[:n]
         return ImageSet(self.images[idx], self.labels[idx])
 
+    def resized(self, size: int, chunk: int = 4096) -> ImageSet:
+        """Images scaled to ``size`` x ``size`` with bilinear filtering, kept as uint8."""
+        if self.images.shape[-2:] == (size, size):
+            return self
+        parts = [torch.nn.functional.interpolate(part.float(), size=(size, size),
+                                                 mode="bilinear", align_corners=False)
+                 .round().clamp(0, 255).to(torch.uint8)
+                 for part in torch.split(self.images, chunk)]
+        return ImageSet(torch.cat(parts) if parts else self.images, self.labels)
+
 
 @dataclass(frozen=True)
 class Dataset:
@@ -66,6 +76,15 @@ class Dataset:
     def limit(self, train: int | None, test: int | None, seed: int = 0) -> Dataset:
         return Dataset(self.name, self.train.subset(train, seed), self.test.subset(test, seed),
                        self.class_names, self.mean, self.std)
+
+    def resized(self, size: int) -> Dataset:
+        """Both splits scaled to ``size`` x ``size`` (bilinear), statistics recomputed.
+
+        Upscaling Fashion-MNIST makes per-image compute, not per-request overhead, set what a
+        served level can take, so the nested levels differ in capacity.
+        """
+        return _make(f"{self.name}-{size}px", self.train.resized(size), self.test.resized(size),
+                     self.class_names)
 
 
 def _stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -298,11 +317,16 @@ def generated(n_train: int = 64, n_test: int = 32, channels: int = 1, size: int 
     return _make("generated", split(n_train), split(n_test), [f"c{i}" for i in range(classes)])
 
 
-def load_dataset(name: str, path: str | Path | None = None, *, image_size: int = 32,
+def load_dataset(name: str, path: str | Path | None = None, *, image_size: int | None = None,
                  channels: int = 3) -> Dataset:
-    """By name: ``fashion-mnist`` (path optional), ``cifar10``, ``imagefolder``, ``generated``."""
+    """By name: ``fashion-mnist`` (path optional), ``cifar10``, ``imagefolder``, ``generated``.
+
+    ``image_size``: ImageFolder's resize (default 32); for Fashion-MNIST an optional bilinear
+    resize from its native 28x28 (none by default).
+    """
     if name == "fashion-mnist":
-        return load_fashion_mnist(path or FASHION_MNIST_DIR)
+        fashion = load_fashion_mnist(path or FASHION_MNIST_DIR)
+        return fashion if image_size is None else fashion.resized(image_size)
     if name == "generated":
         return generated()
     if path is None:
@@ -310,6 +334,6 @@ def load_dataset(name: str, path: str | Path | None = None, *, image_size: int =
     if name == "cifar10":
         return load_cifar10(path)
     if name == "imagefolder":
-        return load_image_folder(path, image_size, channels)
+        return load_image_folder(path, image_size or 32, channels)
     raise DatasetError(f"unknown dataset {name!r}; choose fashion-mnist, cifar10, imagefolder, "
                        f"generated")
