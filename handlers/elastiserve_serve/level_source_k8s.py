@@ -12,6 +12,12 @@ tests, a kubeconfig (token or client certificate). When the API server is unreac
 watch breaks or the object disappears, ``current()`` keeps returning the last decision, so
 replicas keep serving the last level (the agent never clears the control file).
 
+Per-node caps: the operator may cap the level of the replicas on a hot node
+(``status.nodeCaps: {node: level}``). The agent learns its node's name from the downward API
+(``spec.nodeName`` as env ``NODE_NAME``, which the operator's Deployment sets) and serves
+``min(status.activeLevel, status.nodeCaps[node])``; a malformed cap, or one for another node,
+changes nothing. Without a node name the agent serves the model-wide level.
+
 Levels: the CR speaks indexes (0 = narrowest) and so does the control file: the source writes
 ``status.activeLevel`` as it is and the serving runtime resolves it against the bundle it
 loaded. The agent therefore needs no list of level names, which is what used to go wrong (the
@@ -46,12 +52,22 @@ import yaml
 
 from .level_agent import Decision, LevelAgent
 
-__all__ = ["Connection", "K8sLevelSource", "build_parser", "decision_from_object", "main"]
+__all__ = [
+    "NODE_NAME_ENV",
+    "Connection",
+    "K8sLevelSource",
+    "build_parser",
+    "decision_from_object",
+    "main",
+    "node_cap",
+]
 
 log = logging.getLogger(__name__)
 
 GROUP_VERSION = "elastiserve.io/v1alpha1"
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+NODE_NAME_ENV = "NODE_NAME"
+"""Env var holding the pod's node name (downward API ``spec.nodeName``)."""
 
 
 @dataclass(frozen=True)
@@ -113,13 +129,33 @@ class Connection:
         return cls(str(cluster["server"]).rstrip("/"), ssl_context, lambda: token)
 
 
-def decision_from_object(obj: Mapping[str, Any]) -> Decision | None:
-    """The decision an ``ElasticModel`` holds, or ``None`` (no level decided yet)."""
-    level = (obj.get("status") or {}).get("activeLevel")
-    if isinstance(level, bool) or not isinstance(level, int) or level < 0:
+def _level(raw: object) -> int | None:
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
         return None
+    return raw
+
+
+def node_cap(status: Mapping[str, Any], node: str | None) -> int | None:
+    """The cap ``status.nodeCaps`` sets for ``node``, or ``None`` (no cap, or unusable)."""
+    caps = status.get("nodeCaps")
+    if not node or not isinstance(caps, Mapping):
+        return None
+    return _level(caps.get(node))
+
+
+def decision_from_object(obj: Mapping[str, Any], node: str | None = None) -> Decision | None:
+    """The decision an ``ElasticModel`` holds for a replica on ``node``, or ``None`` (no
+    level decided yet): the model's level, lowered to the node's cap if it has one."""
+    status = obj.get("status") or {}
+    level = _level(status.get("activeLevel"))
+    if level is None:
+        return None
+    cap = node_cap(status, node)
     pin = (obj.get("spec") or {}).get("allowRequestPinning")
-    return Decision(level=level, allow_pin=pin if isinstance(pin, bool) else None)
+    return Decision(
+        level=level if cap is None else min(level, cap),
+        allow_pin=pin if isinstance(pin, bool) else None,
+    )
 
 
 class K8sLevelSource:
@@ -133,10 +169,12 @@ class K8sLevelSource:
         *,
         watch_timeout_s: int = 240,
         retry_s: float = 1.0,
+        node: str | None = None,
     ) -> None:
         self.connection = connection
         self.namespace = namespace
         self.name = name
+        self.node = node
         self.watch_timeout_s = watch_timeout_s
         self.retry_s = retry_s
         self._decision: Decision | None = None
@@ -171,7 +209,7 @@ class K8sLevelSource:
         return urllib.request.urlopen(request, timeout=timeout, context=self.connection.ssl_context)
 
     def _observe(self, obj: Mapping[str, Any]) -> None:
-        decision = decision_from_object(obj)
+        decision = decision_from_object(obj, self.node)
         if decision is not None:
             self._decision = decision
             self.updates += 1
@@ -238,6 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ca-file", type=Path, default=SA_DIR / "ca.crt")
     parser.add_argument("--server", help="API server URL (default: from KUBERNETES_SERVICE_*)")
     parser.add_argument("--interval", type=float, default=0.2, help="seconds between syncs")
+    parser.add_argument(
+        "--node-name",
+        default=os.environ.get(NODE_NAME_ENV) or None,
+        help=f"node this replica runs on, for its cap in status.nodeCaps "
+        f"(default: ${NODE_NAME_ENV})",
+    )
     return parser
 
 
@@ -249,13 +293,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.kubeconfig
         else Connection.in_cluster(args.token_file, args.ca_file, args.server)
     )
-    source = K8sLevelSource(connection, args.namespace, args.name).start()
+    source = K8sLevelSource(connection, args.namespace, args.name, node=args.node_name).start()
     agent = LevelAgent(source, args.control_file)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     started = time.monotonic()
-    log.info("level agent for %s/%s -> %s", args.namespace, args.name, args.control_file)
+    log.info("level agent for %s/%s on node %s -> %s", args.namespace, args.name,
+             args.node_name or "(unknown: no cap applies)", args.control_file)
     agent.run(stop, args.interval)
     source.stop()
     log.info("level agent stopped after %.0f s", time.monotonic() - started)

@@ -35,9 +35,32 @@ def test_decision_is_the_index_as_decided() -> None:
         assert decision_from_object({"status": status}) is None
 
 
-def _status(crs: Any, namespace: str, name: str, level: int) -> None:
+@pytest.mark.parametrize(
+    ("status", "node", "level"),
+    [
+        ({"activeLevel": 3, "nodeCaps": {"n1": 1}}, "n1", 1),  # capped node: the cap
+        ({"activeLevel": 3, "nodeCaps": {"n1": 1}}, "n2", 3),  # another node's cap
+        ({"activeLevel": 3, "nodeCaps": {"n1": 1}}, None, 3),  # node unknown: model level
+        ({"activeLevel": 1, "nodeCaps": {"n1": 2}}, "n1", 1),  # a cap never widens
+        ({"activeLevel": 3, "nodeCaps": {"n1": -1}}, "n1", 3),  # malformed caps: ignored
+        ({"activeLevel": 3, "nodeCaps": {"n1": "0"}}, "n1", 3),
+        ({"activeLevel": 3, "nodeCaps": {"n1": True}}, "n1", 3),
+        ({"activeLevel": 3, "nodeCaps": ["n1"]}, "n1", 3),
+        ({"activeLevel": 2, "nodeCaps": {"n1": 0}}, "n1", 0),
+    ],
+)
+def test_node_cap_lowers_the_level(status: dict[str, Any], node: str | None, level: int) -> None:
+    decision = decision_from_object({"status": status}, node)
+    assert decision is not None and decision.level == level
+
+
+def test_no_level_without_active_level_even_with_a_cap() -> None:
+    assert decision_from_object({"status": {"nodeCaps": {"n1": 0}}}, "n1") is None
+
+
+def _status(crs: Any, namespace: str, name: str, level: int, **extra: Any) -> None:
     crs.patch_namespaced_custom_object_status(
-        GROUP, VERSION, namespace, PLURAL, name, {"status": {"activeLevel": level}}
+        GROUP, VERSION, namespace, PLURAL, name, {"status": {"activeLevel": level, **extra}}
     )
 
 
@@ -71,7 +94,9 @@ def test_agent_follows_status_with_one_object_role(
                                  check=False).stdout.strip() == "no"
 
     _status(crs, ns, "mine", 2)
-    source = K8sLevelSource(Connection.from_kubeconfig(kubeconfig), ns, "mine").start()
+    source = K8sLevelSource(
+        Connection.from_kubeconfig(kubeconfig), ns, "mine", node="jetson-orin-nx-0"
+    ).start()
     control = tmp_path / "shm" / "level.json"
     agent = LevelAgent(source, control)
     stop = threading.Event()
@@ -94,6 +119,15 @@ def test_agent_follows_status_with_one_object_role(
             delays.append(wait_level(level))
         assert max(delays) < 2.0, delays
         assert source.last_error is None
+
+        # The operator caps this replica's node: the agent serves the cap, then the model's
+        # level again when the cap goes (another node's cap never applies here).
+        _status(crs, ns, "mine", 2, nodeCaps={"jetson-orin-nx-0": 1, "jetson-agx-orin-0": 0})
+        assert wait_level(1) < 2.0
+        _status(crs, ns, "mine", 2, nodeCaps=None)
+        assert wait_level(2) < 2.0
+        _status(crs, ns, "mine", 0)
+        wait_level(0)
 
         # The object goes away (or the API refuses): the last level stays in the file.
         crs.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "mine")
