@@ -9,8 +9,9 @@ What each child is for:
 
 * ``Deployment``: the serving pods. Container ``torchserve`` runs the elastic handler;
   container ``level-agent`` watches this one ``ElasticModel`` and copies
-  ``status.activeLevel`` (an index; the runtime resolves it against the bundle's levels)
-  into the control file on a shared in-memory ``emptyDir``. The
+  ``status.activeLevel`` (an index; the runtime resolves it against the bundle's levels),
+  lowered to its node's cap in ``status.nodeCaps`` (the node name comes from the downward
+  API), into the control file on a shared in-memory ``emptyDir``. The
   pod does not automount a token; the agent alone gets a short-lived projected token of
   the per-model ServiceAccount, so TorchServe's container holds no credentials. The pod
   template never contains the level: a switch must not roll the pods.
@@ -329,6 +330,8 @@ def build_deployment(
             "--token-file", f"{TOKEN_DIR}/token",
             "--ca-file", f"{TOKEN_DIR}/ca.crt",
         ],
+        # The node's name (downward API): the agent serves min(level, status.nodeCaps[node]).
+        "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
         "resources": {
             "requests": {"cpu": "10m", "memory": "32Mi"},
             "limits": {"memory": "64Mi"},

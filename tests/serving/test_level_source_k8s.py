@@ -18,7 +18,13 @@ import yaml
 from elastiserve.testing.controlplane import ControlPlane
 from elastiserve_operator.children import Owner, build_rbac, names_for
 from elastiserve_serve.level_agent import LevelAgent
-from elastiserve_serve.level_source_k8s import Connection, K8sLevelSource, decision_from_object
+from elastiserve_serve.level_source_k8s import (
+    NODE_NAME_ENV,
+    Connection,
+    K8sLevelSource,
+    build_parser,
+    decision_from_object,
+)
 from elastiserve_serve.runtime.control import read_control_file
 from tests.operator.cluster_harness import GROUP, PLURAL, VERSION, install, token_kubeconfig
 
@@ -56,6 +62,26 @@ def test_node_cap_lowers_the_level(status: dict[str, Any], node: str | None, lev
 
 def test_no_level_without_active_level_even_with_a_cap() -> None:
     assert decision_from_object({"status": {"nodeCaps": {"n1": 0}}}, "n1") is None
+
+
+def test_pod_hands_the_agent_its_node_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The operator's Deployment sets the variable from the downward API; the agent reads it.
+    from elastiserve_operator.children import build_deployment
+    from elastiserve_operator.settings import OperatorSettings
+    from elastiserve_operator.spec import parse_spec
+
+    spec = parse_spec({"model": {"levelCount": 3, "source": {"localPath": "/m.mar"}},
+                       "objective": {"p95Ms": 100}})
+    pod = build_deployment(Owner("m", "ns", "u"), spec, OperatorSettings())
+    agent = next(c for c in pod["spec"]["template"]["spec"]["containers"]
+                 if c["name"] == "level-agent")
+    (env,) = agent["env"]
+    assert env == {"name": NODE_NAME_ENV,
+                   "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
+    monkeypatch.setenv(NODE_NAME_ENV, "jetson-orin-nano-0")
+    assert build_parser().parse_args(agent["args"]).node_name == "jetson-orin-nano-0"
+    monkeypatch.delenv(NODE_NAME_ENV)
+    assert build_parser().parse_args(agent["args"]).node_name is None
 
 
 def _status(crs: Any, namespace: str, name: str, level: int, **extra: Any) -> None:
