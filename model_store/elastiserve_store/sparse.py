@@ -249,3 +249,11 @@ def load_sparse(directory: str | Path) -> SparseArtifact:
     tensors = {name: decode(entry, parts, name) for name, entry in manifest["tensors"].items()}
     nonzeros = {name: int(entry["nnz"]) for name, entry in manifest["tensors"].items()}
     return SparseArtifact(tensors, manifest["metadata"], nonzeros)
+
+
+def dense_bytes(tensors: Mapping[str, torch.Tensor]) -> int:
+    """Bytes of ``tensors`` as one plain safetensors file: a dense level stored alone."""
+    with tempfile.TemporaryDirectory(prefix="elastiserve-size-") as tmp:
+        path = Path(tmp) / "level.safetensors"
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
+        return path.stat().st_size
