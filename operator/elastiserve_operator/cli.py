@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import dataclasses
 import os
+import sys
 from types import SimpleNamespace
 
 import kopf
@@ -40,7 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = settings_from_env(os.environ)
+    try:
+        settings = settings_from_env(os.environ)
+    except ValueError as error:
+        # A bad chart value: refuse to start (the pod crash-loops with this line in its
+        # log) rather than run every model on a value nobody meant.
+        print(f"elastiserve-operator: invalid setting: {error}", file=sys.stderr)
+        return 2
     overrides = {
         "prometheus_url": args.prometheus_url,
         "namespaces": tuple(args.namespace) if args.namespace else None,

@@ -43,6 +43,7 @@ from .reconcile import (
 )
 from .settings import OperatorSettings, settings_from_env
 from .signals.prometheus import PrometheusClient
+from .spec import SpecError, parse_spec
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +70,12 @@ def _runtime(memo: Any) -> Runtime:
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     """Configure kopf's storage and create the per-process clients."""
-    op: OperatorSettings = getattr(memo, "operator_settings", None) or settings_from_env(
-        os.environ
-    )
+    op: OperatorSettings | None = getattr(memo, "operator_settings", None)
+    if op is None:  # started by ``kopf run`` rather than our CLI
+        try:
+            op = settings_from_env(os.environ)
+        except ValueError as error:
+            raise kopf.PermanentError(f"invalid setting: {error}") from error
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=PREFIX, key="last-handled-configuration"
@@ -243,7 +247,7 @@ async def policy_loop(body: kopf.Body, memo: Any, stopped: kopf.DaemonStopped, *
     at most one interval before a new model's first decision.
     """
     runtime = _runtime(memo)
-    await stopped.wait(random.random() * _interval(body))
+    await stopped.wait(random.random() * _interval(runtime, body))
     while not stopped:
         try:
             await evaluate(runtime, body)
@@ -252,9 +256,14 @@ async def policy_loop(body: kopf.Body, memo: Any, stopped: kopf.DaemonStopped, *
         except ApiError as error:
             runtime.metrics.errors.labels("evaluate").inc()
             log.warning("evaluation of %s failed: %s", body["metadata"]["name"], error)
-        await stopped.wait(_interval(body))
+        await stopped.wait(_interval(runtime, body))
 
 
-def _interval(body: Mapping[str, Any]) -> float:
-    policy = (body.get("spec") or {}).get("policy") or {}
-    return float(policy.get("evaluationIntervalSeconds") or 5)
+def _interval(runtime: Runtime, body: Mapping[str, Any]) -> float:
+    """The model's effective interval: its own, else the operator's default (also for a
+    spec the operator refuses, which the reconcile reports)."""
+    defaults = runtime.settings.spec_defaults
+    try:
+        return float(parse_spec(body.get("spec"), defaults).policy.evaluation_interval_s)
+    except SpecError:
+        return float(defaults.policy.evaluation_interval_s)

@@ -39,7 +39,13 @@ from .settings import OperatorSettings
 from .signals.nodes import node_pressure, worst
 from .signals.prometheus import MetricsSource, gather_observation, render_query
 from .spec import ElasticModelSpec, SpecError, parse_spec
-from .status import evaluation_patch, reconcile_patch, restore_state, status_holds
+from .status import (
+    RECONCILE_OPTIONAL,
+    evaluation_patch,
+    reconcile_patch,
+    restore_state,
+    status_holds,
+)
 
 __all__ = [
     "POLICY_MANAGER",
@@ -132,7 +138,7 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any]) -> None:
     generation = int(body["metadata"].get("generation") or 0)
     status = body.get("status") or {}
     try:
-        spec = parse_spec(body.get("spec"))
+        spec = parse_spec(body.get("spec"), rt.settings.spec_defaults)
     except SpecError as error:
         rt.metrics.errors.labels("spec").inc()
         await _apply_status(rt, owner, reconcile_patch(status, generation, None, None,
@@ -143,7 +149,7 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any]) -> None:
     hopeful = reconcile_patch(status, generation, spec, rt.deployments.get(deployment_key),
                               None, time.time())
     status_write = None
-    if not status_holds(status, hopeful):
+    if not status_holds(status, hopeful, RECONCILE_OPTIONAL):
         status_write = asyncio.ensure_future(_apply_status(rt, owner, hopeful))
     # Two waves: a RoleBinding is checked against its Role (the API server refuses to bind
     # a Role it cannot find), so the Role goes first; within a wave, requests overlap.
@@ -245,7 +251,9 @@ async def refresh_ready(rt: Runtime, deployment: Mapping[str, Any]) -> None:
     owner = _owner(body)
     status = body.get("status") or {}
     try:
-        spec: ElasticModelSpec | None = parse_spec(body.get("spec"))
+        spec: ElasticModelSpec | None = parse_spec(
+            body.get("spec"), rt.settings.spec_defaults
+        )
     except SpecError:
         return  # the reconcile handler owns the InvalidSpec report
     patch = reconcile_patch(status, int(body["metadata"].get("generation") or 0), spec,
@@ -297,7 +305,7 @@ async def evaluate(rt: Runtime, body: Mapping[str, Any]) -> Decision | None:
     started = time.perf_counter()
     owner = _owner(body)
     try:
-        spec = parse_spec(body.get("spec"))
+        spec = parse_spec(body.get("spec"), rt.settings.spec_defaults)
     except SpecError:
         return None  # reported by the reconcile handler as Degraded
     status = body.get("status") or {}

@@ -8,12 +8,15 @@ pure (a mapping in, a frozen dataclass out) so that tests build settings without
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from .signals.prometheus import DEFAULT_LATENCY_QUERY, DEFAULT_RATE_QUERY
+from .spec import SpecDefaults, SpecError, parse_defaults
 
-__all__ = ["ENV", "OperatorSettings", "settings_from_env"]
+__all__ = ["DEFAULTS_ENV", "ENV", "OperatorSettings", "defaults_from_env", "settings_from_env"]
 
 ENV = {
     "prometheus_url": "ELASTISERVE_PROMETHEUS_URL",
@@ -28,6 +31,67 @@ ENV = {
     "node_pressure": "ELASTISERVE_NODE_PRESSURE",
 }
 """Setting -> env var name (the chart's contract; the README of the chart lists them)."""
+
+
+def _integer(text: str) -> int:
+    """An integer, also written as a float with no fraction (``5.0``: how YAML may hand
+    a chart value over)."""
+    try:
+        return int(text)
+    except ValueError:
+        number = float(text)
+        if not number.is_integer():
+            raise ValueError(f"not an integer: {text!r}") from None
+        return int(number)
+
+
+DEFAULTS_ENV: Mapping[str, tuple[str, Callable[[str], Any]]] = {
+    "ELASTISERVE_DEFAULT_OBJECTIVE_P95_MS": ("objective.p95Ms", _integer),
+    "ELASTISERVE_DEFAULT_POLICY_MODE": ("policy.mode", str.strip),
+    "ELASTISERVE_DEFAULT_EVALUATION_INTERVAL_SECONDS": (
+        "policy.evaluationIntervalSeconds", _integer),
+    "ELASTISERVE_DEFAULT_STABLE_WINDOW_SECONDS": ("policy.stableWindowSeconds", _integer),
+    "ELASTISERVE_DEFAULT_PANIC_WINDOW_SECONDS": ("policy.panicWindowSeconds", _integer),
+    "ELASTISERVE_DEFAULT_PANIC_THRESHOLD": ("policy.panicThreshold", float),
+    "ELASTISERVE_DEFAULT_TOLERANCE": ("policy.tolerance", float),
+    "ELASTISERVE_DEFAULT_HEADROOM": ("policy.headroom", float),
+    "ELASTISERVE_DEFAULT_WIDEN_STABILIZATION_SECONDS": (
+        "policy.widenStabilizationSeconds", _integer),
+    "ELASTISERVE_DEFAULT_SETTLE_SECONDS": ("policy.settleSeconds", _integer),
+    "ELASTISERVE_DEFAULT_STALE_AFTER_SECONDS": ("policy.staleAfterSeconds", _integer),
+    "ELASTISERVE_NODE_PRESSURE_CPU_FRACTION": ("nodePressure.cpuFraction", float),
+    "ELASTISERVE_NODE_PRESSURE_MEMORY_FRACTION": ("nodePressure.memoryFraction", float),
+    "ELASTISERVE_NODE_PRESSURE_TEMPERATURE_CELSIUS": ("nodePressure.temperatureCelsius", float),
+    "ELASTISERVE_NODE_PRESSURE_GPU_LOAD_PERCENT": ("nodePressure.gpuLoadPercent", float),
+}
+"""Env var -> (the chart-defaulted spec field it supplies, its parser). The PromQL
+defaults are ``ENV['latency_query']`` and ``ENV['rate_query']``."""
+
+
+def defaults_from_env(env: Mapping[str, str]) -> SpecDefaults:
+    """The values a CR's chart-defaulted fields get when it leaves them out.
+
+    Unset or empty variables keep the built-in value (the chart's own default). Each value
+    is checked with the spec's own ranges and relations (``spec.parse_defaults``): a
+    default no CR could set is refused. Raises ``ValueError`` naming the variable, so that
+    the operator refuses to start instead of failing every model later.
+    """
+    raw: dict[str, dict[str, Any]] = {}
+    for var, (path, parse) in DEFAULTS_ENV.items():
+        text = env.get(var)
+        if not text:
+            continue
+        section, key = path.split(".")
+        try:
+            raw.setdefault(section, {})[key] = parse(text)
+        except ValueError as error:
+            raise ValueError(f"{var}: {error}") from error
+    try:
+        return parse_defaults(raw)
+    except SpecError as error:
+        var = next((v for v, (path, _) in DEFAULTS_ENV.items() if path == error.path),
+                   error.path)
+        raise ValueError(f"{var}: {error.message}") from error
 
 
 @dataclass(frozen=True)
@@ -48,6 +112,15 @@ class OperatorSettings:
     peering: str = ""
     prometheus_timeout_s: float = 5.0
     node_pressure: bool = True
+    defaults: SpecDefaults = field(default_factory=SpecDefaults)
+
+    @property
+    def spec_defaults(self) -> SpecDefaults:
+        """What a CR's left-out chart-defaulted fields get, the PromQL defaults included
+        (so that a model's effective spec names the queries it runs)."""
+        return dataclasses.replace(
+            self.defaults, latency_query=self.latency_query, request_rate_query=self.rate_query
+        )
 
 
 def _flag(value: str) -> bool:
@@ -79,6 +152,7 @@ def settings_from_env(env: Mapping[str, str]) -> OperatorSettings:
         raise ValueError(f"malformed ELASTISERVE_* setting: {error}") from error
     if not 0 <= port <= 65535:
         raise ValueError(f"{ENV['metrics_port']} must be a port number, got {port}")
+    defaults = defaults_from_env(env)
     namespaces = tuple(n.strip() for n in (get("namespaces") or "").split(",") if n.strip())
     return OperatorSettings(
         prometheus_url=get("prometheus_url") or base.prometheus_url,
@@ -91,4 +165,5 @@ def settings_from_env(env: Mapping[str, str]) -> OperatorSettings:
         peering=get("peering") or "",
         prometheus_timeout_s=timeout,
         node_pressure=pressure,
+        defaults=defaults,
     )

@@ -12,8 +12,20 @@ nested dicts. Two reasons to mirror the CRD rather than trust it:
 
 Parsing is pure: ``parse_spec(dict) -> ElasticModelSpec`` raises ``SpecError``; it never
 touches the cluster. ``check_update(old, new)`` mirrors the CRD's transition rules
-(immutable fields). The defaults below are the single source of truth; a test checks that
-the CRD's ``default:`` values agree with them.
+(immutable fields).
+
+Two kinds of defaults:
+
+* ``DEFAULTS``: applied by the API server (the CRD's ``default:`` values; a test keeps
+  them equal), for fields a cluster has no reason to tune (replicas, serving knobs...);
+* ``SpecDefaults``: the *chart-defaulted* fields (``CHART_DEFAULTED``: the objective, the
+  policy mode, windows and thresholds, the node-pressure thresholds, the PromQL). The CRD
+  injects nothing for them, so "unset" stays visible in the object, and the operator fills
+  them from its settings (the chart's ``ELASTISERVE_DEFAULT_*``). The merged result records
+  which fields came from the defaults (``ElasticModelSpec.defaulted``), and a relation
+  between a spec value and a default that CEL could not see (it only sees the object) is
+  refused here with both values named, so the operator reports it as ``InvalidSpec``
+  instead of clamping anything.
 
 Wiring (for the kopf handlers): call ``parse_spec(body["spec"])`` at the top of each
 handler and turn ``SpecError`` into ``kopf.PermanentError`` (retrying cannot fix a bad
@@ -30,6 +42,7 @@ from enum import Enum
 from typing import Any
 
 __all__ = [
+    "CHART_DEFAULTED",
     "DEFAULTS",
     "ElasticModelSpec",
     "LevelBounds",
@@ -43,9 +56,11 @@ __all__ = [
     "ProfileEntry",
     "PvcSource",
     "ServingSettings",
+    "SpecDefaults",
     "SpecError",
     "UrlSource",
     "check_update",
+    "parse_defaults",
     "parse_spec",
 ]
 
@@ -74,30 +89,39 @@ class PolicyMode(str, Enum):
     STEP = "Step"
 
 
-# --- Defaults: mirrored in crd/elasticmodels.yaml (tests/operator/test_crd.py checks). ---
+# --- Defaults the API server applies: mirrored in crd/elasticmodels.yaml (test_crd.py). ---
 DEFAULTS: Mapping[str, Any] = {
     "replicas": 1,
     "allowRequestPinning": False,
     "levels.minLevel": 0,
-    "policy.mode": PolicyMode.PREDICTIVE.value,
-    "policy.evaluationIntervalSeconds": 5,
-    "policy.stableWindowSeconds": 60,
-    "policy.panicWindowSeconds": 6,
-    "policy.panicThreshold": 2.0,
-    "policy.tolerance": 0.1,
-    "policy.headroom": 0.2,
-    "policy.widenStabilizationSeconds": 300,
-    "policy.settleSeconds": 30,
-    "policy.staleAfterSeconds": 60,
     "nodePressure.enabled": True,
-    "nodePressure.cpuFraction": 0.9,
-    "nodePressure.memoryFraction": 0.9,
-    "nodePressure.temperatureCelsius": 85.0,
-    "nodePressure.gpuLoadPercent": 95.0,
     "serving.workers": 1,
     "serving.batchSize": 1,
     "serving.maxBatchDelayMs": 10,
 }
+
+CHART_DEFAULTED: tuple[str, ...] = (
+    "objective.p95Ms",
+    "objective.latencyQuery",
+    "objective.requestRateQuery",
+    "policy.mode",
+    "policy.evaluationIntervalSeconds",
+    "policy.stableWindowSeconds",
+    "policy.panicWindowSeconds",
+    "policy.panicThreshold",
+    "policy.tolerance",
+    "policy.headroom",
+    "policy.widenStabilizationSeconds",
+    "policy.settleSeconds",
+    "policy.staleAfterSeconds",
+    "nodePressure.cpuFraction",
+    "nodePressure.memoryFraction",
+    "nodePressure.temperatureCelsius",
+    "nodePressure.gpuLoadPercent",
+)
+"""Fields (relative to ``spec``) with no CRD default: a CR that leaves one out gets the
+operator's value (``SpecDefaults``, from the chart). A test checks the CRD has no
+``default:`` for any of them."""
 
 _SHA256 = re.compile(r"^[a-f0-9]{64}$")
 _URL = re.compile(r"^https?://[^\s/$.?#][^\s]*$")
@@ -230,6 +254,25 @@ class ElasticModelSpec:
     node_pressure: NodePressureThresholds = NodePressureThresholds()
     serving: ServingSettings = ServingSettings()
     allow_request_pinning: bool = False
+    defaulted: frozenset[str] = frozenset()
+    """Which ``CHART_DEFAULTED`` fields the spec left out (filled from ``SpecDefaults``)."""
+
+
+@dataclass(frozen=True)
+class SpecDefaults:
+    """Values for the chart-defaulted fields a CR leaves out (the operator's settings).
+
+    The built-in values equal the chart's ``values.yaml`` (a chart test checks), so the
+    cluster-less mode and an operator started without the chart behave like a default
+    install. ``objective_p95_ms=None``: no default objective, every CR must set one.
+    ``None`` queries: the caller's own (the local loop passes its queries explicitly).
+    """
+
+    objective_p95_ms: int | None = 100
+    latency_query: str | None = None
+    request_rate_query: str | None = None
+    policy: PolicySettings = PolicySettings()
+    node_pressure: NodePressureThresholds = NodePressureThresholds()
 
 
 # --------------------------------------------------------------------------- reading helpers
@@ -422,17 +465,30 @@ def _parse_levels(r: _Reader, level_count: int) -> LevelBounds:
     return LevelBounds(min_level=min_level, max_level=max_level, initial_level=initial)
 
 
-def _parse_objective(r: _Reader) -> Objective:
+def _refusal(r: _Reader, key: str, message: str, values: Mapping[str, object]) -> SpecError:
+    """A broken relation at ``key``; names the values that came from the defaults.
+
+    The CEL rule with the same message only fires when the spec sets both fields; when one
+    side is a default, only this check sees the pair, so the message says which value the
+    operator supplied (the fix may be in the chart rather than in the CR).
+    """
+    supplied = [f"{name}={value}" for name, value in values.items() if not r.has(name)]
+    note = f" ({', '.join(supplied)} from the operator's defaults)" if supplied else ""
+    return SpecError(r.at(key), message + note)
+
+
+def _parse_objective(r: _Reader, defaults: SpecDefaults) -> Objective:
+    if not r.has("p95Ms") and defaults.objective_p95_ms is None:
+        raise SpecError(r.at("p95Ms"), "is required (the operator has no default objective)")
     return Objective(
-        p95_ms=r.integer("p95Ms", None, 1, 600_000),
-        latency_query=r.optional_string("latencyQuery"),
-        request_rate_query=r.optional_string("requestRateQuery"),
+        p95_ms=r.integer("p95Ms", defaults.objective_p95_ms, 1, 600_000),
+        latency_query=r.optional_string("latencyQuery") or defaults.latency_query,
+        request_rate_query=r.optional_string("requestRateQuery") or defaults.request_rate_query,
     )
 
 
-def _parse_policy(r: _Reader) -> PolicySettings:
-    d = DEFAULTS
-    mode_raw = r.raw.get("mode", d["policy.mode"])
+def _parse_policy(r: _Reader, d: PolicySettings) -> PolicySettings:
+    mode_raw = r.raw.get("mode", d.mode.value)
     try:
         mode = PolicyMode(mode_raw)
     except ValueError:
@@ -441,56 +497,56 @@ def _parse_policy(r: _Reader) -> PolicySettings:
     p = PolicySettings(
         mode=mode,
         evaluation_interval_s=r.integer(
-            "evaluationIntervalSeconds", d["policy.evaluationIntervalSeconds"], 1, 60
+            "evaluationIntervalSeconds", d.evaluation_interval_s, 1, 60
         ),
-        stable_window_s=r.integer("stableWindowSeconds", d["policy.stableWindowSeconds"], 6, 3600),
-        panic_window_s=r.integer("panicWindowSeconds", d["policy.panicWindowSeconds"], 1, 600),
+        stable_window_s=r.integer("stableWindowSeconds", d.stable_window_s, 6, 3600),
+        panic_window_s=r.integer("panicWindowSeconds", d.panic_window_s, 1, 600),
         panic_threshold=r.number(
-            "panicThreshold", d["policy.panicThreshold"], 1.0, 10.0, lo_exclusive=True
+            "panicThreshold", d.panic_threshold, 1.0, 10.0, lo_exclusive=True
         ),
-        tolerance=r.number("tolerance", d["policy.tolerance"], 0.0, 0.5),
-        headroom=r.number("headroom", d["policy.headroom"], 0.0, 0.9),
+        tolerance=r.number("tolerance", d.tolerance, 0.0, 0.5),
+        headroom=r.number("headroom", d.headroom, 0.0, 0.9),
         widen_stabilization_s=r.integer(
-            "widenStabilizationSeconds", d["policy.widenStabilizationSeconds"], 0, 3600
+            "widenStabilizationSeconds", d.widen_stabilization_s, 0, 3600
         ),
-        settle_s=r.integer("settleSeconds", d["policy.settleSeconds"], 0, 600),
-        stale_after_s=r.integer("staleAfterSeconds", d["policy.staleAfterSeconds"], 1, 3600),
+        settle_s=r.integer("settleSeconds", d.settle_s, 0, 600),
+        stale_after_s=r.integer("staleAfterSeconds", d.stale_after_s, 1, 3600),
     )
     # Relations: each mirrors one CEL rule on spec.policy in the CRD, same wording.
     if p.panic_window_s > p.stable_window_s:
-        raise SpecError(
-            r.at("panicWindowSeconds"), "panicWindowSeconds must be <= stableWindowSeconds"
-        )
+        raise _refusal(r, "panicWindowSeconds", "panicWindowSeconds must be <= stableWindowSeconds",
+                       {"panicWindowSeconds": p.panic_window_s,
+                        "stableWindowSeconds": p.stable_window_s})
     if p.evaluation_interval_s > p.panic_window_s:
-        raise SpecError(
-            r.at("evaluationIntervalSeconds"),
-            "evaluationIntervalSeconds must be <= panicWindowSeconds",
-        )
+        raise _refusal(r, "evaluationIntervalSeconds",
+                       "evaluationIntervalSeconds must be <= panicWindowSeconds",
+                       {"evaluationIntervalSeconds": p.evaluation_interval_s,
+                        "panicWindowSeconds": p.panic_window_s})
     if p.panic_threshold <= 1.0 + p.tolerance:
-        raise SpecError(r.at("panicThreshold"), "panicThreshold must be > 1 + tolerance")
+        raise _refusal(r, "panicThreshold", "panicThreshold must be > 1 + tolerance",
+                       {"panicThreshold": p.panic_threshold, "tolerance": p.tolerance})
     if p.settle_s > p.widen_stabilization_s:
-        raise SpecError(r.at("settleSeconds"), "settleSeconds must be <= widenStabilizationSeconds")
+        raise _refusal(r, "settleSeconds", "settleSeconds must be <= widenStabilizationSeconds",
+                       {"settleSeconds": p.settle_s,
+                        "widenStabilizationSeconds": p.widen_stabilization_s})
     if p.stale_after_s < p.evaluation_interval_s:
-        raise SpecError(
-            r.at("staleAfterSeconds"), "staleAfterSeconds must be >= evaluationIntervalSeconds"
-        )
+        raise _refusal(r, "staleAfterSeconds",
+                       "staleAfterSeconds must be >= evaluationIntervalSeconds",
+                       {"staleAfterSeconds": p.stale_after_s,
+                        "evaluationIntervalSeconds": p.evaluation_interval_s})
     return p
 
 
-def _parse_node_pressure(r: _Reader) -> NodePressureThresholds:
-    d = DEFAULTS
+def _parse_node_pressure(r: _Reader, d: NodePressureThresholds) -> NodePressureThresholds:
+    """Thresholds left out come from ``d`` (the operator's defaults); ``enabled`` from the CRD."""
     return NodePressureThresholds(
-        enabled=r.boolean("enabled", d["nodePressure.enabled"]),
-        cpu_fraction=r.number(
-            "cpuFraction", d["nodePressure.cpuFraction"], 0.0, 1.0, lo_exclusive=True
-        ),
+        enabled=r.boolean("enabled", DEFAULTS["nodePressure.enabled"]),
+        cpu_fraction=r.number("cpuFraction", d.cpu_fraction, 0.0, 1.0, lo_exclusive=True),
         memory_fraction=r.number(
-            "memoryFraction", d["nodePressure.memoryFraction"], 0.0, 1.0, lo_exclusive=True
+            "memoryFraction", d.memory_fraction, 0.0, 1.0, lo_exclusive=True
         ),
-        temperature_c=r.number(
-            "temperatureCelsius", d["nodePressure.temperatureCelsius"], 30.0, 120.0
-        ),
-        gpu_load_percent=r.number("gpuLoadPercent", d["nodePressure.gpuLoadPercent"], 1.0, 100.0),
+        temperature_c=r.number("temperatureCelsius", d.temperature_c, 30.0, 120.0),
+        gpu_load_percent=r.number("gpuLoadPercent", d.gpu_load_percent, 1.0, 100.0),
     )
 
 
@@ -519,35 +575,75 @@ def _parse_serving(r: _Reader) -> ServingSettings:
 # --------------------------------------------------------------------------- entry points
 
 
-def parse_spec(raw: object) -> ElasticModelSpec:
-    """Default and validate ``raw`` (the CR's ``spec``) exactly as the CRD does.
+def _missing(raw: Mapping[str, Any], dotted: str) -> bool:
+    node: object = raw
+    for key in dotted.split("."):
+        if not isinstance(node, Mapping) or node.get(key) is None:
+            return True
+        node = node[key]
+    return False
 
-    Raises ``SpecError`` naming the first offending field. The order of checks follows the
-    document (model, levels, objective, ...) so the message is stable for a given input.
+
+def parse_spec(raw: object, defaults: SpecDefaults | None = None) -> ElasticModelSpec:
+    """Default and validate ``raw`` (the CR's ``spec``) as the CRD and the operator do.
+
+    ``defaults`` fill the chart-defaulted fields the spec leaves out (``SpecDefaults()``,
+    the chart's own defaults, when not given). Raises ``SpecError`` naming the first
+    offending field. The order of checks follows the document (model, levels, objective,
+    ...) so the message is stable for a given input.
     """
+    d = defaults if defaults is not None else SpecDefaults()
     r = _Reader(raw, "spec")
     model = _parse_model(r.sub("model", required=True))
     levels = _parse_levels(r.sub("levels"), model.level_count)
-    objective = _parse_objective(r.sub("objective", required=True))
+    objective_r = r.sub("objective")
     spec = ElasticModelSpec(
         model=model,
         levels=levels,
-        objective=objective,
+        objective=_parse_objective(objective_r, d),
         replicas=r.integer("replicas", DEFAULTS["replicas"], 0, 1000),
-        policy=_parse_policy(r.sub("policy")),
-        node_pressure=_parse_node_pressure(r.sub("nodePressure")),
+        policy=_parse_policy(r.sub("policy"), d.policy),
+        node_pressure=_parse_node_pressure(r.sub("nodePressure"), d.node_pressure),
         serving=_parse_serving(r.sub("serving")),
         allow_request_pinning=r.boolean("allowRequestPinning", DEFAULTS["allowRequestPinning"]),
+        defaulted=frozenset(path for path in CHART_DEFAULTED if _missing(r.raw, path)),
     )
     if spec.serving.max_batch_delay_ms >= spec.objective.p95_ms:
+        note = ""
+        if not objective_r.has("p95Ms"):
+            note = f" (objective.p95Ms={spec.objective.p95_ms} from the operator's defaults)"
         raise SpecError(
             "spec.serving.maxBatchDelayMs",
-            "maxBatchDelayMs must be < objective.p95Ms (a batch wait alone would break it)",
+            "maxBatchDelayMs must be < objective.p95Ms (a batch wait alone would break it)"
+            + note,
         )
     return spec
 
 
-def check_update(old: object, new: object) -> ElasticModelSpec:
+def parse_defaults(raw: Mapping[str, Any]) -> SpecDefaults:
+    """Validate operator defaults given in the spec's own shape, with the spec's rules.
+
+    ``raw`` holds ``objective`` (``p95Ms``, queries), ``policy`` and ``nodePressure``
+    sections; what it leaves out keeps the built-in value. The same ranges and relations
+    as a CR's apply (a default that no CR could set is refused), and a ``SpecError`` path
+    is relative to ``raw`` (``policy.tolerance``) so the caller can name its own source.
+    """
+    r = _Reader(raw, "")
+    builtin = SpecDefaults()
+    objective = r.sub("objective")
+    policy = _parse_policy(r.sub("policy"), builtin.policy)
+    return SpecDefaults(
+        objective_p95_ms=objective.integer("p95Ms", builtin.objective_p95_ms, 1, 600_000),
+        latency_query=objective.optional_string("latencyQuery"),
+        request_rate_query=objective.optional_string("requestRateQuery"),
+        policy=policy,
+        node_pressure=_parse_node_pressure(r.sub("nodePressure"), builtin.node_pressure),
+    )
+
+
+def check_update(
+    old: object, new: object, defaults: SpecDefaults | None = None
+) -> ElasticModelSpec:
     """Validate ``new`` as an update of ``old`` (the CRD's transition rules).
 
     ``model.levelCount`` is immutable: ``status.activeLevel``, the policy state and every
@@ -555,8 +651,8 @@ def check_update(old: object, new: object) -> ElasticModelSpec:
     is a different ``ElasticModel``. The source itself may change (a retrained bundle with
     the same levels rolls out like a new image).
     """
-    new_spec = parse_spec(new)
-    old_spec = parse_spec(old)
+    new_spec = parse_spec(new, defaults)
+    old_spec = parse_spec(old, defaults)
     if old_spec.model.level_count != new_spec.model.level_count:
         raise SpecError("spec.model.levelCount", "levelCount is immutable")
     return new_spec

@@ -7,7 +7,9 @@ status through server-side apply with distinct field managers, so neither needs 
 and re-send what the other owns (``conditions`` is a map-list keyed by ``type``):
 
 * ``reconcile_patch`` (create/update/resume and Deployment changes): ``observedGeneration``,
-  ``readyReplicas`` and the ``Ready``/``Degraded`` conditions;
+  ``readyReplicas``, ``effectivePolicy`` (the objective, policy and node-pressure values the
+  model runs with, and for each chart-defaulted one whether the spec or the operator's
+  default supplied it) and the ``Ready``/``Degraded`` conditions;
 * ``evaluation_patch`` (the policy loop): the levels, the latency readings, the policy
   state, the last switch and the ``MetricsAvailable`` condition.
 
@@ -27,10 +29,12 @@ from typing import Any
 from .observation import Observation
 from .policy import Decision
 from .policy_state import PolicyState
-from .spec import ElasticModelSpec
+from .spec import CHART_DEFAULTED, ElasticModelSpec
 
 __all__ = [
+    "RECONCILE_OPTIONAL",
     "Condition",
+    "effective_policy",
     "evaluation_patch",
     "iso",
     "merge_conditions",
@@ -99,6 +103,50 @@ def ready_condition(
     return Condition("Ready", "False", "ReplicasNotReady", message, generation), ready
 
 
+def effective_policy(spec: ElasticModelSpec) -> dict[str, Any]:
+    """``status.effectivePolicy``: what the policy runs with, and where each value came from.
+
+    The CRD leaves the chart-defaulted fields unset, so the spec alone no longer says which
+    objective or windows a model has; this does (``kubectl get em`` prints the objective
+    from here). ``sources`` maps each chart-defaulted field (spec-relative path) to
+    ``spec`` or ``chartDefault``.
+    """
+    o, p, n = spec.objective, spec.policy, spec.node_pressure
+    objective: dict[str, Any] = {"p95Ms": o.p95_ms}
+    if o.latency_query is not None:
+        objective["latencyQuery"] = o.latency_query
+    if o.request_rate_query is not None:
+        objective["requestRateQuery"] = o.request_rate_query
+    values: dict[str, dict[str, Any]] = {
+        "objective": objective,
+        "policy": {
+            "mode": p.mode.value,
+            "evaluationIntervalSeconds": p.evaluation_interval_s,
+            "stableWindowSeconds": p.stable_window_s,
+            "panicWindowSeconds": p.panic_window_s,
+            "panicThreshold": p.panic_threshold,
+            "tolerance": p.tolerance,
+            "headroom": p.headroom,
+            "widenStabilizationSeconds": p.widen_stabilization_s,
+            "settleSeconds": p.settle_s,
+            "staleAfterSeconds": p.stale_after_s,
+        },
+        "nodePressure": {
+            "enabled": n.enabled,
+            "cpuFraction": n.cpu_fraction,
+            "memoryFraction": n.memory_fraction,
+            "temperatureCelsius": n.temperature_c,
+            "gpuLoadPercent": n.gpu_load_percent,
+        },
+    }
+    sources = {}
+    for path in CHART_DEFAULTED:
+        section, key = path.split(".")
+        if key in values[section]:
+            sources[path] = "chartDefault" if path in spec.defaulted else "spec"
+    return {**values, "sources": sources}
+
+
 def reconcile_patch(
     status: Mapping[str, Any],
     generation: int,
@@ -121,7 +169,14 @@ def reconcile_patch(
         "readyReplicas": ready_count,
         "conditions": merge_conditions(status.get("conditions") or [], [ready, degraded], now),
     }
+    if spec is not None:
+        patch["effectivePolicy"] = effective_policy(spec)
     return patch
+
+
+RECONCILE_OPTIONAL = ("effectivePolicy",)
+"""Status fields ``reconcile_patch`` leaves out to remove them (an invalid spec has no
+effective policy)."""
 
 
 def restore_state(status: Mapping[str, Any], spec: ElasticModelSpec, now: float) -> PolicyState:

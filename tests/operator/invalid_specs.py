@@ -110,8 +110,6 @@ INVALID_SPECS: tuple[InvalidSpec, ...] = (
     InvalidSpec("negative-min-level", _with("levels", {"minLevel": -1}),
                 "should be greater than or equal to 0", "spec.levels.minLevel", "schema"),
     # --- objective
-    InvalidSpec("objective-missing", _with("objective", {}),
-                "Required value", "spec.objective.p95Ms", "schema"),
     InvalidSpec("objective-zero", _with("objective.p95Ms", 0),
                 "should be greater than or equal to 1", "spec.objective.p95Ms", "schema"),
     InvalidSpec("objective-negative", _with("objective.p95Ms", -20),

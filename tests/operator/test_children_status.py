@@ -10,9 +10,17 @@ from elastiserve_operator.children import Owner, build_children, level_names, na
 from elastiserve_operator.observation import Observation
 from elastiserve_operator.policy import decide
 from elastiserve_operator.policy_state import PolicyState
-from elastiserve_operator.settings import ENV, OperatorSettings, settings_from_env
-from elastiserve_operator.spec import parse_spec
+from elastiserve_operator.settings import (
+    DEFAULTS_ENV,
+    ENV,
+    OperatorSettings,
+    defaults_from_env,
+    settings_from_env,
+)
+from elastiserve_operator.spec import CHART_DEFAULTED, SpecDefaults, parse_spec
 from elastiserve_operator.status import (
+    RECONCILE_OPTIONAL,
+    effective_policy,
     evaluation_patch,
     reconcile_patch,
     restore_state,
@@ -114,6 +122,34 @@ class TestStatus:
         assert restore_state({"policyState": {"version": 99}}, s, 60.0).level == 2
 
 
+class TestEffectivePolicy:
+    def test_values_and_where_each_came_from(self) -> None:
+        raw = spec(policy={"stableWindowSeconds": 90})
+        del raw["objective"]
+        settings = settings_from_env({"ELASTISERVE_DEFAULT_OBJECTIVE_P95_MS": "123"})
+        effective = effective_policy(parse_spec(raw, settings.spec_defaults))
+        assert effective["objective"]["p95Ms"] == 123
+        assert effective["objective"]["latencyQuery"] == settings.latency_query
+        assert effective["policy"]["stableWindowSeconds"] == 90
+        assert effective["policy"]["mode"] == "Predictive"
+        assert effective["nodePressure"]["cpuFraction"] == 0.9
+        sources = effective["sources"]
+        assert set(sources) == set(CHART_DEFAULTED)
+        assert sources["policy.stableWindowSeconds"] == "spec"
+        assert {v for k, v in sources.items() if k != "policy.stableWindowSeconds"} == {
+            "chartDefault"}
+
+    def test_reconcile_writes_it_and_an_invalid_spec_removes_it(self) -> None:
+        patch = reconcile_patch({}, 1, parse_spec(spec()), None, None, 1000.0)
+        assert patch["effectivePolicy"]["objective"]["p95Ms"] == 100
+        assert patch["effectivePolicy"]["sources"]["objective.p95Ms"] == "spec"
+        # Local mode passes no queries: the status then names none rather than a wrong one.
+        assert "latencyQuery" not in patch["effectivePolicy"]["objective"]
+        invalid = reconcile_patch(patch, 2, None, None, "spec.x: bad", 2000.0)
+        assert "effectivePolicy" not in invalid
+        assert not status_holds(patch, invalid, RECONCILE_OPTIONAL)
+
+
 class TestNoOpWrites:
     """A status write is skipped only when it would change nothing (``status_holds``)."""
 
@@ -167,3 +203,71 @@ class TestSettings:
     def test_bad_values_fail_at_start(self) -> None:
         with pytest.raises(ValueError, match="ELASTISERVE"):
             settings_from_env({ENV["metrics_port"]: "eighty"})
+
+
+class TestDefaultsFromEnv:
+    """The chart's ``ELASTISERVE_DEFAULT_*`` values, parsed and checked at start."""
+
+    def test_unset_means_the_builtin_defaults(self) -> None:
+        assert defaults_from_env({}) == SpecDefaults()
+        assert defaults_from_env({"ELASTISERVE_DEFAULT_TOLERANCE": ""}) == SpecDefaults()
+
+    def test_every_variable_reaches_its_field(self) -> None:
+        env = {
+            "ELASTISERVE_DEFAULT_OBJECTIVE_P95_MS": "250",
+            "ELASTISERVE_DEFAULT_POLICY_MODE": "Step",
+            "ELASTISERVE_DEFAULT_EVALUATION_INTERVAL_SECONDS": "2",
+            "ELASTISERVE_DEFAULT_STABLE_WINDOW_SECONDS": "90",
+            "ELASTISERVE_DEFAULT_PANIC_WINDOW_SECONDS": "4",
+            "ELASTISERVE_DEFAULT_PANIC_THRESHOLD": "3",
+            "ELASTISERVE_DEFAULT_TOLERANCE": "0.05",
+            "ELASTISERVE_DEFAULT_HEADROOM": "0.3",
+            "ELASTISERVE_DEFAULT_WIDEN_STABILIZATION_SECONDS": "600",
+            "ELASTISERVE_DEFAULT_SETTLE_SECONDS": "20",
+            "ELASTISERVE_DEFAULT_STALE_AFTER_SECONDS": "30",
+            "ELASTISERVE_NODE_PRESSURE_CPU_FRACTION": "0.8",
+            "ELASTISERVE_NODE_PRESSURE_MEMORY_FRACTION": "0.7",
+            "ELASTISERVE_NODE_PRESSURE_TEMPERATURE_CELSIUS": "75",
+            "ELASTISERVE_NODE_PRESSURE_GPU_LOAD_PERCENT": "90",
+        }
+        assert set(env) == set(DEFAULTS_ENV)
+        got = defaults_from_env(env)
+        p, n = got.policy, got.node_pressure
+        assert got.objective_p95_ms == 250 and p.mode.value == "Step"
+        assert (p.evaluation_interval_s, p.stable_window_s, p.panic_window_s) == (2, 90, 4)
+        assert (p.panic_threshold, p.tolerance, p.headroom) == (3.0, 0.05, 0.3)
+        assert (p.widen_stabilization_s, p.settle_s, p.stale_after_s) == (600, 20, 30)
+        assert (n.cpu_fraction, n.memory_fraction) == (0.8, 0.7)
+        assert (n.temperature_c, n.gpu_load_percent) == (75.0, 90.0)
+
+    def test_helm_may_hand_an_integer_over_as_a_float(self) -> None:
+        got = defaults_from_env({"ELASTISERVE_DEFAULT_OBJECTIVE_P95_MS": "123.0"})
+        assert got.objective_p95_ms == 123
+
+    @pytest.mark.parametrize(
+        ("env", "names"),
+        [
+            ({"ELASTISERVE_DEFAULT_OBJECTIVE_P95_MS": "fast"}, "OBJECTIVE_P95_MS"),
+            ({"ELASTISERVE_DEFAULT_OBJECTIVE_P95_MS": "0"}, "OBJECTIVE_P95_MS"),
+            ({"ELASTISERVE_DEFAULT_STABLE_WINDOW_SECONDS": "7.5"}, "STABLE_WINDOW_SECONDS"),
+            ({"ELASTISERVE_DEFAULT_POLICY_MODE": "Random"}, "POLICY_MODE"),
+            ({"ELASTISERVE_DEFAULT_TOLERANCE": "0.9"}, "TOLERANCE"),
+            ({"ELASTISERVE_NODE_PRESSURE_CPU_FRACTION": "1.5"}, "NODE_PRESSURE_CPU_FRACTION"),
+            # Relations between defaults: the same rules as a CR's.
+            ({"ELASTISERVE_DEFAULT_PANIC_WINDOW_SECONDS": "120"}, "PANIC_WINDOW_SECONDS"),
+            ({"ELASTISERVE_DEFAULT_PANIC_THRESHOLD": "1.05"}, "PANIC_THRESHOLD"),
+        ],
+    )
+    def test_a_bad_value_names_its_variable(self, env: dict[str, str], names: str) -> None:
+        with pytest.raises(ValueError, match=f"^ELASTISERVE_[A-Z_]*{names}: "):
+            settings_from_env(env)
+
+    def test_the_operator_refuses_to_start(self) -> None:
+        import subprocess
+        import sys
+
+        env = {"PATH": "/usr/bin:/bin", "ELASTISERVE_DEFAULT_TOLERANCE": "2"}
+        done = subprocess.run([sys.executable, "-m", "elastiserve_operator"], env=env,
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 2
+        assert "ELASTISERVE_DEFAULT_TOLERANCE" in done.stderr

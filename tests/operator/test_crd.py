@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 import elastiserve_operator
-from elastiserve_operator.spec import DEFAULTS
+from elastiserve_operator.spec import CHART_DEFAULTED, DEFAULTS
 
 from .invalid_specs import INVALID_SPECS
 
@@ -60,7 +60,8 @@ class TestShape:
         columns = {c["name"]: c["jsonPath"] for c in _version(crd)["additionalPrinterColumns"]}
         assert columns["Level"] == ".status.activeLevel"
         assert columns["P95 ms"] == ".status.p95Ms"
-        assert columns["Objective ms"] == ".spec.objective.p95Ms"
+        # The objective in effect: a spec may leave it to the operator's default.
+        assert columns["Objective ms"] == ".status.effectivePolicy.objective.p95Ms"
         assert columns["Ready"] == ".status.readyReplicas"
         assert columns["Age"] == ".metadata.creationTimestamp"
 
@@ -94,16 +95,34 @@ class TestInStepWithPython:
         for section in ("levels", "nodePressure", "serving"):
             assert _schema_at(root, f"spec.{section}")["default"] == {}
 
-    def test_policy_default_is_spelled_out_and_matches(self, crd: dict[str, Any]) -> None:
-        # The API server validates a default against the CEL rules as written, without
-        # filling nested defaults, so the policy section (which has rules) spells it out.
+    @pytest.mark.parametrize("key", CHART_DEFAULTED)
+    def test_chart_defaulted_fields_have_no_crd_default(
+        self, crd: dict[str, Any], key: str
+    ) -> None:
+        # Unset must stay visible in the object: the operator fills it from its settings.
         root = _version(crd)["schema"]["openAPIV3Schema"]
-        expected = {
-            key.split(".", 1)[1]: value
-            for key, value in DEFAULTS.items()
-            if key.startswith("policy.")
-        }
-        assert _schema_at(root, "spec.policy")["default"] == expected
+        assert "default" not in _schema_at(root, f"spec.{key}")
+        section = key.split(".")[0]
+        assert _schema_at(root, f"spec.{section}").get("default") in (None, {})
+
+    def test_nothing_outside_the_chart_defaulted_set_lost_its_default(
+        self, crd: dict[str, Any]
+    ) -> None:
+        assert not set(DEFAULTS) & set(CHART_DEFAULTED)
+        root = _version(crd)["schema"]["openAPIV3Schema"]
+        assert _schema_at(root, "spec")["required"] == ["model"]
+        assert "required" not in _schema_at(root, "spec.objective")
+
+    def test_cel_rules_on_chart_defaulted_fields_are_guarded(self, crd: dict[str, Any]) -> None:
+        # An unguarded rule on a field without a default fails on every object that
+        # leaves it out ("no such key"), i.e. it would refuse the minimal spec.
+        root = _version(crd)["schema"]["openAPIV3Schema"]
+        for rule in _schema_at(root, "spec.policy")["x-kubernetes-validations"]:
+            fields = [f for f in ("panicWindowSeconds", "stableWindowSeconds",
+                                  "evaluationIntervalSeconds", "panicThreshold", "tolerance",
+                                  "settleSeconds", "widenStabilizationSeconds",
+                                  "staleAfterSeconds") if f"self.{f}" in rule["rule"]]
+            assert fields and all(f"!has(self.{f})" in rule["rule"] for f in fields), rule
 
     @pytest.mark.parametrize(
         "case", [c for c in INVALID_SPECS if c.kind == "cel"], ids=lambda c: c.name

@@ -7,12 +7,17 @@ from typing import Any
 import pytest
 
 from elastiserve_operator.spec import (
+    CHART_DEFAULTED,
     LocalPathSource,
+    NodePressureThresholds,
     PolicyMode,
+    PolicySettings,
     PvcSource,
+    SpecDefaults,
     SpecError,
     UrlSource,
     check_update,
+    parse_defaults,
     parse_spec,
 )
 
@@ -45,6 +50,106 @@ class TestDefaults:
         raw = valid_spec()
         raw["policy"] = {"panicThreshold": 3}
         assert parse_spec(raw).policy.panic_threshold == 3.0
+
+
+CLUSTER = SpecDefaults(
+    objective_p95_ms=123,
+    latency_query="latency-q",
+    request_rate_query="rate-q",
+    policy=PolicySettings(mode=PolicyMode.STEP, stable_window_s=120, panic_window_s=10,
+                          evaluation_interval_s=2, tolerance=0.2),
+    node_pressure=NodePressureThresholds(cpu_fraction=0.75),
+)
+
+
+class TestChartDefaults:
+    """Fields the CRD leaves unset take the operator's defaults; the spec's own win."""
+
+    def test_left_out_fields_take_the_defaults_and_say_so(self) -> None:
+        raw = valid_spec()
+        del raw["objective"]
+        spec = parse_spec(raw, CLUSTER)
+        assert spec.objective.p95_ms == 123
+        assert spec.objective.latency_query == "latency-q"
+        assert spec.objective.request_rate_query == "rate-q"
+        assert spec.policy == CLUSTER.policy
+        assert spec.node_pressure.cpu_fraction == 0.75
+        assert spec.defaulted == frozenset(CHART_DEFAULTED)
+
+    def test_spec_values_win_field_by_field(self) -> None:
+        raw = valid_spec()
+        raw["objective"] = {"p95Ms": 80, "latencyQuery": "mine"}
+        raw["policy"] = {"mode": "Predictive", "panicWindowSeconds": 20}
+        raw["nodePressure"] = {"cpuFraction": 0.5}
+        spec = parse_spec(raw, CLUSTER)
+        assert (spec.objective.p95_ms, spec.objective.latency_query) == (80, "mine")
+        assert spec.objective.request_rate_query == "rate-q"
+        assert spec.policy.mode is PolicyMode.PREDICTIVE and spec.policy.panic_window_s == 20
+        assert spec.policy.stable_window_s == 120  # the cluster's, not the built-in 60
+        assert spec.node_pressure.cpu_fraction == 0.5
+        for path in ("objective.p95Ms", "objective.latencyQuery", "policy.mode",
+                     "policy.panicWindowSeconds", "nodePressure.cpuFraction"):
+            assert path not in spec.defaulted
+        assert {"objective.requestRateQuery", "policy.stableWindowSeconds"} <= spec.defaulted
+
+    def test_without_defaults_the_builtin_ones_equal_to_the_charts_apply(self) -> None:
+        raw = valid_spec()
+        del raw["objective"]
+        spec = parse_spec(raw)
+        assert spec.objective.p95_ms == 100 and spec.policy == PolicySettings()
+        assert spec.objective.latency_query is None  # the caller's own query
+
+    def test_no_default_objective_makes_it_required(self) -> None:
+        raw = valid_spec()
+        del raw["objective"]
+        with pytest.raises(SpecError, match="no default objective") as caught:
+            parse_spec(raw, SpecDefaults(objective_p95_ms=None))
+        assert caught.value.path == "spec.objective.p95Ms"
+
+    @pytest.mark.parametrize(
+        ("policy", "field", "says"),
+        [
+            ({"panicWindowSeconds": 150}, "spec.policy.panicWindowSeconds",
+             "stableWindowSeconds=120 from the operator's defaults"),
+            ({"stableWindowSeconds": 8}, "spec.policy.panicWindowSeconds",
+             "panicWindowSeconds=10 from the operator's defaults"),
+            ({"panicThreshold": 1.15}, "spec.policy.panicThreshold",
+             "tolerance=0.2 from the operator's defaults"),
+            ({"staleAfterSeconds": 1}, "spec.policy.staleAfterSeconds",
+             "evaluationIntervalSeconds=2 from the operator's defaults"),
+        ],
+    )
+    def test_a_spec_value_that_breaks_a_relation_with_a_default_is_refused(
+        self, policy: dict[str, Any], field: str, says: str
+    ) -> None:
+        # CEL sees only one side of each pair here and lets the object in; the operator
+        # must refuse it (reported as Degraded/InvalidSpec), not clamp it.
+        raw = valid_spec()
+        raw["policy"] = policy
+        with pytest.raises(SpecError, match=says) as caught:
+            parse_spec(raw, CLUSTER)
+        assert caught.value.path == field
+
+    def test_batch_delay_against_a_default_objective(self) -> None:
+        raw = valid_spec()
+        del raw["objective"]
+        raw["serving"] = {"maxBatchDelayMs": 150}
+        with pytest.raises(SpecError, match="p95Ms=123 from the operator's defaults"):
+            parse_spec(raw, CLUSTER)
+        assert parse_spec(raw, SpecDefaults(objective_p95_ms=200)).serving.max_batch_delay_ms == 150
+
+    def test_defaults_are_checked_with_the_specs_rules(self) -> None:
+        got = parse_defaults({"objective": {"p95Ms": 250}, "policy": {"mode": "Step"},
+                              "nodePressure": {"gpuLoadPercent": 80}})
+        assert got.objective_p95_ms == 250 and got.policy.mode is PolicyMode.STEP
+        assert got.node_pressure.gpu_load_percent == 80.0
+        assert parse_defaults({}) == SpecDefaults()
+        with pytest.raises(SpecError) as caught:
+            parse_defaults({"policy": {"settleSeconds": 400}})
+        assert caught.value.path == "policy.settleSeconds"
+        with pytest.raises(SpecError) as caught:
+            parse_defaults({"nodePressure": {"cpuFraction": 1.5}})
+        assert caught.value.path == "nodePressure.cpuFraction"
 
 
 class TestSources:
