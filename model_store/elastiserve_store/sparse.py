@@ -173,11 +173,13 @@ def write_sparse(directory: str | Path, tensors: Mapping[str, torch.Tensor],
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".sparse-", suffix=".tmp")
     os.close(fd)
     save_file(stored, tmp, metadata={"format": SPARSE_FORMAT})
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the artifact from a serving user
     os.replace(tmp, weights)
     manifest = {"format": SPARSE_FORMAT, "schema_version": SPARSE_SCHEMA_VERSION,
                 "weights": {"file": WEIGHTS_NAME, "sha256": integrity.sha256_file(weights)},
                 "tensors": entries, "metadata": dict(metadata or {})}
-    _atomic_write_text(directory / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
+    _atomic_write_text(directory / MANIFEST_NAME,
+                       json.dumps(manifest, separators=(",", ":")) + "\n")
     return size_on_disk(directory)
 
 
