@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from elastiserve_store import Manifest
+from elastiserve_store import LevelInfo, Manifest, architectures
+from elastiserve_store.sparse import dense_bytes
 
 
 def plot_accuracy_vs_macs(path: Path, series: Mapping[str, Sequence[tuple[float, float]]],
@@ -39,6 +40,13 @@ def plot_accuracy_vs_macs(path: Path, series: Mapping[str, Sequence[tuple[float,
     plt.close(fig)
 
 
+def level_size_bytes(manifest: Manifest, level: LevelInfo) -> int:
+    """Bytes one level takes on disk stored alone (a dense safetensors file of its tensors)."""
+    model = architectures.build(manifest.architecture, manifest.arch_args, level.widths,
+                                level.skipped_blocks)
+    return int(dense_bytes(model.state_dict()))
+
+
 def write_report(out_dir: Path, manifest: Manifest, metrics: Mapping[str, Any],
                  extra_series: Mapping[str, Sequence[tuple[float, float]]] | None = None
                  ) -> dict[str, Any]:
@@ -48,6 +56,7 @@ def write_report(out_dir: Path, manifest: Manifest, metrics: Mapping[str, Any],
         "name": lv.name, "channel_ratio": lv.channel_ratio, "macs": lv.macs,
         "macs_ratio": lv.macs / full_macs, "params": lv.params, "accuracy": lv.accuracy,
         "latency_ms_b1": lv.latency_ms_b1, "latency_ms_b32": lv.latency_ms_b32,
+        "size_bytes": level_size_bytes(manifest, lv),
     } for lv in manifest.levels]
     report = {
         "architecture": manifest.architecture,
