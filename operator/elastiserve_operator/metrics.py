@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import (
@@ -102,6 +103,19 @@ class OperatorMetrics:
         self.errors = Counter(
             "elastiserve_operator_errors", "Failures by stage.", ["stage"], registry=r
         )
+        self.node_caps = Gauge(
+            "elastiserve_operator_node_cap_level",
+            "Maximum level of a model's replicas on a hot node (no series: not capped).",
+            ["namespace", "name", "node"],
+            registry=r,
+        )
+        self.node_cap_changes = Counter(
+            "elastiserve_operator_node_cap_changes",
+            "Per-node caps set or stepped down (narrow), raised or lifted (widen).",
+            ["namespace", "name", "direction"],
+            registry=r,
+        )
+        self._capped: dict[tuple[str, str], set[str]] = {}
 
     def observe_request(self, method: str, seconds: float) -> None:
         self.api_requests.labels(method).observe(seconds)
@@ -114,10 +128,22 @@ class OperatorMetrics:
             await asyncio.sleep(period_s)
             self.loop_lag.observe(max(0.0, loop.time() - due))
 
+    def set_node_caps(self, namespace: str, name: str, caps: Mapping[str, int]) -> None:
+        """One series per capped node of the model; a lifted cap's series goes away."""
+        known = self._capped.setdefault((namespace, name), set())
+        for node in known - set(caps):
+            with contextlib.suppress(KeyError):
+                self.node_caps.remove(namespace, name, node)
+        for node, level in caps.items():
+            self.node_caps.labels(namespace, name, node).set(level)
+        self._capped[(namespace, name)] = set(caps)
+
     def forget(self, namespace: str, name: str) -> None:
         """Drop a deleted model's series so that the exposition does not grow forever."""
         with contextlib.suppress(KeyError):
             self.level.remove(namespace, name)
+        self.set_node_caps(namespace, name, {})
+        self._capped.pop((namespace, name), None)
 
     def serve(self, port: int, address: str = "0.0.0.0") -> None:
         """Expose ``/metrics`` on ``port`` from a background thread."""

@@ -180,14 +180,18 @@ def decide_caps(
     level: int,
     previous: Mapping[str, NodeCap],
     now: float,
+    *,
+    enabled: bool = True,
     margins: ReleaseMargins = RELEASE_MARGINS,
 ) -> CapsDecision:
     """The caps after this evaluation; see the module docstring for the rules.
 
-    ``level`` is the model-wide level before this evaluation's decision.
+    ``level`` is the model-wide level before this evaluation's decision; ``enabled``
+    False (the operator's ``ELASTISERVE_NODE_PRESSURE``) lifts every cap like the spec's
+    switch does.
     """
     limits = spec.node_pressure
-    if not limits.enabled:
+    if not (enabled and limits.enabled):
         lifted = tuple(
             CapChange(node, cap.level, None, f"node {node}: node pressure switched off; "
                       f"lifting the cap at {cap.level}")
@@ -234,11 +238,17 @@ def caps_status(decision: CapsDecision) -> dict[str, Any]:
         return {}
     return {
         "nodeCaps": decision.levels(),
-        "nodeCapState": {
-            node: {"level": cap.level, "changedAt": cap.changed_at, "coolSince": cap.cool_since}
-            for node, cap in sorted(decision.caps.items())
-        },
+        "nodeCapState": {node: _cap_state(cap) for node, cap in sorted(decision.caps.items())},
     }
+
+
+def _cap_state(cap: NodeCap) -> dict[str, Any]:
+    # No nulls: the API server prunes them, and then the status would never equal the
+    # patch (``status_holds``) and every evaluation would write it again.
+    state: dict[str, Any] = {"level": cap.level, "changedAt": cap.changed_at}
+    if cap.cool_since is not None:
+        state["coolSince"] = cap.cool_since
+    return state
 
 
 def caps_from_status(status: Mapping[str, Any], now: float) -> dict[str, NodeCap]:

@@ -24,7 +24,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -32,12 +32,13 @@ from .applied import AppliedChildren, key_of
 from .children import API_VERSION, KIND, MODEL_LABEL, Owner, build_children, model_name, names_for
 from .kube import FIELD_MANAGER, ApiError, ApiTransient, KubeApi, NotFound, resource_path
 from .metrics import OperatorMetrics
+from .node_caps import CapsDecision, caps_from_status, caps_status, decide_caps
 from .observation import NodePressure
 from .policy import Decision, decide
 from .profile import profile_from_spec
 from .settings import OperatorSettings
-from .signals.nodes import node_pressure, worst
-from .signals.prometheus import MetricsSource, gather_observation, render_query
+from .signals.node_readings import NodeReadings, hosting_nodes
+from .signals.prometheus import MetricsSource, VectorSource, gather_observation, render_query
 from .spec import ElasticModelSpec, SpecError, parse_spec
 from .status import (
     RECONCILE_OPTIONAL,
@@ -63,6 +64,7 @@ POLICY_MANAGER = "elastiserve-policy"
 """Field manager of the policy's part of the status (the reconcile part uses the default)."""
 
 NODE_CACHE_S = 5.0
+"""How long node readings (Node objects, NodeMetrics, exporter series) are reused."""
 
 CHILD_COUNT = 6
 """Children per model (``build_children``): ServiceAccount, Role, RoleBinding, ConfigMap,
@@ -81,8 +83,16 @@ class Runtime:
         default_factory=lambda: AppliedChildren(manager=FIELD_MANAGER)
     )
     deployments: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
-    _nodes: dict[str, tuple[float, NodePressure]] = field(default_factory=dict)
-    _node_metrics_api: bool = True
+    nodes: NodeReadings | None = None
+
+    def __post_init__(self) -> None:
+        if self.nodes is None:
+            # The exporter series come through the same Prometheus client when it can
+            # answer per-series queries (the real one can; a latency-only fake cannot).
+            vectors = (cast(VectorSource, self.prometheus)
+                       if hasattr(self.prometheus, "query_vector") else None)
+            self.nodes = NodeReadings(self.api, vectors, self.settings.node_exporter,
+                                      cache_s=NODE_CACHE_S)
 
 
 def _owner(body: Mapping[str, Any]) -> Owner:
@@ -267,37 +277,25 @@ async def refresh_ready(rt: Runtime, deployment: Mapping[str, Any]) -> None:
     await _apply_status(rt, owner, patch)
 
 
-async def _node_pressure(rt: Runtime, owner: Owner) -> NodePressure | None:
-    """Worst reading over the nodes that run this model's pods (cached a few seconds)."""
+async def _node_readings(rt: Runtime, owner: Owner) -> dict[str, NodePressure]:
+    """One reading per node that runs this model's pods (cached a few seconds)."""
+    assert rt.nodes is not None
     pods = await rt.api.list(
         resource_path("v1", "Pod", owner.namespace),
         labelSelector=f"{MODEL_LABEL}={names_for(owner.name).service}",
     )
-    nodes = {p.get("spec", {}).get("nodeName") for p in pods} - {None, ""}
-    readings = []
-    now = time.monotonic()
-    for node in sorted(str(n) for n in nodes):
-        cached = rt._nodes.get(node)
-        if cached is not None and now - cached[0] < NODE_CACHE_S:
-            readings.append(cached[1])
-            continue
-        obj = await rt.api.get(resource_path("v1", "Node", None, node))
-        if obj is None:
-            continue
-        usage = None
-        if rt._node_metrics_api:
-            try:
-                usage = await rt.api.request(
-                    "GET", f"/apis/metrics.k8s.io/v1beta1/nodes/{node}"
-                )
-            except ApiError as error:
-                # No metrics-server (404 on the whole API) is normal on small clusters.
-                if error.status == 404 and "nodes" not in str(error):
-                    rt._node_metrics_api = False
-        reading = node_pressure(obj, usage)
-        rt._nodes[node] = (now, reading)
-        readings.append(reading)
-    return worst(readings)
+    return await rt.nodes.read(hosting_nodes(pods))
+
+
+async def _report_caps(rt: Runtime, body: Mapping[str, Any], caps: CapsDecision) -> None:
+    """Metrics, a log line and an Event per cap that moved (after the status says so)."""
+    owner = _owner(body)
+    rt.metrics.set_node_caps(owner.namespace, owner.name, caps.levels())
+    for change in caps.changes:
+        direction = "narrow" if change.narrowed else "widen"
+        rt.metrics.node_cap_changes.labels(owner.namespace, owner.name, direction).inc()
+        log.info("%s/%s: %s", owner.namespace, owner.name, change.reason)
+        await post_event(rt, body, change.event_reason, change.reason)
 
 
 async def evaluate(rt: Runtime, body: Mapping[str, Any]) -> Decision | None:
@@ -312,14 +310,19 @@ async def evaluate(rt: Runtime, body: Mapping[str, Any]) -> Decision | None:
     now = time.time()
     state = restore_state(status, spec, now)
     ready = status.get("readyReplicas")
-    node = None
+    readings = None  # unknown: every cap holds
     if rt.settings.node_pressure and spec.node_pressure.enabled and ready:
         try:
-            node = await _node_pressure(rt, owner)
+            readings = await _node_readings(rt, owner)
         except ApiError as error:
             rt.metrics.errors.labels("nodes").inc()
             log.warning("node pressure of %s/%s unavailable: %s", owner.namespace, owner.name,
                         error)
+    # Caps first: a hot node narrows its own replicas; only when every hosting node is hot
+    # does the pressure reach the model-wide policy (``node_caps``).
+    caps = decide_caps(readings, spec, state.level, caps_from_status(status, now), now,
+                       enabled=rt.settings.node_pressure)
+    node = caps.model_pressure
     model = model_name(owner, spec)
     fill = {"namespace": owner.namespace, "name": owner.name, "model": model}
     latency_q = render_query(spec.objective.latency_query or rt.settings.latency_query, **fill)
@@ -334,6 +337,7 @@ async def evaluate(rt: Runtime, body: Mapping[str, Any]) -> Decision | None:
     generation = int(body["metadata"].get("generation") or 0)
     patch = evaluation_patch(status, generation, decision, gathered.observation,
                              gathered.errors, now)
+    patch.update(caps_status(caps))
     if decision.changed or not status_holds(status, patch, POLICY_OPTIONAL):
         await _apply_status(rt, owner, patch, POLICY_MANAGER)
     rt.metrics.decisions.labels(decision.cause.value).inc()
@@ -345,10 +349,12 @@ async def evaluate(rt: Runtime, body: Mapping[str, Any]) -> Decision | None:
         log.info("%s/%s: level %d -> %d: %s", owner.namespace, owner.name,
                  decision.previous_level, decision.level, decision.reason)
         await post_event(rt, body, decision.cause.value, decision.reason)
+    await _report_caps(rt, body, caps)
     return decision
 
 
-POLICY_OPTIONAL = ("p95Ms", "requestRate", "lastSwitchTime", "lastSwitchReason")
+POLICY_OPTIONAL = ("p95Ms", "requestRate", "lastSwitchTime", "lastSwitchReason", "nodeCaps",
+                   "nodeCapState")
 """Status fields the policy's apply leaves out to remove them (see ``evaluation_patch``)."""
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .signals.nodes import ExporterNames, exporter_names_from_env
 from .signals.prometheus import DEFAULT_LATENCY_QUERY, DEFAULT_RATE_QUERY
 from .spec import SpecDefaults, SpecError, parse_defaults
 
@@ -113,6 +114,9 @@ class OperatorSettings:
     prometheus_timeout_s: float = 5.0
     node_pressure: bool = True
     defaults: SpecDefaults = field(default_factory=SpecDefaults)
+    node_exporter: ExporterNames = field(default_factory=ExporterNames)
+    """Per-node exporter series (Jetson temperature/GPU load...); env names in
+    ``signals.nodes.EXPORTER_ENV`` (the chart's ``nodePressure.metrics``)."""
 
     @property
     def spec_defaults(self) -> SpecDefaults:
@@ -153,6 +157,7 @@ def settings_from_env(env: Mapping[str, str]) -> OperatorSettings:
     if not 0 <= port <= 65535:
         raise ValueError(f"{ENV['metrics_port']} must be a port number, got {port}")
     defaults = defaults_from_env(env)
+    node_exporter = exporter_names_from_env(env)
     namespaces = tuple(n.strip() for n in (get("namespaces") or "").split(",") if n.strip())
     return OperatorSettings(
         prometheus_url=get("prometheus_url") or base.prometheus_url,
@@ -166,4 +171,5 @@ def settings_from_env(env: Mapping[str, str]) -> OperatorSettings:
         prometheus_timeout_s=timeout,
         node_pressure=pressure,
         defaults=defaults,
+        node_exporter=node_exporter,
     )

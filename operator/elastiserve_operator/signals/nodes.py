@@ -42,7 +42,15 @@ from typing import Any
 
 from ..observation import NodePressure, finite_or_none
 
-__all__ = ["MIN_PLAUSIBLE_C", "ExporterNames", "node_pressure", "parse_quantity", "worst"]
+__all__ = [
+    "EXPORTER_ENV",
+    "MIN_PLAUSIBLE_C",
+    "ExporterNames",
+    "exporter_names_from_env",
+    "node_pressure",
+    "parse_quantity",
+    "worst",
+]
 
 MIN_PLAUSIBLE_C = -40.0
 """Below this a temperature is a switched-off sensor (Jetson reports -256), not a reading."""
@@ -89,6 +97,59 @@ class ExporterNames:
         named = (self.cpu_fraction, self.memory_fraction, self.temperature_c,
                  self.gpu_load_percent)
         return tuple(dict.fromkeys(n for n in named if n))
+
+
+EXPORTER_ENV = {
+    "cpu_fraction": "ELASTISERVE_NODE_CPU_FRACTION_METRIC",
+    "memory_fraction": "ELASTISERVE_NODE_MEMORY_FRACTION_METRIC",
+    "temperature_c": "ELASTISERVE_NODE_TEMPERATURE_METRIC",
+    "gpu_load_percent": "ELASTISERVE_NODE_GPU_LOAD_METRIC",
+    "node_label": "ELASTISERVE_NODE_METRICS_NODE_LABEL",
+    "max_age_s": "ELASTISERVE_NODE_METRICS_MAX_AGE_SECONDS",
+}
+"""``ExporterNames`` field -> env var (the chart's ``nodePressure.metrics`` values)."""
+
+_SELECTOR = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^{}]*\})?$")
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+def exporter_names_from_env(env: Mapping[str, str]) -> ExporterNames:
+    """``ExporterNames`` from ``ELASTISERVE_NODE_*`` variables.
+
+    A selector variable that is *set but empty* switches that reading off (the chart's
+    "empty = not read"); an unset one keeps the default. Raises ``ValueError`` naming the
+    variable for a selector that is not a metric name with optional matchers, a label
+    that is not a label name, or a non-positive age, because each ends up inside PromQL.
+    """
+    base = ExporterNames()
+    selectors: dict[str, str | None] = {}
+    for key in ("cpu_fraction", "memory_fraction", "temperature_c", "gpu_load_percent"):
+        var = EXPORTER_ENV[key]
+        if var not in env:
+            selectors[key] = getattr(base, key)
+            continue
+        text = env[var].strip()
+        if text and not _SELECTOR.match(text):
+            raise ValueError(f"{var}: not a series selector: {text!r}")
+        selectors[key] = text or None
+    label = env.get(EXPORTER_ENV["node_label"], "").strip() or base.node_label
+    if not _LABEL_NAME.match(label) or label.startswith("__"):
+        raise ValueError(f"{EXPORTER_ENV['node_label']}: not a label name: {label!r}")
+    age_text = env.get(EXPORTER_ENV["max_age_s"], "").strip()
+    try:
+        age = float(age_text) if age_text else base.max_age_s
+    except ValueError:
+        raise ValueError(f"{EXPORTER_ENV['max_age_s']}: not a number: {age_text!r}") from None
+    if not (math.isfinite(age) and age > 0):
+        raise ValueError(f"{EXPORTER_ENV['max_age_s']}: must be > 0, got {age_text!r}")
+    return ExporterNames(
+        cpu_fraction=selectors["cpu_fraction"],
+        memory_fraction=selectors["memory_fraction"],
+        temperature_c=selectors["temperature_c"],
+        gpu_load_percent=selectors["gpu_load_percent"],
+        node_label=label,
+        max_age_s=age,
+    )
 
 
 def parse_quantity(quantity: str | int | float) -> float:
