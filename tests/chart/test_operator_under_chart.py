@@ -6,6 +6,10 @@ This is how the namespace listing kopf does even when restricted to named namesp
 without it the operator retried for a minute. The operator's settings are the rendered
 ConfigMap's, except the ports (free loopback ports) and Prometheus (unreachable: the operator
 must then hold the level and say so, which needs its status permissions too).
+
+The release is installed with a non-default objective (``policy.objectiveP95Ms=123``), so the
+same operator also shows a chart default reaching a model that leaves the field out. One
+install and one operator serve every test here (module scope): each test uses its own models.
 """
 
 from __future__ import annotations
@@ -35,24 +39,27 @@ from elastiserve.testing.processes import wait_until
 pytestmark = [pytest.mark.controlplane, pytest.mark.slow]
 
 WAIT_S = 60.0
+CHART_OBJECTIVE_MS = 123
 
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def operator_under_chart(
-    control_plane: ControlPlane, tmp_path: Path
+    control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[ControlPlane, str, Path]]:
     """Chart installed for one namespace; the operator running with the chart's token."""
     plane = control_plane
+    tmp_path = tmp_path_factory.mktemp("under-chart")
     ensure_crds(plane)
     release_ns, team, release = unique("es"), unique("team"), unique("op")
     for name in (release_ns, team):
         plane.kubectl("create", "namespace", name)
     values = ChartValues(
-        set_values={"operator.replicas": 1, "operator.peering.name": release},
+        set_values={"operator.replicas": 1, "operator.peering.name": release,
+                    "policy.objectiveP95Ms": CHART_OBJECTIVE_MS},
         set_json={"watchNamespaces": [team]},
     )
     log_path = tmp_path / "operator.log"
@@ -139,6 +146,56 @@ def test_operator_reconciles_with_only_the_charts_permissions(
     log = log_path.read_text(encoding="utf-8", errors="replace")
     forbidden = [line for line in log.splitlines() if "Forbidden" in line or " 403" in line]
     assert forbidden == []
+
+
+def test_a_chart_default_reaches_a_model_that_leaves_the_field_out(
+    operator_under_chart: tuple[ControlPlane, str, Path],
+) -> None:
+    plane, team, log_path = operator_under_chart
+    source = {"levelCount": 3, "source": {"localPath": "/models/m.mar"}}
+    models = [
+        {"metadata": {"name": "defaulted", "namespace": team},
+         "spec": {"model": source, "policy": {"stableWindowSeconds": 90}}},
+        # CEL sees one side of the pair only (the stable window is the chart's 60 s).
+        {"metadata": {"name": "conflicting", "namespace": team},
+         "spec": {"model": source, "policy": {"panicWindowSeconds": 90}}},
+    ]
+    for model in models:
+        body = {"apiVersion": "elastiserve.io/v1alpha1", "kind": "ElasticModel", **model}
+        plane.kubectl("create", "-f", "-", input=json.dumps(body))
+
+    def status(name: str) -> dict[str, Any]:
+        out = plane.kubectl("get", "elasticmodel", name, "-n", team, "-o", "json").stdout
+        body: dict[str, Any] = json.loads(out)
+        assert "objective" not in body["spec"]  # the API server injected nothing
+        return body.get("status") or {}
+
+    def degraded(name: str) -> dict[str, Any] | None:
+        return {c["type"]: c for c in status(name).get("conditions", [])}.get("Degraded")
+
+    def detail() -> str:
+        return f"; operator log tail:\n{_tail(log_path)}"
+
+    wait_until(lambda: "effectivePolicy" in status("defaulted"), what="an effective policy",
+               timeout_s=WAIT_S, interval_s=0.5, detail=detail)
+    effective = status("defaulted")["effectivePolicy"]
+    assert effective["objective"]["p95Ms"] == CHART_OBJECTIVE_MS
+    assert effective["sources"]["objective.p95Ms"] == "chartDefault"
+    assert effective["policy"]["stableWindowSeconds"] == 90
+    assert effective["sources"]["policy.stableWindowSeconds"] == "spec"
+    assert effective["policy"]["panicWindowSeconds"] == 6  # the chart's value
+    table = plane.kubectl("get", "elasticmodel", "defaulted", "-n", team).stdout.splitlines()
+    start = table[0].index("OBJECTIVE MS")  # columns are left-aligned; some are empty yet
+    assert table[1][start:].split()[0] == str(CHART_OBJECTIVE_MS), table
+
+    wait_until(lambda: degraded("conflicting") is not None, what="the conflict reported",
+               timeout_s=WAIT_S, interval_s=0.5, detail=detail)
+    condition = degraded("conflicting")
+    assert condition is not None
+    assert (condition["status"], condition["reason"]) == ("True", "InvalidSpec")
+    assert "panicWindowSeconds must be <= stableWindowSeconds" in condition["message"]
+    assert "stableWindowSeconds=60 from the operator's defaults" in condition["message"]
+    assert "effectivePolicy" not in status("conflicting")
 
 
 def _tail(path: Path, lines: int = 20) -> str:

@@ -359,8 +359,8 @@ READ_BY_OPERATOR = {
     "ELASTISERVE_SERVING_IMAGE": "ghcr.io/elastiserve/serving:0.1.0",
 }
 QUERIES = ("ELASTISERVE_LATENCY_QUERY", "ELASTISERVE_RATE_QUERY")
-# Cluster defaults the chart also hands over for what an ElasticModel leaves out.
-CLUSTER_DEFAULTS = {
+# The defaults for what an ElasticModel leaves out (its DEFAULTS_ENV table).
+POLICY_DEFAULTS = {
     "ELASTISERVE_DEFAULT_OBJECTIVE_P95_MS": "100",
     "ELASTISERVE_DEFAULT_POLICY_MODE": "Predictive",
     "ELASTISERVE_DEFAULT_EVALUATION_INTERVAL_SECONDS": "5",
@@ -376,6 +376,9 @@ CLUSTER_DEFAULTS = {
     "ELASTISERVE_NODE_PRESSURE_MEMORY_FRACTION": "0.9",
     "ELASTISERVE_NODE_PRESSURE_TEMPERATURE_CELSIUS": "85",
     "ELASTISERVE_NODE_PRESSURE_GPU_LOAD_PERCENT": "95",
+}
+# Handed over for the serving pods and the node exporters.
+CLUSTER_DEFAULTS = {
     "ELASTISERVE_NODE_CPU_FRACTION_METRIC": "instance:node_cpu_utilisation:rate5m",
     "ELASTISERVE_NODE_MEMORY_FRACTION_METRIC": "instance:node_memory_utilisation:ratio",
     "ELASTISERVE_NODE_TEMPERATURE_METRIC": "jetson_temperature_celsius",
@@ -396,7 +399,7 @@ class TestSettingsReachTheOperator:
     ) -> None:
         settings = dict(operator_settings(default_objects))
         queries = {k: settings.pop(k) for k in QUERIES}
-        assert settings == {**READ_BY_OPERATOR, **CLUSTER_DEFAULTS}
+        assert settings == {**READ_BY_OPERATOR, **POLICY_DEFAULTS, **CLUSTER_DEFAULTS}
         container = one(default_objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
         (source,) = container["envFrom"]
         assert source["configMapRef"]["name"] == "es-elastiserve-operator"
@@ -405,6 +408,7 @@ class TestSettingsReachTheOperator:
     def test_names_match_the_operators_settings_table(self) -> None:
         settings = importlib.import_module("elastiserve_operator.settings")
         assert set(settings.ENV.values()) == set(READ_BY_OPERATOR) | set(QUERIES)
+        assert set(settings.DEFAULTS_ENV) == set(POLICY_DEFAULTS)
 
     def test_operator_parses_the_rendered_settings(
         self, default_objects: list[dict[str, Any]], jetson_objects: list[dict[str, Any]]
@@ -427,16 +431,33 @@ class TestSettingsReachTheOperator:
         assert settings["ELASTISERVE_LATENCY_QUERY"] == prometheus.DEFAULT_LATENCY_QUERY
         assert settings["ELASTISERVE_RATE_QUERY"] == prometheus.DEFAULT_RATE_QUERY
 
-    def test_policy_defaults_equal_the_crds(self) -> None:
-        values = yaml.safe_load((CHART_DIR / "values.yaml").read_text(encoding="utf-8"))
+    def test_policy_defaults_equal_the_operators_builtin_ones(
+        self, default_objects: list[dict[str, Any]]
+    ) -> None:
+        # An operator started without the chart (or the cluster-less mode) then behaves
+        # like a default install.
+        module = importlib.import_module("elastiserve_operator.settings")
+        spec = importlib.import_module("elastiserve_operator.spec")
+        parsed = module.defaults_from_env(operator_settings(default_objects))
+        assert parsed == spec.SpecDefaults()
+
+    def test_changed_policy_values_reach_the_operators_defaults(self) -> None:
+        module = importlib.import_module("elastiserve_operator.settings")
+        objects = render(ChartValues(set_values={
+            "policy.objectiveP95Ms": 123, "policy.mode": "Step", "policy.tolerance": 0.2,
+            "nodePressure.temperatureCelsius": 70}))
+        parsed = module.defaults_from_env(operator_settings(objects))
+        assert parsed.objective_p95_ms == 123 and parsed.policy.mode.value == "Step"
+        assert parsed.policy.tolerance == 0.2
+        assert parsed.node_pressure.temperature_c == 70.0
+
+    def test_the_crd_leaves_the_chart_defaulted_fields_unset(self) -> None:
+        spec_module = importlib.import_module("elastiserve_operator.spec")
         crd = yaml.safe_load(CRD.read_text(encoding="utf-8"))
         spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
-        policy_default = spec["properties"]["policy"]["default"]
-        chart_policy = {k: v for k, v in values["policy"].items() if k != "objectiveP95Ms"}
-        assert chart_policy == policy_default
-        pressure = spec["properties"]["nodePressure"]["properties"]
-        chart_pressure = {k: v for k, v in values["nodePressure"].items() if k != "metrics"}
-        assert chart_pressure == {k: p["default"] for k, p in pressure.items()}
+        for path in spec_module.CHART_DEFAULTED:
+            section, key = path.split(".")
+            assert "default" not in spec["properties"][section]["properties"][key], path
 
     def test_node_exporter_names_equal_the_operators(self) -> None:
         nodes = importlib.import_module("elastiserve_operator.signals.nodes")
