@@ -27,9 +27,10 @@ Two kinds of defaults:
   refused here with both values named, so the operator reports it as ``InvalidSpec``
   instead of clamping anything.
 
-Wiring (for the kopf handlers): call ``parse_spec(body["spec"])`` at the top of each
-handler and turn ``SpecError`` into ``kopf.PermanentError`` (retrying cannot fix a bad
-spec); the schema has already rejected most of these, so hitting one is a version skew.
+Wiring (for the kopf handlers): call ``parse_spec(body["spec"], settings.spec_defaults)``
+at the top of each handler and turn ``SpecError`` into ``kopf.PermanentError`` (retrying
+cannot fix a bad spec). The schema has already rejected most of these; what it cannot
+reject is a spec value that conflicts with one of the operator's defaults.
 """
 
 from __future__ import annotations
