@@ -7,7 +7,15 @@ from typing import Any
 import pytest
 
 from elastiserve_operator.observation import NodePressure
-from elastiserve_operator.signals.nodes import ExporterNames, node_pressure, parse_quantity, worst
+from elastiserve_operator.signals.node_series import per_node_query
+from elastiserve_operator.signals.nodes import (
+    EXPORTER_ENV,
+    ExporterNames,
+    exporter_names_from_env,
+    node_pressure,
+    parse_quantity,
+    worst,
+)
 
 
 def node(cpu: str = "4", memory: str = "8Gi", *, field: str = "allocatable") -> dict[str, Any]:
@@ -110,3 +118,45 @@ class TestNodePressure:
         )
         assert combined == NodePressure(0.8, 0.9, 70.0, None)
         assert worst([]) is None
+
+
+class TestExporterSettings:
+    def test_unset_keeps_defaults_and_empty_switches_a_reading_off(self) -> None:
+        assert exporter_names_from_env({}) == ExporterNames()
+        names = exporter_names_from_env({
+            EXPORTER_ENV["cpu_fraction"]: "",
+            EXPORTER_ENV["temperature_c"]: 'tegra_temp{zone!="PMIC"}',
+            EXPORTER_ENV["node_label"]: "instance",
+            EXPORTER_ENV["max_age_s"]: "30",
+        })
+        assert names.cpu_fraction is None
+        assert names.temperature_c == 'tegra_temp{zone!="PMIC"}'
+        assert (names.node_label, names.max_age_s) == ("instance", 30.0)
+        assert names.selectors() == (
+            "instance:node_memory_utilisation:ratio", 'tegra_temp{zone!="PMIC"}',
+            "jetson_usage_gpu",
+        )
+
+    @pytest.mark.parametrize(
+        ("key", "value"),
+        [
+            ("gpu_load_percent", "sum(jetson_usage_gpu)"),  # PromQL, not a selector
+            ("temperature_c", "a{b}}"),
+            ("node_label", "node-name"),
+            ("node_label", "__name__"),
+            ("max_age_s", "0"),
+            ("max_age_s", "soon"),
+        ],
+    )
+    def test_refuses_what_cannot_go_into_promql(self, key: str, value: str) -> None:
+        with pytest.raises(ValueError, match=EXPORTER_ENV[key]):
+            exporter_names_from_env({EXPORTER_ENV[key]: value})
+
+    def test_per_node_query_shape(self) -> None:
+        query = per_node_query('jetson_temperatures{temperature="gpu"}', "node", 60.0)
+        assert query == (
+            'max by (node) (jetson_temperatures{temperature="gpu"} unless '
+            '(time() - timestamp(jetson_temperatures{temperature="gpu"})) > 60)'
+        )
+        with pytest.raises(ValueError):
+            per_node_query("x", "bad label", 60.0)
