@@ -106,6 +106,16 @@ def test_elastiserve_lines_parse(argv: list[str]) -> None:
     assert callable(getattr(args, "func", None))
 
 
+def test_curl_lines_send_the_token_and_a_content_type() -> None:
+    """TorchServe refuses a request without the key (400), and reads a body sent as curl's
+    default form content type as an empty form (the handler answers 400 empty body)."""
+    curls = [words for words in shell_commands() if words[0] == "curl"]
+    assert curls
+    for words in curls:
+        assert any(w.startswith("Authorization: Bearer ") for w in words), words
+        assert any(w.lower().startswith("content-type:") for w in words), words
+
+
 # ----------------------------------------------------------------------- helm
 
 
