@@ -30,6 +30,8 @@ from elastiserve_operator.signals.nodes import ExporterNames
 from elastiserve_operator.signals.prometheus import PrometheusClient
 from elastiserve_operator.spec import parse_spec
 
+pytestmark = [pytest.mark.prometheus]
+
 NX, NANO, AGX = "jetson-orin-nx-0", "jetson-orin-nano-0", "jetson-agx-orin-0"
 
 
