@@ -110,12 +110,13 @@ def test_overheating_board_caps_only_its_replicas(
         "metadata": {"name": "m1"}, "spec": spec()})
 
     def status() -> dict[str, Any]:
-        obj: dict[str, Any] = crs.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "m1")
+        obj: Any = crs.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "m1")
         return dict(obj.get("status") or {})
 
     wait_for(lambda: status().get("readyReplicas") == 2 and status().get("activeLevel") == 2,
              "two ready replicas at level 2", timeout_s=60)
-    hosts = sorted({p.spec.node_name for p in core.list_namespaced_pod(ns).items})
+    pods: Any = core.list_namespaced_pod(ns).items
+    hosts: list[str] = sorted({str(p.spec.node_name) for p in pods})
     assert len(hosts) == 2 and set(hosts) <= set(JETSONS), hosts
     hot, cool = hosts
     assert "nodeCaps" not in status()  # 50 C, 20 % GPU: nothing to cap
