@@ -77,9 +77,23 @@ def _arch_args(data: Dataset, width_mult: float) -> dict[str, Any]:
             "width_mult": width_mult}
 
 
+def width_of(arch: str, args: argparse.Namespace) -> float:
+    """``--widths vgg16_bn=0.25`` overrides ``--width-mult`` for one architecture."""
+    return float(args.widths.get(arch, args.width_mult))
+
+
+def _widths(text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for item in text.split(","):
+        if item.strip():
+            name, _, value = item.partition("=")
+            out[name.strip()] = float(value)
+    return out
+
+
 def baseline(arch: str, data: Dataset, args: argparse.Namespace, cache: Cache
              ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    arch_args = _arch_args(data, args.width_mult)
+    arch_args = _arch_args(data, width_of(arch, args))
     path = args.work_dir / f"{arch}-baseline.safetensors"
     torch.manual_seed(args.seed)
     model = architectures.build(arch, arch_args)
@@ -135,7 +149,7 @@ def structured(arch: str, data: Dataset, args: argparse.Namespace, cache: Cache
     if cached is not None:
         return cached
     dense, info = baseline(arch, data, args, cache)
-    cfg = StructuredConfig(arch=arch, arch_args=_arch_args(data, args.width_mult),
+    cfg = StructuredConfig(arch=arch, arch_args=_arch_args(data, width_of(arch, args)),
                            regrow_importance=args.importance, init=args.init,
                            core_epochs=args.ft_epochs, grow_epochs=args.ft_epochs,
                            lr=args.ft_lr, batch_size=args.batch_size,
@@ -210,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--archs", default="vgg16_bn,resnet20")
     p.add_argument("--structured-arch", default="resnet20")
     p.add_argument("--width-mult", type=float, default=1.0)
+    p.add_argument("--widths", type=_widths, default={},
+                   help="per-architecture width multipliers, e.g. vgg16_bn=0.25,resnet20=0.5")
     p.add_argument("--data-path", type=Path, default=None)
     p.add_argument("--train-subset", type=int, default=None)
     p.add_argument("--test-subset", type=int, default=None)

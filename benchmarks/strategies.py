@@ -18,7 +18,7 @@ script skips finished runs. Writes ``benchmarks/results/strategies.json`` (``str
 of ``{name, levels: [{name, macs_ratio, size_bytes, acc}]}`` plus what was run and how long it
 took) and ``strategies.png``, and prints a table.
 
-    python benchmarks/strategies.py                       # the committed run (CPU, ~30 min)
+    python benchmarks/strategies.py                       # the committed run (CPU)
     python benchmarks/strategies.py --quick               # smoke size, a minute or two
 """
 
@@ -146,11 +146,11 @@ def _plot(path: Path, strategies: list[dict[str, Any]], title: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", default="resnet20")
-    p.add_argument("--width-mult", type=float, default=1.0)
+    p.add_argument("--width-mult", type=float, default=0.5)
     p.add_argument("--dataset", default="fashion-mnist")
-    p.add_argument("--train-subset", type=int, default=8000)
+    p.add_argument("--train-subset", type=int, default=4000)
     p.add_argument("--test-subset", type=int, default=2000)
-    p.add_argument("--epochs", type=float, default=3.0, help="baseline epochs")
+    p.add_argument("--epochs", type=float, default=2.0, help="baseline epochs")
     p.add_argument("--core-epochs", type=float, default=1.0)
     p.add_argument("--grow-epochs", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=128)

@@ -151,8 +151,9 @@ def _check(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace, data: Dataset, rank: int) -> int:
     """Train with this strategy and write the report (and bundle) under ``args.out``."""
-    if rank != 0:
-        print("elastiserve train: --strategy regrowth runs in one process", file=sys.stderr)
+    if rank != 0 or loop.world()[1] > 1:
+        print("elastiserve train: --strategy regrowth runs in one process (not under "
+              "torchrun)", file=sys.stderr)
         return 2
     try:
         _check(args)
