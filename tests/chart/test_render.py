@@ -381,8 +381,10 @@ POLICY_DEFAULTS = {
 CLUSTER_DEFAULTS = {
     "ELASTISERVE_NODE_CPU_FRACTION_METRIC": "instance:node_cpu_utilisation:rate5m",
     "ELASTISERVE_NODE_MEMORY_FRACTION_METRIC": "instance:node_memory_utilisation:ratio",
-    "ELASTISERVE_NODE_TEMPERATURE_METRIC": "jetson_temperature_celsius",
-    "ELASTISERVE_NODE_GPU_LOAD_METRIC": "jetson_gpu_load_percent",
+    "ELASTISERVE_NODE_TEMPERATURE_METRIC": "jetson_temperatures",
+    "ELASTISERVE_NODE_GPU_LOAD_METRIC": "jetson_usage_gpu",
+    "ELASTISERVE_NODE_METRICS_NODE_LABEL": "node",
+    "ELASTISERVE_NODE_METRICS_MAX_AGE_SECONDS": "60",
     "ELASTISERVE_SERVING_IMAGE_PULL_POLICY": "IfNotPresent",
     "ELASTISERVE_SERVING_RUNTIME_CLASS": "",
     "ELASTISERVE_SERVING_NODE_SELECTOR": "{}",
@@ -468,6 +470,8 @@ class TestSettingsReachTheOperator:
             "memoryFraction": names.memory_fraction,
             "temperatureCelsius": names.temperature_c,
             "gpuLoadPercent": names.gpu_load_percent,
+            "nodeLabel": names.node_label,
+            "maxAgeSeconds": names.max_age_s,
         }
 
     def test_watch_namespaces_reach_the_operator(
