@@ -35,7 +35,9 @@ gives capacity, "widen" gives accuracy):
    and always at least one level (the breach is evidence the model is optimistic);
    Step mode narrows one level.
 6. **Node pressure.** Any reading at or above its threshold blocks widening and narrows
-   one level per stable window.
+   one level per stable window. The operator passes a reading here only when *every* node
+   hosting the model is hot (``node_caps.decide_caps``'s ``model_pressure``); a single hot
+   node gets a per-node cap instead, so only its replicas narrow.
 7. **Widen.** Every clean evaluation records a recommendation: the widest level whose
    predicted p95 is at most (1 - headroom) x objective (Step: one level wider if the
    measured p95 is under that line). Narrowings record their target. The level widens to
