@@ -117,16 +117,23 @@ class CapsDecision:
         return {node: cap.level for node, cap in sorted(self.caps.items())}
 
 
+def _release_line(limit: float, margin: float) -> float:
+    """``limit - margin``, but never under half the limit: a threshold set lower than its
+    margin (CPU at 0.04) would otherwise put the line below zero, and no cap would ever rise."""
+    return max(limit - margin, limit / 2.0)
+
+
 def cooled(
     node: NodePressure, limits: NodePressureThresholds, margins: ReleaseMargins = RELEASE_MARGINS
 ) -> bool | None:
     """True: every present reading is under its release line; False: some is not;
     None: no reading at all (no signal)."""
     pairs = (
-        (node.cpu_fraction, limits.cpu_fraction - margins.cpu_fraction),
-        (node.memory_fraction, limits.memory_fraction - margins.memory_fraction),
-        (node.temperature_c, limits.temperature_c - margins.temperature_c),
-        (node.gpu_load_percent, limits.gpu_load_percent - margins.gpu_load_percent),
+        (node.cpu_fraction, _release_line(limits.cpu_fraction, margins.cpu_fraction)),
+        (node.memory_fraction, _release_line(limits.memory_fraction, margins.memory_fraction)),
+        (node.temperature_c, _release_line(limits.temperature_c, margins.temperature_c)),
+        (node.gpu_load_percent,
+         _release_line(limits.gpu_load_percent, margins.gpu_load_percent)),
     )
     present = [(v, line) for raw, line in pairs if (v := finite_or_none(raw)) is not None]
     if not present:

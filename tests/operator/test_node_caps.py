@@ -139,6 +139,12 @@ def test_cooled(reading: NodePressure, expected: bool | None) -> None:
     assert cooled(reading, SPEC.node_pressure) is expected
 
 
+def test_a_threshold_under_its_margin_can_still_release() -> None:
+    low = make_spec(cpuFraction=0.04).node_pressure
+    assert cooled(NodePressure(cpu_fraction=0.019), low) is True
+    assert cooled(NodePressure(cpu_fraction=0.021), low) is False
+
+
 def run(
     trace: list[NodePressure], step_s: float = 5.0, level: int = 3
 ) -> tuple[list[CapsDecision], dict[str, NodeCap]]:
