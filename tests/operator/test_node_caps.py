@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from elastiserve_operator.node_caps import (
     CapsDecision,
@@ -194,3 +196,21 @@ def test_malformed_status_restarts_the_clocks() -> None:
     }
     assert caps_from_status(status, NOW) == {"a": NodeCap(1, NOW), "e": NodeCap(2, NOW)}
     assert caps_from_status({"nodeCaps": "junk"}, NOW) == {}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from([60.0, 78.0, 82.0, 84.0, 86.0, 95.0, math.nan]),
+                min_size=1, max_size=80))
+def test_every_move_is_backed_by_its_readings(temperatures: list[float]) -> None:
+    # A narrowing needs a hot reading now; a widening needs a full window of readings
+    # under the release line (80 C) with none missing: no flapping, whatever the trace.
+    trace = [NodePressure(temperature_c=t) for t in temperatures]
+    decisions, _ = run(trace)
+    window = int(WIDEN_S / 5.0)
+    for i, decision in enumerate(decisions):
+        for change in decision.changes:
+            if change.narrowed:
+                assert temperatures[i] >= 85.0
+            else:
+                assert i >= window
+                assert all(t < 80.0 for t in temperatures[i - window:i + 1])
