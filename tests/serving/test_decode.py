@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -141,3 +142,32 @@ def _decode_or_4xx(body: bytes) -> None:
         return
     assert out.shape[1:] == SPEC.shape
     assert torch.isfinite(out).all()
+
+
+class TestNormalisedValues:
+    """The decoder's one-pass conversion gives what the textbook formula gives."""
+
+    def test_rgb_jpeg_matches_reference(self) -> None:
+        spec = InputSpec(3, 16, 16)
+        norm = Normalisation((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        body = png_bytes(20, 18, "RGB", "JPEG")
+        image = Image.open(io.BytesIO(body)).convert("RGB").resize((16, 16),
+                                                                   Image.Resampling.BILINEAR)
+        pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0
+        mean = np.array(norm.mean, dtype=np.float32)[:, None, None]
+        std = np.array(norm.std, dtype=np.float32)[:, None, None]
+        reference = torch.from_numpy((pixels - mean) / std)[None]
+        out = decode(body, spec, norm, LIMITS)
+        assert out.is_contiguous() and out.dtype == torch.float32
+        assert torch.allclose(out, reference, atol=1e-5)
+
+    def test_json_pixels_scaled_by_mean_and_std(self) -> None:
+        norm = Normalisation((0.25,), (0.5,))
+        out = decode(json.dumps([[0.75] * 8] * 8), SPEC, norm, LIMITS)
+        assert torch.allclose(out, torch.full((1, 1, 8, 8), 1.0))
+
+    def test_unmodified_image_is_decoded_without_conversion(self) -> None:
+        body = png_bytes(8, 8, "L")  # already the model's mode and size
+        expected = torch.from_numpy(np.asarray(Image.open(io.BytesIO(body)), dtype=np.float32))
+        out = decode(body, SPEC, NORM, LIMITS)
+        assert torch.equal(out[0, 0], expected / 255.0)
