@@ -1,103 +1,344 @@
-"""Serving benchmark: per-level latency vs arrival rate, runtime overhead, memory, switch time.
+"""Serving benchmark through a real TorchServe: our handler against the stock image classifier.
 
-Everything runs against a real TorchServe started with the same configuration as ``elastiserve
-serve``. Open-loop load (fixed arrival rate, latency from the scheduled send time) per level,
-pinned with ``X-Elastiserve-Level``; ``max_rps`` is the highest offered rate whose p95 stays
-within ``--p95-objective-ms`` with no failed request. Writes ``benchmarks/results/serving.json``.
+What it measures, all with open-loop load (requests sent on a fixed schedule, latency counted
+from the scheduled send time, so a stalled server shows as latency, not as less load):
 
-    nice python benchmarks/serving.py --bundle DIR            # a trained bundle
-    nice python benchmarks/serving.py --rates 20,40 --seconds 3  # generated test bundle
+* **Per level**: p50/p95/p99 at stepped arrival rates (x1.2 per step) until the p95 objective
+  breaks (confirmed by one re-run, since this machine is shared); ``max_rps`` is the highest rate
+  served within the objective with no failed request.
+* **Our handler vs TorchServe's stock ``image_classifier``** on the *same* full model and the
+  *same* request bytes, in the *same* TorchServe (one JVM, one configuration, one worker each,
+  same batch size and delay), at the same rates, interleaved rate by rate with alternating order
+  so that the machine's noise hits both. The stock handler needs a TorchScript file: the full
+  level from ``load_bundle`` traced with ``torch.jit.trace``. That file exists only as this
+  baseline; the product's load path stays safetensors with no pickle and no TorchScript.
+* **Memory**: the TorchServe worker's RSS/USS with all levels (shared storage), with the full
+  level alone (a one-level bundle of the same weights) and with one separate model per level,
+  each worker warmed with the same requests; plus the exact tensor storage of each.
+* **Switch time under load**: control-file writes during open-loop traffic; time from each write
+  to the first answer carrying the new level.
+* **In-process profile** of both handlers' steps (decode/preprocess, forward eager vs
+  TorchScript, post-processing) to show where a latency difference comes from.
 
-Caveats written into the result: ``handler_overhead_ratio`` is measured in-process (runtime
-``handle`` per request vs the bare forward of the same level on an already-decoded tensor), not
-against TorchServe's stock ``image_classifier`` handler, whose fixed ImageNet preprocessing does
-not fit these models.
+The model is a ResNet-20 (CIFAR-style, stride-1 stem) at 3x224x224 with ImageNet normalisation,
+the geometry the stock handler's preprocessing (resize 256, centre crop 224) produces, with
+random weights: accuracy is not measured here. Requests are one 256x256 JPEG.
+
+The stock handler imports torchvision and captum, which the serving extra does not need; they
+are installed beside the project once, outside the virtualenv, and put on the server's
+``PYTHONPATH`` (both models see the same path)::
+
+    .venv/bin/pip install --no-deps --target ~/.cache/elastiserve/stock-handler-deps \\
+        torchvision captum
+    nice -n 10 .venv/bin/python benchmarks/serving.py            # ~20 min on 2 shared cores
+    nice -n 10 .venv/bin/python benchmarks/serving.py --quick    # smoke run, ~3 min
+
+Writes ``benchmarks/results/serving.json`` (``--quick`` writes ``serving-quick.json``).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
-import subprocess
+import os
+import signal
+import statistics
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).parent / "results" / "serving.json"
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).parent / "results"
+STOCK_DEPS = Path.home() / ".cache" / "elastiserve" / "stock-handler-deps"
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+OURS, STOCK = "elastic", "stock"
+# Paired runs put both models under load at once, so they stay well below either's max rate.
+PAIRED_FRACTIONS = (0.2, 0.35, 0.5)
 
 
-def _png(size: int, channels: int) -> bytes:
-    import io
+# ----------------------------------------------------------------------------- pure helpers
 
+
+@dataclass(frozen=True)
+class Step:
+    """One offered rate held for a while against one target, and what the client saw."""
+
+    target: str
+    rate: float
+    requests: int
+    failed: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    achieved_rps: float  # answers (any status) per second of the sending window
+    load_1m: float  # os.getloadavg()[0] when the step ended
+
+    def sustained(self, objective_ms: float) -> bool:
+        """Served within the objective: p95 under it and not one request failed."""
+        return self.failed == 0 and self.p95_ms <= objective_ms
+
+
+def rate_grid(start: float, factor: float, stop: float) -> list[float]:
+    """Geometric arrival rates ``start, start*factor, ...`` up to ``stop``, rounded to 0.1."""
+    if start <= 0 or factor <= 1 or stop < start:
+        raise ValueError("need 0 < start <= stop and factor > 1")
+    rates, rate = [], start
+    while rate <= stop + 1e-9:
+        rates.append(round(rate, 1))
+        rate *= factor
+    return rates
+
+
+def max_sustained(steps: Sequence[Step], objective_ms: float) -> Step | None:
+    """The highest-rate step within the objective below the first confirmed breach.
+
+    A rate counts as breached only when every run of it breached (a breach is re-run once:
+    on a shared machine one other engineer's burst must not end a sweep).
+    """
+    by_rate: dict[float, list[Step]] = {}
+    for step in steps:
+        by_rate.setdefault(step.rate, []).append(step)
+    best: Step | None = None
+    for rate in sorted(by_rate):
+        good = [s for s in by_rate[rate] if s.sustained(objective_ms)]
+        if not good:
+            break
+        best = min(good, key=lambda s: s.p95_ms)
+    return best
+
+
+def overhead_ratios(ours: Sequence[Step], stock: Sequence[Step],
+                    objective_ms: float) -> dict[str, Any]:
+    """Our latency over the stock handler's at each rate both sustained (the same run).
+
+    The headline is the median of the per-rate p50 ratios: p50 at a sustained rate is mostly
+    service time, which is what a handler adds to; p95 ratios are reported beside it.
+    """
+    def good(steps: Sequence[Step]) -> dict[float, Step]:
+        out: dict[float, Step] = {}
+        for s in steps:
+            if s.sustained(objective_ms) and (s.rate not in out or s.p95_ms < out[s.rate].p95_ms):
+                out[s.rate] = s
+        return out
+
+    mine, theirs = good(ours), good(stock)
+    common = sorted(set(mine) & set(theirs))
+    per_rate = [{"rate": r,
+                 "p50_ratio": round(mine[r].p50_ms / theirs[r].p50_ms, 3),
+                 "p95_ratio": round(mine[r].p95_ms / theirs[r].p95_ms, 3)} for r in common]
+    return {
+        "p50_ratio_median": round(statistics.median(x["p50_ratio"] for x in per_rate), 3)
+        if per_rate else None,
+        "p95_ratio_median": round(statistics.median(x["p95_ratio"] for x in per_rate), 3)
+        if per_rate else None,
+        "per_rate": per_rate,
+    }
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    from elastiserve_serve.loadgen import percentile as nearest_rank
+
+    return float(nearest_rank(values, q))
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def jpeg_body(size: int = 256) -> bytes:
+    """A deterministic, photo-like (smooth) RGB JPEG: upsampled noise, quality 90."""
     import numpy as np
     from PIL import Image
 
     rng = np.random.default_rng(0)
-    shape = (size, size) if channels == 1 else (size, size, 3)
+    small = Image.fromarray(rng.integers(0, 255, (size // 8, size // 8, 3), dtype=np.uint8))
     buffer = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(buffer, format="PNG")
+    small.resize((size, size), Image.Resampling.BICUBIC).save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()
 
 
-def _generated_bundle(directory: Path) -> Path:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+def write_bundles(root: Path, width_mult: float) -> dict[str, Path]:
+    """The benchmark bundle (4 levels) and a one-level bundle of the same full weights."""
+    sys.path.insert(0, str(REPO))
+    from elastiserve_store.manifest import Normalisation
     from tests.serving.bundles import make_bundle
 
-    return make_bundle(directory)
+    common: dict[str, Any] = {"arch": "resnet20", "width_mult": width_mult, "size": 224,
+                              "channels": 3, "normalisation": Normalisation(*IMAGENET)}
+    return {
+        "levels": make_bundle(root / "levels", ratios=(0.25, 0.5, 0.75, 1.0),
+                              names=("L0", "L1", "L2", "L3"), **common),
+        "full_only": make_bundle(root / "full", ratios=(1.0,), names=("L3",), **common),
+    }
 
 
-def rss_child(bundle: str, mode: str) -> None:
-    """Print this process's RSS (MiB) after building levels the way ``mode`` says."""
-    import gc
-
-    import psutil
+def build_stock_archive(bundle: Path, store: Path, name: str, workers: int, batch: int,
+                        delay_ms: int) -> Path:
+    """A ``.mar`` for TorchServe's built-in ``image_classifier`` holding the traced full level."""
     import torch
+    import yaml
+    from model_archiver.model_archiver_config import ModelArchiverConfig
+    from model_archiver.model_packaging import generate_model_archive
 
     from elastiserve_store.bundle import load_bundle
 
-    torch.set_num_threads(1)
-    before = psutil.Process().memory_info().rss
+    loaded = load_bundle(bundle)
+    module = loaded.build_level(len(loaded.level_names) - 1).eval()
+    spec = loaded.manifest.input
+    with tempfile.TemporaryDirectory(prefix="elastiserve-stock-") as tmp:
+        work = Path(tmp)
+        example = torch.zeros(1, spec.channels, spec.height, spec.width)
+        with torch.no_grad():
+            traced = torch.jit.trace(  # type: ignore[no-untyped-call]
+                module, example, check_trace=False)
+        traced.save(str(work / "model.pt"))
+        labels = {str(i): name for i, name in enumerate(loaded.manifest.class_names)}
+        (work / "index_to_name.json").write_text(json.dumps(labels))
+        (work / "model-config.yaml").write_text(yaml.safe_dump({
+            "minWorkers": workers, "maxWorkers": workers, "batchSize": batch,
+            "maxBatchDelay": delay_ms, "responseTimeout": 30}))
+        store.mkdir(parents=True, exist_ok=True)
+        generate_model_archive(ModelArchiverConfig(
+            model_name=name, handler="image_classifier", version="1.0",
+            serialized_file=str(work / "model.pt"),
+            extra_files=str(work / "index_to_name.json"),
+            config_file=str(work / "model-config.yaml"), export_path=str(store), force=True))
+    return store / f"{name}.mar"
+
+
+# ----------------------------------------------------------------------------- load
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    url: str
+    headers: dict[str, str]
+
+
+def run_step(target: Target, body: bytes, rate: float, seconds: float) -> Step:
+    from elastiserve_serve.loadgen import run_open_loop
+
+    results = run_open_loop(target.url, body, target.headers, rate, seconds, max_in_flight=64,
+                            timeout_s=15.0)
+    ok = [r.latency_s * 1000 for r in results if r.status == 200]
+    last = max((r.received for r in results), default=0.0)
+    span = max(last - min((r.scheduled for r in results), default=last), 1e-9)
+    step = Step(target.name, rate, len(results), sum(1 for r in results if r.status != 200),
+                round(percentile(ok, 50), 2), round(percentile(ok, 95), 2),
+                round(percentile(ok, 99), 2), round(len(results) / span, 2),
+                round(os.getloadavg()[0], 2))
+    print(f"  {step.target:>8} @ {rate:6.1f}/s: p50 {step.p50_ms:7.1f}  p95 {step.p95_ms:7.1f}"
+          f"  p99 {step.p99_ms:7.1f} ms  failed {step.failed}  load {step.load_1m}", flush=True)
+    return step
+
+
+def sweep(targets: Sequence[Target], body: bytes, rates: Sequence[float], seconds: float,
+          objective_ms: float) -> dict[str, list[Step]]:
+    """Step every target up the same rates, taking turns (the order rotates per rate).
+
+    A target leaves the sweep at its first breach that a re-run confirms.
+    """
+    steps: dict[str, list[Step]] = {t.name: [] for t in targets}
+    active = list(targets)
+    for i, rate in enumerate(rates):
+        if not active:
+            break
+        turn = i % len(active)
+        for target in active[turn:] + active[:turn]:
+            step = run_step(target, body, rate, seconds)
+            steps[target.name].append(step)
+            if not step.sustained(objective_ms):
+                time.sleep(2.0)  # let the queue drain before the confirming run
+                steps[target.name].append(run_step(target, body, rate, seconds))
+            time.sleep(1.0)
+        active = [t for t in active
+                  if any(s.sustained(objective_ms) for s in steps[t.name] if s.rate == rate)]
+    return steps
+
+
+def warm(targets: Sequence[Target], body: bytes, count: int) -> None:
+    """A few sequential requests so that lazy initialisation (TorchScript's profiling runs,
+    allocator growth) is not measured."""
+    import httpx
+
+    with httpx.Client(timeout=60) as client:
+        for target in targets:
+            for _ in range(count):
+                client.post(target.url, content=body, headers=target.headers).raise_for_status()
+
+
+def switch_times(target: Target, control: Path, levels: Sequence[str], body: bytes,
+                 switches: int, rate: float, gap_s: float) -> tuple[list[float], int, int]:
+    """First-new-answer latency (ms) per control-file write under open-loop load."""
+    from elastiserve_serve.level_agent import set_level
+    from elastiserve_serve.loadgen import Switch, first_new_answers, run_open_loop
+
+    plan: list[Switch] = []
+
+    def controller() -> None:
+        time.sleep(gap_s)
+        for i in range(switches):
+            level = levels[i % len(levels)]
+            if plan and plan[-1].level == level:
+                level = levels[(i + 1) % len(levels)]
+            plan.append(Switch(time.monotonic(), level))
+            set_level(control, level)
+            time.sleep(gap_s)
+
+    thread = threading.Thread(target=controller)
+    thread.start()
+    results = run_open_loop(target.url, body, target.headers, rate, gap_s * (switches + 1.5),
+                            max_in_flight=64, timeout_s=15.0)
+    thread.join()
+    first = [x * 1000 for x in first_new_answers(results, plan) if not math.isnan(x)]
+    return first, sum(1 for r in results if r.status != 200), len(plan) - len(first)
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def worker_memory(server: Any, model: str) -> dict[str, float]:
+    """RSS/USS/PSS (MiB) of the model's one TorchServe worker process."""
+    import psutil
+
+    pid = int(server.describe_model(model)[0]["workers"][0]["pid"])
+    info = psutil.Process(pid).memory_full_info()
+    return {k: round(getattr(info, k) / 2**20, 1) for k in ("rss", "uss", "pss")}
+
+
+def tensor_storage_mib(bundle: Path, mode: str) -> float:
+    """Unique tensor storage (MiB) of the modules the handler would hold (exact, no noise)."""
+    from elastiserve_store.bundle import load_bundle
+
     loaded = load_bundle(bundle)
     if mode == "full":
-        kept: Any = loaded.build_level(len(loaded.level_names) - 1)
-    elif mode == "all_shared":
-        kept = loaded.build_all(share_storage=True)
-    else:  # separate models per level: independent copies
-        kept = loaded.build_all(share_storage=False)
-    del loaded
-    gc.collect()
-    modules = kept if isinstance(kept, list) else [kept]
-    storages = {}
+        modules = [loaded.build_level(len(loaded.level_names) - 1)]
+    else:
+        modules = loaded.build_all(share_storage=mode == "all_shared")
+    storages: dict[int, int] = {}
     for module in modules:
         for tensor in module.state_dict().values():
             storage = tensor.untyped_storage()
             storages[storage.data_ptr()] = storage.nbytes()
-    # RSS is allocator noise for small models; unique tensor storage is exact.
-    rss = (psutil.Process().memory_info().rss - before) / 2**20
-    print(rss, sum(storages.values()) / 2**20)
+    return sum(storages.values()) / 2**20
 
 
-def memory(bundle: Path) -> dict[str, float]:
-    """MiB of unique tensor storage (and RSS growth) for full / all levels shared / separate."""
-    out = {}
-    for mode in ("full", "all_shared", "separate"):
-        text = subprocess.run(
-            [sys.executable, __file__, "--rss-child", mode, "--bundle", str(bundle)],
-            check=True, capture_output=True, text=True,
-        ).stdout
-        rss, tensors = text.strip().splitlines()[-1].split()
-        out[f"{mode}_rss"] = float(rss)
-        out[mode] = float(tensors)
-    return out
+# ----------------------------------------------------------------------------- in-process
 
 
-def overhead(bundle: Path, body: bytes, repeats: int) -> float:
-    """Runtime handle() time per request / bare forward time, widest level, batch of 1."""
+def profile_in_process(bundle: Path, stock_mar_dir: Path, body: bytes, rounds: int,
+                       repeats: int) -> dict[str, float]:
+    """Per-step cost (ms, batch of 1, one thread) of both handler paths, taken in turns."""
     import torch
+    from ts.torch_handler.image_classifier import ImageClassifier
+    from ts.utils.util import map_class_to_label
 
     from elastiserve_serve.bundle_levels import load_levels
     from elastiserve_serve.runtime import ElasticRuntime, RawRequest, RuntimeSettings
@@ -107,151 +348,329 @@ def overhead(bundle: Path, body: bytes, repeats: int) -> float:
     levels = load_levels(bundle)
     runtime = ElasticRuntime(levels, RuntimeSettings(control_file=None, threads=1))
     runtime.warm_up()
-    tensor = decode(body, levels.input_spec, levels.normalisation, runtime.settings.limits)
-    module = levels.modules[-1]
+    eager = levels.modules[-1]
+    scripted = torch.jit.load(str(stock_mar_dir / "model.pt"))  # type: ignore[no-untyped-call]
+    mapping = {str(i): n for i, n in enumerate(levels.class_names)}
+    from PIL import Image
 
-    def timed(fn: Any) -> float:
-        best = math.inf
-        for _ in range(3):
-            start = time.perf_counter()
-            for _ in range(repeats):
-                fn()
-            best = min(best, (time.perf_counter() - start) / repeats)
-        return best
+    def stock_pre() -> torch.Tensor:
+        image = ImageClassifier.image_processing(Image.open(io.BytesIO(body)))
+        return torch.stack([image])
 
+    def ours_pre() -> torch.Tensor:
+        tensor: torch.Tensor = decode(body, levels.input_spec, levels.normalisation,
+                                      runtime.settings.limits)
+        return tensor
+
+    def stock_post(logits: torch.Tensor) -> object:
+        probs, classes = torch.topk(torch.softmax(logits, dim=1), 5, dim=1)
+        return json.dumps(map_class_to_label(probs.tolist(), mapping, classes.tolist()))
+
+    def stock_all() -> object:
+        with torch.inference_mode():
+            return stock_post(scripted(stock_pre()))
+
+    def ours_all() -> object:
+        return [json.dumps(o.to_json()) for o in runtime.handle([RawRequest(body)])]
+
+    x = ours_pre()
     with torch.inference_mode():
-        bare = timed(lambda: module(tensor))
-    full = timed(lambda: runtime.handle([RawRequest(body)]))
-    return full / bare
+        logits = eager(x)
+    steps: dict[str, Callable[[], object]] = {
+        "ours_decode": ours_pre,
+        "stock_preprocess": stock_pre,
+        "forward_eager": lambda: eager(x),
+        "forward_torchscript": lambda: scripted(x),
+        "stock_postprocess": lambda: stock_post(logits),
+        "ours_handle": ours_all,
+        "stock_handle": stock_all,
+    }
+    out = interleaved_timings(steps, rounds, repeats)
+    for pair in (("ours_handle", "stock_handle"), ("forward_eager", "forward_torchscript")):
+        out[f"{pair[0]}_vs_{pair[1]}"] = round(out[f"{pair[0]}_ms_min"]
+                                               / out[f"{pair[1]}_ms_min"], 3)
+    return out
 
 
-def level_sweep(served: Any, levels: tuple[str, ...], body: bytes, rates: list[float],
-                seconds: float, objective_ms: float) -> tuple[list[dict[str, Any]], int]:
-    from elastiserve_serve.loadgen import percentile, run_open_loop
+def interleaved_timings(steps: dict[str, Callable[[], object]], rounds: int,
+                        repeats: int) -> dict[str, float]:
+    """Per step: min and median over ``rounds`` of the mean of ``repeats`` calls (ms).
 
-    rows, failed_total = [], 0
-    for level in levels:
-        per_rate = []
-        max_rps = 0.0
-        for rate in rates:
-            results = run_open_loop(served["url"], body,
-                                    {**served["auth"], "X-Elastiserve-Level": level},
-                                    rate, seconds, max_in_flight=32)
-            lat = [r.latency_s * 1000 for r in results if r.status == 200]
-            failed = sum(1 for r in results if r.status != 200)
-            failed_total += failed
-            p95 = percentile(lat, 95)
-            per_rate.append({"rate": rate, "p50_ms": round(percentile(lat, 50), 2),
-                             "p95_ms": round(p95, 2), "p99_ms": round(percentile(lat, 99), 2),
-                             "failed": failed, "requests": len(results)})
-            print(f"  {level} @ {rate:g}/s: p50 {percentile(lat, 50):.1f} ms, p95 {p95:.1f} ms,"
-                  f" p99 {percentile(lat, 99):.1f} ms, failed {failed}", flush=True)
-            if failed == 0 and p95 <= objective_ms:
-                max_rps = rate
-        at_max = next((r for r in per_rate if r["rate"] == max_rps), per_rate[0])
-        rows.append({"name": level, "max_rps": max_rps, "p95_ms": at_max["p95_ms"],
-                     "rates": per_rate})
-    return rows, failed_total
+    The steps take turns within every round, in a shuffled order (what ran just before warms or
+    evicts caches), so a burst of other work on this shared machine lands on all of them alike;
+    the minimum is the least disturbed estimate.
+    """
+    import random
+
+    import torch
+
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    order = list(steps.items())
+    shuffle = random.Random(0).shuffle
+    with torch.inference_mode():
+        for _, fn in order:
+            fn()
+            fn()
+        for _ in range(rounds):
+            shuffle(order)
+            for name, fn in order:
+                start = time.perf_counter()
+                for _ in range(repeats):
+                    fn()
+                samples[name].append((time.perf_counter() - start) / repeats * 1000)
+    out: dict[str, float] = {}
+    for name, values in samples.items():
+        out[f"{name}_ms_min"] = round(min(values), 3)
+        out[f"{name}_ms_median"] = round(statistics.median(values), 3)
+    return out
 
 
-def switch_times(served: Any, levels: tuple[str, ...], body: bytes, switches: int,
-                 rate: float) -> tuple[list[float], list[float], int]:
-    from elastiserve_serve.level_agent import set_level
-    from elastiserve_serve.loadgen import (
-        Switch,
-        first_new_answers,
-        run_open_loop,
-        switch_latencies,
-    )
+# ----------------------------------------------------------------------------- main
 
-    control: Path = served["control"]
-    plan: list[Switch] = []
-    gap = 0.6
 
-    def controller() -> None:
-        time.sleep(gap)
-        for i in range(switches):
-            level = levels[i % len(levels)] if levels[i % len(levels)] != (
-                plan[-1].level if plan else None) else levels[(i + 1) % len(levels)]
-            plan.append(Switch(time.monotonic(), level))
-            set_level(control, level)
-            time.sleep(gap)
+def stock_env(deps: Path) -> dict[str, str]:
+    """Environment for the TorchServe that serves both models: the stock handler's imports on
+    ``PYTHONPATH`` and one intra-op thread per worker (our handler sets the same itself)."""
+    if not (deps / "torchvision").is_dir() or not (deps / "captum").is_dir():
+        raise SystemExit(
+            f"the stock handler needs torchvision and captum in {deps}:\n"
+            f"  {sys.executable} -m pip install --no-deps --target {deps} torchvision captum")
+    path = os.pathsep.join(p for p in (str(deps), os.environ.get("PYTHONPATH", "")) if p)
+    return {"PYTHONPATH": path, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
-    thread = threading.Thread(target=controller)
-    thread.start()
-    results = run_open_loop(served["url"], body, served["auth"], rate, gap * (switches + 1.5))
-    thread.join()
-    failed = sum(1 for r in results if r.status != 200)
-    return switch_latencies(results, plan), first_new_answers(results, plan), failed
+
+def paired_step(a: Target, b: Target, body: bytes, rate: float, seconds: float) -> list[Step]:
+    """Both targets at ``rate`` over the same seconds (two open-loop schedules, half a period
+    apart): whatever else runs on the machine then hits both alike."""
+    out: dict[str, Step] = {}
+
+    def one(target: Target, delay: float) -> None:
+        time.sleep(delay)
+        out[target.name] = run_step(target, body, rate, seconds)
+
+    threads = [threading.Thread(target=one, args=(a, 0.0)),
+               threading.Thread(target=one, args=(b, 0.5 / rate))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return [out[a.name], out[b.name]]
+
+
+def paired_ratios(pairs: Sequence[tuple[Step, Step]]) -> dict[str, Any]:
+    """Ours over stock per paired run; the headline is the median p50 ratio."""
+    rows = [{"rate": o.rate, "ours_p50_ms": o.p50_ms, "stock_p50_ms": t.p50_ms,
+             "ours_p95_ms": o.p95_ms, "stock_p95_ms": t.p95_ms,
+             "p50_ratio": round(o.p50_ms / t.p50_ms, 3), "p95_ratio": round(o.p95_ms / t.p95_ms, 3),
+             "failed": o.failed + t.failed} for o, t in pairs]
+    return {
+        "p50_ratio_median": round(statistics.median(r["p50_ratio"] for r in rows), 3)
+        if rows else None,
+        "p95_ratio_median": round(statistics.median(r["p95_ratio"] for r in rows), 3)
+        if rows else None,
+        "runs": rows,
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--bundle", type=Path)
-    parser.add_argument("--rates", default="20,40,80")
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--p95-objective-ms", type=float, default=50.0)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--switches", type=int, default=10)
-    parser.add_argument("--rss-child")
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--quick", action="store_true", help="smoke run: narrow model, short steps")
+    parser.add_argument("--seconds", type=float, help="seconds per rate step (default 10; quick 3)")
+    parser.add_argument("--p95-objective-ms", type=float, default=500.0)
+    parser.add_argument("--start-rate", type=float, default=2.0)
+    parser.add_argument("--rate-factor", type=float, default=1.25)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--max-batch-delay-ms", type=int, default=10)
+    parser.add_argument("--switches", type=int, default=12)
+    parser.add_argument("--stock-deps", type=Path, default=STOCK_DEPS)
+    parser.add_argument("--profile-only", action="store_true",
+                        help="only the in-process profile of both handlers, printed")
+    parser.add_argument("--output", type=Path)
     args = parser.parse_args()
-    if args.rss_child:
-        rss_child(str(args.bundle), args.rss_child)
-        return 0
+    # SIGTERM unwinds like Ctrl-C, so the TorchServes (own process groups) are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    seconds = args.seconds or (3.0 if args.quick else 10.0)
+    width_mult = 0.25 if args.quick else 1.0
+    output = args.output or (Path(tempfile.gettempdir()) / "elastiserve-serving-quick.json"
+                             if args.quick else RESULTS / "serving.json")
+    env = stock_env(args.stock_deps)
+    sys.path.insert(0, str(args.stock_deps))  # the in-process profile imports ts' handler
 
     from elastiserve_serve.archive import ArchiveSpec, build_archive
-    from elastiserve_serve.loadgen import percentile
     from elastiserve_serve.ts_server import run_torchserve
     from elastiserve_store.bundle import load_bundle
 
-    rates = [float(r) for r in args.rates.split(",")]
+    load_start = os.getloadavg()
+    started = time.monotonic()
+    body = jpeg_body()
+    objective = args.p95_objective_ms
+    batching = {"workers_per_model": 1, "batch_size": args.batch_size,
+                "max_batch_delay_ms": args.max_batch_delay_ms, "torch_threads_per_worker": 1}
+
+    def spec(**handler: Any) -> ArchiveSpec:
+        return ArchiveSpec(workers=1, batch_size=args.batch_size,
+                           max_batch_delay_ms=args.max_batch_delay_ms,
+                           handler={"threads": 1, **handler})
+
     with tempfile.TemporaryDirectory(prefix="elastiserve-bench-") as tmp:
         root = Path(tmp)
-        bundle = args.bundle or _generated_bundle(root / "bundle")
-        manifest = load_bundle(bundle).manifest
-        spec_in = manifest.input
-        body = _png(max(spec_in.height, spec_in.width), spec_in.channels)
-        print("memory (MiB):", mem := memory(bundle), flush=True)
-        ratio = overhead(bundle, body, repeats=50)
-        print(f"runtime overhead vs bare forward: {ratio:.2f}x", flush=True)
+        bundles = write_bundles(root / "bundles", width_mult)
+        manifest = load_bundle(bundles["levels"]).manifest
+        levels = tuple(manifest.level_names)
+        full = levels[-1]
         control = root / "shm" / "level.json"
-        archive = ArchiveSpec(workers=args.workers, batch_size=4, max_batch_delay_ms=5,
-                              handler={"control_file": str(control), "allow_pin": True,
-                                       "threads": 1})
-        build_archive(bundle, root / "store", "bench", archive)
-        with run_torchserve(root / "run", root / "store", ["bench=bench.mar"],
-                            min_ready_workers=args.workers) as server:
-            served = {"url": f"{server.inference_url}/predictions/bench",
-                      "auth": {"Authorization": f"Bearer {server.keys.inference}"},
-                      "control": control}
-            levels = tuple(manifest.level_names)
-            rows, failed = level_sweep(served, levels, body, rates, args.seconds,
-                                       args.p95_objective_ms)
-            stale, first, switch_failed = switch_times(served, levels, body, args.switches,
-                                                       rate=rates[0])
-    first_ms = [x * 1000 for x in first if not math.isnan(x)]
-    result = {
+        store = root / "store"
+        build_stock_archive(bundles["levels"], store, STOCK, 1, args.batch_size,
+                            args.max_batch_delay_ms)
+        import zipfile
+
+        with zipfile.ZipFile(store / f"{STOCK}.mar") as mar:  # the traced file, for the profile
+            mar.extract("model.pt", root / "stock")
+        print("in-process profile (ms):", flush=True)
+        profile = profile_in_process(bundles["levels"], root / "stock", body,
+                                     rounds=5 if args.quick else 15, repeats=3)
+        print(json.dumps(profile, indent=2), flush=True)
+        if args.profile_only:
+            return 0
+        build_archive(bundles["levels"], store, OURS,
+                      spec(control_file=str(control), allow_pin=True))
+        build_archive(bundles["levels"], store, "separate",
+                      spec(control_file="", allow_pin=True, share_storage=False))
+        build_archive(bundles["levels"], store, "shared",
+                      spec(control_file="", allow_pin=True))
+        build_archive(bundles["full_only"], store, "fullonly", spec(control_file=""))
+
+        # ---- memory: three workers holding the same weights three ways, same warm traffic
+        print("memory ...", flush=True)
+        with run_torchserve(root / "run-mem", store,
+                            ["shared=shared.mar", "separate=separate.mar",
+                             "fullonly=fullonly.mar"], extra_env=env) as server:
+            auth = {"Authorization": f"Bearer {server.keys.inference}"}
+            url = f"{server.inference_url}/predictions/"
+            for level in levels:
+                warm([Target(m, url + m, {**auth, "X-Elastiserve-Level": level})
+                      for m in ("shared", "separate")], body, 5)
+            warm([Target("fullonly", url + "fullonly", auth)], body, 5 * len(levels))
+            mem_workers = {m: worker_memory(server, m) for m in ("shared", "separate", "fullonly")}
+        tensors = {mode: round(tensor_storage_mib(bundles["levels"], mode), 3)
+                   for mode in ("full", "all_shared", "separate")}
+        print(json.dumps({"workers": mem_workers, "tensors": tensors}, indent=2), flush=True)
+
+        # ---- latency: our handler (every level) and the stock handler in one TorchServe
+        with run_torchserve(root / "run", store, [f"{OURS}={OURS}.mar", f"{STOCK}={STOCK}.mar"],
+                            extra_env=env) as server:
+            auth = {"Authorization": f"Bearer {server.keys.inference}"}
+            ours = Target(full, f"{server.inference_url}/predictions/{OURS}", auth)
+            stock = Target(STOCK, f"{server.inference_url}/predictions/{STOCK}", auth)
+            pinned = [Target(lv, ours.url, {**auth, "X-Elastiserve-Level": lv})
+                      for lv in levels[:-1]]
+            warm([ours, stock, *pinned], body, 10)
+            grid = rate_grid(args.start_rate, args.rate_factor, 400.0)
+            print(f"sweep, every level + stock interleaved (objective p95 {objective} ms):",
+                  flush=True)
+            steps = sweep([ours, stock, *reversed(pinned)], body, grid, seconds, objective)
+            ours_max = max_sustained(steps[full], objective)
+            stock_max = max_sustained(steps[STOCK], objective)
+            both = min(ours_max.rate if ours_max else 0.0, stock_max.rate if stock_max else 0.0)
+            pairs: list[tuple[Step, Step]] = []
+            for fraction in PAIRED_FRACTIONS:
+                rate = round(max(both * fraction, 1.0), 1)
+                print(f"paired, ours and stock together at {rate}/s each:", flush=True)
+                o, t = paired_step(ours, stock, body, rate, 2 * seconds)
+                pairs.append((o, t))
+            switch_rate = round(max(0.5 * (ours_max.rate if ours_max else 2.0), 1.0), 1)
+            print(f"switching under load at {switch_rate}/s ...", flush=True)
+            first_ms, switch_failed, unseen = switch_times(
+                ours, control, levels, body, 6 if args.quick else args.switches,
+                switch_rate, gap_s=2.0)
+            main_workers = {m: worker_memory(server, m) for m in (OURS, STOCK)}
+
+    def summary(target_steps: Sequence[Step]) -> dict[str, Any]:
+        best = max_sustained(target_steps, objective)
+        return {"max_rps": best.rate if best else 0.0, "p95_ms": best.p95_ms if best else None,
+                "p50_ms": best.p50_ms if best else None, "p99_ms": best.p99_ms if best else None,
+                "steps": [asdict(s) for s in target_steps]}
+
+    rows = [{"name": lv, **summary(steps[lv])} for lv in levels]
+    stock_row = summary(steps[STOCK])
+    paired = paired_ratios(pairs)
+    sweep_ratios = overhead_ratios(steps[full], steps[STOCK], objective)
+    ours_steps = [s for lv in levels for s in steps[lv]]
+    failed_in_range = sum(s.failed for row in rows for s in steps[row["name"]]
+                          if s.rate <= row["max_rps"])
+    paired_failed = sum(r["failed"] for r in paired["runs"])
+    result: dict[str, Any] = {
         "levels": [{"name": r["name"], "max_rps": r["max_rps"], "p95_ms": r["p95_ms"]}
                    for r in rows],
+        "narrowest_vs_full_rps": round(rows[0]["max_rps"] / rows[-1]["max_rps"], 2)
+        if rows[-1]["max_rps"] else None,
+        "handler_overhead_ratio": paired["p50_ratio_median"],
+        "handler_overhead_basis": (
+            "median over 3 paired runs (20/35/50 % of the lower max_rps; ours and stock "
+            "image_classifier at the same rate at the same time, same TorchServe) of our p50 / "
+            "stock p50, full level; p95 ratios and the sequential sweep's ratios in "
+            "stock_handler"),
+        "memory_ratio_all_vs_full": round(mem_workers["shared"]["rss"]
+                                          / mem_workers["fullonly"]["rss"], 3),
+        "memory_ratio_basis": "TorchServe worker RSS, all levels (shared storage) / full level "
+                              "alone (one-level bundle, same weights), same warm traffic; the "
+                              "weights-only ratios are in memory.tensor_*",
+        "switch_p99_ms": round(percentile(first_ms, 99), 1) if first_ms else None,
+        "failed_requests": failed_in_range + switch_failed + paired_failed,
+        "failed_requests_basis": "our handler at every rate up to each level's max_rps, the "
+                                 "paired runs and the switching run; failures past max_rps "
+                                 "(overload) are in failed_requests_overload",
+        "failed_requests_overload": sum(s.failed for s in ours_steps) - failed_in_range,
+        "p95_objective_ms": objective,
+        "stock_handler": {
+            "handler": "image_classifier (TorchServe 0.12 built-in: resize 256, centre crop "
+                       "224, ImageNet normalisation, softmax top-5, index_to_name.json)",
+            "model_file": "the full level from load_bundle, torch.jit.trace'd to model.pt; a "
+                          "benchmark baseline only (the product loads safetensors, no pickle)",
+            "max_rps": stock_row["max_rps"], "p95_ms_at_max": stock_row["p95_ms"],
+            "ours_full_max_rps": rows[-1]["max_rps"],
+            "paired": paired,
+            "sweep_ratios": sweep_ratios,
+            "steps": stock_row["steps"],
+            "same_server": "one TorchServe (one JVM, same config.properties), one worker per "
+                           "model, same batch size/delay, OMP_NUM_THREADS=1 for both",
+        },
         "level_details": rows,
-        "p95_objective_ms": args.p95_objective_ms,
-        "handler_overhead_ratio": round(ratio, 3),
-        "handler_overhead_basis": "in-process runtime.handle per request / bare forward",
-        "memory_mib": mem,
-        "memory_ratio_all_vs_full": round(mem["all_shared"] / mem["full"], 3),
-        "memory_ratio_separate_vs_full": round(mem["separate"] / mem["full"], 3),
-        "switch_p99_ms": round(percentile(first_ms, 99), 2) if first_ms else None,
-        "switch_stale_answer_max_ms": round(max(stale, default=0.0) * 1000, 2),
-        "switch_first_new_answer_ms": [round(x, 2) for x in first_ms],
-        "failed_requests": failed + switch_failed,
-        "config": {"rates": rates, "seconds": args.seconds, "workers": args.workers,
-                   "bundle": str(args.bundle) if args.bundle else "generated resnet20 x0.25",
-                   "cpu_note": "shared CPU; numbers are indicative"},
+        "memory": {"worker_mib": mem_workers, "worker_mib_after_sweep": main_workers,
+                   "tensor_storage_mib": tensors,
+                   "worker_ratio_separate_vs_full": round(
+                       mem_workers["separate"]["rss"] / mem_workers["fullonly"]["rss"], 3),
+                   "tensor_ratio_all_vs_full": round(tensors["all_shared"] / tensors["full"], 3),
+                   "tensor_ratio_separate_vs_full": round(tensors["separate"] / tensors["full"],
+                                                          3)},
+        "switch": {"first_new_answer_ms": [round(x, 1) for x in first_ms],
+                   "rate_rps": switch_rate, "failed": switch_failed,
+                   "switches_without_new_answer": unseen},
+        "in_process_profile_ms": profile,
+        "model": {"architecture": "resnet20", "width_mult": width_mult,
+                  "input": "3x224x224, ImageNet mean/std", "levels": list(levels),
+                  "channel_ratios": [lv.channel_ratio for lv in manifest.levels],
+                  "macs": [lv.macs for lv in manifest.levels],
+                  "params": [lv.params for lv in manifest.levels],
+                  "weights": "random (generated with the bundle writer; accuracy not measured)"},
+        "request": f"one 256x256 RGB JPEG, {len(body)} bytes, POSTed raw",
+        "batching": batching,
+        "load_generator": "open loop, fixed rate, latency from the scheduled send time; rates "
+                          f"x{args.rate_factor} per step from {args.start_rate}/s, {seconds} s "
+                          "per step, every level and the stock handler take turns at each rate "
+                          "(order rotating); a breach is re-run once before a target leaves",
+        "machine": {"cpus": os.cpu_count(), "load_avg_start": [round(x, 2) for x in load_start],
+                    "load_avg_end": [round(x, 2) for x in os.getloadavg()],
+                    "note": "2 cores shared with other engineers' training; each step's "
+                            "load_1m is in its row; compare ratios taken in the same run"},
+        "duration_s": round(time.monotonic() - started, 1),
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "level_details"}, indent=2))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
+    brief = {k: v for k, v in result.items()
+             if k not in ("level_details", "stock_handler", "memory", "in_process_profile_ms")}
+    print(json.dumps(brief, indent=2))
+    print(f"wrote {output}")
     return 0
 
 

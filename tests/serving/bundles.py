@@ -27,10 +27,16 @@ def make_bundle(
     ratios: tuple[float, ...] = (0.5, 0.75, 1.0),
     size: int = 16,
     names: tuple[str, ...] | None = None,
+    channels: int = 1,
+    normalisation: Normalisation | None = None,
 ) -> Path:
-    """Write a 1-channel, 10-class bundle of ``len(ratios)`` nested levels to ``directory``."""
+    """Write a 10-class bundle of ``len(ratios)`` nested levels to ``directory``.
+
+    One channel by default (the tests' size); the serving benchmark asks for 3 channels at
+    224x224 with ImageNet normalisation, the geometry TorchServe's stock image classifier fixes.
+    """
     torch.manual_seed(0)
-    args = {"in_channels": 1, "num_classes": 10, "width_mult": width_mult}
+    args = {"in_channels": channels, "num_classes": 10, "width_mult": width_mult}
     full = architectures.build(arch, args).eval()
     full_state = full.state_dict()
     full_widths = architectures.full_widths(arch, args)
@@ -52,8 +58,8 @@ def make_bundle(
         names=list(names) if names is not None
         else list(LEVELS[: len(ratios)]) if len(ratios) <= len(LEVELS) else None,
         channel_ratios=ratios,
-        input_spec=InputSpec(1, size, size),
-        normalisation=Normalisation((0.5,), (0.25,)),
+        input_spec=InputSpec(channels, size, size),
+        normalisation=normalisation or Normalisation((0.5,) * channels, (0.25,) * channels),
         class_names=[f"item{i}" for i in range(10)],
     )
     return directory
