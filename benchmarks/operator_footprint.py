@@ -35,6 +35,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -144,6 +145,9 @@ def main() -> int:
     parser.add_argument("--idle-seconds", type=float, default=30.0)
     parser.add_argument("--change-gap", type=float, default=0.3,
                         help="seconds between two steady-state spec changes")
+    parser.add_argument("--keep-log", type=Path, default=None,
+                        help="copy the operator's log here (it is in a temporary directory)")
+    parser.add_argument("--out", type=Path, default=RESULT, help="result JSON")
     args = parser.parse_args()
     from kubernetes import config
 
@@ -250,6 +254,8 @@ def main() -> int:
                     "elastiserve_operator_child_applies_skipped_total")}
             finally:
                 operator.stop()
+                if args.keep_log is not None:
+                    shutil.copyfile(log_path, args.keep_log)
     steady = exact["policy_only"] + exact["child_changing"]
     result = {
         "models": args.models,
@@ -284,8 +290,8 @@ def main() -> int:
         "idle_api_patches_per_s: the same with nothing changing (policy loops only). The API "
         "server, etcd and the operator share the machine's cores: see load_avg_1m.",
     }
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{'models':>8} {'rss MB':>8} {'idle CPU %':>11} {'reconcile p50 ms':>17} "
           f"{'reconcile p99 ms':>17}")
     print(f"{result['models']:>8} {result['rss_mb']:>8} {result['idle_cpu_pct']:>11} "
@@ -296,7 +302,7 @@ def main() -> int:
               f"{phase['api_patches_per_change']} PATCH/change")
     print(f"create burst: p99 {result['create_burst_reconcile_p99_ms']} ms, all in "
           f"{result['create_burst_all_reconciled_s']} s; load {loads}")
-    print(f"targets: RSS <= 150 MB, reconcile p99 <= 200 ms; wrote {RESULT}")
+    print(f"targets: RSS <= 150 MB, reconcile p99 <= 200 ms; wrote {args.out}")
     return 0
 
 

@@ -130,12 +130,19 @@ class KubeApi:
         observe: Callable[[str, float], None] | None = None,
     ) -> None:
         """``observe(method, seconds)`` is called after every request, answered or not
-        (the operator feeds a histogram: is a slow reconcile the API server or us?)."""
+        (the operator feeds a histogram: is a slow reconcile the API server or us?).
+        ``timeout_s`` bounds connecting and each wait for the server's bytes."""
         self._observe = observe
         self._server = info.server.rstrip("/")
         self._headers = info.as_http_headers()
         self._ssl = _ssl_context(info)
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        # Per socket operation, not per request: a request waiting for one of the pool's
+        # connections is not the API server being slow. With a total timeout, a burst (100
+        # models created at once: 600 requests through 32 connections) timed out requests
+        # that were still queued here, and their retries made the burst longer.
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=timeout_s, sock_read=timeout_s
+        )
         self._session: aiohttp.ClientSession | None = None
 
     async def close(self) -> None:

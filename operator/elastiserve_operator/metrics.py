@@ -57,6 +57,12 @@ class OperatorMetrics:
             ["namespace", "name"],
             registry=r,
         )
+        self.objective = Gauge(
+            "elastiserve_operator_objective_seconds",
+            "The p95 objective each ElasticModel runs with (its spec's or the chart default).",
+            ["namespace", "name"],
+            registry=r,
+        )
         self.reconcile = Histogram(
             "elastiserve_operator_reconcile_duration_seconds",
             "Time to ensure an ElasticModel's children and status.",
@@ -140,8 +146,9 @@ class OperatorMetrics:
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop a deleted model's series so that the exposition does not grow forever."""
-        with contextlib.suppress(KeyError):
-            self.level.remove(namespace, name)
+        for gauge in (self.level, self.objective):
+            with contextlib.suppress(KeyError):
+                gauge.remove(namespace, name)
         self.set_node_caps(namespace, name, {})
         self._capped.pop((namespace, name), None)
 

@@ -154,6 +154,7 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any]) -> None:
         await _apply_status(rt, owner, reconcile_patch(status, generation, None, None,
                                                        str(error), time.time()))
         raise kopf.PermanentError(f"invalid spec: {error}") from error
+    rt.metrics.objective.labels(owner.namespace, owner.name).set(spec.objective.p95_s)
     children = [c for c in build_children(owner, spec, rt.settings) if rt.applied.needs_apply(c)]
     deployment_key = (owner.namespace, names_for(owner.name).deployment)
     hopeful = reconcile_patch(status, generation, spec, rt.deployments.get(deployment_key),

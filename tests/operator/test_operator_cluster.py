@@ -367,6 +367,10 @@ def test_operator_metrics_liveness_and_least_privilege(
     text = wait_for(lambda: _fetch(url), "operator metrics")
     assert "elastiserve_operator_reconcile_duration_seconds_bucket" in text
     assert 'elastiserve_operator_active_level{name="m1"' in text
+    # The objective the model runs with, for the dashboard's p95-vs-objective panel.
+    objective_s = model_spec()["objective"]["p95Ms"] / 1000.0
+    assert (f'elastiserve_operator_objective_seconds{{name="m1",namespace="{namespace}"}} '
+            f"{objective_s}") in text
     assert "elastiserve_operator_decisions_total" in text
     health = f"http://127.0.0.1:{world.operator.liveness_port}/healthz"
     assert wait_for(lambda: _fetch(health) is not None, "liveness endpoint")
