@@ -1,4 +1,14 @@
-"""``elastiserve train --strategy discovery``: options and entry point (placeholder)."""
+"""``elastiserve train --strategy discovery``: complexity-aware structure discovery (seed 3).
+
+Trains a CIFAR ResNet from scratch with Bernoulli scale variables on units and residual layers
+(:mod:`.search`), takes the discovered network as the smallest level and regrows the wider
+levels from it with the discovered core frozen (:mod:`.pipeline`). Shares ``--arch``,
+``--out``, ``--levels``, ``--core-epochs``, ``--grow-epochs``, ``--lr``, ``--batch-size``,
+``--seed`` and the data options with the other strategies; ``--epochs`` is unused here (the
+discovery run is the training from scratch: ``--discovery-epochs``).
+"""
+
+# ruff: noqa: RUF001, RUF002  (Greek letters: the paper's notation for nu, alpha, beta)
 
 from __future__ import annotations
 
@@ -6,14 +16,94 @@ import argparse
 import sys
 from typing import Any
 
+from ..data import Dataset
+from .params import DiscoveryParameterError, DiscoveryParams
+
 
 def add_arguments(group: Any) -> None:
     """Add this strategy's own options to an argparse argument group."""
-    del group
+    group.add_argument("--nu", type=float, default=1.0,
+                       help="pruning strength ν > 0: weight of the expected-cost penalty")
+    group.add_argument("--alpha", type=float, default=0.5,
+                       help="layer vs unit pruning α in [0, 1] (1: layers only)")
+    group.add_argument("--beta", type=float, default=0.5,
+                       help="FLOPs vs parameters β in [0, 1] (1: FLOPs only)")
+    group.add_argument("--theta-tol", type=float, default=0.05,
+                       help="remove a unit/layer when its θ falls below this")
+    group.add_argument("--discovery-epochs", type=float, default=10.0,
+                       help="epochs of training from scratch with the gates")
+    group.add_argument("--theta-lr", type=float, default=4.0,
+                       help="SGD step size of the unit (channel) θ")
+    group.add_argument("--layer-theta-lr", type=float, default=0.3,
+                       help="SGD step size of the residual-layer θ")
+    group.add_argument("--theta-warmup", type=float, default=0.2,
+                       help="fraction of the discovery steps before θ starts to move")
+    group.add_argument("--theta-init", type=float, default=1.0, help="initial θ")
 
 
-def run(args: argparse.Namespace, data: Any, rank: int) -> int:
-    """Train with this strategy and write a bundle under ``args.out``."""
-    del args, data, rank
-    print("elastiserve train: --strategy discovery is not built yet", file=sys.stderr)
-    return 2
+def params_from(args: argparse.Namespace) -> DiscoveryParams:
+    """The validated ν, α, β, θ_tol (raises :class:`DiscoveryParameterError`)."""
+    return DiscoveryParams(nu=args.nu, alpha=args.alpha, beta=args.beta,
+                           theta_tol=args.theta_tol)
+
+
+def run(args: argparse.Namespace, data: Dataset, rank: int) -> int:
+    """Train with structure discovery and write ``bundle/`` and ``report.json`` under
+    ``args.out``."""
+    from .pipeline import DiscoveryConfig, DiscoveryPipeline
+    from .search import SearchConfig
+
+    try:
+        params = params_from(args)
+    except DiscoveryParameterError as err:
+        print(f"elastiserve train: {err}", file=sys.stderr)
+        return 2
+    if rank != 0:
+        print("elastiserve train: --strategy discovery runs in one process; start it without "
+              "torchrun", file=sys.stderr)
+        return 2
+    cfg = DiscoveryConfig(
+        arch=args.arch,
+        arch_args={"in_channels": data.input_shape[0], "num_classes": len(data.class_names),
+                   "width_mult": args.width_mult},
+        params=params,
+        search=SearchConfig(epochs=args.discovery_epochs, lr=args.lr, theta_lr=args.theta_lr,
+                            layer_theta_lr=args.layer_theta_lr,
+                            theta_warmup=args.theta_warmup, theta_init=args.theta_init,
+                            batch_size=args.batch_size, seed=args.seed),
+        levels=args.levels, core_epochs=args.core_epochs, grow_epochs=args.grow_epochs,
+        lr=args.lr, batch_size=args.batch_size, seed=args.seed)
+    bar = None
+    progress = None
+    if not args.no_progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=0, unit="step", dynamic_ncols=True)
+        current = [""]
+
+        def progress(stage: str, step: int, total: int) -> None:
+            assert bar is not None
+            if current[0] != stage:
+                current[0] = stage
+                bar.reset(total=total)
+                bar.set_description(stage)
+            bar.update(step - bar.n)
+
+    pipeline = DiscoveryPipeline(cfg, data, args.out, progress)
+    skipped = [s for s in pipeline.stages if pipeline.done(s)]
+    if skipped:
+        print(f"resuming: stages already done: {', '.join(skipped)}", file=sys.stderr)
+    pipeline.run()
+    if bar is not None:
+        bar.close()
+    report = pipeline.report()
+    d = report["discovered"]
+    print(f"discovered: {d['layers_removed']} layers and {d['units_removed']} units removed; "
+          f"predicted MACs {report['predicted']['macs']:.0f} / params "
+          f"{report['predicted']['params']:.0f}, measured {report['measured']['macs']} / "
+          f"{report['measured']['params']}")
+    for lv in report["levels"]:
+        print(f"{lv['name']}: accuracy {lv['accuracy']:.4f}, MACs {lv['macs']} "
+              f"({lv['macs_ratio']:.3f} of full), skips {lv['skipped_blocks'] or 'none'}")
+    print(f"bundle: {args.out / 'bundle'}; report: {args.out / 'report.json'}")
+    return 0

@@ -1,0 +1,220 @@
+"""Complexity-aware structure discovery on real Fashion-MNIST: how α and β shape the result.
+
+For one ν, runs structure discovery from scratch on ResNet-20 (``--arch resnet56`` as well if
+time allows) for an α sweep (layer vs unit pruning: 0, 0.5, 1 at β = 0.5) and a β sweep (FLOPs
+vs parameters: 0, 1 at α = 0.5). For every discovered network it records units and layers
+removed, the MACs and parameter reduction, where the pruning landed (channels kept per stage),
+test accuracy (straight after discovery and after ``--finetune-epochs`` of plain training), and
+the complexity model's prediction of MACs/params against what the built network measures.
+
+What to expect from the seed paper's findings: α moves pruning from units (α = 0) to layers
+(α = 1); β = 1 (price FLOPs) spreads the pruning over the stages, which cost about the same
+MACs, while β = 0 (price parameters) concentrates it on stage 3, which holds most parameters.
+
+Resumable: each finished run is stored in the output JSON at once; rerun the same command to
+continue. ``--quick`` is a smoke-sized run (minutes).
+
+    nice -n 10 python benchmarks/discovery_sweep.py                   # the committed result
+    python benchmarks/discovery_sweep.py --quick --out /tmp/q.json    # smoke size
+"""
+
+# ruff: noqa: RUF001, RUF002  (Greek letters: the paper's notation for nu, alpha, beta)
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from elastiserve_train import loop
+from elastiserve_train.data import FASHION_MNIST_DIR, Dataset, load_fashion_mnist
+from elastiserve_train.discovery.params import DiscoveryParams
+from elastiserve_train.discovery.search import SearchConfig, discover
+
+ROOT = Path(__file__).resolve().parent
+SWEEP = (("alpha", 0.0, 0.5), ("alpha", 0.5, 0.5), ("alpha", 1.0, 0.5),
+         ("beta", 0.5, 0.0), ("beta", 0.5, 1.0))
+"""(sweep, α, β); the α = β = 0.5 point is shared by both sweeps."""
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="smoke size: 1000 images, 1 epoch")
+    p.add_argument("--arch", nargs="+", default=["resnet20"], choices=("resnet20", "resnet56"))
+    p.add_argument("--nu", type=float, default=3.0)
+    p.add_argument("--theta-lr", type=float, default=4.0)
+    p.add_argument("--layer-theta-lr", type=float, default=0.3)
+    p.add_argument("--theta-warmup", type=float, default=0.2)
+    p.add_argument("--theta-tol", type=float, default=0.05)
+    p.add_argument("--epochs", type=float, default=3.0, help="discovery epochs")
+    p.add_argument("--finetune-epochs", type=float, default=0.5,
+                   help="plain training of the discovered network afterwards")
+    p.add_argument("--train-subset", type=int, default=8000)
+    p.add_argument("--test-subset", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--data-path", type=Path, default=FASHION_MNIST_DIR)
+    p.add_argument("--out", type=Path, default=ROOT / "results" / "discovery_sweep.json")
+    p.add_argument("--part", default=None,
+                   help="i/n: run only every n-th configuration starting at i (for parallel "
+                        "processes, each with its own --out); merge with --merge")
+    p.add_argument("--merge", type=Path, nargs="*", default=[],
+                   help="result files of --part runs (same settings) to merge into --out")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.train_subset, args.test_subset, args.epochs = 1000, 300, 1.0
+        args.finetune_epochs = 0.5
+        if args.out == ROOT / "results" / "discovery_sweep.json":
+            args.out = ROOT / "results" / "discovery_sweep-quick.json"
+    return args
+
+
+def stage_kept(summary: dict[str, Any], full: dict[str, int]) -> dict[str, float]:
+    """Fraction of the channels kept per stage (stream + hidden slots of running blocks)."""
+    skipped = set(summary["skipped_blocks"])
+    out = {}
+    for stage in ("s1", "s2", "s3"):
+        slots = [s for s in full if (s == stage or s.startswith(stage + "."))
+                 and s not in skipped]
+        out[stage] = sum(summary["widths"][s] for s in slots) / sum(full[s] for s in slots)
+    return out
+
+
+def run_one(arch: str, alpha: float, beta: float, data: Dataset, args: argparse.Namespace
+            ) -> dict[str, Any]:
+    from elastiserve_store import architectures
+
+    arch_args = {"in_channels": 1, "num_classes": len(data.class_names)}
+    params = DiscoveryParams(nu=args.nu, alpha=alpha, beta=beta, theta_tol=args.theta_tol)
+    cfg = SearchConfig(epochs=args.epochs, lr=args.lr, theta_lr=args.theta_lr,
+                       layer_theta_lr=args.layer_theta_lr, theta_warmup=args.theta_warmup,
+                       batch_size=args.batch_size, seed=args.seed)
+    mean, std = torch.tensor(data.mean), torch.tensor(data.std)
+    start = time.perf_counter()
+    found = discover(arch, arch_args, data, params, cfg)
+    seconds = time.perf_counter() - start
+    acc = loop.evaluate(found.model, data.test, mean, std)
+    tuned = None
+    if args.finetune_epochs > 0:
+        model = found.model
+        loop.train(model, data.train, mean, std,
+                   loop.TrainConfig(epochs=args.finetune_epochs, lr=args.lr,
+                                    batch_size=args.batch_size, seed=args.seed + 1))
+        tuned = loop.evaluate(model, data.test, mean, std)
+    summary = found.summary()
+    full = architectures.full_widths(arch, arch_args)
+    return {
+        "arch": arch, "nu": args.nu, "alpha": alpha, "beta": beta,
+        **{k: summary[k] for k in ("layers_removed", "skipped_blocks", "units_removed",
+                                   "units_total", "macs_ratio", "params_ratio", "predicted",
+                                   "expected", "measured", "prediction_exact", "widths")},
+        "stage_channels_kept": stage_kept(summary, full),
+        "full": found.full,
+        "accuracy_discovered": acc, "accuracy_finetuned": tuned,
+        "discovery_seconds": seconds, "history": found.history,
+    }
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return all(a[k] == b[k] for k in ("arch", "alpha", "beta"))
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    head = (f"{'arch':9} {'a':>4} {'b':>4} {'layers-':>7} {'units-':>7} {'MACs':>6} "
+            f"{'params':>6} {'kept s1/s2/s3':>15} {'acc':>6} {'acc+ft':>6} {'pred=meas':>9}")
+    lines = [head, "-" * len(head)]
+    for r in results:
+        k = r["stage_channels_kept"]
+        kept = f"{k['s1']:.2f}/{k['s2']:.2f}/{k['s3']:.2f}"
+        ft = "-" if r["accuracy_finetuned"] is None else f"{r['accuracy_finetuned']:.4f}"
+        lines.append(
+            f"{r['arch']:9} {r['alpha']:4.1f} {r['beta']:4.1f} {r['layers_removed']:7d} "
+            f"{r['units_removed']:7d} {r['macs_ratio']:6.3f} {r['params_ratio']:6.3f} "
+            f"{kept:>15} {r['accuracy_discovered']:6.4f} {ft:>6} "
+            f"{r['prediction_exact']!s:>9}")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for r in results:
+        if r["beta"] == 0.5:
+            ax1.bar([f"{r['arch']}\nα={r['alpha']}"], [r["layers_removed"]], color="tab:blue")
+        label = f"{r['arch']} α={r['alpha']} β={r['beta']}"
+        ax2.scatter(r["params_ratio"], r["macs_ratio"], label=label)
+    ax1.set_ylabel("residual layers removed")
+    ax1.set_title("α moves pruning to layers (β = 0.5)")
+    ax1b = ax1.twinx()
+    xs = [f"{r['arch']}\nα={r['alpha']}" for r in results if r["beta"] == 0.5]
+    ys = [r["units_removed"] / r["units_total"] for r in results if r["beta"] == 0.5]
+    ax1b.plot(xs, ys, "o-", color="tab:orange")
+    ax1b.set_ylabel("fraction of channels removed (running blocks)", color="tab:orange")
+    ax2.plot([0, 1], [0, 1], ":", color="grey")
+    ax2.set_xlabel("params kept (fraction)")
+    ax2.set_ylabel("MACs kept (fraction)")
+    ax2.set_title("β: FLOPs vs parameters")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    data = load_fashion_mnist(args.data_path).limit(args.train_subset, args.test_subset,
+                                                    args.seed)
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+              if k not in ("out", "threads", "data_path", "arch", "part", "merge")}
+    config["dataset"] = f"fashion-mnist ({args.train_subset} train / {args.test_subset} test)"
+    done: dict[str, Any] = {"config": config, "runs": []}
+    if args.out.is_file():
+        old = json.loads(args.out.read_text())
+        if old.get("config") == config:
+            done = old
+        else:
+            print(f"{args.out}: configuration changed, starting over", file=sys.stderr)
+    for path in args.merge:
+        part = json.loads(path.read_text())
+        if part.get("config") != config:
+            raise SystemExit(f"{path}: ran with other settings; not merged")
+        for run in part["runs"]:
+            if not any(_same(r, run) for r in done["runs"]):
+                done["runs"].append(run)
+    done["runs"].sort(key=lambda r: (r["arch"], SWEEP.index(
+        next(p for p in SWEEP if p[1:] == (r["alpha"], r["beta"])))))
+    index, count = (int(x) for x in args.part.split("/")) if args.part else (0, 1)
+    for arch in args.arch:
+        for i, (_sweep, alpha, beta) in enumerate(SWEEP):
+            if i % count != index:
+                continue
+            if any(r["arch"] == arch and r["alpha"] == alpha and r["beta"] == beta
+                   for r in done["runs"]):
+                continue
+            print(f"{arch} alpha={alpha} beta={beta} ...", file=sys.stderr, flush=True)
+            done["runs"].append(run_one(arch, alpha, beta, data, args))
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(done, indent=2) + "\n")
+            print(table(done["runs"][-1:]), file=sys.stderr, flush=True)
+    print(table(done["runs"]))
+    plot(done["runs"], args.out.with_suffix(".png"))
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

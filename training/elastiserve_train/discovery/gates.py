@@ -1,0 +1,149 @@
+"""Variational Bernoulli scale variables on units and residual layers, and their dynamics.
+
+Each gated quantity (one channel of a slot, or one skippable residual block) is multiplied by
+``z ~ Bernoulli(θ)``. Training samples ``z`` per example (like dropout, which keeps the
+gradient's variance low) and differentiates through the sample with the straight-through
+estimator ``z = b + θ - sg(θ)``: the forward pass is a real sampled sub-network, the backward
+pass gives ``∂L/∂θ = E[∂L/∂z]`` up to the estimator's bias. θ lives in [0, 1] by projection
+after each step (not through a sigmoid), so θ can reach exactly 0 and 1 and "θ under θ_tol"
+is a statement about θ itself. A variable below θ_tol is *removed*: its θ is set to 0 and it is
+never sampled again (``alive`` false); the structure is then physically compacted by the
+trainer. In evaluation mode the gates are deterministic: 1 for every variable still alive.
+
+Where the gates sit in a CIFAR ResNet (so that a removed variable really is removable):
+
+* a block's hidden channel: after ``bn1`` (its ReLU passes zeros);
+* a block's residual branch (layer variable): after ``bn2``, so ``relu(z·branch + x) = x``
+  when ``z = 0`` (``x`` is already a ReLU output);
+* a stream channel (the residual path of a stage): after the stem's ``bn1`` and on the output
+  of every block writing to that stream, so a removed channel is zero everywhere it is read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from elastiserve_store.architectures import BasicBlock, Block, CifarResNet
+from elastiserve_store.slots import slot_tag
+
+
+def sample(theta: torch.Tensor, alive: torch.Tensor, shape: tuple[int, ...], training: bool
+           ) -> torch.Tensor:
+    """The scale variables for one batch, broadcastable to ``shape`` (N, C, ...).
+
+    ``theta``/``alive`` hold one entry per gated variable (channels, or a single layer).
+    """
+    view = (1, -1) + (1,) * (len(shape) - 2) if theta.numel() > 1 else (1,) * len(shape)
+    if not training:
+        return alive.to(theta.dtype).view(view)
+    eff = theta * alive
+    draw_shape = (shape[0], *eff.view(view).shape[1:])
+    b = torch.bernoulli(eff.detach().view(view).expand(draw_shape))
+    return b + (eff - eff.detach()).view(view)
+
+
+@dataclass
+class Gate:
+    """θ (a leaf tensor, optimised) and the ``alive`` mask of one gated group."""
+
+    theta: torch.Tensor
+    alive: torch.Tensor
+
+    @classmethod
+    def new(cls, n: int, init: float) -> Gate:
+        return cls(torch.full((n,), float(init), requires_grad=True),
+                   torch.ones(n, dtype=torch.bool))
+
+    def effective(self) -> torch.Tensor:
+        """θ with removed variables at exactly 0 (what the complexity model prices)."""
+        return self.theta * self.alive
+
+
+@torch.no_grad()
+def project_and_remove(gate: Gate, tol: float, *, keep_one: bool) -> bool:
+    """Clamp θ to [0, 1], remove variables under ``tol``; True if one was removed now.
+
+    With ``keep_one`` the variable with the largest θ survives even under ``tol`` (a slot
+    needs at least one channel for the network to exist at all).
+    """
+    gate.theta.clamp_(0.0, 1.0)
+    below = (gate.theta < tol) & gate.alive
+    if keep_one and bool(below.any()) and not bool((gate.alive & ~below).any()):
+        best = int(torch.where(gate.alive, gate.theta, torch.tensor(-1.0)).argmax())
+        below[best] = False
+    gate.alive &= ~below
+    gate.theta[~gate.alive] = 0.0
+    return bool(below.any())
+
+
+@dataclass
+class ResNetGates:
+    """All gates of one (possibly already compacted) CIFAR ResNet, installed as hooks."""
+
+    units: dict[str, Gate]
+    layers: dict[str, Gate]
+    _handles: list[torch.utils.hooks.RemovableHandle] = field(default_factory=list)
+
+    @classmethod
+    def attach(cls, model: nn.Module, blocks: tuple[Block, ...], units: dict[str, Gate],
+               layers: dict[str, Gate]) -> ResNetGates:
+        """Hook ``units``/``layers`` into ``model`` (see the module docstring for where)."""
+        if not isinstance(model, CifarResNet):
+            raise ValueError("structure discovery supports the CIFAR ResNets (resnet20/56)")
+        gates = cls(units, layers)
+        gates._hook(model.bn1, units["s1"])
+        for block, module in zip(blocks, model.layers, strict=True):
+            if not isinstance(module, BasicBlock):
+                continue  # skipped: identity, nothing to gate
+            out = slot_tag(module.conv2)
+            assert out is not None and out.out_slot is not None
+            gates._hook(module.bn1, units[block.name])
+            if block.skippable:
+                gates._hook(module.bn2, layers[block.name])
+            gates._hook(module, units[out.out_slot])
+        return gates
+
+    def _hook(self, module: nn.Module, gate: Gate) -> None:
+        def scale(mod: nn.Module, _inp: object, out: torch.Tensor) -> torch.Tensor:
+            return out * sample(gate.theta, gate.alive, tuple(out.shape), mod.training)
+
+        self._handles.append(module.register_forward_hook(scale))
+
+    def detach(self) -> None:
+        """Remove the hooks (the model is then the plain deterministic network)."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def thetas(self) -> Iterator[torch.Tensor]:
+        for gate in (*self.units.values(), *self.layers.values()):
+            yield gate.theta
+
+    def effective(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """θ per unit slot and per layer with removed variables at 0."""
+        return ({s: g.effective() for s, g in self.units.items()},
+                {b: g.effective()[0] for b, g in self.layers.items()})
+
+    def remove_below(self, tol: float, on_layer_removed: Callable[[str], None] | None = None
+                     ) -> bool:
+        """Apply :func:`project_and_remove` everywhere; a block whose every hidden unit fell
+        under ``tol`` loses its layer variable too (its branch computes nothing)."""
+        changed = False
+        for name, gate in self.layers.items():
+            hidden = self.units.get(name)
+            starved = hidden is not None and not bool(
+                ((hidden.theta >= tol) & hidden.alive).any())
+            if starved and bool(gate.alive.all()):
+                with torch.no_grad():
+                    gate.theta.zero_()
+            if project_and_remove(gate, tol, keep_one=False):
+                changed = True
+                if on_layer_removed is not None:
+                    on_layer_removed(name)
+        for gate in self.units.values():
+            changed |= project_and_remove(gate, tol, keep_one=True)
+        return changed
