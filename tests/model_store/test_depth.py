@@ -172,3 +172,16 @@ class TestBundle:
         _edit_manifest(tmp_path / "b", edit)
         with pytest.raises(ShapeMismatchError, match=r"levels\.0\.layers\.2"):
             load_bundle(tmp_path / "b")
+
+
+def test_serving_builds_levels_of_different_depth(tmp_path: Path) -> None:
+    """The serving runtime loads levels through the bundle: a depth-varying bundle serves."""
+    from elastiserve_serve.bundle_levels import load_levels
+
+    models = _depth_models()
+    _write(tmp_path / "b", models)
+    levels = load_levels(tmp_path / "b")
+    x = torch.randn(2, *SHAPE)
+    for module, model in zip(levels.modules, models, strict=True):
+        with torch.no_grad():
+            torch.testing.assert_close(module(x), model(x), atol=1e-6, rtol=1e-6)
