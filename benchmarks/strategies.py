@@ -188,7 +188,13 @@ def main(argv: list[str] | None = None) -> int:
         if name == "prune-grow":
             ratios = [lv["macs_ratio"] for lv in summary["levels"]]
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    doc = {"benchmark": "strategies", "config": config, "same_budget": {
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=False, cwd=ROOT).stdout.strip()
+    doc = {"benchmark": "strategies", "config": config, "git_head": head,
+           "note": "each run used the working tree at the time it ran (see each run's "
+                   "command); cached runs are reused. Times are wall seconds on a shared CPU "
+                   "(other jobs running; see load_average), comparable only roughly",
+           "load_average": os.getloadavg(), "cpus": os.cpu_count(), "same_budget": {
         "data": f"{args.dataset}: {args.train_subset} training / {args.test_subset} test images",
         "epochs": f"baseline {args.epochs}, core/pruned {args.core_epochs}, each grown "
                   f"level {args.grow_epochs}",
