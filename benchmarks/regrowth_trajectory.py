@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -290,7 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     doc["wall_seconds_this_invocation"] = time.perf_counter() - start
     doc["machine"] = {"device": args.device, "platform": platform.platform(),
                       "gpu": torch.cuda.get_device_name(0) if args.device.startswith("cuda")
-                      else None, "torch": torch.__version__}
+                      else None, "torch": torch.__version__, "cpus": os.cpu_count(),
+                      "load_average_at_end": os.getloadavg(),
+                      "note": "train_seconds are wall seconds on a shared machine"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     if doc["unstructured"] or doc["structured"]:
