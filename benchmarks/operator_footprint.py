@@ -184,7 +184,11 @@ def main() -> int:
                         "observedGeneration" in (o.get("status") or {})
                         and "policyState" in (o.get("status") or {}) for o in objs)
 
-                wait_for(all_evaluated, "all models reconciled", timeout_s=300, every_s=2.0)
+                wait_for(all_evaluated, "all models evaluated", timeout_s=300, every_s=2.0)
+                # The status (observedGeneration) is written while the children are still
+                # being applied: the reconciles end when the operator logs them.
+                wait_for(lambda: len(logged_reconciles(log_path)) >= args.models,
+                         "all models reconciled", timeout_s=300, every_s=1.0)
                 settled_in = time.monotonic() - created
                 burst = logged_reconciles(log_path)
                 assert operator.process is not None

@@ -8,7 +8,8 @@ kopf's default registry (what ``kopf.operator()`` and ``kopf run`` use).
 * an event on any child the operator manages (server-side label-selected watches) ->
   re-apply it when it was deleted or edited by another field manager (the reconcile skips
   children it applied and nobody touched since: ``applied``); for a Deployment also
-  refresh its owner's ``Ready`` when ``readyReplicas`` moved;
+  refresh its owner's ``Ready`` when ``readyReplicas`` moved. The owner comes from an
+  in-memory index of the ElasticModels (``elasticmodels``), not from a GET;
 * one daemon per ``ElasticModel`` -> evaluate the policy every
   ``spec.policy.evaluationIntervalSeconds`` (a daemon rather than a kopf timer because the
   interval is per object and may change with the spec).
@@ -21,6 +22,7 @@ the two field managers described in ``status.py``.
 from __future__ import annotations
 
 import asyncio
+import copy
 import gc
 import logging
 import os
@@ -31,11 +33,13 @@ from typing import Any
 import kopf
 
 from .applied import key_of
-from .kube import ApiError, KubeApi, connection_info, resource_path
+from .kube import ApiError, KubeApi, connection_info
 from .metrics import OperatorMetrics
 from .reconcile import (
+    OwnerLookup,
     Runtime,
     evaluate,
+    find_owner,
     forget_model,
     reconcile,
     refresh_ready,
@@ -165,7 +169,33 @@ async def forget(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
     forget_model(runtime, namespace or "", name)
 
 
-async def _child_event(runtime: Runtime, event: kopf.RawEvent) -> None:
+@kopf.index(GROUP, VERSION, PLURAL)
+def elasticmodels(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """The ElasticModels as the operator's own watch last saw them, by (namespace, name).
+
+    A child event needs its owner (readiness, drift): reading it here instead of with a
+    GET saves a round trip per event on an API server that is often the bottleneck. A
+    copy, so that nothing kopf does to its body later changes what was indexed.
+    """
+    return {(namespace or "", name): copy.deepcopy(dict(body))}
+
+
+def _lookup(kwargs: Mapping[str, Any]) -> OwnerLookup:
+    """The owner lookup over the ``elasticmodels`` index that kopf passes as a kwarg (not
+    a named parameter: kopf's handler protocols allow no extra ones)."""
+    index: kopf.Index[tuple[str, str], dict[str, Any]] = kwargs["elasticmodels"]
+
+    def known(namespace: str, name: str) -> dict[str, Any] | None:
+        return next(iter(index.get((namespace, name), ())), None)
+
+    return known
+
+
+async def _child_event(
+    runtime: Runtime, event: kopf.RawEvent, known: OwnerLookup | None = None
+) -> None:
     """Re-apply a child that was deleted or changed by someone else (drift).
 
     The reconcile handler skips children it applied before (``applied``); these watches
@@ -181,18 +211,19 @@ async def _child_event(runtime: Runtime, event: kopf.RawEvent) -> None:
             if kind == "DELETED":
                 log.info("%s %s deleted: re-applying", body.get("kind"),
                          (body.get("metadata") or {}).get("name"))
-            await _reensure_owner(runtime, body)
+            await _reensure_owner(runtime, body, known)
     except (ApiError, kopf.TemporaryError) as error:
         runtime.metrics.errors.labels("drift").inc()
         log.warning("child event not handled: %s", error)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
-async def child_deployment(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
+async def child_deployment(event: kopf.RawEvent, memo: Any, **kwargs: Any) -> None:
     """Drift, and readiness: the owner's ``Ready`` follows ``status.readyReplicas``."""
     runtime = _runtime(memo)
     body = event["object"]
-    await _child_event(runtime, event)
+    owners = _lookup(kwargs)
+    await _child_event(runtime, event, owners)
     if event.get("type") in (None, "DELETED"):  # None: the initial listing
         if event.get("type") is None:
             remember_deployment(runtime, body)
@@ -203,7 +234,7 @@ async def child_deployment(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
         remember_deployment(runtime, body)
         return  # the owner's status already says this (most events: rollout bookkeeping)
     try:
-        await refresh_ready(runtime, body)
+        await refresh_ready(runtime, body, owners)
         remember_deployment(runtime, body)  # only once the owner's status says so
     except (ApiError, kopf.TemporaryError) as error:
         runtime.metrics.errors.labels("deployment").inc()
@@ -219,21 +250,16 @@ def _ready(deployment: Mapping[str, Any]) -> int:
 @kopf.on.event("", "v1", "serviceaccounts", labels=MANAGED)
 @kopf.on.event("rbac.authorization.k8s.io", "v1", "roles", labels=MANAGED)
 @kopf.on.event("rbac.authorization.k8s.io", "v1", "rolebindings", labels=MANAGED)
-async def child_other(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
-    await _child_event(_runtime(memo), event)
+async def child_other(event: kopf.RawEvent, memo: Any, **kwargs: Any) -> None:
+    await _child_event(_runtime(memo), event, _lookup(kwargs))
 
 
-async def _reensure_owner(runtime: Runtime, child: Mapping[str, Any]) -> None:
-    meta = child.get("metadata") or {}
-    for ref in meta.get("ownerReferences") or []:
-        if ref.get("kind") != "ElasticModel":
-            continue
-        path = resource_path(f"{GROUP}/{VERSION}", "ElasticModel", meta.get("namespace"),
-                             ref["name"])
-        owner = await runtime.api.get(path)
-        alive = owner is not None and not owner["metadata"].get("deletionTimestamp")
-        if alive and owner is not None and owner["metadata"].get("uid") == ref.get("uid"):
-            await reconcile(runtime, owner)
+async def _reensure_owner(
+    runtime: Runtime, child: Mapping[str, Any], known: OwnerLookup | None = None
+) -> None:
+    owner = await find_owner(runtime, child, known)
+    if owner is not None:
+        await reconcile(runtime, owner)
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -50,8 +50,10 @@ from .status import (
 
 __all__ = [
     "POLICY_MANAGER",
+    "OwnerLookup",
     "Runtime",
     "evaluate",
+    "find_owner",
     "forget_model",
     "reconcile",
     "refresh_ready",
@@ -246,18 +248,43 @@ def forget_model(rt: Runtime, namespace: str, name: str) -> None:
     rt.deployments.pop((namespace, names.deployment), None)
 
 
-async def refresh_ready(rt: Runtime, deployment: Mapping[str, Any]) -> None:
-    """A child Deployment changed: rebuild ``readyReplicas``/``Ready`` of its owner."""
-    meta = deployment.get("metadata") or {}
-    owners = [
+OwnerLookup = Callable[[str, str], Mapping[str, Any] | None]
+"""(namespace, name) -> the ``ElasticModel`` as the operator's watch last saw it, or None."""
+
+
+async def find_owner(
+    rt: Runtime, child: Mapping[str, Any], known: OwnerLookup | None = None
+) -> Mapping[str, Any] | None:
+    """The live ``ElasticModel`` that owns ``child`` (same uid), or None.
+
+    ``known`` is the operator's in-memory view (a kopf index fed by the watch it keeps
+    anyway): a child event then costs no GET. Only a miss (not indexed yet, or another uid:
+    deleted and re-created) reads the API server.
+    """
+    meta = child.get("metadata") or {}
+    refs = [
         ref for ref in meta.get("ownerReferences") or []
         if ref.get("kind") == KIND and ref.get("apiVersion") == API_VERSION
     ]
-    if not owners:
-        return
-    namespace = meta.get("namespace", "")
-    body = await rt.api.get(resource_path(API_VERSION, KIND, namespace, owners[0]["name"]))
-    if body is None or body["metadata"].get("uid") != owners[0].get("uid"):
+    if not refs:
+        return None
+    namespace, ref = str(meta.get("namespace") or ""), refs[0]
+    body = known(namespace, str(ref["name"])) if known is not None else None
+    if body is None or (body.get("metadata") or {}).get("uid") != ref.get("uid"):
+        body = await rt.api.get(resource_path(API_VERSION, KIND, namespace, ref["name"]))
+    if body is None or body["metadata"].get("uid") != ref.get("uid"):
+        return None
+    if body["metadata"].get("deletionTimestamp"):
+        return None
+    return body
+
+
+async def refresh_ready(
+    rt: Runtime, deployment: Mapping[str, Any], known: OwnerLookup | None = None
+) -> None:
+    """A child Deployment changed: rebuild ``readyReplicas``/``Ready`` of its owner."""
+    body = await find_owner(rt, deployment, known)
+    if body is None:
         return
     owner = _owner(body)
     status = body.get("status") or {}
