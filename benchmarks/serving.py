@@ -8,10 +8,13 @@ from the scheduled send time, so a stalled server shows as latency, not as less 
   served within the objective with no failed request.
 * **Our handler vs TorchServe's stock ``image_classifier``** on the *same* full model and the
   *same* request bytes, in the *same* TorchServe (one JVM, one configuration, one worker each,
-  same batch size and delay), at the same rates, interleaved rate by rate with alternating order
-  so that the machine's noise hits both. The stock handler needs a TorchScript file: the full
+  same batch size and delay): in the sweep (taking turns at each rate) and in *paired* runs,
+  where both get the same rate at the same time so that the machine's noise hits both; the
+  latency ratio comes from the paired runs. The stock handler needs a TorchScript file: the full
   level from ``load_bundle`` traced with ``torch.jit.trace``. That file exists only as this
-  baseline; the product's load path stays safetensors with no pickle and no TorchScript.
+  baseline; the product's load path stays safetensors with no pickle and no TorchScript file.
+  Ours runs with ``trace_levels: true`` (levels traced in memory, see ``runtime/graph.py``); an
+  eager copy of our handler is paired against the stock handler too.
 * **Memory**: the TorchServe worker's RSS/USS with all levels (shared storage), with the full
   level alone (a one-level bundle of the same weights) and with one separate model per level,
   each worker warmed with the same requests; plus the exact tensor storage of each.
@@ -58,7 +61,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
 STOCK_DEPS = Path.home() / ".cache" / "elastiserve" / "stock-handler-deps"
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-OURS, STOCK = "elastic", "stock"
+OURS, EAGER, STOCK = "elastic", "eager", "stock"
 # Paired runs put both models under load at once, so they stay well below either's max rate.
 PAIRED_FRACTIONS = (0.2, 0.35, 0.5)
 
@@ -348,7 +351,11 @@ def profile_in_process(bundle: Path, stock_mar_dir: Path, body: bytes, rounds: i
     levels = load_levels(bundle)
     runtime = ElasticRuntime(levels, RuntimeSettings(control_file=None, threads=1))
     runtime.warm_up()
+    traced_runtime = ElasticRuntime(levels, RuntimeSettings(control_file=None, threads=1,
+                                                            trace_levels=True))
+    traced_runtime.warm_up()
     eager = levels.modules[-1]
+    ours_graph = traced_runtime.levels.modules[-1]
     scripted = torch.jit.load(str(stock_mar_dir / "model.pt"))  # type: ignore[no-untyped-call]
     mapping = {str(i): n for i, n in enumerate(levels.class_names)}
     from PIL import Image
@@ -373,6 +380,9 @@ def profile_in_process(bundle: Path, stock_mar_dir: Path, body: bytes, rounds: i
     def ours_all() -> object:
         return [json.dumps(o.to_json()) for o in runtime.handle([RawRequest(body)])]
 
+    def ours_traced_all() -> object:
+        return [json.dumps(o.to_json()) for o in traced_runtime.handle([RawRequest(body)])]
+
     x = ours_pre()
     with torch.inference_mode():
         logits = eager(x)
@@ -381,12 +391,15 @@ def profile_in_process(bundle: Path, stock_mar_dir: Path, body: bytes, rounds: i
         "stock_preprocess": stock_pre,
         "forward_eager": lambda: eager(x),
         "forward_torchscript": lambda: scripted(x),
+        "forward_ours_traced": lambda: ours_graph(x),
         "stock_postprocess": lambda: stock_post(logits),
         "ours_handle": ours_all,
+        "ours_traced_handle": ours_traced_all,
         "stock_handle": stock_all,
     }
     out = interleaved_timings(steps, rounds, repeats)
-    for pair in (("ours_handle", "stock_handle"), ("forward_eager", "forward_torchscript")):
+    for pair in (("ours_handle", "stock_handle"), ("ours_traced_handle", "stock_handle"),
+                 ("forward_eager", "forward_torchscript")):
         out[f"{pair[0]}_vs_{pair[1]}"] = round(out[f"{pair[0]}_ms_min"]
                                                / out[f"{pair[1]}_ms_min"], 3)
     return out
@@ -472,6 +485,43 @@ def paired_ratios(pairs: Sequence[tuple[Step, Step]]) -> dict[str, Any]:
     }
 
 
+def plot(result: dict[str, Any], path: Path) -> None:
+    """p50/p95 against offered rate for every level and the stock handler (from the JSON)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    objective = result["p95_objective_ms"]
+    series = [(row["name"], row["steps"]) for row in result["level_details"]]
+    series.append(("stock (full)", result["stock_handler"]["steps"]))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, key in zip(axes, ("p50_ms", "p95_ms"), strict=True):
+        for name, steps in series:
+            best: dict[float, float] = {}
+            for s in steps:  # a re-run rate keeps its better run, as max_rps does
+                best[s["rate"]] = min(best.get(s["rate"], math.inf), s[key])
+            rates = sorted(best)
+            style = "k--" if name.startswith("stock") else "-"
+            ax.plot(rates, [best[r] for r in rates], style, marker="o", ms=3, label=name)
+        ax.axhline(objective, color="grey", lw=0.8, ls=":")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set_xlabel("offered rate (req/s, open loop)")
+        ax.set_title(key.replace("_ms", "") + " latency (ms)")
+    axes[0].legend(fontsize=8)
+    model = result["model"]
+    fig.suptitle(f"{model['architecture']} x{model['width_mult']} {model['input']}, "
+                 "one TorchServe worker per model, "
+                 f"batch {result['batching']['batch_size']}; objective p95 {objective:g} ms",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: narrow model, short steps")
@@ -486,7 +536,12 @@ def main() -> int:
     parser.add_argument("--profile-only", action="store_true",
                         help="only the in-process profile of both handlers, printed")
     parser.add_argument("--output", type=Path)
+    parser.add_argument("--plot-only", type=Path, metavar="JSON",
+                        help="redraw the PNG beside a result JSON and exit")
     args = parser.parse_args()
+    if args.plot_only:
+        plot(json.loads(args.plot_only.read_text()), args.plot_only.with_suffix(".png"))
+        return 0
     # SIGTERM unwinds like Ctrl-C, so the TorchServes (own process groups) are stopped too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     seconds = args.seconds or (3.0 if args.quick else 10.0)
@@ -532,13 +587,18 @@ def main() -> int:
         print(json.dumps(profile, indent=2), flush=True)
         if args.profile_only:
             return 0
+        # Ours as benchmarked: levels traced in memory (trace_levels); the eager runtime runs
+        # beside it for the paired comparison only.
         build_archive(bundles["levels"], store, OURS,
-                      spec(control_file=str(control), allow_pin=True))
+                      spec(control_file=str(control), allow_pin=True, trace_levels=True))
+        build_archive(bundles["levels"], store, EAGER, spec(control_file=""))
         build_archive(bundles["levels"], store, "separate",
-                      spec(control_file="", allow_pin=True, share_storage=False))
+                      spec(control_file="", allow_pin=True, share_storage=False,
+                           trace_levels=True))
         build_archive(bundles["levels"], store, "shared",
-                      spec(control_file="", allow_pin=True))
-        build_archive(bundles["full_only"], store, "fullonly", spec(control_file=""))
+                      spec(control_file="", allow_pin=True, trace_levels=True))
+        build_archive(bundles["full_only"], store, "fullonly",
+                      spec(control_file="", trace_levels=True))
 
         # ---- memory: three workers holding the same weights three ways, same warm traffic
         print("memory ...", flush=True)
@@ -557,14 +617,16 @@ def main() -> int:
         print(json.dumps({"workers": mem_workers, "tensors": tensors}, indent=2), flush=True)
 
         # ---- latency: our handler (every level) and the stock handler in one TorchServe
-        with run_torchserve(root / "run", store, [f"{OURS}={OURS}.mar", f"{STOCK}={STOCK}.mar"],
+        with run_torchserve(root / "run", store,
+                            [f"{m}={m}.mar" for m in (OURS, EAGER, STOCK)],
                             extra_env=env) as server:
             auth = {"Authorization": f"Bearer {server.keys.inference}"}
             ours = Target(full, f"{server.inference_url}/predictions/{OURS}", auth)
             stock = Target(STOCK, f"{server.inference_url}/predictions/{STOCK}", auth)
+            eager = Target(EAGER, f"{server.inference_url}/predictions/{EAGER}", auth)
             pinned = [Target(lv, ours.url, {**auth, "X-Elastiserve-Level": lv})
                       for lv in levels[:-1]]
-            warm([ours, stock, *pinned], body, 10)
+            warm([ours, eager, stock, *pinned], body, 10)
             grid = rate_grid(args.start_rate, args.rate_factor, 400.0)
             print(f"sweep, every level + stock interleaved (objective p95 {objective} ms):",
                   flush=True)
@@ -572,18 +634,19 @@ def main() -> int:
             ours_max = max_sustained(steps[full], objective)
             stock_max = max_sustained(steps[STOCK], objective)
             both = min(ours_max.rate if ours_max else 0.0, stock_max.rate if stock_max else 0.0)
-            pairs: list[tuple[Step, Step]] = []
+            pairs: dict[str, list[tuple[Step, Step]]] = {OURS: [], EAGER: []}
             for fraction in PAIRED_FRACTIONS:
                 rate = round(max(both * fraction, 1.0), 1)
-                print(f"paired, ours and stock together at {rate}/s each:", flush=True)
-                o, t = paired_step(ours, stock, body, rate, 2 * seconds)
-                pairs.append((o, t))
+                for name, mine in ((OURS, ours), (EAGER, eager)):
+                    print(f"paired, {name} and stock together at {rate}/s each:", flush=True)
+                    o, t = paired_step(mine, stock, body, rate, 2 * seconds)
+                    pairs[name].append((o, t))
             switch_rate = round(max(0.5 * (ours_max.rate if ours_max else 2.0), 1.0), 1)
             print(f"switching under load at {switch_rate}/s ...", flush=True)
             first_ms, switch_failed, unseen = switch_times(
                 ours, control, levels, body, 6 if args.quick else args.switches,
                 switch_rate, gap_s=2.0)
-            main_workers = {m: worker_memory(server, m) for m in (OURS, STOCK)}
+            main_workers = {m: worker_memory(server, m) for m in (OURS, EAGER, STOCK)}
 
     def summary(target_steps: Sequence[Step]) -> dict[str, Any]:
         best = max_sustained(target_steps, objective)
@@ -593,23 +656,26 @@ def main() -> int:
 
     rows = [{"name": lv, **summary(steps[lv])} for lv in levels]
     stock_row = summary(steps[STOCK])
-    paired = paired_ratios(pairs)
+    paired = paired_ratios(pairs[OURS])
+    paired_eager = paired_ratios(pairs[EAGER])
     sweep_ratios = overhead_ratios(steps[full], steps[STOCK], objective)
     ours_steps = [s for lv in levels for s in steps[lv]]
     failed_in_range = sum(s.failed for row in rows for s in steps[row["name"]]
                           if s.rate <= row["max_rps"])
-    paired_failed = sum(r["failed"] for r in paired["runs"])
+    paired_failed = sum(r["failed"] for r in paired["runs"] + paired_eager["runs"])
     result: dict[str, Any] = {
         "levels": [{"name": r["name"], "max_rps": r["max_rps"], "p95_ms": r["p95_ms"]}
                    for r in rows],
         "narrowest_vs_full_rps": round(rows[0]["max_rps"] / rows[-1]["max_rps"], 2)
         if rows[-1]["max_rps"] else None,
         "handler_overhead_ratio": paired["p50_ratio_median"],
+        "handler_overhead_ratio_eager": paired_eager["p50_ratio_median"],
         "handler_overhead_basis": (
             "median over 3 paired runs (20/35/50 % of the lower max_rps; ours and stock "
             "image_classifier at the same rate at the same time, same TorchServe) of our p50 / "
-            "stock p50, full level; p95 ratios and the sequential sweep's ratios in "
-            "stock_handler"),
+            "stock p50, full level, ours with trace_levels on (as in every other number here); "
+            "_eager: the same with our levels run eagerly; p95 ratios and the sequential "
+            "sweep's ratios in stock_handler"),
         "memory_ratio_all_vs_full": round(mem_workers["shared"]["rss"]
                                           / mem_workers["fullonly"]["rss"], 3),
         "memory_ratio_basis": "TorchServe worker RSS, all levels (shared storage) / full level "
@@ -630,6 +696,7 @@ def main() -> int:
             "max_rps": stock_row["max_rps"], "p95_ms_at_max": stock_row["p95_ms"],
             "ours_full_max_rps": rows[-1]["max_rps"],
             "paired": paired,
+            "paired_eager": paired_eager,
             "sweep_ratios": sweep_ratios,
             "steps": stock_row["steps"],
             "same_server": "one TorchServe (one JVM, same config.properties), one worker per "
@@ -655,6 +722,10 @@ def main() -> int:
                   "weights": "random (generated with the bundle writer; accuracy not measured)"},
         "request": f"one 256x256 RGB JPEG, {len(body)} bytes, POSTed raw",
         "batching": batching,
+        "ours": "ElastiserveHandler (the .mar from build_archive), handler settings threads: 1, "
+                "trace_levels: true (every level run as a graph traced in memory from the "
+                "verified safetensors weights); 'eager' in the paired runs is the same without "
+                "trace_levels",
         "load_generator": "open loop, fixed rate, latency from the scheduled send time; rates "
                           f"x{args.rate_factor} per step from {args.start_rate}/s, {seconds} s "
                           "per step, every level and the stock handler take turns at each rate "
@@ -667,6 +738,7 @@ def main() -> int:
     }
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, output.with_suffix(".png"))
     brief = {k: v for k, v in result.items()
              if k not in ("level_details", "stock_handler", "memory", "in_process_profile_ms")}
     print(json.dumps(brief, indent=2))

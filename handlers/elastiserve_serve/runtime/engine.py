@@ -19,6 +19,7 @@ import torch
 
 from .control import ControlFileReader, ControlState
 from .decode import BadRequest, decode
+from .graph import trace_levels
 from .levels import LevelSet
 from .metrics import MetricsSink, NullMetrics
 from .settings import PIN_HEADER, RuntimeSettings
@@ -67,12 +68,15 @@ class ElasticRuntime:
         metrics: MetricsSink | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
-        self.levels = levels
         self.settings = settings
         self.metrics: MetricsSink = metrics or NullMetrics()
         self._clock = clock
         if settings.threads:
             torch.set_num_threads(settings.threads)
+        # Traced graphs replace eager levels where that is safe (see runtime.graph).
+        self.levels = (
+            trace_levels(levels, settings.warmup_batch) if settings.trace_levels else levels
+        )
         try:
             default = levels.resolve(settings.default_level or levels.names[-1])
         except KeyError:

@@ -27,6 +27,7 @@ class RuntimeSettings:
     limits: DecodeLimits = field(default_factory=DecodeLimits)
     warmup_batch: int = 2
     threads: int = 0  # torch intra-op threads per worker; 0 leaves torch's default
+    trace_levels: bool = False  # run levels as traced graphs (see runtime.graph)
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
@@ -40,7 +41,7 @@ def settings_from_mapping(raw: Mapping[str, object]) -> RuntimeSettings:
 
     Keys: ``control_file`` (path, or empty for none), ``default_level``, ``allow_pin``,
     ``top_k``, ``max_body_bytes``, ``max_image_pixels``, ``max_samples``, ``warmup_batch``,
-    ``threads``.
+    ``threads``, ``trace_levels``.
     """
     known = {
         "control_file",
@@ -52,6 +53,7 @@ def settings_from_mapping(raw: Mapping[str, object]) -> RuntimeSettings:
         "max_samples",
         "warmup_batch",
         "threads",
+        "trace_levels",
     }
     unknown = set(raw) - known
     if unknown:
@@ -69,6 +71,9 @@ def settings_from_mapping(raw: Mapping[str, object]) -> RuntimeSettings:
     allow_pin = raw.get("allow_pin", defaults.allow_pin)
     if not isinstance(allow_pin, bool):
         raise ValueError("allow_pin must be a boolean")
+    trace = raw.get("trace_levels", defaults.trace_levels)
+    if not isinstance(trace, bool):
+        raise ValueError("trace_levels must be a boolean")
     return RuntimeSettings(
         control_file=Path(str(control)) if control else None,
         default_level=default_level,
@@ -77,6 +82,7 @@ def settings_from_mapping(raw: Mapping[str, object]) -> RuntimeSettings:
         limits=limits,
         warmup_batch=_int(raw, "warmup_batch", defaults.warmup_batch),
         threads=_int(raw, "threads", defaults.threads),
+        trace_levels=trace,
     )
 
 
