@@ -102,7 +102,11 @@ class PolicyLoop:
     """Evaluate the policy every ``spec.policy.evaluation_interval_s`` and actuate switches.
 
     ``source`` is any :class:`MetricsSource` (a ``PrometheusClient`` in the demo); ``clock``
-    gives epoch seconds, the time base of Prometheus' sample timestamps.
+    gives epoch seconds, the time base of Prometheus' sample timestamps. ``spec`` is already
+    merged with the defaults for what it leaves out, as the operator merges a CR's:
+    ``parse_spec(raw)`` uses the built-in ``SpecDefaults`` (equal to the chart's values, a
+    chart test checks), ``parse_spec(raw, defaults_from_env(os.environ))`` the same
+    ``ELASTISERVE_DEFAULT_*`` variables the operator reads. The queries are this loop's own.
     """
 
     spec: ElasticModelSpec
