@@ -182,7 +182,10 @@ def _unstructured(args: argparse.Namespace, data: Dataset, budget: Budget | None
                        prune_epochs=args.prune_epochs, core_epochs=args.core_epochs,
                        grow_epochs=args.grow_epochs, lr=args.lr, batch_size=args.batch_size,
                        calib_batches=args.regrowth_calib_batches, seed=args.seed)
-    traj = SparseTrajectory(dense, data, cfg, args.out / "levels")
+    traj = SparseTrajectory(dense, data, cfg, args.out / "levels", metadata={
+        "architecture": args.arch, "arch_args": arch_args,
+        "input_shape": list(data.input_shape), "class_names": list(data.class_names),
+        "normalisation": {"mean": list(data.mean), "std": list(data.std)}})
     extreme = args.regrowth_sparsity if budget is None else traj.sparsity_for(budget, dense)
     keep = 1.0 - extreme
     steps = args.steps_per_level if args.schedule == "iterative" else 1

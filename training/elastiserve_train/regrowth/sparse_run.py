@@ -85,7 +85,11 @@ class SparseTrajectory:
     """Prunes and regrows one trained dense network, recording a :class:`Point` per step."""
 
     def __init__(self, dense: nn.Module, data: Dataset, cfg: SparseConfig, store: Path,
-                 on_point: Callable[[Point], None] | None = None) -> None:
+                 on_point: Callable[[Point], None] | None = None,
+                 metadata: dict[str, Any] | None = None) -> None:
+        """``metadata`` (e.g. architecture and its arguments) goes into every artifact, so a
+        reader can rebuild the network from the stored tensors."""
+        self.metadata = dict(metadata or {})
         self.dense_state = {k: v.detach().clone() for k, v in dense.state_dict().items()}
         self.data = data
         self.cfg = cfg
@@ -129,8 +133,9 @@ class SparseTrajectory:
                seconds: float) -> Point:
         """Evaluate ``model``, store it sparsely under ``store/name`` and report the point."""
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        size = write_sparse(self.store / name, state, {"phase": phase, "schedule": schedule,
-                                                       "sparsity": sparsity_of(masks)})
+        size = write_sparse(self.store / name, state, {
+            **self.metadata, "phase": phase, "schedule": schedule,
+            "sparsity": sparsity_of(masks)})
         counts = {n: int(m.sum()) for n, m in masks.items()}
         dense_rest = sum(p.numel() for n, p in model.named_parameters() if n not in masks)
         point = Point(
