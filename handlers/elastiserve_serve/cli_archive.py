@@ -19,6 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="let clients pin a level with X-Elastiserve-Level")
     parser.add_argument("--control-file", default="/dev/shm/elastiserve/level.json")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per worker")
+    parser.add_argument("--trace-levels", action="store_true",
+                        help="run each level as a graph traced in memory at load (falls back "
+                             "to eager per level if tracing is unsafe)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing .mar")
 
 
@@ -31,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
             "control_file": args.control_file,
             "allow_pin": bool(args.allow_pin),
             "threads": args.threads,
+            "trace_levels": bool(args.trace_levels),
         },
     )
     path = build_archive(args.bundle, args.export_path, args.name, spec, force=args.force)

@@ -19,7 +19,7 @@ from .bundles import make_bundle
 def test_archive_contains_bundle_and_config_but_no_pickle(tmp_path: Path) -> None:
     bundle = make_bundle(tmp_path / "bundle")
     code = main(["archive", str(bundle), "--name", "m", "--export-path", str(tmp_path / "s"),
-                 "--workers", "2", "--batch-size", "4", "--allow-pin"])
+                 "--workers", "2", "--batch-size", "4", "--allow-pin", "--trace-levels"])
     assert code == 0
     with zipfile.ZipFile(tmp_path / "s" / "m.mar") as mar:
         names = set(mar.namelist())
@@ -30,6 +30,7 @@ def test_archive_contains_bundle_and_config_but_no_pickle(tmp_path: Path) -> Non
     assert "serializedFile" not in manifest["model"]
     assert config["minWorkers"] == 2 and config["batchSize"] == 4
     assert config["handler"]["allow_pin"] is True
+    assert config["handler"]["trace_levels"] is True
 
 
 def test_archive_refuses_corrupt_bundle(tmp_path: Path) -> None:
