@@ -10,8 +10,9 @@ fine-tuning epochs, batch size and seed, and reads each run's ``report.json``:
   (``--regrowth-levels``), so level k of both has (at most) the same MACs;
 * ``regrowth-unstructured`` (seed 2, weights): the same MACs-ratio budget for its most pruned
   point (theoretical sparse MACs), regrown to the same fractions of weights;
-* ``discovery`` (seed 3): its own defaults with the shared settings; its levels are wherever its
-  search puts them (recorded as measured).
+* ``discovery`` (seed 3): trains from scratch with its gates for ``--epochs`` (as
+  ``--discovery-epochs``: the others' baseline budget), then the same core/grow epochs; its
+  levels are wherever its search puts them (recorded as measured).
 
 Each run is cached in ``--work-dir/<strategy>`` with the command that made it: rerunning the
 script skips finished runs. Writes ``benchmarks/results/strategies.json`` (``strategies``: list
@@ -66,6 +67,8 @@ def _command(name: str, args: argparse.Namespace, ratios: list[float] | None) ->
             raise RuntimeError("regrowth needs prune-grow's level MACs ratios")
         cmd += ["--regrowth-form", "unstructured", "--budget-macs-ratio", _ratio(ratios[0]),
                 "--regrowth-levels", ",".join(f"{r:.6f}" for r in ratios[1:] if r < 0.999)]
+    elif name == "discovery":  # its training from scratch replaces the baseline epochs
+        cmd += ["--discovery-epochs", str(args.epochs)]
     return cmd
 
 
