@@ -251,7 +251,7 @@ class TestInstallClusterWide:
             "get", "notes", cluster_wide_release.name, "-n", cluster_wide_release.namespace
         ).stdout
         assert "kind: ElasticModel" in notes
-        assert "p95Ms: 100" in notes
+        assert "objective 100 ms" in notes  # the release's default, which the example uses
         assert "kubectl get elasticmodels" in notes
         assert "monitoring.podMonitor.enabled=true" in notes
 
