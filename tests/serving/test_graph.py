@@ -87,3 +87,9 @@ def test_setting(raw: dict[str, object], expected: bool) -> None:
 def test_setting_must_be_boolean() -> None:
     with pytest.raises(ValueError, match="trace_levels"):
         settings_from_mapping({"trace_levels": "yes"})
+
+
+def test_heap_trim_available_on_this_glibc_machine() -> None:
+    from elastiserve_serve.runtime.heap import trim_heap
+
+    assert trim_heap() is True  # Linux with glibc (the serving image too); a no-op elsewhere

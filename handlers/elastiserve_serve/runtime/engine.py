@@ -20,6 +20,7 @@ import torch
 from .control import ControlFileReader, ControlState
 from .decode import BadRequest, decode
 from .graph import trace_levels
+from .heap import trim_heap
 from .levels import LevelSet
 from .metrics import MetricsSink, NullMetrics
 from .settings import PIN_HEADER, RuntimeSettings
@@ -75,7 +76,7 @@ class ElasticRuntime:
             torch.set_num_threads(settings.threads)
         # Traced graphs replace eager levels where that is safe (see runtime.graph).
         self.levels = (
-            trace_levels(levels, settings.warmup_batch) if settings.trace_levels else levels
+            trace_levels(levels) if settings.trace_levels else levels
         )
         try:
             default = levels.resolve(settings.default_level or levels.names[-1])
@@ -103,6 +104,8 @@ class ElasticRuntime:
         with torch.inference_mode():
             for module in self.levels.modules:
                 module(sample)
+        del sample
+        trim_heap()  # the levels' warm-up activations are freed; give the pages back
 
     def handle(self, requests: Sequence[RawRequest]) -> list[Outcome]:
         """Serve one batch; the result has one outcome per request, in order."""

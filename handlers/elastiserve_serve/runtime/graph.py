@@ -31,8 +31,12 @@ log = logging.getLogger(__name__)
 CHECK_TOLERANCE = 1e-4
 
 
-def trace_levels(levels: LevelSet, batch: int = 2) -> LevelSet:
-    """A level set whose modules are traced graphs where tracing is safe, else left eager."""
+def trace_levels(levels: LevelSet, batch: int = 1) -> LevelSet:
+    """A level set whose modules are traced graphs where tracing is safe, else left eager.
+
+    ``batch`` is the tracing input's batch size; 1 keeps the activations allocated while
+    tracing (per level, at full resolution) small.
+    """
     generator = torch.Generator().manual_seed(0)
     sample = torch.randn((max(1, batch), *levels.input_spec.shape), generator=generator)
     modules = tuple(
