@@ -123,6 +123,29 @@ def histogram_count(text: str, name: str, match: str = "") -> float:
     return total
 
 
+SERVER = "apiserver_request_duration_seconds"
+SERVER_APPLIES = {
+    "deployment": 'resource="deployments",scope="resource",subresource="",verb="APPLY"',
+    "configmap": 'resource="configmaps",scope="resource",subresource="",verb="APPLY"',
+    "status": 'resource="elasticmodels",scope="resource",subresource="status",verb="APPLY"',
+}
+"""Label fragments (the API server writes labels sorted) of the applies a reconcile sends."""
+
+
+def server_side(before: str, after: str) -> dict[str, float]:
+    """The API server's own time for the operator's applies in a phase (its histogram's
+    bucket bounds, p50/p99): what the server spends, as against the round trip the
+    operator sees (the difference is the client, TLS, the loop and the shared CPUs)."""
+    out: dict[str, float] = {}
+    for what, match in SERVER_APPLIES.items():
+        earlier = buckets_of(before, SERVER, match)
+        for q in (0.5, 0.99):
+            bound, count = histogram_p99(after, SERVER, earlier, match, q=q)
+            out[f"server_apply_{what}_p{round(q * 100)}_bound_ms"] = round(bound * 1000.0, 1)
+        out[f"server_apply_{what}_count"] = count
+    return out
+
+
 def load() -> float:
     return round(os.getloadavg()[0], 2)
 
@@ -223,6 +246,7 @@ def main() -> int:
                     patch_before = buckets_of(text, API, 'method="PATCH"')
                     patches_before = histogram_count(text, API, 'method="PATCH"')
                     lag_before = buckets_of(text, LAG)
+                    server_before = plane.kubectl("get", "--raw", "/metrics").stdout
                     skip = line_count(log_path)
                     loads[f"{what}_start"] = load()
                     for i in range(args.models):
@@ -233,6 +257,7 @@ def main() -> int:
                     time.sleep(3.0)
                     loads[f"{what}_end"] = load()
                     text = fetch(url)
+                    server = plane.kubectl("get", "--raw", "/metrics").stdout
                     exact[what] = logged_reconciles(log_path, skip)
                     ms = exact[what]
                     phases[what] = {
@@ -252,6 +277,7 @@ def main() -> int:
                             text, API, patch_before, 'method="PATCH"')[0] * 1000.0, 1),
                         "event_loop_lag_p99_bound_ms": round(
                             histogram_p99(text, LAG, lag_before)[0] * 1000.0, 1),
+                        **server_side(server_before, server),
                     }
                 counters = {name: counter(fetch(url), name) for name in (
                     "elastiserve_operator_child_applies_total",
@@ -291,6 +317,8 @@ def main() -> int:
         "models applied in one kubectl call, a different quantity (reconciles queue behind "
         "each other). api_patches_per_change: the operator's own PATCH requests in a phase "
         "per changed model (status writes and evaluations included; kopf's own excluded). "
+        "server_apply_*: the API server's own duration of the applies (its "
+        "apiserver_request_duration_seconds buckets), children and status. "
         "idle_api_patches_per_s: the same with nothing changing (policy loops only). The API "
         "server, etcd and the operator share the machine's cores: see load_avg_1m.",
     }
