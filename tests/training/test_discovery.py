@@ -18,7 +18,7 @@ from elastiserve_train.discovery.complexity import (
 )
 from elastiserve_train.discovery.gates import Gate, project_and_remove, sample
 from elastiserve_train.discovery.params import DiscoveryParameterError, DiscoveryParams
-from elastiserve_train.discovery.pipeline import grown_kept
+from elastiserve_train.discovery.pipeline import grown_kept, grown_skipped
 from elastiserve_train.discovery.search import SearchConfig, discover
 
 ARGS = {"in_channels": 1, "num_classes": 4, "width_mult": 0.25}
@@ -181,3 +181,11 @@ def test_grown_levels_add_pruned_channels_by_theta() -> None:
     theta = {"a": [0.2, 0.0, math.nan, 0.9, 0.04, 0.03]}
     assert grown_kept(core, theta, {"a": 6}, 0.5)["a"].tolist() == [0, 1, 3, 4]
     assert grown_kept(core, theta, {"a": 6}, 1.0)["a"].tolist() == list(range(6))
+
+
+def test_grown_levels_run_removed_blocks_back_by_theta() -> None:
+    skipped = ("s1.b1", "s2.b2", "s3.b1", "s3.b2")
+    theta = {"s1.b1": 0.0, "s2.b2": 0.04, "s3.b1": 0.0, "s3.b2": 0.01}
+    assert grown_skipped(skipped, theta, 0.5) == ("s1.b1", "s3.b1")
+    assert grown_skipped(skipped, theta, 0.25) == ("s1.b1", "s3.b1", "s3.b2")
+    assert grown_skipped(skipped, theta, 1.0) == ()

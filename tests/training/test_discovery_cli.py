@@ -38,8 +38,9 @@ def test_discovery_writes_a_depth_nested_bundle_and_report(tmp_path: Path) -> No
 
     bundle = load_bundle(out / "bundle")
     skipped = [lv.skipped_blocks for lv in bundle.manifest.levels]
-    assert skipped[0], "the discovered level should skip at least one residual block"
-    assert skipped[1] == skipped[2] == ()
+    assert len(skipped[0]) >= 2, "the discovered level should skip residual blocks"
+    assert set(skipped[1]) < set(skipped[0])  # depth nests: L1 runs some of them back
+    assert skipped[2] == ()
     assert report["measured"]["macs"] == levels[0]["macs"]
     level0 = bundle.build_level(0)
     assert count_macs(level0, (1, 8, 8)) == levels[0]["macs"]

@@ -32,9 +32,9 @@ def add_arguments(group: Any) -> None:
                        help="remove a unit/layer when its θ falls below this")
     group.add_argument("--discovery-epochs", type=float, default=10.0,
                        help="epochs of training from scratch with the gates")
-    group.add_argument("--theta-lr", type=float, default=4.0,
+    group.add_argument("--theta-lr", type=float, default=2.0,
                        help="SGD step size of the unit (channel) θ")
-    group.add_argument("--layer-theta-lr", type=float, default=0.3,
+    group.add_argument("--layer-theta-lr", type=float, default=0.2,
                        help="SGD step size of the residual-layer θ")
     group.add_argument("--theta-warmup", type=float, default=0.2,
                        help="fraction of the discovery steps before θ starts to move")

@@ -17,6 +17,10 @@ Where the gates sit in a CIFAR ResNet (so that a removed variable really is remo
   when ``z = 0`` (``x`` is already a ReLU output);
 * a stream channel (the residual path of a stage): after the stem's ``bn1`` and on the output
   of every block writing to that stream, so a removed channel is zero everywhere it is read.
+
+One variable is one random draw: a stream channel's ``z`` is sampled once per forward pass and
+the same sample scales it at every place it is gated (independent draws per place would model
+a different, noisier network than the one whose cost is priced).
 """
 
 from __future__ import annotations
@@ -87,6 +91,7 @@ class ResNetGates:
     units: dict[str, Gate]
     layers: dict[str, Gate]
     _handles: list[torch.utils.hooks.RemovableHandle] = field(default_factory=list)
+    _draws: dict[int, torch.Tensor] = field(default_factory=dict)
 
     @classmethod
     def attach(cls, model: nn.Module, blocks: tuple[Block, ...], units: dict[str, Gate],
@@ -95,6 +100,8 @@ class ResNetGates:
         if not isinstance(model, CifarResNet):
             raise ValueError("structure discovery supports the CIFAR ResNets (resnet20/56)")
         gates = cls(units, layers)
+        gates._handles.append(model.register_forward_pre_hook(
+            lambda _mod, _inp: gates._draws.clear()))
         gates._hook(model.bn1, units["s1"])
         for block, module in zip(blocks, model.layers, strict=True):
             if not isinstance(module, BasicBlock):
@@ -109,7 +116,11 @@ class ResNetGates:
 
     def _hook(self, module: nn.Module, gate: Gate) -> None:
         def scale(mod: nn.Module, _inp: object, out: torch.Tensor) -> torch.Tensor:
-            return out * sample(gate.theta, gate.alive, tuple(out.shape), mod.training)
+            z = self._draws.get(id(gate))
+            if z is None or z.shape[0] != out.shape[0]:
+                z = sample(gate.theta, gate.alive, tuple(out.shape), mod.training)
+                self._draws[id(gate)] = z
+            return out * z
 
         self._handles.append(module.register_forward_hook(scale))
 

@@ -4,10 +4,11 @@
   gates; the discovered (compact, possibly shallower) network is level 0.
 * **core**: fine-tune level 0 without gates (the gates' sampling noise is gone; units whose θ
   ended between θ_tol and 1 are now fully on).
-* **grow k**: level k keeps level k-1's channels and adds back pruned ones (highest final θ
-  first) up to widths interpolated between the discovered and the full network, and runs
-  *every* residual block (so depth nests: level 0 skips the discovered blocks, larger levels
-  run them). It is trained with level k-1's weights frozen by gradient masks
+* **grow k**: level k keeps level k-1's channels and blocks and adds back pruned ones (highest
+  final θ first) up to widths *and depth* interpolated between the discovered and the full
+  network: with L levels, level k runs back round(k/(L-1)) of the blocks discovery removed, so
+  depth nests (a larger level skips a subset of what a smaller one skips) and the top level is
+  the full architecture. It is trained with level k-1's weights frozen by gradient masks
   (:func:`~elastiserve_train.nested.core_masks`), except the blocks level k-1 skipped, which
   are new at level k and trained whole. Reinserted channels start from the weights they had
   when discovery removed them.
@@ -77,6 +78,15 @@ def grown_kept(core: dict[str, torch.Tensor], theta: dict[str, list[float]],
         extra = torch.tensor(rest[:n - len(kept)], dtype=torch.long)
         out[slot] = torch.sort(torch.cat([kept, extra])).values
     return out
+
+
+def grown_skipped(skipped: tuple[str, ...], layer_theta: dict[str, float], fraction: float
+                  ) -> tuple[str, ...]:
+    """The blocks a level ``fraction`` of the way to full depth still skips: it runs back the
+    removed blocks with the highest final θ first (ties: the earlier block first)."""
+    order = sorted(skipped, key=lambda b: (-layer_theta.get(b, 0.0), skipped.index(b)))
+    back = set(order[:round(len(skipped) * fraction)])
+    return tuple(b for b in skipped if b not in back)
 
 
 def _finite(value: float) -> float:
@@ -170,16 +180,19 @@ class DiscoveryPipeline:
         state.save(self.out / "core")
         return {"core_acc": self._acc(model)}
 
-    def _theta(self) -> dict[str, list[float]]:
+    def _theta(self) -> tuple[dict[str, list[float]], dict[str, float]]:
         data: dict[str, Any] = json.loads((self.out / "discovery.json").read_text("utf-8"))
-        return {s: [float("nan") if v is None else float(v) for v in t]
-                for s, t in data["theta"].items()}
+        units = {s: [float("nan") if v is None else float(v) for v in t]
+                 for s, t in data["theta"].items()}
+        return units, {b: float(v) for b, v in data["layer_theta"].items()}
 
     def grow(self, k: int) -> dict[str, Any]:
         state = NestedState.load(self.out / ("core" if k == 1 else f"grow{k - 1}"))
         full = architectures.full_widths(self.cfg.arch, self.cfg.arch_args)
         frac = k / (self.cfg.levels - 1)
-        state.kept = [*state.kept[:k], grown_kept(state.kept[0], self._theta(), full, frac)]
+        unit_theta, layer_theta = self._theta()
+        state.kept = [*state.kept[:k], grown_kept(state.kept[0], unit_theta, full, frac)]
+        state.skipped[k] = grown_skipped(state.skipped.get(0, ()), layer_theta, frac)
         state.kept[k] = {s: torch.unique(torch.cat([state.kept[k][s], state.kept[k - 1][s]]))
                          for s in full}
         check_nested(state.kept)

@@ -58,9 +58,9 @@ class SearchConfig:
 
     epochs: float = 10.0
     lr: float = 0.05
-    theta_lr: float = 4.0
+    theta_lr: float = 2.0
     """SGD step size of the unit (channel) variables."""
-    layer_theta_lr: float = 0.3
+    layer_theta_lr: float = 0.2
     """SGD step size of the residual-layer variables."""
     theta_warmup: float = 0.2
     """Fraction of the steps before θ starts to move."""
