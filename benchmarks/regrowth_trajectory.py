@@ -175,6 +175,24 @@ def structured(arch: str, data: Dataset, args: argparse.Namespace, cache: Cache
     return levels
 
 
+def train_seconds_total(doc: dict[str, Any]) -> float:
+    """Seconds spent training, summed over baselines, trajectories and structured levels.
+
+    A point's ``train_seconds`` counts from the dense network: one-shot pruned points each
+    start there, everything else continues from the point before.
+    """
+    total = sum(float(b["train_seconds"]) for b in doc["baselines"].values())
+    for by_schedule in doc["unstructured"].values():
+        for schedule, points in by_schedule.items():
+            pruned = [p for p in points if p["phase"] == "pruned"]
+            total += points[-1]["train_seconds"]
+            if schedule == "one-shot":
+                total += sum(p["train_seconds"] for p in pruned[:-1])
+    for levels in doc["structured"].values():
+        total += sum(lv["train_seconds"] for lv in levels)
+    return total
+
+
 def _plot(path: Path, doc: dict[str, Any]) -> None:
     import matplotlib
 
@@ -288,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     for arch in {*archs, args.structured_arch} - {""}:
         if cache.get(f"{arch}/baseline") is not None:
             doc["baselines"][arch] = cache.get(f"{arch}/baseline")
-    doc["wall_seconds_this_invocation"] = time.perf_counter() - start
+    doc["wall_seconds_this_invocation"] = time.perf_counter() - start  # small when cached
+    doc["train_seconds_total"] = train_seconds_total(doc)
     doc["machine"] = {"device": args.device, "platform": platform.platform(),
                       "gpu": torch.cuda.get_device_name(0) if args.device.startswith("cuda")
                       else None, "torch": torch.__version__, "cpus": os.cpu_count(),
