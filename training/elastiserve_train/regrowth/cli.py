@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from elastiserve_store import architectures
+from elastiserve_store import architectures, load_bundle
 from elastiserve_store.profile import count_macs, count_params
 from elastiserve_store.sparse import dense_bytes
 
@@ -267,8 +267,6 @@ def _structured(args: argparse.Namespace, data: Dataset, budget: Budget | None
     names = [f"R{i}-{round(r * 100)}pct" for i, r in enumerate(traj.keeps)]
     levels = traj.export(args.out / "bundle", names)
     full_macs = count_macs(dense, shape)
-    from elastiserve_store import load_bundle
-
     bundle = load_bundle(args.out / "bundle")
     for i, lv in enumerate(levels):
         lv["macs_ratio"] = lv["macs"] / full_macs

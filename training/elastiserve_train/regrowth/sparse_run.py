@@ -9,6 +9,8 @@ scores against, are the dense network's before any pruning.
 
 from __future__ import annotations
 
+import copy
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -107,8 +109,6 @@ class SparseTrajectory:
 
     def fresh_model(self, like: nn.Module) -> nn.Module:
         """A copy of ``like`` with the dense reference weights loaded."""
-        import copy
-
         model = copy.deepcopy(like)
         model.load_state_dict(self.dense_state)
         return model
@@ -255,8 +255,6 @@ class SparseTrajectory:
 
 def size_on_disk_of(tensors: dict[str, torch.Tensor], directory: Path) -> int:
     """Bytes ``tensors`` take when written sparsely (written to ``directory``, then removed)."""
-    import shutil
-
     write_sparse(directory, tensors)
     size = int(size_on_disk(directory))
     shutil.rmtree(directory, ignore_errors=True)

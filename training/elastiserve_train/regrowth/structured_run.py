@@ -83,13 +83,6 @@ def keep_for_budget(cfg: StructuredConfig, budget: Budget, input_shape: tuple[in
     return largest_keep_within(cost, budget, min_keep=min_keep(full), iterations=20)
 
 
-def keep_for_macs_ratio(cfg: StructuredConfig, ratio: float,
-                        input_shape: tuple[int, int, int]) -> float:
-    """Keep ratio whose level's MACs come closest to ``ratio`` of the full network's, from
-    below (so "the same budget" as another strategy's level is never exceeded)."""
-    return keep_for_budget(cfg, Budget("macs_ratio", ratio), input_shape)
-
-
 class StructuredTrajectory:
     """Runs prune -> core -> regrow steps on one baseline model; ``state`` holds the levels."""
 
@@ -166,7 +159,7 @@ class StructuredTrajectory:
         state.kept.append(everything)
         probe = state.level_model(k, own_from=k - 1)
         state.kept.pop()
-        reference = self._gate_reference(probe, state)
+        reference = self._gate_reference(probe)
         close_gates(probe, prev)
         probe.to(cfg.device)
         scores = channel_scores(probe, prev, reference, self._calib(), cfg.regrow_importance)
@@ -183,7 +176,7 @@ class StructuredTrajectory:
         self.accuracies.append(self._acc(model))
         self.seconds.append(took)
 
-    def _gate_reference(self, probe: nn.Module, state: NestedState) -> dict[str, torch.Tensor]:
+    def _gate_reference(self, probe: nn.Module) -> dict[str, torch.Tensor]:
         """Gate parameters' values before gating: the master's (pre-pruning where pruned)."""
         names = [n for group in gate_parameters(probe).values() for n in group]
         params = dict(probe.named_parameters())
