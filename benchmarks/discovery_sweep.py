@@ -51,6 +51,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--theta-lr", type=float, default=2.0)
     p.add_argument("--layer-theta-lr", type=float, default=0.2)
     p.add_argument("--theta-warmup", type=float, default=0.2)
+    p.add_argument("--gate-streams", action="store_true",
+                   help="also gate the residual streams' channels")
     p.add_argument("--theta-tol", type=float, default=0.05)
     p.add_argument("--epochs", type=float, default=3.0, help="discovery epochs")
     p.add_argument("--finetune-epochs", type=float, default=0.5,
@@ -96,7 +98,8 @@ def run_one(arch: str, alpha: float, beta: float, data: Dataset, args: argparse.
     params = DiscoveryParams(nu=args.nu, alpha=alpha, beta=beta, theta_tol=args.theta_tol)
     cfg = SearchConfig(epochs=args.epochs, lr=args.lr, theta_lr=args.theta_lr,
                        layer_theta_lr=args.layer_theta_lr, theta_warmup=args.theta_warmup,
-                       batch_size=args.batch_size, seed=args.seed)
+                       batch_size=args.batch_size, seed=args.seed,
+                       gate_streams=args.gate_streams)
     mean, std = torch.tensor(data.mean), torch.tensor(data.std)
     start = time.perf_counter()
     found = discover(arch, arch_args, data, params, cfg)

@@ -39,6 +39,9 @@ def add_arguments(group: Any) -> None:
     group.add_argument("--theta-warmup", type=float, default=0.2,
                        help="fraction of the discovery steps before θ starts to move")
     group.add_argument("--theta-init", type=float, default=1.0, help="initial θ")
+    group.add_argument("--gate-streams", action="store_true",
+                       help="also gate the residual streams' channels (off: hidden channels "
+                            "and layers only)")
 
 
 def params_from(args: argparse.Namespace) -> DiscoveryParams:
@@ -70,7 +73,8 @@ def run(args: argparse.Namespace, data: Dataset, rank: int) -> int:
         search=SearchConfig(epochs=args.discovery_epochs, lr=args.lr, theta_lr=args.theta_lr,
                             layer_theta_lr=args.layer_theta_lr,
                             theta_warmup=args.theta_warmup, theta_init=args.theta_init,
-                            batch_size=args.batch_size, seed=args.seed),
+                            batch_size=args.batch_size, seed=args.seed,
+                            gate_streams=args.gate_streams),
         levels=args.levels, core_epochs=args.core_epochs, grow_epochs=args.grow_epochs,
         lr=args.lr, batch_size=args.batch_size, seed=args.seed)
     bar = None

@@ -18,6 +18,13 @@ Where the gates sit in a CIFAR ResNet (so that a removed variable really is remo
 * a stream channel (the residual path of a stage): after the stem's ``bn1`` and on the output
   of every block writing to that stream, so a removed channel is zero everywhere it is read.
 
+Stream gates are optional (``streams``, off by default): a stream channel is shared by every
+block of its stage, so its price is many times a hidden channel's, and in our Fashion-MNIST runs
+gating it let the streams of stages 1 and 2 collapse to a single channel (nu = 3: accuracy at
+chance; nu = 1: 0.35) before the data gradient could defend them. Without stream gates the units are
+the blocks' hidden channels (the filters of each block's first conv), as in most ResNet
+channel pruning.
+
 One variable is one random draw: a stream channel's ``z`` is sampled once per forward pass and
 the same sample scales it at every place it is gated (independent draws per place would model
 a different, noisier network than the one whose cost is priced).
@@ -95,14 +102,16 @@ class ResNetGates:
 
     @classmethod
     def attach(cls, model: nn.Module, blocks: tuple[Block, ...], units: dict[str, Gate],
-               layers: dict[str, Gate]) -> ResNetGates:
-        """Hook ``units``/``layers`` into ``model`` (see the module docstring for where)."""
+               layers: dict[str, Gate], *, streams: bool = False) -> ResNetGates:
+        """Hook ``units``/``layers`` into ``model`` (see the module docstring for where);
+        without ``streams`` the stream slots' gates stay out of the network (θ stays 1)."""
         if not isinstance(model, CifarResNet):
             raise ValueError("structure discovery supports the CIFAR ResNets (resnet20/56)")
         gates = cls(units, layers)
         gates._handles.append(model.register_forward_pre_hook(
             lambda _mod, _inp: gates._draws.clear()))
-        gates._hook(model.bn1, units["s1"])
+        if streams:
+            gates._hook(model.bn1, units["s1"])
         for block, module in zip(blocks, model.layers, strict=True):
             if not isinstance(module, BasicBlock):
                 continue  # skipped: identity, nothing to gate
@@ -111,7 +120,8 @@ class ResNetGates:
             gates._hook(module.bn1, units[block.name])
             if block.skippable:
                 gates._hook(module.bn2, layers[block.name])
-            gates._hook(module, units[out.out_slot])
+            if streams:
+                gates._hook(module, units[out.out_slot])
         return gates
 
     def _hook(self, module: nn.Module, gate: Gate) -> None:

@@ -70,6 +70,8 @@ class SearchConfig:
     batch_size: int = 128
     compact_every: int = 0
     """Steps between compactions; 0: four times per epoch."""
+    gate_streams: bool = False
+    """Also gate the residual streams' channels (see :mod:`.gates`; off by default)."""
     seed: int = 0
 
 
@@ -152,7 +154,8 @@ class Search:
     def _install(self, model: nn.Module, units: dict[str, Gate], layers: dict[str, Gate]
                  ) -> None:
         self.model = model
-        self.gates = ResNetGates.attach(model, self.blocks, units, layers)
+        self.gates = ResNetGates.attach(model, self.blocks, units, layers,
+                                        streams=self.cfg.gate_streams)
         self.cm = ComplexityModel.of(model, self.shape, self.blocks)
         decay = [p for p in model.parameters() if p.ndim > 1]
         rest = [p for p in model.parameters() if p.ndim <= 1]
@@ -160,7 +163,9 @@ class Search:
             [{"params": decay, "weight_decay": self.cfg.weight_decay},
              {"params": rest, "weight_decay": 0.0}],
             lr=self.cfg.lr, momentum=self.cfg.momentum, nesterov=True)
-        groups = [{"params": [g.theta for g in self.gates.units.values()],
+        hidden = {b.name for b in self.blocks}
+        groups = [{"params": [g.theta for s, g in self.gates.units.items()
+                              if s in hidden or self.cfg.gate_streams],
                    "lr": self.cfg.theta_lr},
                   {"params": [g.theta for g in self.gates.layers.values()],
                    "lr": self.cfg.layer_theta_lr}]
