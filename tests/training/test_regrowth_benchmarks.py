@@ -1,0 +1,49 @@
+"""The strategies benchmark gives every strategy the same budget (pure command building)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+ARGS = argparse.Namespace(arch="resnet20", width_mult=0.5, dataset="fashion-mnist",
+                          train_subset=4000, test_subset=2000, epochs=2.0, core_epochs=1.0,
+                          grow_epochs=1.0, batch_size=128, lr=0.05, seed=0, threads=1)
+
+
+def _option(cmd: list[str], name: str) -> str:
+    return cmd[cmd.index(name) + 1]
+
+
+def test_every_strategy_gets_the_same_shared_settings() -> None:
+    strategies = _load("strategies")
+    ratios = [0.0638675, 0.2518, 0.5639, 1.0]
+    cmds = {n: strategies._command(n, ARGS, ratios) for n in strategies.STRATEGIES}
+    shared = strategies._shared(ARGS)
+    for name, cmd in cmds.items():
+        assert cmd[cmd.index("--arch"):cmd.index("--arch") + len(shared)] == shared, name
+    assert _option(cmds["discovery"], "--discovery-epochs") == "2.0"
+
+
+def test_regrowth_budgets_are_prune_grow_level_macs_never_rounded_below() -> None:
+    strategies = _load("strategies")
+    ratios = [0.0638675079, 0.25182350, 0.5638680, 1.0]
+    cmd = strategies._command("regrowth", ARGS, ratios)
+    assert float(_option(cmd, "--budget-macs-ratio")) >= ratios[0]
+    levels = [float(v) for v in _option(cmd, "--regrowth-levels").split(",")]
+    assert len(levels) == 3 and all(v >= r for v, r in zip(levels, ratios[1:], strict=True))
+    assert all(v <= 1.0 for v in levels)
