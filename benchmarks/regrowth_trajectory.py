@@ -14,6 +14,9 @@ Fine-tuning is the same number of epochs after every pruning and every regrowth 
 model (default ResNet-20) also runs the structured form: channels pruned to a keep ratio
 (DepGraph), then regrown to wider nested levels.
 
+``--ablation-arch resnet20`` adds, for that model, the one-shot extreme point regrown with
+each scoring (gradient, Taylor) and initialisation (restore, reinit) pair.
+
 Resumable: the baseline and each finished trajectory are cached in ``--work-dir``. Writes
 ``benchmarks/results/regrowth_trajectory.json`` and ``.png`` and prints a table.
 
@@ -143,6 +146,25 @@ def unstructured(arch: str, schedule: str, data: Dataset, args: argparse.Namespa
     return points
 
 
+def ablation(arch: str, importance: str, init: str, data: Dataset, args: argparse.Namespace,
+             cache: Cache) -> list[dict[str, Any]]:
+    """One-shot prune to the most extreme sparsity, then regrow with one scoring/init pair."""
+    key = f"{arch}/ablation/{importance}-{init}"
+    cached: list[dict[str, Any]] | None = cache.get(key)
+    if cached is not None:
+        return cached
+    dense, _ = baseline(arch, data, args, cache)
+    cfg = SparseConfig(importance=importance, init=init,  # type: ignore[arg-type]
+                       prune_epochs=args.ft_epochs, core_epochs=args.ft_epochs,
+                       grow_epochs=args.ft_epochs, lr=args.ft_lr, batch_size=args.batch_size,
+                       calib_batches=args.calib_batches, seed=args.seed)
+    traj = SparseTrajectory(dense, data, cfg, args.work_dir / "levels" / f"{arch}-ablation")
+    points = [p.as_dict() for p in traj.run(dense, args.sparsities[-1:], args.regrow_to,
+                                            "one-shot")]
+    cache.put(key, points)
+    return points
+
+
 def structured(arch: str, data: Dataset, args: argparse.Namespace, cache: Cache
                ) -> list[dict[str, Any]]:
     key = f"{arch}/structured"
@@ -190,6 +212,8 @@ def train_seconds_total(doc: dict[str, Any]) -> float:
                 total += sum(p["train_seconds"] for p in pruned[:-1])
     for levels in doc["structured"].values():
         total += sum(lv["train_seconds"] for lv in levels)
+    for by_variant in doc.get("ablation", {}).values():
+        total += sum(points[-1]["train_seconds"] for points in by_variant.values())
     return total
 
 
@@ -265,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--ablation-arch", default="",
+                   help="also regrow this model's one-shot extreme point with every "
+                        "importance x init pair (gradient/taylor x restore/reinit)")
     p.add_argument("--only", default=None,
                    help="run only these pieces, e.g. 'resnet20/one-shot,structured'")
     p.add_argument("--work-dir", type=Path, default=Path("runs/regrowth_trajectory"))
@@ -285,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     data = load_dataset("fashion-mnist", args.data_path).limit(args.train_subset,
                                                                args.test_subset, args.seed)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-              if k not in ("out", "work_dir", "only", "threads")}
+              if k not in ("out", "work_dir", "only", "threads", "ablation_arch")}
     cache = Cache(args.work_dir / "cache.json", config)
     only = None if args.only is None else set(args.only.split(","))
     archs = [a for a in args.archs.split(",") if a]
@@ -294,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
                            "data": {"dataset": data.name, "train": len(data.train.labels),
                                     "test": len(data.test.labels),
                                     "input_shape": list(data.input_shape)},
-                           "baselines": {}, "unstructured": {}, "structured": {}}
+                           "baselines": {}, "unstructured": {}, "structured": {},
+                           "ablation": {}}
     for arch in archs:
         for schedule in schedules:
             if only is None or f"{arch}/{schedule}" in only:
@@ -303,7 +331,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.structured_arch and (only is None or "structured" in only):
         doc["structured"][args.structured_arch] = structured(args.structured_arch, data, args,
                                                              cache)
-    for arch in {*archs, args.structured_arch} - {""}:
+    if args.ablation_arch and (only is None or "ablation" in only):
+        for importance in ("taylor", "gradient"):
+            for init in ("restore", "reinit"):
+                doc["ablation"].setdefault(args.ablation_arch, {})[f"{importance}/{init}"] = \
+                    ablation(args.ablation_arch, importance, init, data, args, cache)
+    for arch in {*archs, args.structured_arch, args.ablation_arch} - {""}:
         if cache.get(f"{arch}/baseline") is not None:
             doc["baselines"][arch] = cache.get(f"{arch}/baseline")
     doc["wall_seconds_this_invocation"] = time.perf_counter() - start  # small when cached
@@ -332,6 +365,11 @@ def main(argv: list[str] | None = None) -> int:
         for lv in levels:
             print(f"{arch:10} {'struct':10} {lv['phase']:8} {1 - lv['channel_ratio']:9.4f} "
                   f"{lv['accuracy']:9.4f} {lv['size_bytes']:10d} {lv['macs_ratio']:10.4f}")
+    for arch, by_variant in doc["ablation"].items():
+        for variant, points in by_variant.items():
+            for pt in points:
+                print(f"{arch:10} {variant:16} {pt['phase']:8} {pt['sparsity']:9.4f} "
+                      f"{pt['accuracy']:9.4f} {pt['size_bytes']:10d}")
     print(f"wrote {args.out}")
     return 0
 
