@@ -143,7 +143,8 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any]) -> None:
     of children, written as if they will succeed, and only when it changes something
     (``status_holds``): a spec change costs one round trip whether or not it changes a
     child, a resume of an unchanged model none. A failed child (rare: RBAC, quota, an
-    outage) costs a second status write that says ``Degraded``.
+    outage) costs a second status write that says ``Degraded``, and so does a Deployment
+    whose apply reveals another readiness than the status assumed (its first apply).
     """
     started = time.perf_counter()
     owner = _owner(body)
@@ -196,10 +197,15 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any]) -> None:
         if not isinstance(failure, ApiError):
             raise failure
     problem = "; ".join(str(f) for f in failures) or None
-    if problem is not None:
-        deployment = rt.deployments.get(deployment_key)
-        await _apply_status(rt, owner, reconcile_patch(status, generation, spec, deployment,
-                                                       problem, time.time()))
+    # The hopeful status took readiness from the Deployment as last seen. Applying it just
+    # now may have told more (a first apply, or the first after a restart, before the
+    # Deployment watch listed it): then, and after a failure, one more write corrects it.
+    seen = {**status, **hopeful} if status_write is not None else dict(status)
+    final = reconcile_patch(seen, generation, spec, rt.deployments.get(deployment_key),
+                            problem, time.time())
+    corrected = problem is not None or not status_holds(seen, final, RECONCILE_OPTIONAL)
+    if corrected:
+        await _apply_status(rt, owner, final)
     elif status_error is not None:
         raise status_error
     elapsed = time.perf_counter() - started
@@ -207,7 +213,8 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any]) -> None:
     log.info("reconciled %s/%s in %.1f ms: %d of %d children applied (waves %s ms), status %s",
              owner.namespace, owner.name, elapsed * 1000.0, len(outcomes), CHILD_COUNT,
              "/".join(f"{w:.1f}" for w in waves_ms) or "-",
-             "written" if status_write is not None else "unchanged")
+             "corrected" if corrected else "written" if status_write is not None
+             else "unchanged")
     if failures:
         rt.metrics.errors.labels("apply").inc()
         transient = all(isinstance(f, ApiTransient | NotFound) for f in failures)

@@ -155,7 +155,7 @@ def test_a_chart_default_reaches_a_model_that_leaves_the_field_out(
     source = {"levelCount": 3, "source": {"localPath": "/models/m.mar"}}
     models = [
         {"metadata": {"name": "defaulted", "namespace": team},
-         "spec": {"model": source, "policy": {"stableWindowSeconds": 90}}},
+         "spec": {"model": source, "policy": {"stableWindowSeconds": 90}, "replicas": 0}},
         # CEL sees one side of the pair only (the stable window is the chart's 60 s).
         {"metadata": {"name": "conflicting", "namespace": team},
          "spec": {"model": source, "policy": {"panicWindowSeconds": 90}}},
@@ -178,6 +178,14 @@ def test_a_chart_default_reaches_a_model_that_leaves_the_field_out(
 
     wait_until(lambda: "effectivePolicy" in status("defaulted"), what="an effective policy",
                timeout_s=WAIT_S, interval_s=0.5, detail=detail)
+    # Readiness from the Deployment the first reconcile created, not "no Deployment yet"
+    # (the status write that goes out with the children assumed the latter).
+    def ready_reason() -> str | None:
+        conditions = {c["type"]: c for c in status("defaulted").get("conditions", [])}
+        return (conditions.get("Ready") or {}).get("reason")
+
+    wait_until(lambda: ready_reason() == "ScaledToZero", what="Ready from the created "
+               "Deployment", timeout_s=WAIT_S, interval_s=0.5, detail=detail)
     effective = status("defaulted")["effectivePolicy"]
     assert effective["objective"]["p95Ms"] == CHART_OBJECTIVE_MS
     assert effective["sources"]["objective.p95Ms"] == "chartDefault"
