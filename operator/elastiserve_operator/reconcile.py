@@ -144,7 +144,7 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any]) -> None:
     (``status_holds``): a spec change costs one round trip whether or not it changes a
     child, a resume of an unchanged model none. A failed child (rare: RBAC, quota, an
     outage) costs a second status write that says ``Degraded``, and so does a Deployment
-    whose apply reveals another readiness than the status assumed (its first apply).
+    whose apply reveals another readiness than the status assumed (after a restart).
     """
     started = time.perf_counter()
     owner = _owner(body)
@@ -160,8 +160,10 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any]) -> None:
     rt.metrics.objective.labels(owner.namespace, owner.name).set(spec.objective.p95_s)
     children = [c for c in build_children(owner, spec, rt.settings) if rt.applied.needs_apply(c)]
     deployment_key = (owner.namespace, names_for(owner.name).deployment)
-    hopeful = reconcile_patch(status, generation, spec, rt.deployments.get(deployment_key),
-                              None, time.time())
+    seen_deployment = rt.deployments.get(deployment_key)
+    if seen_deployment is None and any(c["kind"] == "Deployment" for c in children):
+        seen_deployment = {"status": {}}  # about to be applied: a new one has nothing ready
+    hopeful = reconcile_patch(status, generation, spec, seen_deployment, None, time.time())
     status_write = None
     if not status_holds(status, hopeful, RECONCILE_OPTIONAL):
         status_write = asyncio.ensure_future(_apply_status(rt, owner, hopeful))
@@ -197,9 +199,10 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any]) -> None:
         if not isinstance(failure, ApiError):
             raise failure
     problem = "; ".join(str(f) for f in failures) or None
-    # The hopeful status took readiness from the Deployment as last seen. Applying it just
-    # now may have told more (a first apply, or the first after a restart, before the
-    # Deployment watch listed it): then, and after a failure, one more write corrects it.
+    # The hopeful status took readiness from the Deployment as last seen (or as a new one).
+    # Its apply may have told otherwise (the first apply after a restart, before the
+    # Deployment watch listed it, finds ready replicas): then, and after a failure, one
+    # more write corrects it.
     seen = {**status, **hopeful} if status_write is not None else dict(status)
     final = reconcile_patch(seen, generation, spec, rt.deployments.get(deployment_key),
                             problem, time.time())
