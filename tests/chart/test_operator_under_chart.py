@@ -178,8 +178,8 @@ def test_a_chart_default_reaches_a_model_that_leaves_the_field_out(
 
     wait_until(lambda: "effectivePolicy" in status("defaulted"), what="an effective policy",
                timeout_s=WAIT_S, interval_s=0.5, detail=detail)
-    # Readiness from the Deployment the first reconcile created, not "no Deployment yet"
-    # (the status write that goes out with the children assumed the latter).
+    # Readiness of the Deployment the first reconcile created, not "no Deployment yet" (the
+    # status is written together with the children, before the Deployment exists).
     def ready_reason() -> str | None:
         conditions = {c["type"]: c for c in status("defaulted").get("conditions", [])}
         return (conditions.get("Ready") or {}).get("reason")
