@@ -68,6 +68,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--part", default=None,
                    help="i/n: run only every n-th configuration starting at i (for parallel "
                         "processes, each with its own --out); merge with --merge")
+    p.add_argument("--baseline", action="store_true",
+                   help="also train the unpruned network (no gates) for epochs + "
+                        "finetune-epochs, as the accuracy reference")
     p.add_argument("--merge", type=Path, nargs="*", default=[],
                    help="result files of --part runs (same settings) to merge into --out")
     args = p.parse_args(argv)
@@ -126,6 +129,22 @@ def run_one(arch: str, alpha: float, beta: float, data: Dataset, args: argparse.
     }
 
 
+def baseline(arch: str, data: Dataset, args: argparse.Namespace) -> dict[str, Any]:
+    """The unpruned network trained as long as a discovery run plus its fine-tuning."""
+    from elastiserve_store import architectures
+
+    torch.manual_seed(args.seed)
+    model = architectures.build(arch, {"in_channels": 1, "num_classes": len(data.class_names)})
+    mean, std = torch.tensor(data.mean), torch.tensor(data.std)
+    epochs = args.epochs + args.finetune_epochs
+    start = time.perf_counter()
+    loop.train(model, data.train, mean, std,
+               loop.TrainConfig(epochs=epochs, lr=args.lr, batch_size=args.batch_size,
+                                seed=args.seed))
+    return {"epochs": epochs, "accuracy": loop.evaluate(model, data.test, mean, std),
+            "seconds": time.perf_counter() - start}
+
+
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return all(a[k] == b[k] for k in ("arch", "alpha", "beta"))
 
@@ -182,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     data = load_fashion_mnist(args.data_path).limit(args.train_subset, args.test_subset,
                                                     args.seed)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-              if k not in ("out", "threads", "data_path", "arch", "part", "merge")}
+              if k not in ("out", "threads", "data_path", "arch", "part", "merge",
+                           "baseline")}
     config["dataset"] = f"fashion-mnist ({args.train_subset} train / {args.test_subset} test)"
     done: dict[str, Any] = {"config": config, "runs": []}
     if args.out.is_file():
@@ -198,9 +218,16 @@ def main(argv: list[str] | None = None) -> int:
         for run in part["runs"]:
             if not any(_same(r, run) for r in done["runs"]):
                 done["runs"].append(run)
+        done.setdefault("baselines", {}).update(part.get("baselines", {}))
     done["runs"].sort(key=lambda r: (r["arch"], SWEEP.index(
         next(p for p in SWEEP if p[1:] == (r["alpha"], r["beta"])))))
     index, count = (int(x) for x in args.part.split("/")) if args.part else (0, 1)
+    for arch in args.arch if args.baseline else ():
+        if arch not in done.get("baselines", {}):
+            print(f"{arch} unpruned baseline ...", file=sys.stderr, flush=True)
+            done.setdefault("baselines", {})[arch] = baseline(arch, data, args)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(done, indent=2) + "\n")
     for arch in args.arch:
         for i, (_sweep, alpha, beta) in enumerate(SWEEP):
             if i % count != index:
@@ -213,7 +240,12 @@ def main(argv: list[str] | None = None) -> int:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(done, indent=2) + "\n")
             print(table(done["runs"][-1:]), file=sys.stderr, flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(done, indent=2) + "\n")
     print(table(done["runs"]))
+    for arch, base in done.get("baselines", {}).items():
+        print(f"{arch} unpruned, same data and {base['epochs']} epochs: accuracy "
+              f"{base['accuracy']:.4f} ({base['seconds']:.0f} s)")
     plot(done["runs"], args.out.with_suffix(".png"))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
     return 0
