@@ -119,7 +119,8 @@ def run_one(arch: str, alpha: float, beta: float, data: Dataset, args: argparse.
     full = architectures.full_widths(arch, arch_args)
     return {
         "arch": arch, "nu": args.nu, "alpha": alpha, "beta": beta,
-        **{k: summary[k] for k in ("layers_removed", "skipped_blocks", "units_removed",
+        **{k: summary[k] for k in ("layers_removed", "skipped_blocks", "layers_starved",
+                                   "units_removed",
                                    "units_total", "macs_ratio", "params_ratio", "predicted",
                                    "expected", "measured", "prediction_exact", "widths")},
         "stage_channels_kept": stage_kept(summary, full),
@@ -145,12 +146,21 @@ def baseline(arch: str, data: Dataset, args: argparse.Namespace) -> dict[str, An
             "seconds": time.perf_counter() - start}
 
 
+def starved_layers(run: dict[str, Any]) -> list[str]:
+    """Removed blocks whose hidden units had all been pruned (``layers_starved``; results
+    written before that field existed: the blocks whose hidden width at removal was 1, the
+    survivor a slot always keeps)."""
+    if "layers_starved" in run:
+        return list(run["layers_starved"])
+    return [b for b in run["skipped_blocks"] if run["widths"][b] == 1]
+
+
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return all(a[k] == b[k] for k in ("arch", "alpha", "beta"))
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    head = (f"{'arch':9} {'a':>4} {'b':>4} {'layers-':>7} {'units-':>7} {'MACs':>6} "
+    head = (f"{'arch':9} {'a':>4} {'b':>4} {'layers-(starved)':>16} {'units-':>7} {'MACs':>6} "
             f"{'params':>6} {'kept s1/s2/s3':>15} {'acc':>6} {'acc+ft':>6} {'pred=meas':>9}")
     lines = [head, "-" * len(head)]
     for r in results:
@@ -158,7 +168,8 @@ def table(results: list[dict[str, Any]]) -> str:
         kept = f"{k['s1']:.2f}/{k['s2']:.2f}/{k['s3']:.2f}"
         ft = "-" if r["accuracy_finetuned"] is None else f"{r['accuracy_finetuned']:.4f}"
         lines.append(
-            f"{r['arch']:9} {r['alpha']:4.1f} {r['beta']:4.1f} {r['layers_removed']:7d} "
+            f"{r['arch']:9} {r['alpha']:4.1f} {r['beta']:4.1f} "
+            f"{r['layers_removed']:11d} ({len(starved_layers(r))}) "
             f"{r['units_removed']:7d} {r['macs_ratio']:6.3f} {r['params_ratio']:6.3f} "
             f"{kept:>15} {r['accuracy_discovered']:6.4f} {ft:>6} "
             f"{r['prediction_exact']!s:>9}")
@@ -174,10 +185,14 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for r in results:
         if r["beta"] == 0.5:
-            ax1.bar([f"{r['arch']}\nα={r['alpha']}"], [r["layers_removed"]], color="tab:blue")
+            x = f"{r['arch']}\nα={r['alpha']}"
+            starved = len(starved_layers(r))
+            ax1.bar([x], [r["layers_removed"] - starved], color="tab:blue")
+            ax1.bar([x], [starved], bottom=[r["layers_removed"] - starved], color="white",
+                    edgecolor="tab:blue", hatch="//")
         label = f"{r['arch']} α={r['alpha']} β={r['beta']}"
         ax2.scatter(r["params_ratio"], r["macs_ratio"], label=label)
-    ax1.set_ylabel("residual layers removed")
+    ax1.set_ylabel("residual layers removed (hatched: all hidden units pruned first)")
     ax1.set_title("α moves pruning to layers (β = 0.5)")
     ax1b = ax1.twinx()
     xs = [f"{r['arch']}\nα={r['alpha']}" for r in results if r["beta"] == 0.5]

@@ -167,6 +167,7 @@ class TestSearch:
         # alpha = 0: layers carry no price; a block goes only when its hidden units all went.
         for block in found.skipped:
             assert max(found.theta[block]) < 0.05
+        assert summary["layers_starved"] == list(found.skipped)
         assert summary["prediction_exact"]
         widths = architectures.full_widths("resnet20", ARGS)
         assert all(n >= 1 for n in summary["widths"].values())

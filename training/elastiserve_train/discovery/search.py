@@ -93,6 +93,9 @@ class Discovered:
     measured: dict[str, int]
     full: dict[str, int]
     history: list[dict[str, Any]] = field(default_factory=list)
+    starved: tuple[str, ...] = ()
+    """Removed blocks whose hidden units had all fallen under θ_tol (removed as a consequence,
+    not by their own layer variable)."""
 
     @property
     def skipped(self) -> tuple[str, ...]:
@@ -106,6 +109,7 @@ class Discovered:
         return {
             "layers_removed": len(self.skipped),
             "skipped_blocks": list(self.skipped),
+            "layers_starved": list(self.starved),
             "units_removed": sum(full_widths[s] - widths[s] for s in live),
             "units_total": sum(full_widths[s] for s in live),
             "widths": widths,
@@ -278,7 +282,10 @@ class Search:
             measured={"macs": count_macs(model, self.shape), "params": count_params(model)},
             full={"macs": round(float(self.full_cost.macs)),
                   "params": round(float(self.full_cost.params))},
-            history=self.history)
+            history=self.history,
+            starved=tuple(b for b in self.master.skipped[0]
+                          if float(torch.nan_to_num(self.theta_full[b], nan=0.0).max())
+                          < self.params.theta_tol))
 
 
 def discover(arch: str, arch_args: Mapping[str, Any], data: Dataset, params: DiscoveryParams,
