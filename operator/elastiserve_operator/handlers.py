@@ -169,6 +169,10 @@ async def forget(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
     forget_model(runtime, namespace or "", name)
 
 
+INDEXED_METADATA = ("name", "namespace", "uid", "generation", "deletionTimestamp")
+"""What the reconcile reads from an indexed ElasticModel's metadata."""
+
+
 @kopf.index(GROUP, VERSION, PLURAL)
 def elasticmodels(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
@@ -176,10 +180,15 @@ def elasticmodels(
     """The ElasticModels as the operator's own watch last saw them, by (namespace, name).
 
     A child event needs its owner (readiness, drift): reading it here instead of with a
-    GET saves a round trip per event on an API server that is often the bottleneck. A
-    copy, so that nothing kopf does to its body later changes what was indexed.
+    GET saves a round trip per event on an API server that is often the bottleneck. Only
+    what the reconcile reads is kept (not managedFields nor kopf's annotations, which hold
+    a copy of the spec), copied so that nothing kopf does to its body later changes it.
     """
-    return {(namespace or "", name): copy.deepcopy(dict(body))}
+    meta = body.get("metadata") or {}
+    kept = {key: meta[key] for key in INDEXED_METADATA if key in meta}
+    return {(namespace or "", name): copy.deepcopy(
+        {"metadata": kept, "spec": body.get("spec") or {}, "status": body.get("status") or {}}
+    )}
 
 
 def _lookup(kwargs: Mapping[str, Any]) -> OwnerLookup:
