@@ -24,7 +24,11 @@ bundle was trained (the manifest holds the pipeline settings but not the subset 
 Per run: ``violation_pct`` (share of the trace's seconds whose client p95, over requests due in
 that second, breaks the objective), ``p95_ms`` over all requests, ``mean_acc`` (each answered
 request credited with the test accuracy the bundle manifest records for the level that
-answered, averaged), ``failed`` (non-200 or transport errors). The 1-minute load average is
+answered, averaged), ``failed`` (non-200 or transport errors). ``oracle_acc_pct`` is the mean
+accuracy of an oracle that knows the trace and serves each phase whole at the most accurate
+level whose measured capacity covers the phase's rate (one level per phase, as the policy
+does): it separates what the bundle allows from what the policy chose. The 1-minute load
+average is
 recorded before and after each run: the machine is shared, and a busy neighbour shows up as
 latency.
 
@@ -251,6 +255,27 @@ def summarise(results: Sequence[Any], objective_s: float, accuracy: dict[str, fl
     }
 
 
+def oracle_accuracy(phases: Sequence[Sequence[float]], capacities: Sequence[float],
+                   accuracies: Sequence[float]) -> float | None:
+    """Mean accuracy (%) of an oracle that knows the trace: each phase served whole by the
+    most accurate level whose measured capacity covers the phase's rate, weighted by requests.
+
+    None when some phase exceeds every level's capacity. Rates are multiples of the full
+    level's capacity (the last entry).
+    """
+    full = capacities[-1]
+    total = weighted = 0.0
+    for duration, start, end in phases:
+        rate = max(start, end) * full
+        fitting = [acc for cap, acc in zip(capacities, accuracies, strict=True) if cap >= rate]
+        if not fitting:
+            return None
+        requests = duration * (start + end) / 2 * full
+        total += requests
+        weighted += requests * max(fitting)
+    return round(100.0 * weighted / total, 2)
+
+
 def timeline(results: Sequence[Any], names: Sequence[str], start: float, duration: float
              ) -> dict[str, list[float | None]]:
     """Per second of the trace: requests due, their client p95 (ms) and mean level index."""
@@ -416,6 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "policy": "operator decide() in Predictive mode, local loop (no API server)",
         "load_average_1m": load_average,
         "runs": runs,
+        "oracle_acc_pct": oracle_accuracy(
+            trace, capacities, [accuracy[name] for name in names]),
         "target_met": {
             "violation_le_fifth_of_static_full":
                 elastic["violation_pct"] <= full_run["violation_pct"] / 5,
