@@ -4,7 +4,7 @@ Depends on torch, safetensors and numpy only (never on training code or Torch-Pr
 serving image can load bundles without the training stack.
 """
 
-from .architectures import ARCHITECTURES, build, full_widths
+from .architectures import ARCHITECTURES, BlockSkipError, build, full_widths
 from .bundle import NestedBundle, load_bundle, write_bundle, write_manifest
 from .errors import (
     BundleError,
@@ -17,11 +17,21 @@ from .errors import (
     UnknownSchemaVersionError,
     WeightsMissingError,
 )
-from .manifest import SCHEMA_VERSION, InputSpec, LevelInfo, Manifest, Normalisation
+from .manifest import (
+    DEPTH_SCHEMA_VERSION,
+    SCHEMA_VERSION,
+    InputSpec,
+    LevelInfo,
+    Manifest,
+    Normalisation,
+    SkippedBlocksError,
+)
 
 __all__ = [
     "ARCHITECTURES",
+    "DEPTH_SCHEMA_VERSION",
     "SCHEMA_VERSION",
+    "BlockSkipError",
     "BundleError",
     "ChecksumMismatchError",
     "CorruptWeightsError",
@@ -33,6 +43,7 @@ __all__ = [
     "Normalisation",
     "PickleWeightsError",
     "ShapeMismatchError",
+    "SkippedBlocksError",
     "TruncatedWeightsError",
     "UnknownSchemaVersionError",
     "WeightsMissingError",
