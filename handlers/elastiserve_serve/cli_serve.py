@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import shutil
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -23,7 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--bundle", type=Path, help="nested bundle directory")
     source.add_argument("--mar", type=Path, action="append", help=".mar file (repeatable)")
-    parser.add_argument("--name", default="elastic", help="model name for --bundle")
+    parser.add_argument("--name", default=None,
+                        help="model name to register (default: 'elastic' for --bundle, the file "
+                             "name for --mar; with --mar it needs exactly one file)")
     parser.add_argument("--run-dir", type=Path, default=Path(".elastiserve/serve"))
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -41,8 +44,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="metrics port (0: a free one)")
 
 
+def mar_registrations(mars: list[Path], name: str | None) -> list[str]:
+    """TorchServe ``models=`` entries: ``name=file.mar``.
+
+    The operator's pod passes ``--name`` (the CR's model name) because its Service, Prometheus
+    queries and clients address the model by that name, whatever the file is called.
+    """
+    return [f"{name or mar.stem}={mar.name}" for mar in mars]
+
+
 def run(args: argparse.Namespace) -> int:
     run_dir: Path = args.run_dir.resolve()
+    # Workers run from TorchServe's own directory: a relative path would name another file there,
+    # and the level would silently never change.
+    args.control_file = args.control_file.resolve()
+    if args.mar is not None and args.name is not None and len(args.mar) != 1:
+        print("elastiserve serve: --name needs exactly one --mar (each would get that name)",
+              file=sys.stderr)
+        return 2
     store = run_dir / "model-store"
     store.mkdir(parents=True, exist_ok=True)
     if args.bundle is not None:
@@ -52,13 +71,13 @@ def run(args: argparse.Namespace) -> int:
             max_batch_delay_ms=args.max_batch_delay_ms,
             handler={"control_file": str(args.control_file), "allow_pin": args.allow_pin},
         )
-        build_archive(args.bundle, store, args.name, spec, force=True)
-        models = [f"{args.name}={args.name}.mar"]
+        name = args.name or "elastic"
+        build_archive(args.bundle, store, name, spec, force=True)
+        models = [f"{name}={name}.mar"]
     else:
-        models = []
         for mar in args.mar:
             shutil.copy2(mar, store / mar.name)
-            models.append(f"{mar.stem}={mar.name}")
+        models = mar_registrations(args.mar, args.name)
     if args.level:
         set_level(args.control_file, args.level)
     stop = threading.Event()

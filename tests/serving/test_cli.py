@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from elastiserve.cli import main
+from elastiserve_serve.cli_serve import mar_registrations
 from elastiserve_serve.runtime.control import read_control_file
 from elastiserve_store.errors import BundleError
 
@@ -56,3 +57,16 @@ def test_level_set_accepts_an_index(tmp_path: Path) -> None:
     assert main(["level", "set", "0", "--control-file", str(path)]) == 0
     state = read_control_file(path)
     assert state is not None and (state.level, state.generation) == ("0", 1)
+
+
+def test_serve_registers_a_mar_under_the_given_name() -> None:
+    assert mar_registrations([Path("/x/model.mar")], "resnet20") == ["resnet20=model.mar"]
+    assert mar_registrations([Path("/x/a.mar"), Path("/y/b.mar")], None) == ["a=a.mar", "b=b.mar"]
+
+
+def test_serve_refuses_one_name_for_several_mars(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["serve", "--mar", str(tmp_path / "a.mar"), "--mar", str(tmp_path / "b.mar"),
+                 "--name", "m", "--run-dir", str(tmp_path / "run")])
+    assert code == 2
+    assert "--name needs exactly one --mar" in capsys.readouterr().err
