@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -68,7 +69,7 @@ def _command(name: str, args: argparse.Namespace, ratios: list[float] | None) ->
         cmd += ["--regrowth-form", "unstructured", "--budget-macs-ratio", _ratio(ratios[0]),
                 "--regrowth-levels", ",".join(f"{r:.6f}" for r in ratios[1:] if r < 0.999)]
     elif name == "discovery":  # its training from scratch replaces the baseline epochs
-        cmd += ["--discovery-epochs", str(args.epochs)]
+        cmd += ["--discovery-epochs", str(args.epochs), *shlex.split(args.discovery_args)]
     return cmd
 
 
@@ -161,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--strategies", default=",".join(STRATEGIES))
+    p.add_argument("--discovery-args", default="",
+                   help="extra options for discovery, e.g. '--nu 3 --alpha 1': it has no budget "
+                        "option, so its strength is what moves it toward the others' MACs")
     p.add_argument("--work-dir", type=Path, default=Path("runs/strategies"))
     p.add_argument("--out", type=Path, default=ROOT / "results" / "strategies.json")
     p.add_argument("--quick", action="store_true",

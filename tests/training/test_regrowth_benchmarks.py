@@ -22,7 +22,8 @@ def _load(name: str) -> ModuleType:
 
 ARGS = argparse.Namespace(arch="resnet20", width_mult=0.5, dataset="fashion-mnist",
                           train_subset=4000, test_subset=2000, epochs=2.0, core_epochs=1.0,
-                          grow_epochs=1.0, batch_size=128, lr=0.05, seed=0, threads=1)
+                          grow_epochs=1.0, batch_size=128, lr=0.05, seed=0, threads=1,
+                          discovery_args="--nu 3 --alpha 1")
 
 
 def _option(cmd: list[str], name: str) -> str:
@@ -37,6 +38,8 @@ def test_every_strategy_gets_the_same_shared_settings() -> None:
     for name, cmd in cmds.items():
         assert cmd[cmd.index("--arch"):cmd.index("--arch") + len(shared)] == shared, name
     assert _option(cmds["discovery"], "--discovery-epochs") == "2.0"
+    assert _option(cmds["discovery"], "--nu") == "3"
+    assert _option(cmds["discovery"], "--alpha") == "1"
 
 
 def test_regrowth_budgets_are_prune_grow_level_macs_never_rounded_below() -> None:
