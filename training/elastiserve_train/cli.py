@@ -27,6 +27,7 @@ from elastiserve_store import ARCHITECTURES, load_bundle
 from .data import DatasetError, load_dataset
 from .importance import IMPORTANCES
 from .pipeline import SCHEDULES, Pipeline, PipelineConfig
+from .progress import stage_bar
 from .report import write_report
 
 STRATEGY_MODULES: dict[str, str] = {
@@ -103,29 +104,12 @@ def _run(args: argparse.Namespace, rank: int) -> int:
         steps_per_level=args.steps_per_level, baseline_epochs=args.epochs,
         prune_epochs=args.prune_epochs, core_epochs=args.core_epochs,
         grow_epochs=args.grow_epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
-    bar = None
-    progress = None
-    if rank == 0 and not args.no_progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=0, unit="step", dynamic_ncols=True)
-        current = [""]
-
-        def progress(stage: str, step: int, total: int) -> None:
-            assert bar is not None
-            if current[0] != stage:
-                current[0] = stage
-                bar.reset(total=total)
-                bar.set_description(stage)
-            bar.update(step - bar.n)
-
-    pipeline = Pipeline(cfg, data, args.out, progress)
-    skipped = [s for s in pipeline.stages if pipeline.done(s)]
-    if skipped and rank == 0:
-        print(f"resuming: stages already done: {', '.join(skipped)}", file=sys.stderr)
-    metrics = pipeline.run()
-    if bar is not None:
-        bar.close()
+    with stage_bar(rank == 0 and not args.no_progress) as progress:
+        pipeline = Pipeline(cfg, data, args.out, progress)
+        skipped = [s for s in pipeline.stages if pipeline.done(s)]
+        if skipped and rank == 0:
+            print(f"resuming: stages already done: {', '.join(skipped)}", file=sys.stderr)
+        metrics = pipeline.run()
     if rank == 0:
         bundle = load_bundle(args.out / "bundle")
         report = write_report(args.out, bundle.manifest, metrics)

@@ -17,6 +17,7 @@ import sys
 from typing import Any
 
 from ..data import Dataset
+from ..progress import stage_bar
 from .params import DiscoveryParameterError, DiscoveryParams
 
 
@@ -77,29 +78,12 @@ def run(args: argparse.Namespace, data: Dataset, rank: int) -> int:
                             gate_streams=args.gate_streams),
         levels=args.levels, core_epochs=args.core_epochs, grow_epochs=args.grow_epochs,
         lr=args.lr, batch_size=args.batch_size, seed=args.seed)
-    bar = None
-    progress = None
-    if not args.no_progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=0, unit="step", dynamic_ncols=True)
-        current = [""]
-
-        def progress(stage: str, step: int, total: int) -> None:
-            assert bar is not None
-            if current[0] != stage:
-                current[0] = stage
-                bar.reset(total=total)
-                bar.set_description(stage)
-            bar.update(step - bar.n)
-
-    pipeline = DiscoveryPipeline(cfg, data, args.out, progress)
-    skipped = [s for s in pipeline.stages if pipeline.done(s)]
-    if skipped:
-        print(f"resuming: stages already done: {', '.join(skipped)}", file=sys.stderr)
-    pipeline.run()
-    if bar is not None:
-        bar.close()
+    with stage_bar(not args.no_progress) as progress:
+        pipeline = DiscoveryPipeline(cfg, data, args.out, progress)
+        skipped = [s for s in pipeline.stages if pipeline.done(s)]
+        if skipped:
+            print(f"resuming: stages already done: {', '.join(skipped)}", file=sys.stderr)
+        pipeline.run()
     report = pipeline.report()
     d = report["discovered"]
     print(f"discovered: {d['layers_removed']} layers and {d['units_removed']} units removed; "
