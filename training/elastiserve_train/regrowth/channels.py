@@ -22,12 +22,11 @@ from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from elastiserve_store.slots import Axes, Widths, slot_tag
 
 from ..pruning import Kept
-from .unstructured import REGROW_IMPORTANCES, RegrowImportance
+from .unstructured import RegrowImportance, loss_gradients
 
 
 def gate_parameters(model: nn.Module) -> dict[str, list[str]]:
@@ -76,15 +75,7 @@ def channel_scores(model: nn.Module, kept: Kept, reference: Mapping[str, torch.T
     ``model`` is the full-width network with the pruned gates closed (:func:`close_gates`);
     ``reference`` holds the gate parameters' pre-pruning values (for ``taylor``).
     """
-    if importance not in REGROW_IMPORTANCES:
-        raise ValueError(f"unknown regrowth importance {importance!r}; choose from "
-                         f"{', '.join(REGROW_IMPORTANCES)}")
-    params = dict(model.named_parameters())
-    device = next(iter(params.values())).device
-    model.eval()
-    model.zero_grad(set_to_none=True)
-    for x, y in batches:
-        F.cross_entropy(model(x.to(device)), y.to(device)).backward()  # type: ignore[no-untyped-call]
+    params = loss_gradients(model, batches, importance)
     scores: dict[str, torch.Tensor] = {}
     for slot, names in gate_parameters(model).items():
         n = params[names[0]].shape[0]

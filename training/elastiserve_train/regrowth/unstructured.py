@@ -105,15 +105,7 @@ def pruned_scores(model: nn.Module, masks: Mapping[str, torch.Tensor],
     The gradient is taken in eval mode (fixed batch-norm statistics), summed over batches,
     at the masked network's current point: the pruned weights are zero there.
     """
-    if importance not in REGROW_IMPORTANCES:
-        raise ValueError(f"unknown regrowth importance {importance!r}; choose from "
-                         f"{', '.join(REGROW_IMPORTANCES)}")
-    params = dict(model.named_parameters())
-    device = next(iter(params.values())).device
-    model.eval()
-    model.zero_grad(set_to_none=True)
-    for x, y in batches:
-        F.cross_entropy(model(x.to(device)), y.to(device)).backward()  # type: ignore[no-untyped-call]
+    params = loss_gradients(model, batches, importance)
     scores: dict[str, torch.Tensor] = {}
     for name, mask in masks.items():
         grad = params[name].grad
@@ -196,3 +188,22 @@ def mac_factors(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[str
 def sparse_macs(counts: Mapping[str, int], factors: Mapping[str, int]) -> int:
     """Theoretical MACs with ``counts[name]`` active elements in each prunable weight."""
     return sum(factors[name] * n for name, n in counts.items())
+
+
+def loss_gradients(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                   importance: str) -> dict[str, nn.Parameter]:
+    """Accumulate the loss gradient over ``batches`` into ``.grad``; the parameters by name.
+
+    Eval mode, so batch-norm statistics stay fixed while scoring. Shared by the weight and
+    the channel regrowth scores, which differ only in what they read from the gradients.
+    """
+    if importance not in REGROW_IMPORTANCES:
+        raise ValueError(f"unknown regrowth importance {importance!r}; choose from "
+                         f"{', '.join(REGROW_IMPORTANCES)}")
+    params = dict(model.named_parameters())
+    device = next(iter(params.values())).device
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    for x, y in batches:
+        F.cross_entropy(model(x.to(device)), y.to(device)).backward()  # type: ignore[no-untyped-call]
+    return params
