@@ -80,7 +80,8 @@ def _prune_and_tune(pipe: Pipeline, keeps: list[float], epochs_per_step: float, 
         pruner.step(calib)
         if epochs_per_step > 0:
             loop.train(model, data.train, pipe.mean, pipe.std,
-                       pipe.cfg.train_cfg(epochs_per_step, salt + i))
+                       pipe.cfg.train_cfg(epochs_per_step, salt + i, distill=True),
+                       teacher=pipe._teacher())
     return {"acc": loop.evaluate(model, data.test, pipe.mean, pipe.std),
             "macs": count_macs(model, data.input_shape)}
 
@@ -93,7 +94,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         arch="resnet20", arch_args={"in_channels": 1, "num_classes": 10, "width_mult": 1.0},
         levels=4, importance=args.importance, schedule="iterative", steps_per_level=1,
         baseline_epochs=args.baseline_epochs, prune_epochs=0.0, core_epochs=args.epochs,
-        grow_epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
+        grow_epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+        distill=args.distill)
     config = {"pipeline": json.loads(json.dumps(cfg.__dict__)), "subset": args.subset,
               "test_subset": args.test_subset}
     cache = Cache(args.work_dir / "variants.json", config)
@@ -142,6 +144,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "importance": args.importance,
         "epochs": args.epochs,
         "baseline_epochs": args.baseline_epochs,
+        "distill": args.distill,
         "train_subset": args.subset,
         "test_subset": args.test_subset,
         "baseline_acc": metrics["baseline_acc"],
@@ -171,7 +174,7 @@ def _tuned_baseline(pipe: Pipeline, args: argparse.Namespace) -> float:
     model = pipe._baseline_model()
     if args.epochs > 0:
         loop.train(model, pipe.data.train, pipe.mean, pipe.std,
-                   pipe.cfg.train_cfg(args.epochs, 900))
+                   pipe.cfg.train_cfg(args.epochs, 900, distill=True), teacher=pipe._teacher())
     acc: float = loop.evaluate(model, pipe.data.test, pipe.mean, pipe.std)
     return acc
 
@@ -201,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-subset", type=int, default=None, help="test on N images")
     parser.add_argument("--importance", choices=IMPORTANCES, default="l2")
     parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--distill", type=float, default=0.0,
+                        help="distillation weight from the baseline, for EVERY variant's "
+                             "fine-tuning (nested and independent alike)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)

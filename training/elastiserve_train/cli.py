@@ -63,6 +63,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fine-tuning epochs after each pruning step")
     parser.add_argument("--core-epochs", type=float, default=5.0)
     parser.add_argument("--grow-epochs", type=float, default=3.0)
+    parser.add_argument("--distill", type=float, default=0.0, metavar="WEIGHT",
+                        help="prune-grow: learn the core and the regrown levels from the "
+                             "unpruned model's outputs too, with this weight in [0, 1] "
+                             "(0: labels only; costs one teacher forward pass per batch)")
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
@@ -103,7 +107,8 @@ def _run(args: argparse.Namespace, rank: int) -> int:
         levels=args.levels, importance=args.importance, schedule=args.schedule,
         steps_per_level=args.steps_per_level, baseline_epochs=args.epochs,
         prune_epochs=args.prune_epochs, core_epochs=args.core_epochs,
-        grow_epochs=args.grow_epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
+        grow_epochs=args.grow_epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+        distill=args.distill)
     with stage_bar(rank == 0 and not args.no_progress) as progress:
         pipeline = Pipeline(cfg, data, args.out, progress)
         skipped = [s for s in pipeline.stages if pipeline.done(s)]

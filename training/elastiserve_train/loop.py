@@ -5,6 +5,10 @@ augmented on the batch. Growing a level passes gradient masks: they are applied 
 backward pass (so after DDP's all-reduce) and weight decay is added to the gradient by hand
 before masking, so masked weights receive exactly zero update (optimiser weight decay would
 otherwise still shrink the frozen core).
+
+A pruned or regrown level can learn from the unpruned model as well as from the labels
+(knowledge distillation, ``TrainConfig.distill``): the teacher's softened outputs say how the
+classes relate, which a small fine-tuning budget cannot learn from hard labels alone.
 """
 
 from __future__ import annotations
@@ -33,6 +37,25 @@ class TrainConfig:
     batch_size: int = 128
     seed: int = 0
     augment: bool = True
+    distill: float = 0.0
+    """Weight of the distillation term (0: labels only, 1: teacher only); needs a teacher."""
+    temperature: float = 4.0
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
+                      weight: float, temperature: float) -> torch.Tensor:
+    """``(1 - weight) * CE + weight * T^2 * KL(teacher_T || student_T)`` (Hinton et al.).
+
+    The ``T^2`` keeps the soft term's gradient on the same scale as the hard term's whatever
+    the temperature, so ``weight`` means the same thing at every ``T``.
+    """
+    hard = F.cross_entropy(student, labels)
+    if weight == 0.0:
+        return hard
+    soft = F.kl_div(F.log_softmax(student / temperature, dim=1),
+                    F.log_softmax(teacher / temperature, dim=1),
+                    reduction="batchmean", log_target=True)
+    return (1.0 - weight) * hard + weight * temperature ** 2 * soft
 
 
 def world() -> tuple[int, int]:
@@ -63,8 +86,19 @@ def batches(data: ImageSet, mean: torch.Tensor, std: torch.Tensor, batch_size: i
 
 def train(model: nn.Module, data: ImageSet, mean: torch.Tensor, std: torch.Tensor,
           cfg: TrainConfig, *, masks: Mapping[str, torch.Tensor] | None = None,
+          teacher: nn.Module | None = None,
           on_step: Callable[[int, int, float], None] | None = None) -> None:
-    """Fine-tune ``model`` in place for ``cfg.epochs`` (fractions allowed) with SGD + cosine."""
+    """Fine-tune ``model`` in place for ``cfg.epochs`` (fractions allowed) with SGD + cosine.
+
+    With ``cfg.distill > 0`` the ``teacher`` (kept in eval mode, never updated) sees the same
+    augmented batch and its outputs join the loss.
+    """
+    if not 0.0 <= cfg.distill <= 1.0:
+        raise ValueError(f"distillation weight must be in [0, 1], got {cfg.distill}")
+    if cfg.distill > 0.0 and teacher is None:
+        raise ValueError("distillation weight > 0 needs a teacher model")
+    if cfg.temperature <= 0.0:
+        raise ValueError(f"distillation temperature must be > 0, got {cfg.temperature}")
     _rank, size = world()
     net: nn.Module = model
     if size > 1:
@@ -72,6 +106,8 @@ def train(model: nn.Module, data: ImageSet, mean: torch.Tensor, std: torch.Tenso
     params = dict(model.named_parameters())
     device = next(iter(params.values())).device
     opt = torch.optim.SGD(params.values(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    if teacher is not None:
+        teacher.to(device).eval()
     per_epoch = -(-(len(data.labels) // size) // cfg.batch_size)
     total = max(1, int(per_epoch * cfg.epochs))
     step = 0
@@ -86,7 +122,12 @@ def train(model: nn.Module, data: ImageSet, mean: torch.Tensor, std: torch.Tenso
                 group["lr"] = cosine_lr(cfg.lr, step, total)
             opt.zero_grad(set_to_none=True)
             x, y = x.to(device), y.to(device)  # batches are built on the CPU
-            loss = F.cross_entropy(net(x), y)
+            if teacher is not None and cfg.distill > 0.0:
+                with torch.no_grad():
+                    target = teacher(x)
+                loss = distillation_loss(net(x), target, y, cfg.distill, cfg.temperature)
+            else:
+                loss = F.cross_entropy(net(x), y)
             loss.backward()  # type: ignore[no-untyped-call]
             with torch.no_grad():
                 for name, p in params.items():

@@ -55,10 +55,19 @@ class PipelineConfig:
     batch_size: int = 128
     calib_batches: int = 2
     seed: int = 0
+    distill: float = 0.0
+    """Distillation weight from the unpruned baseline while tuning the core and growing."""
 
-    def train_cfg(self, epochs: float, salt: int) -> loop.TrainConfig:
+    def __post_init__(self) -> None:
+        # Refuse here, before hours of baseline training, not when the core stage starts.
+        if not 0.0 <= self.distill <= 1.0:
+            raise ValueError(f"--distill must be in [0, 1], got {self.distill}")
+
+    def train_cfg(self, epochs: float, salt: int, *, distill: bool = False) -> loop.TrainConfig:
+        """Settings for one training run; ``distill``: a pruned model learning from the baseline."""
         return loop.TrainConfig(epochs=epochs, lr=self.lr, batch_size=self.batch_size,
-                                seed=self.seed * 7919 + salt)
+                                seed=self.seed * 7919 + salt,
+                                distill=self.distill if distill else 0.0)
 
 
 def _is_writer() -> bool:
@@ -91,7 +100,11 @@ class Pipeline:
         config = json.loads(json.dumps(asdict(self.cfg)))
         if self.state_path.is_file():
             state: dict[str, Any] = json.loads(self.state_path.read_text(encoding="utf-8"))
-            if state.get("config") != config:
+            # A setting added after a run was written is absent from its state; its default
+            # is what that run did, so fill it in rather than refuse to resume.
+            defaults = json.loads(json.dumps(asdict(PipelineConfig())))
+            stored = {**defaults, **state.get("config", {})}
+            if stored != config:
                 raise ValueError(f"{self.state_path}: existing run used a different "
                                  f"configuration; use a new --out directory")
             return state
@@ -188,7 +201,8 @@ class Pipeline:
             now = pruner.step(calib)
             if cfg.prune_epochs > 0:
                 loop.train(model, self.data.train, self.mean, self.std,
-                           cfg.train_cfg(cfg.prune_epochs, 100 + i),
+                           cfg.train_cfg(cfg.prune_epochs, 100 + i, distill=True),
+                           teacher=self._teacher(),
                            on_step=self._on_step(f"prune{i}"))
                 state.absorb(model, now)
             if level is not None:
@@ -199,6 +213,10 @@ class Pipeline:
         _barrier()
         self._finish("prune", widths=[state.widths(k) for k in range(len(self.ratios))])
 
+    def _teacher(self) -> nn.Module | None:
+        """The unpruned baseline, when distillation is on."""
+        return self._baseline_model() if self.cfg.distill > 0 else None
+
     def _resume_state(self, stage: str) -> NestedState:
         return NestedState.load(self.out / stage)
 
@@ -206,7 +224,8 @@ class Pipeline:
         state = self._resume_state("prune")
         model = state.level_model(0)
         loop.train(model, self.data.train, self.mean, self.std,
-                   self.cfg.train_cfg(self.cfg.core_epochs, 200), on_step=self._on_step("core"))
+                   self.cfg.train_cfg(self.cfg.core_epochs, 200, distill=True),
+                   teacher=self._teacher(), on_step=self._on_step("core"))
         state.absorb(model, state.kept[0], level=0)
         self._save_nested(state, "core")
         _barrier()
@@ -217,8 +236,8 @@ class Pipeline:
         model = state.level_model(k, own_from=k - 1)
         masks = core_masks(model, state.kept[k - 1], state.kept[k])
         loop.train(model, self.data.train, self.mean, self.std,
-                   self.cfg.train_cfg(self.cfg.grow_epochs, 300 + k), masks=masks,
-                   on_step=self._on_step(f"grow{k}"))
+                   self.cfg.train_cfg(self.cfg.grow_epochs, 300 + k, distill=True),
+                   masks=masks, teacher=self._teacher(), on_step=self._on_step(f"grow{k}"))
         state.absorb(model, state.kept[k], level=k)
         self._save_nested(state, f"grow{k}")
         _barrier()
