@@ -31,14 +31,16 @@ gives capacity, "widen" gives accuracy):
 5. **Sustained breach.** Mean p95 over the stable window > (1 + tolerance) x objective,
    with clean samples spanning the window (so not before a full window after a start or a
    settle), narrows at once.
-   Predictive mode narrows to the widest level whose predicted p95 meets the objective,
+   Predictive mode narrows to the best level whose predicted p95 meets the objective,
    and always at least one level (the breach is evidence the model is optimistic);
-   Step mode narrows one level.
+   Step mode narrows one level. "Best" is the most accurate when the profile gives every
+   level an accuracy (a narrower level can out-score a wider one in a badly trained
+   bundle, and then the wider one is never worth its cost), else the widest.
 6. **Node pressure.** Any reading at or above its threshold blocks widening and narrows
    one level per stable window. The operator passes a reading here only when *every* node
    hosting the model is hot (``node_caps.decide_caps``'s ``model_pressure``); a single hot
    node gets a per-node cap instead, so only its replicas narrow.
-7. **Widen.** Every clean evaluation records a recommendation: the widest level whose
+7. **Widen.** Every clean evaluation records a recommendation: the best level whose
    predicted p95 is at most (1 - headroom) x objective (Step: one level wider if the
    measured p95 is under that line). Narrowings record their target. The level widens to
    the *minimum* recommendation over ``widenStabilizationSeconds`` (HPA's scale-down
@@ -135,9 +137,25 @@ def _ms(seconds: float) -> str:
     return "inf ms" if math.isinf(seconds) else f"{seconds * 1000.0:.0f} ms"
 
 
-def _widest_fitting(predictions: Sequence[float], lo: int, hi: int, line_s: float) -> int | None:
+def _best_fitting(
+    predictions: Sequence[float], accuracies: Sequence[float] | None, lo: int, hi: int,
+    line_s: float,
+) -> int | None:
+    """Among levels ``lo..hi`` predicted within ``line_s``: the most accurate, ties to the
+    widest; the widest when accuracies are unknown. None when none fits."""
     fitting = [k for k in range(lo, hi + 1) if predictions[k] <= line_s]
-    return max(fitting) if fitting else None
+    if not fitting:
+        return None
+    if accuracies is None:
+        return max(fitting)
+    return max(fitting, key=lambda k: (accuracies[k], k))
+
+
+def _accuracies(profile: Sequence[LevelProfile]) -> tuple[float, ...] | None:
+    values = [level.accuracy for level in profile]
+    if any(v is None or not math.isfinite(v) for v in values):
+        return None
+    return tuple(float(v) for v in values if v is not None)
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -152,6 +170,8 @@ class _Context:
     names: tuple[str, ...]
     predictions: tuple[float, ...]
     per_replica_rps: float
+    accuracies: tuple[float, ...] | None = None
+    """Every level's accuracy when the profile has them all, else None (rank by width)."""
 
     @property
     def predictive(self) -> bool:
@@ -243,6 +263,7 @@ def decide(
             predict_p95_s(profile, rate / replicas, spec.serving.workers) if predictive else ()
         ),
         per_replica_rps=rate / replicas,
+        accuracies=_accuracies(profile) if predictive else None,
     )
 
     # 3. Settle after a narrowing: readings still show the slower level. The rate does not
@@ -310,7 +331,7 @@ def decide(
         target = current - 1
         if ctx.predictive:
             # Only levels below the current one: the breach says the current one fails.
-            fit = _widest_fitting(ctx.predictions, lo, current - 1, objective)
+            fit = _best_fitting(ctx.predictions, ctx.accuracies, lo, current - 1, objective)
             target = fit if fit is not None else lo
         return _switch(
             ctx,
@@ -347,7 +368,7 @@ def decide(
 
     # 7. Recommendation, then widen after stabilisation.
     if ctx.predictive:
-        fit = _widest_fitting(ctx.predictions, lo, hi, headroom_line)
+        fit = _best_fitting(ctx.predictions, ctx.accuracies, lo, hi, headroom_line)
         recommended = fit if fit is not None else lo
     else:
         recommended = min(current + 1, hi) if p95 <= headroom_line else current
