@@ -11,8 +11,10 @@ fine-tuning epochs, batch size and seed, and reads each run's ``report.json``:
 * ``regrowth-unstructured`` (seed 2, weights): the same MACs-ratio budget for its most pruned
   point (theoretical sparse MACs), regrown to the same fractions of weights;
 * ``discovery`` (seed 3): trains from scratch with its gates for ``--epochs`` (as
-  ``--discovery-epochs``: the others' baseline budget), then the same core/grow epochs; its
-  levels are wherever its search puts them (recorded as measured).
+  ``--discovery-epochs``: the others' baseline budget), then the same core/grow epochs. With
+  prune-grow in the run, the discovered network gets prune-grow's smallest MACs ratio as its
+  budget (``--budget`` with ``--beta 1``) and the grown levels its other ratios
+  (``--level-macs``); ``--discovery-at-own-budget`` lets nu alone place them instead.
 
 Each run is cached in ``--work-dir/<strategy>`` with the command that made it: rerunning the
 script skips finished runs. Writes ``benchmarks/results/strategies.json`` (``strategies``: list
@@ -70,6 +72,11 @@ def _command(name: str, args: argparse.Namespace, ratios: list[float] | None) ->
                 "--regrowth-levels", ",".join(f"{r:.6f}" for r in ratios[1:] if r < 0.999)]
     elif name == "discovery":  # its training from scratch replaces the baseline epochs
         cmd += ["--discovery-epochs", str(args.epochs), *shlex.split(args.discovery_args)]
+        if ratios is not None and not args.discovery_at_own_budget:
+            inner = [r for r in ratios[1:] if r < 0.999]
+            cmd += ["--beta", "1", "--budget", _ratio(ratios[0])]
+            if len(inner) == len(ratios) - 2:
+                cmd += ["--level-macs", ",".join(f"{r:.6f}" for r in inner)]
     return cmd
 
 
@@ -163,8 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--strategies", default=",".join(STRATEGIES))
     p.add_argument("--discovery-args", default="",
-                   help="extra options for discovery, e.g. '--nu 3 --alpha 1': it has no budget "
-                        "option, so its strength is what moves it toward the others' MACs")
+                   help="extra options for discovery, e.g. '--nu 3 --alpha 0.5' (its starting "
+                        "strength and layer/unit split; the budget comes from prune-grow)")
+    p.add_argument("--discovery-at-own-budget", action="store_true",
+                   help="no --budget/--level-macs for discovery: nu alone places its levels")
     p.add_argument("--work-dir", type=Path, default=Path("runs/strategies"))
     p.add_argument("--out", type=Path, default=ROOT / "results" / "strategies.json")
     p.add_argument("--quick", action="store_true",
@@ -206,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         "epochs": f"baseline {args.epochs}, core/pruned {args.core_epochs}, each grown "
                   f"level {args.grow_epochs}",
         "levels": "regrowth levels at prune-grow's MACs ratios (budget-macs-ratio / "
-                  "regrowth-levels); discovery at its own"},
+                  "regrowth-levels); discovery " + (
+                      "at its own (nu alone)" if args.discovery_at_own_budget else
+                      "at the same ratios (--budget with --beta 1, --level-macs)")},
         "missing": missing, "strategies": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")

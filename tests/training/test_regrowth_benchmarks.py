@@ -23,7 +23,7 @@ def _load(name: str) -> ModuleType:
 ARGS = argparse.Namespace(arch="resnet20", width_mult=0.5, dataset="fashion-mnist",
                           train_subset=4000, test_subset=2000, epochs=2.0, core_epochs=1.0,
                           grow_epochs=1.0, batch_size=128, lr=0.05, seed=0, threads=1,
-                          discovery_args="--nu 3 --alpha 1")
+                          discovery_args="--nu 3 --alpha 1", discovery_at_own_budget=False)
 
 
 def _option(cmd: list[str], name: str) -> str:
@@ -50,3 +50,16 @@ def test_regrowth_budgets_are_prune_grow_level_macs_never_rounded_below() -> Non
     levels = [float(v) for v in _option(cmd, "--regrowth-levels").split(",")]
     assert len(levels) == 3 and all(v >= r for v, r in zip(levels, ratios[1:], strict=True))
     assert all(v <= 1.0 for v in levels)
+
+
+def test_discovery_gets_prune_grow_budgets_unless_told_to_find_its_own() -> None:
+    strategies = _load("strategies")
+    ratios = [0.0638675079, 0.25182350, 0.5638680, 1.0]
+    cmd = strategies._command("discovery", ARGS, ratios)
+    assert _option(cmd, "--beta") == "1"  # the budget is then a MACs ratio
+    assert float(_option(cmd, "--budget")) >= ratios[0]
+    inner = [float(v) for v in _option(cmd, "--level-macs").split(",")]
+    assert inner == [round(r, 6) for r in ratios[1:3]]
+    own = strategies._command("discovery", argparse.Namespace(
+        **{**vars(ARGS), "discovery_at_own_budget": True}), ratios)
+    assert "--budget" not in own and "--level-macs" not in own

@@ -29,6 +29,13 @@ def add_arguments(group: Any) -> None:
                        help="layer vs unit pruning α in [0, 1] (1: layers only)")
     group.add_argument("--beta", type=float, default=0.5,
                        help="FLOPs vs parameters β in [0, 1] (1: FLOPs only)")
+    group.add_argument("--budget", type=float, default=None,
+                       help="the discovered network's cost as a fraction of the full one's "
+                            "(β-weighted: with --beta 1, its MACs ratio); ν then adapts to "
+                            "meet it and the rest is removed at the end")
+    group.add_argument("--level-macs", type=_ratios, default=(),
+                       help="comma-separated MACs ratios of the levels between the discovered "
+                            "and the full one (default: evenly spaced in pruned channels)")
     group.add_argument("--theta-tol", type=float, default=0.05,
                        help="remove a unit/layer when its θ falls below this")
     group.add_argument("--discovery-epochs", type=float, default=10.0,
@@ -45,10 +52,18 @@ def add_arguments(group: Any) -> None:
                             "and layers only)")
 
 
+def _ratios(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers such as 0.25,0.56, got {text!r}") from None
+
+
 def params_from(args: argparse.Namespace) -> DiscoveryParams:
-    """The validated ν, α, β, θ_tol (raises :class:`DiscoveryParameterError`)."""
+    """The validated ν, α, β, θ_tol, budget (raises :class:`DiscoveryParameterError`)."""
     return DiscoveryParams(nu=args.nu, alpha=args.alpha, beta=args.beta,
-                           theta_tol=args.theta_tol)
+                           theta_tol=args.theta_tol, budget=args.budget)
 
 
 def run(args: argparse.Namespace, data: Dataset, rank: int) -> int:
@@ -76,9 +91,9 @@ def run(args: argparse.Namespace, data: Dataset, rank: int) -> int:
                             theta_warmup=args.theta_warmup, theta_init=args.theta_init,
                             batch_size=args.batch_size, seed=args.seed,
                             gate_streams=args.gate_streams),
-        levels=args.levels, core_epochs=args.core_epochs, grow_epochs=args.grow_epochs,
-        lr=args.lr, batch_size=args.batch_size, seed=args.seed)
-    with stage_bar(not args.no_progress) as progress:
+        levels=args.levels, level_macs=args.level_macs, core_epochs=args.core_epochs,
+        grow_epochs=args.grow_epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
+    with stage_bar(not args.no_progress) as progress:  # errors: ValueError, caught by the CLI
         pipeline = DiscoveryPipeline(cfg, data, args.out, progress)
         skipped = [s for s in pipeline.stages if pipeline.done(s)]
         if skipped:

@@ -10,6 +10,11 @@
 * ``beta`` (β ∈ [0, 1]): FLOPs vs parameters. The cost is β·MACs/MACs_full +
   (1 - β)·params/params_full: β = 1 prices computation, β = 0 storage.
 
+``budget`` (optional, in (0, 1]): the discovered network's cost as a fraction of the full
+network's, in the same β-weighted units. With a budget, ν is only the starting strength: the
+search raises or lowers it as the expected cost sits above or below the budget (see
+:mod:`.search`), and whatever θ leaves over the budget at the end is removed, lowest θ first.
+
 ``theta_tol`` is the removal threshold: a unit or layer whose θ falls below it is removed for
 good (the paper's "pruning when θ converges to 0"; a small positive tolerance instead of exact
 zero because θ moves in finite steps).
@@ -35,8 +40,15 @@ class DiscoveryParams:
     alpha: float = 0.5
     beta: float = 0.5
     theta_tol: float = 0.05
+    budget: float | None = None
 
     def __post_init__(self) -> None:
+        if self.budget is not None and (
+                isinstance(self.budget, bool) or not isinstance(self.budget, (int, float))
+                or not math.isfinite(self.budget) or not 0.0 < self.budget <= 1.0):
+            raise DiscoveryParameterError(
+                f"budget (cost as a fraction of the full network's) must be in (0, 1], "
+                f"got {self.budget!r}")
         for name, value in (("nu", self.nu), ("alpha", self.alpha), ("beta", self.beta),
                             ("theta_tol", self.theta_tol)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) \

@@ -11,7 +11,9 @@
   the full architecture. It is trained with level k-1's weights frozen by gradient masks
   (:func:`~elastiserve_train.nested.core_masks`), except the blocks level k-1 skipped, which
   are new at level k and trained whole. Reinserted channels start from the weights they had
-  when discovery removed them.
+  when discovery removed them. With ``level_macs`` the fraction is instead the smallest one
+  whose level reaches that MACs ratio (bisection over the fraction), so the levels can sit at
+  the same budgets as another strategy's.
 * **export**: the nested bundle (channels permuted so each level is a prefix) and
   ``report.json``.
 
@@ -22,6 +24,7 @@ and records itself in ``state.json``; a rerun skips what is done.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -32,13 +35,13 @@ import torch
 from torch import nn
 
 from elastiserve_store import InputSpec, Normalisation, architectures, load_bundle, write_bundle
-from elastiserve_store.profile import latency_ms
+from elastiserve_store.profile import count_macs, latency_ms
 
 from .. import loop
 from ..data import Dataset
 from ..nested import NestedState, check_nested, core_masks
 from ..report import level_size_bytes
-from .params import DiscoveryParams
+from .params import DiscoveryParameterError, DiscoveryParams
 from .search import SearchConfig, discover
 
 Progress = Callable[[str, int, int], None]
@@ -53,6 +56,8 @@ class DiscoveryConfig:
     params: DiscoveryParams = field(default_factory=DiscoveryParams)
     search: SearchConfig = field(default_factory=SearchConfig)
     levels: int = 4
+    level_macs: tuple[float, ...] = ()
+    """MACs ratios of the grown levels between the discovered and the full one (optional)."""
     core_epochs: float = 1.0
     grow_epochs: float = 1.0
     lr: float = 0.05
@@ -89,6 +94,20 @@ def grown_skipped(skipped: tuple[str, ...], layer_theta: dict[str, float], fract
     return tuple(b for b in skipped if b not in back)
 
 
+def check_level_macs(targets: tuple[float, ...], levels: int) -> None:
+    """Refuse MACs targets that cannot describe the levels between discovered and full."""
+    if not targets:
+        return
+    if len(targets) != levels - 2:
+        raise DiscoveryParameterError(
+            f"--level-macs needs one ratio per level between the discovered and the full "
+            f"one: {levels - 2} for {levels} levels, got {len(targets)}")
+    if any(not 0.0 < t < 1.0 for t in targets) or list(targets) != sorted(set(targets)):
+        raise DiscoveryParameterError(
+            f"--level-macs ratios must be increasing and in (0, 1), got "
+            f"{', '.join(f'{t:g}' for t in targets)}")
+
+
 def _finite(value: float) -> float:
     return value if value == value else 0.0  # NaN (never sampled) sorts last
 
@@ -100,6 +119,7 @@ class DiscoveryPipeline:
                  progress: Progress | None = None) -> None:
         if cfg.levels < 1:
             raise ValueError(f"--levels must be >= 1, got {cfg.levels}")
+        check_level_macs(cfg.level_macs, cfg.levels)
         self.cfg, self.data, self.out, self.progress = cfg, data, out_dir, progress
         self.mean, self.std = torch.tensor(data.mean), torch.tensor(data.std)
         self.state_path = out_dir / "state.json"
@@ -186,15 +206,50 @@ class DiscoveryPipeline:
                  for s, t in data["theta"].items()}
         return units, {b: float(v) for b, v in data["layer_theta"].items()}
 
+    def _level(self, state: NestedState, k: int, frac: float
+               ) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:
+        """Level ``k``'s channels and skipped blocks ``frac`` of the way to the full network."""
+        full = architectures.full_widths(self.cfg.arch, self.cfg.arch_args)
+        unit_theta, layer_theta = self._theta()
+        kept = grown_kept(state.kept[0], unit_theta, full, frac)
+        kept = {s: torch.unique(torch.cat([kept[s], state.kept[k - 1][s]])) for s in full}
+        narrower = state.skipped.get(k - 1, ())  # depth nests too: skip no more than k - 1
+        skipped = grown_skipped(state.skipped.get(0, ()), layer_theta, frac)
+        return kept, tuple(b for b in skipped if b in narrower)
+
+    def _macs_ratio(self, kept: dict[str, torch.Tensor], skipped: tuple[str, ...]) -> float:
+        widths = {s: len(v) for s, v in kept.items()}
+        model = architectures.build(self.cfg.arch, self.cfg.arch_args, widths, skipped)
+        full = architectures.build(self.cfg.arch, self.cfg.arch_args)
+        shape = self.data.input_shape
+        return count_macs(model, shape) / count_macs(full, shape)
+
+    def _fraction(self, state: NestedState, k: int) -> float:
+        """How far level ``k`` goes from the discovered network towards the full one."""
+        even = k / (self.cfg.levels - 1)
+        if not self.cfg.level_macs or k == self.cfg.levels - 1:
+            return even
+        target = self.cfg.level_macs[k - 1]
+        below = self._macs_ratio(state.kept[k - 1], state.skipped.get(k - 1, ()))
+        if target <= below:
+            print(f"discovery: level {k}'s MACs target {target:g} is not above level "
+                  f"{k - 1}'s {below:.3f}; growing it {even:.2f} of the way instead",
+                  file=sys.stderr)
+            return even
+        lo, hi = 0.0, 1.0  # MACs grow with the fraction: find the smallest that reaches it
+        for _ in range(20):
+            mid = (lo + hi) / 2
+            if self._macs_ratio(*self._level(state, k, mid)) >= target:
+                hi = mid
+            else:
+                lo = mid
+        return hi
+
     def grow(self, k: int) -> dict[str, Any]:
         state = NestedState.load(self.out / ("core" if k == 1 else f"grow{k - 1}"))
-        full = architectures.full_widths(self.cfg.arch, self.cfg.arch_args)
-        frac = k / (self.cfg.levels - 1)
-        unit_theta, layer_theta = self._theta()
-        state.kept = [*state.kept[:k], grown_kept(state.kept[0], unit_theta, full, frac)]
-        state.skipped[k] = grown_skipped(state.skipped.get(0, ()), layer_theta, frac)
-        state.kept[k] = {s: torch.unique(torch.cat([state.kept[k][s], state.kept[k - 1][s]]))
-                         for s in full}
+        kept, skipped = self._level(state, k, self._fraction(state, k))
+        state.kept = [*state.kept[:k], kept]
+        state.skipped[k] = skipped
         check_nested(state.kept)
         model = state.level_model(k, own_from=k - 1)
         masks = core_masks(model, state.kept[k - 1], state.kept[k])

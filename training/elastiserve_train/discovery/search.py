@@ -16,6 +16,18 @@ acts in proportion. Two choices make that work on a network trained from scratch
 touches at full speed whatever ν is, pruning the untrained network at once.) After each step θ
 is projected to [0, 1] and variables under θ_tol are removed (:mod:`.gates`).
 
+A budget (``DiscoveryParams.budget``) turns ν into a controlled quantity: after the warm-up,
+every step multiplies ν by ``exp(gain/steps · (min(C/budget, 2) - 1))`` with ``C`` the expected
+normalised cost at the current θ, an integral controller in log space (a dual ascent on the
+budget constraint). ν rises while the network is too expensive and falls back once it is
+cheap enough, so the pruning strength needed for a budget need not be guessed. The controller
+steers the *expected* cost (smooth in θ); the kept network counts every surviving variable
+as whole, so it ends above the expected cost, and what the budget does not allow is removed at
+the end, the lowest θ first (units of a block's hidden slot, never its last one; then whole
+skippable layers): the result is never over budget. Removal is final, so the controller can
+overshoot on a short run (end cheaper than asked). A budget below the cheapest network
+discovery can reach is refused before training.
+
 Removed structure is not only masked: every ``compact_every`` steps the network is rebuilt
 without it (a compact dense model, skipped blocks as the identity), so training gets cheaper as
 it prunes. The optimisers restart after a compaction (their momentum is dropped, a small cost
@@ -24,13 +36,13 @@ into a full-width master copy (:class:`~elastiserve_train.nested.NestedState`) a
 channel positions, which is what regrowing the wider levels starts from.
 """
 
-# ruff: noqa: RUF002  (Greek letters: the paper's notation for nu, alpha, beta)
+# ruff: noqa: RUF001, RUF002  (Greek letters: the paper's notation for nu, alpha, beta)
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -47,7 +59,7 @@ from ..nested import NestedState
 from ..schedules import cosine_lr
 from .complexity import ComplexityModel, Cost, normalised_cost, penalty
 from .gates import Gate, ResNetGates
-from .params import DiscoveryParams
+from .params import DiscoveryParameterError, DiscoveryParams
 
 StepHook = Callable[[int, int, float], None]
 
@@ -72,6 +84,8 @@ class SearchConfig:
     """Steps between compactions; 0: four times per epoch."""
     gate_streams: bool = False
     """Also gate the residual streams' channels (see :mod:`.gates`; off by default)."""
+    budget_gain: float = 10.0
+    """With a budget: how fast ν follows it (ν can move by e^gain over the run at full error)."""
     seed: int = 0
 
 
@@ -96,6 +110,10 @@ class Discovered:
     starved: tuple[str, ...] = ()
     """Removed blocks whose hidden units had all fallen under θ_tol (removed as a consequence,
     not by their own layer variable)."""
+    nu_final: float = 0.0
+    """ν at the end (the given ν unless a budget steered it)."""
+    budget_removed: tuple[str, ...] = ()
+    """What the final budget projection removed (``slot[index]`` units, block names)."""
 
     @property
     def skipped(self) -> tuple[str, ...]:
@@ -120,6 +138,8 @@ class Discovered:
             "measured": self.measured,
             "prediction_exact": (round(self.predicted["macs"]) == self.measured["macs"]
                                  and round(self.predicted["params"]) == self.measured["params"]),
+            "nu_final": self.nu_final,
+            "budget_removed": list(self.budget_removed),
         }
 
 
@@ -154,6 +174,86 @@ class Search:
         layers = {b.name: Gate.new(1, cfg.theta_init) for b in self.blocks if b.skippable}
         self._install(model, units, layers)
         self.history: list[dict[str, Any]] = []
+        self.nu = params.nu
+        self.budget_removed: list[str] = []
+        if params.budget is not None:
+            cheapest = self.cheapest_cost()
+            if params.budget < cheapest:
+                raise DiscoveryParameterError(
+                    f"budget {params.budget:g} is below the cheapest network discovery can "
+                    f"reach from {arch}: {cheapest:.4f} of the full cost (every skippable "
+                    f"block removed, one hidden channel left in each other block, the "
+                    f"residual streams whole); raise the budget")
+
+    def cheapest_cost(self) -> float:
+        """Normalised cost of the smallest structure the search and projection can leave."""
+        full = architectures.full_widths(self.arch, self.arch_args)
+        units = {s: torch.ones(n, dtype=torch.float64) for s, n in full.items()}
+        for block in self.blocks:
+            units[block.name] = torch.zeros(full[block.name], dtype=torch.float64)
+            units[block.name][0] = 1.0
+        layers = {b.name: torch.tensor(0.0) for b in self.blocks if b.skippable}
+        with torch.no_grad():
+            return float(normalised_cost(self.full_cm.expected(units, layers), self.full_cost,
+                                         self.params.beta))
+
+    def hard_cost(self) -> float:
+        """Normalised cost of the structure as it stands (alive variables at 1, removed at 0)."""
+        units = {s: g.alive.to(torch.float64) for s, g in self.gates.units.items()}
+        layers = {b: g.alive.to(torch.float64)[0] for b, g in self.gates.layers.items()}
+        with torch.no_grad():
+            return float(normalised_cost(self.cm.expected(units, layers), self.full_cost,
+                                         self.params.beta))
+
+    def _steer_nu(self, units: Mapping[str, torch.Tensor], layers: Mapping[str, torch.Tensor],
+                  total: int) -> None:
+        budget = self.params.budget
+        assert budget is not None
+        with torch.no_grad():
+            cost = float(normalised_cost(self.cm.expected(units, layers), self.full_cost,
+                                         self.params.beta))
+        error = min(cost / budget, 2.0) - 1.0
+        self.nu *= math.exp(self.cfg.budget_gain / total * error)
+        self.nu = min(max(self.nu, self.params.nu * 1e-3), self.params.nu * 1e3)
+
+    @torch.no_grad()
+    def meet_budget(self) -> None:
+        """Remove what the budget does not allow, lowest θ first (see the module docstring)."""
+        budget = self.params.budget
+        if budget is None:
+            return
+        removed: list[str] = []
+        while self.hard_cost() > budget + 1e-12:
+            best: tuple[float, str, int] | None = None
+            for block in self.blocks:
+                gate = self.gates.units.get(block.name)
+                if block.name in self.skipped or gate is None or int(gate.alive.sum()) <= 1:
+                    continue
+                layer = self.gates.layers.get(block.name)
+                if layer is not None and not bool(layer.alive.all()):
+                    continue
+                theta = torch.where(gate.alive, gate.theta, torch.tensor(math.inf))
+                index = int(theta.argmin())
+                if best is None or float(theta[index]) < best[0]:
+                    best = (float(theta[index]), block.name, index)
+            if best is not None:
+                _, slot, index = best
+                gate = self.gates.units[slot]
+                gate.alive[index] = False
+                gate.theta[index] = 0.0
+                removed.append(f"{slot}[{int(self.orig[slot][index])}]")
+                continue
+            layers = [(float(g.theta[0]), b) for b, g in self.gates.layers.items()
+                      if bool(g.alive.all())]
+            if not layers:  # unreachable: the budget was checked against the cheapest network
+                raise DiscoveryParameterError(f"budget {budget:g} cannot be met")
+            _, name = min(layers)
+            self.gates.layers[name].alive[0] = False
+            self.gates.layers[name].theta[0] = 0.0
+            removed.append(name)
+        if removed:
+            self.budget_removed.extend(removed)
+            self.compact()
 
     def _install(self, model: nn.Module, units: dict[str, Gate], layers: dict[str, Gate]
                  ) -> None:
@@ -213,6 +313,7 @@ class Search:
             "units_alive": int(sum(int(g.alive.sum()) for s, g in self.gates.units.items()
                                    if s not in self.skipped)),
             "layers_alive": int(sum(int(g.alive.sum()) for g in self.gates.layers.values())),
+            "nu": round(self.nu, 4),
         })
 
     def run(self, on_step: StepHook | None = None) -> Discovered:
@@ -232,7 +333,11 @@ class Search:
                     group["lr"] = cosine_lr(cfg.lr, step, total)
                 ce = F.cross_entropy(self.model(x), y)
                 units, layers = self.gates.effective()
-                loss = ce + penalty(self.cm, self.full_cost, units, layers, self.params).float()
+                if self.params.budget is not None and step >= warmup:
+                    self._steer_nu(units, layers, total - warmup)
+                priced = self.params if self.nu == self.params.nu else replace(
+                    self.params, nu=self.nu)
+                loss = ce + penalty(self.cm, self.full_cost, units, layers, priced).float()
                 self.opt_w.zero_grad(set_to_none=True)
                 self.opt_t.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]
@@ -253,6 +358,7 @@ class Search:
                     on_step(step, total, float(loss.detach()))
             epoch += 1
         self.compact()
+        self.meet_budget()
         return self._result()
 
     def _result(self) -> Discovered:
@@ -285,7 +391,9 @@ class Search:
             history=self.history,
             starved=tuple(b for b in self.master.skipped[0]
                           if float(torch.nan_to_num(self.theta_full[b], nan=0.0).max())
-                          < self.params.theta_tol))
+                          < self.params.theta_tol
+                          and b not in self.budget_removed),
+            nu_final=self.nu, budget_removed=tuple(self.budget_removed))
 
 
 def discover(arch: str, arch_args: Mapping[str, Any], data: Dataset, params: DiscoveryParams,
