@@ -42,6 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=0, help="inference port (0: a free one)")
     parser.add_argument("--metrics-port", type=int, default=0,
                         help="metrics port (0: a free one)")
+    parser.add_argument("--disable-token-auth", action="store_true",
+                        help="no TorchServe bearer keys: only behind an authenticating gateway "
+                             "(several replicas behind one Service cannot share the per-server "
+                             "keys)")
 
 
 def mar_registrations(mars: list[Path], name: str | None) -> list[str]:
@@ -85,11 +89,16 @@ def run(args: argparse.Namespace) -> int:
     with run_torchserve(
         run_dir / "torchserve", store, models, bind_host=args.bind,
         metrics_host=args.metrics_bind, inference_port=args.port, metrics_port=args.metrics_port,
+        token_authorization=not args.disable_token_auth,
     ) as server:
         print(f"inference:  {server.inference_url}/predictions/<model>")
         print(f"management: {server.management_url}")
         print(f"metrics:    http://{server.metrics_address}/metrics")
-        print(f"tokens:     {server.run_dir / 'key_file.json'} (Authorization: Bearer <key>)")
+        if args.disable_token_auth:
+            print("tokens:     none (token authorisation disabled: authenticate in front)")
+        else:
+            print(f"tokens:     {server.run_dir / 'key_file.json'} "
+                  f"(Authorization: Bearer <key>)")
         print(f"level:      elastiserve level set <name|index> --control-file {args.control_file}")
         with contextlib.suppress(KeyboardInterrupt):
             stop.wait()

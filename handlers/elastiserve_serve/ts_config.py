@@ -40,6 +40,8 @@ class ServeConfig:
     max_request_size: int = 8 * 1024 * 1024 + 64 * 1024
     max_response_size: int = 1024 * 1024
     token_expiration_min: int = 720
+    token_authorization: bool = True
+    """False only behind an authenticating gateway: every client on the network may infer."""
     job_queue_size: int = 100
     netty_threads: int = 2
     jvm_heap_mb: int = 512
@@ -61,10 +63,16 @@ def config_properties(cfg: ServeConfig) -> str:
         f"grpc_inference_port={cfg.grpc_inference_port}",
         "grpc_management_address=127.0.0.1",
         f"grpc_management_port={cfg.grpc_management_port}",
-        "# Token authorisation is on (TorchServe 0.12's default; we never pass",
-        "# --disable-token-auth); keys land in key_file.json in the server's working directory.",
-        "disable_token_authorization=false",
-        f"token_expiration_min={cfg.token_expiration_min}",
+        *([
+            "# Token authorisation is on (TorchServe 0.12's default); keys land in",
+            "# key_file.json in the server's working directory.",
+            "disable_token_authorization=false",
+            f"token_expiration_min={cfg.token_expiration_min}",
+        ] if cfg.token_authorization else [
+            "# Token authorisation is OFF (asked for: several replicas behind one Service cannot",
+            "# share TorchServe's per-server keys); authenticate in front of this server.",
+            "disable_token_authorization=true",
+        ]),
         "# The model registration API is off: the models below are registered at startup and",
         "# nobody can register an archive from a URL at runtime.",
         "enable_model_api=false",

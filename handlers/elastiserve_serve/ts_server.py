@@ -152,6 +152,7 @@ def run_torchserve(
     metrics_port: int = 0,
     min_ready_workers: int = 1,
     extra_env: dict[str, str] | None = None,
+    token_authorization: bool = True,
 ) -> Iterator[TorchServe]:
     """Start TorchServe serving ``models`` ("name=file.mar"); stop it when the block ends.
 
@@ -174,6 +175,7 @@ def run_torchserve(
         grpc_management_port=free_port(),
         bind_host=bind_host,
         metrics_host=metrics_host,
+        token_authorization=token_authorization,
     )
     config_path = run_dir / "config.properties"
     config_path.write_text(config_properties(cfg))
@@ -206,7 +208,7 @@ def _wait_ready(server: TorchServe, names: Sequence[str], workers: int, timeout_
             raise TorchServeError(
                 f"torchserve exited with {server.process.returncode}:\n{server.log_tail()}"
             )
-        keys = read_keys(server.run_dir)
+        keys = read_keys(server.run_dir) if server.config.token_authorization else Keys("", "")
         if keys is not None:
             server.keys = keys
             try:

@@ -295,6 +295,8 @@ def build_deployment(
     ]
     if spec.allow_request_pinning:
         args.append("--allow-pin")
+    if not serving.token_authorization:
+        args.append("--disable-token-auth")
     torchserve: dict[str, Any] = {
         "name": "torchserve",
         "image": image,

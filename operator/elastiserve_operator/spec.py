@@ -99,6 +99,7 @@ DEFAULTS: Mapping[str, Any] = {
     "serving.workers": 1,
     "serving.batchSize": 1,
     "serving.maxBatchDelayMs": 10,
+    "serving.tokenAuthorization": "Enabled",
 }
 
 CHART_DEFAULTED: tuple[str, ...] = (
@@ -241,6 +242,10 @@ class ServingSettings:
     node_selector: Mapping[str, str] = field(default_factory=dict)
     tolerations: tuple[Mapping[str, Any], ...] = ()
     runtime_class_name: str | None = None
+    token_authorization: bool = True
+    """TorchServe's own bearer keys, generated per pod: one key cannot reach every replica
+    behind the Service, so with several replicas authentication belongs in front of it
+    (``Disabled`` here, an authenticating gateway or mesh there)."""
 
 
 @dataclass(frozen=True)
@@ -570,7 +575,15 @@ def _parse_serving(r: _Reader) -> ServingSettings:
         node_selector=r.string_map("nodeSelector"),
         tolerations=tuple(dict(t) for t in tolerations),
         runtime_class_name=r.optional_string("runtimeClassName", max_length=253),
+        token_authorization=_token_authorization(r),
     )
+
+
+def _token_authorization(r: _Reader) -> bool:
+    raw = r.raw.get("tokenAuthorization", DEFAULTS["serving.tokenAuthorization"])
+    if raw not in ("Enabled", "Disabled"):
+        raise SpecError(r.at("tokenAuthorization"), f"must be Enabled or Disabled, got {raw!r}")
+    return bool(raw == "Enabled")
 
 
 # --------------------------------------------------------------------------- entry points

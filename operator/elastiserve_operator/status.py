@@ -103,6 +103,28 @@ def ready_condition(
     return Condition("Ready", "False", "ReplicasNotReady", message, generation), ready
 
 
+def inference_auth_condition(spec: ElasticModelSpec, generation: int) -> Condition:
+    """``InferenceAuth``: whether one client credential reaches every serving replica.
+
+    TorchServe generates its bearer keys per server, so with token authorisation on and
+    several replicas behind one Service a client holding one pod's key is refused by the
+    others; that is a configuration to fix, reported here rather than discovered by users.
+    """
+    if not spec.serving.token_authorization:
+        return Condition("InferenceAuth", "True", "Delegated",
+                         "TorchServe's key check is off (spec.serving.tokenAuthorization: "
+                         "Disabled): authenticate in front of the Service", generation)
+    if spec.replicas > 1:
+        return Condition("InferenceAuth", "False", "PerPodKeys",
+                         f"{spec.replicas} replicas each generate their own TorchServe key, so "
+                         f"a client behind the Service reaches only the pod whose key it holds; "
+                         f"set spec.serving.tokenAuthorization: Disabled and authenticate in "
+                         f"front of the Service (gateway, mesh)", generation)
+    return Condition("InferenceAuth", "True", "PodKey",
+                     "the serving pod's TorchServe key (key_file.json in its torchserve "
+                     "container) authorises inference", generation)
+
+
 def effective_policy(spec: ElasticModelSpec) -> dict[str, Any]:
     """``status.effectivePolicy``: what the policy runs with, and where each value came from.
 
@@ -164,10 +186,13 @@ def reconcile_patch(
     else:
         degraded = Condition("Degraded", "False", "Reconciled",
                              "children are in the desired state", generation)
+    updates = [ready, degraded]
+    if spec is not None:
+        updates.append(inference_auth_condition(spec, generation))
     patch: dict[str, Any] = {
         "observedGeneration": generation,
         "readyReplicas": ready_count,
-        "conditions": merge_conditions(status.get("conditions") or [], [ready, degraded], now),
+        "conditions": merge_conditions(status.get("conditions") or [], updates, now),
     }
     if spec is not None:
         patch["effectivePolicy"] = effective_policy(spec)

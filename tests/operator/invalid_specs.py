@@ -117,6 +117,9 @@ INVALID_SPECS: tuple[InvalidSpec, ...] = (
     # --- policy windows and thresholds
     InvalidSpec("unknown-mode", _with("policy", {"mode": "Fast"}),
                 'Unsupported value: "Fast"', "spec.policy.mode", "schema"),
+    InvalidSpec("token-authorization-unknown",
+                _with("serving.tokenAuthorization", "Off"),
+                'Unsupported value: "Off"', "spec.serving.tokenAuthorization", "schema"),
     InvalidSpec("stable-window-too-short", _with("policy", {"stableWindowSeconds": 3,
                                                             "panicWindowSeconds": 3,
                                                             "evaluationIntervalSeconds": 1}),

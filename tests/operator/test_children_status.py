@@ -170,7 +170,7 @@ class TestNoOpWrites:
         self,
     ) -> None:
         status, again = self.evaluated()
-        assert len(status["conditions"]) == 3 and len(again["conditions"]) == 1
+        assert len(status["conditions"]) == 4 and len(again["conditions"]) == 1
         assert status_holds(status, again, ("p95Ms",))
 
     def test_a_changed_condition_or_field_is_written(self) -> None:
