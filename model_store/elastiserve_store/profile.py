@@ -41,16 +41,24 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
             handles.append(m.register_forward_hook(conv_hook))
         elif isinstance(m, nn.Linear):
             handles.append(m.register_forward_hook(linear_hook))
+    probe_forward(model, input_shape, handles)
+    return total
+
+
+@torch.no_grad()
+def probe_forward(model: nn.Module, input_shape: Sequence[int],
+                  hooks: Sequence[torch.utils.hooks.RemovableHandle]) -> None:
+    """One eval-mode forward pass on zeros of ``input_shape`` so ``hooks`` see every layer;
+    the hooks are removed and the model's train/eval mode restored even if it raises."""
     was_training = model.training
     model.eval()
     try:
         param = next(model.parameters())
         model(torch.zeros(1, *input_shape, dtype=param.dtype, device=param.device))
     finally:
-        for h in handles:
+        for h in hooks:
             h.remove()
         model.train(was_training)
-    return total
 
 
 @torch.no_grad()

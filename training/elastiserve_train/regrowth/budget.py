@@ -57,14 +57,7 @@ def least_sparsity_within(cost: Callable[[float], float], budget: Budget, *,
             f"budget {budget.describe()} cannot be met: even at {max_sparsity:.2%} sparsity the "
             f"network needs {floor:.6g} (the unprunable part and the sparse index cost this "
             f"much)")
-    lo, hi = 0.0, max_sparsity
-    for _ in range(iterations):
-        mid = (lo + hi) / 2
-        if cost(mid) <= budget.value:
-            hi = mid
-        else:
-            lo = mid
-    return hi
+    return _bracket(lambda s: cost(s) <= budget.value, 0.0, max_sparsity, iterations)[1]
 
 
 def largest_keep_within(cost: Callable[[float], float], budget: Budget, *,
@@ -80,14 +73,20 @@ def largest_keep_within(cost: Callable[[float], float], budget: Budget, *,
         raise BudgetError(
             f"budget {budget.describe()} cannot be met: the narrowest network this architecture "
             f"allows (keep ratio {min_keep:.4g}) needs {floor:.6g}")
-    lo, hi = min_keep, 1.0
+    return _bracket(lambda k: cost(k) > budget.value, min_keep, 1.0, iterations)[0]
+
+
+def _bracket(turned: Callable[[float], bool], lo: float, hi: float, iterations: int
+             ) -> tuple[float, float]:
+    """Bisect ``[lo, hi]`` (``turned`` false at ``lo``, true at ``hi``) down to the two
+    values either side of where it turns; the caller keeps the side that meets its budget."""
     for _ in range(iterations):
         mid = (lo + hi) / 2
-        if cost(mid) <= budget.value:
-            lo = mid
-        else:
+        if turned(mid):
             hi = mid
-    return lo
+        else:
+            lo = mid
+    return lo, hi
 
 
 def geometric_keeps(start: float, end: float, steps: int) -> list[float]:

@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from elastiserve_store.profile import probe_forward
+
 Masks = dict[str, torch.Tensor]
 """Prunable weight name -> boolean tensor, True where the weight is active."""
 
@@ -173,15 +175,7 @@ def mac_factors(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[str
 
     for mod in names:
         handles.append(mod.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        p = next(model.parameters())
-        model(torch.zeros(1, *input_shape, dtype=p.dtype, device=p.device))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    probe_forward(model, input_shape, handles)
     return factors
 
 
