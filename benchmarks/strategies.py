@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -90,6 +91,11 @@ def _run(name: str, cmd: list[str], work: Path) -> dict[str, Any] | None:
         cached: dict[str, Any] = json.loads(stamp.read_text())
         print(f"{name}: cached run in {out}", file=sys.stderr)
         return cached
+    if (out / "state.json").is_file():
+        # A run with other settings: training would refuse to resume it. This folder is the
+        # benchmark's own (--work-dir/<strategy>), so it starts over.
+        print(f"{name}: {out} holds a run with other settings; starting over", file=sys.stderr)
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"{name}: elastiserve {' '.join(full)}", file=sys.stderr)
     start = time.perf_counter()
