@@ -12,6 +12,10 @@ fine-tuning epochs ``E`` after pruning):
 * one-shot vs iterative at 1/3 channels kept (~2/3 removed): one step then E epochs, or three
   steps with E/3 epochs after each.
 
+``--distill W`` adds distillation from the baseline (weight W, temperature 4) to EVERY
+variant's fine-tuning, nested and independent alike, so the comparison stays one of structure
+(nested levels with a frozen core against free-standing pruned models), not of recipe.
+
 Resumable: every finished variant is cached in ``--work-dir``; rerun the same command to
 continue. Writes ``benchmarks/results/nested_vs_independent.json`` and prints tables.
 
