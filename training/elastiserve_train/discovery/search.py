@@ -20,13 +20,15 @@ A budget (``DiscoveryParams.budget``) turns ν into a controlled quantity: after
 every step multiplies ν by ``exp(gain/steps · (min(C/budget, 2) - 1))`` with ``C`` the expected
 normalised cost at the current θ, an integral controller in log space (a dual ascent on the
 budget constraint). ν rises while the network is too expensive and falls back once it is
-cheap enough, so the pruning strength needed for a budget need not be guessed. The controller
-steers the *expected* cost (smooth in θ); the kept network counts every surviving variable
-as whole, so it ends above the expected cost, and what the budget does not allow is removed at
-the end, the lowest θ first (units of a block's hidden slot, never its last one; then whole
-skippable layers): the result is never over budget. Removal is final, so the controller can
-overshoot on a short run (end cheaper than asked). A budget below the cheapest network
-discovery can reach is refused before training.
+cheap enough, so the pruning strength needed for a budget need not be guessed. Once the kept
+structure fits the budget θ stops moving, so removal (which is final) cannot run on past it:
+the rest of the run trains the weights of what is kept. The controller steers the *expected*
+cost (smooth in θ); the kept network counts every surviving variable as whole, so it sits
+above the expected cost, and what the budget does not allow at the end is removed, the lowest
+θ first (units of a block's hidden slot, never its last one; then whole skippable layers): the
+result is never over budget. One step can remove several variables at once, so it can end a
+little under. A budget below the cheapest network discovery can reach is refused before
+training.
 
 Removed structure is not only masked: every ``compact_every`` steps the network is rebuilt
 without it (a compact dense model, skipped blocks as the identity), so training gets cheaper as
@@ -205,6 +207,11 @@ class Search:
             return float(normalised_cost(self.cm.expected(units, layers), self.full_cost,
                                          self.params.beta))
 
+    def _budget_met(self) -> bool:
+        """Whether the kept structure already fits the budget: then θ stops moving (nothing
+        more is removed) and the rest of the run trains the weights of what is kept."""
+        return self.params.budget is not None and self.hard_cost() <= self.params.budget
+
     def _steer_nu(self, units: Mapping[str, torch.Tensor], layers: Mapping[str, torch.Tensor],
                   total: int) -> None:
         budget = self.params.budget
@@ -342,9 +349,9 @@ class Search:
                 self.opt_t.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]
                 self.opt_w.step()
-                if step >= warmup:
+                if step >= warmup and not self._budget_met():
                     self.opt_t.step()
-                pending |= self.gates.remove_below(self.params.theta_tol)
+                    pending |= self.gates.remove_below(self.params.theta_tol)
                 step += 1
                 ce_now = float(ce.detach())
                 ce_avg = 0.9 * ce_avg + 0.1 * ce_now if step > 1 else ce_now
