@@ -91,12 +91,16 @@ def _run(name: str, cmd: list[str], work: Path) -> dict[str, Any] | None:
         cached: dict[str, Any] = json.loads(stamp.read_text())
         print(f"{name}: cached run in {out}", file=sys.stderr)
         return cached
-    if (out / "state.json").is_file():
+    started = out / "bench_started.json"
+    resumable = started.is_file() and json.loads(started.read_text()).get("command") == full
+    if (out / "state.json").is_file() and not resumable:
         # A run with other settings: training would refuse to resume it. This folder is the
-        # benchmark's own (--work-dir/<strategy>), so it starts over.
+        # benchmark's own (--work-dir/<strategy>), so it starts over. The same command
+        # interrupted resumes: training skips the stages it finished.
         print(f"{name}: {out} holds a run with other settings; starting over", file=sys.stderr)
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    started.write_text(json.dumps({"command": full}), encoding="utf-8")
     print(f"{name}: elastiserve {' '.join(full)}", file=sys.stderr)
     start = time.perf_counter()
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
