@@ -28,11 +28,9 @@ from . import loop
 from .data import Dataset
 from .importance import make_importance
 from .nested import NestedState, check_nested, core_masks
+from .progress import Progress
 from .pruning import ChainPruner
 from .schedules import chain, iterative, nested_ratios, one_shot
-
-Progress = Callable[[str, int, int], None]
-"""(stage, step, total) callback, e.g. a tqdm bar."""
 
 SCHEDULES = {"iterative": iterative, "one-shot": one_shot}
 

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 Progress = Callable[[str, int, int], None]
+"""(stage, step, total) callback, e.g. a tqdm bar; what every strategy's pipeline reports to."""
 
 
 @contextmanager

@@ -40,11 +40,10 @@ from elastiserve_store.profile import count_macs, latency_ms
 from .. import loop
 from ..data import Dataset
 from ..nested import NestedState, check_nested, core_masks
+from ..progress import Progress
 from ..report import level_size_bytes
 from .params import DiscoveryParameterError, DiscoveryParams
 from .search import SearchConfig, discover
-
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -206,31 +205,33 @@ class DiscoveryPipeline:
                  for s, t in data["theta"].items()}
         return units, {b: float(v) for b, v in data["layer_theta"].items()}
 
-    def _level(self, state: NestedState, k: int, frac: float
+    def _level(self, state: NestedState, k: int, frac: float,
+               theta: tuple[dict[str, list[float]], dict[str, float]]
                ) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:
         """Level ``k``'s channels and skipped blocks ``frac`` of the way to the full network."""
         full = architectures.full_widths(self.cfg.arch, self.cfg.arch_args)
-        unit_theta, layer_theta = self._theta()
+        unit_theta, layer_theta = theta
         kept = grown_kept(state.kept[0], unit_theta, full, frac)
         kept = {s: torch.unique(torch.cat([kept[s], state.kept[k - 1][s]])) for s in full}
         narrower = state.skipped.get(k - 1, ())  # depth nests too: skip no more than k - 1
         skipped = grown_skipped(state.skipped.get(0, ()), layer_theta, frac)
         return kept, tuple(b for b in skipped if b in narrower)
 
-    def _macs_ratio(self, kept: dict[str, torch.Tensor], skipped: tuple[str, ...]) -> float:
+    def _macs(self, kept: dict[str, torch.Tensor], skipped: tuple[str, ...]) -> int:
         widths = {s: len(v) for s, v in kept.items()}
         model = architectures.build(self.cfg.arch, self.cfg.arch_args, widths, skipped)
-        full = architectures.build(self.cfg.arch, self.cfg.arch_args)
-        shape = self.data.input_shape
-        return count_macs(model, shape) / count_macs(full, shape)
+        return count_macs(model, self.data.input_shape)
 
-    def _fraction(self, state: NestedState, k: int) -> float:
+    def _fraction(self, state: NestedState, k: int,
+                  theta: tuple[dict[str, list[float]], dict[str, float]]) -> float:
         """How far level ``k`` goes from the discovered network towards the full one."""
         even = k / (self.cfg.levels - 1)
         if not self.cfg.level_macs or k == self.cfg.levels - 1:
             return even
         target = self.cfg.level_macs[k - 1]
-        below = self._macs_ratio(state.kept[k - 1], state.skipped.get(k - 1, ()))
+        full_macs = count_macs(architectures.build(self.cfg.arch, self.cfg.arch_args),
+                               self.data.input_shape)
+        below = self._macs(state.kept[k - 1], state.skipped.get(k - 1, ())) / full_macs
         if target <= below:
             print(f"discovery: level {k}'s MACs target {target:g} is not above level "
                   f"{k - 1}'s {below:.3f}; growing it {even:.2f} of the way instead",
@@ -239,7 +240,7 @@ class DiscoveryPipeline:
         lo, hi = 0.0, 1.0  # MACs grow with the fraction: find the smallest that reaches it
         for _ in range(20):
             mid = (lo + hi) / 2
-            if self._macs_ratio(*self._level(state, k, mid)) >= target:
+            if self._macs(*self._level(state, k, mid, theta)) >= target * full_macs:
                 hi = mid
             else:
                 lo = mid
@@ -247,7 +248,8 @@ class DiscoveryPipeline:
 
     def grow(self, k: int) -> dict[str, Any]:
         state = NestedState.load(self.out / ("core" if k == 1 else f"grow{k - 1}"))
-        kept, skipped = self._level(state, k, self._fraction(state, k))
+        theta = self._theta()  # read once: the bisection below builds many candidates
+        kept, skipped = self._level(state, k, self._fraction(state, k, theta), theta)
         state.kept = [*state.kept[:k], kept]
         state.skipped[k] = skipped
         check_nested(state.kept)
