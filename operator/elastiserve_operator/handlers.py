@@ -48,6 +48,7 @@ from .reconcile import (
 from .settings import OperatorSettings, settings_from_env
 from .signals.prometheus import PrometheusClient
 from .spec import SpecError, parse_spec
+from .status import ready_count
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +240,7 @@ async def child_deployment(event: kopf.RawEvent, memo: Any, **kwargs: Any) -> No
         return
     meta = body.get("metadata") or {}
     known = runtime.deployments.get((meta.get("namespace", ""), meta.get("name", "")))
-    if known is not None and _ready(known) == _ready(body):
+    if known is not None and ready_count(known) == ready_count(body):
         remember_deployment(runtime, body)
         return  # the owner's status already says this (most events: rollout bookkeeping)
     try:
@@ -248,10 +249,6 @@ async def child_deployment(event: kopf.RawEvent, memo: Any, **kwargs: Any) -> No
     except (ApiError, kopf.TemporaryError) as error:
         runtime.metrics.errors.labels("deployment").inc()
         log.warning("deployment event not handled: %s", error)
-
-
-def _ready(deployment: Mapping[str, Any]) -> int:
-    return int((deployment.get("status") or {}).get("readyReplicas") or 0)
 
 
 @kopf.on.event("", "v1", "configmaps", labels=MANAGED)

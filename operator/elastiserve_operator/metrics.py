@@ -106,6 +106,12 @@ class OperatorMetrics:
             ["kind"],
             registry=r,
         )
+        self.ready_corrections = Counter(
+            "elastiserve_operator_ready_corrections",
+            "Times the policy loop rewrote a status readyReplicas that disagreed with the "
+            "Deployment (a lost race between two status writes).",
+            registry=r,
+        )
         self.errors = Counter(
             "elastiserve_operator_errors", "Failures by stage.", ["stage"], registry=r
         )

@@ -43,6 +43,8 @@ from .spec import ElasticModelSpec, SpecError, parse_spec
 from .status import (
     RECONCILE_OPTIONAL,
     evaluation_patch,
+    readiness_drifted,
+    ready_count,
     reconcile_patch,
     restore_state,
     status_holds,
@@ -296,14 +298,20 @@ async def refresh_ready(
     body = await find_owner(rt, deployment, known)
     if body is None:
         return
-    owner = _owner(body)
-    status = body.get("status") or {}
     try:
-        spec: ElasticModelSpec | None = parse_spec(
-            body.get("spec"), rt.settings.spec_defaults
-        )
+        spec = parse_spec(body.get("spec"), rt.settings.spec_defaults)
     except SpecError:
         return  # the reconcile handler owns the InvalidSpec report
+    await _write_ready(rt, body, spec, deployment)
+
+
+async def _write_ready(
+    rt: Runtime, body: Mapping[str, Any], spec: ElasticModelSpec, deployment: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Rebuild and apply the reconcile part of the status from ``deployment`` (the last
+    reconcile's Degraded verdict kept); returns what was applied."""
+    owner = _owner(body)
+    status = body.get("status") or {}
     patch = reconcile_patch(status, int(body["metadata"].get("generation") or 0), spec,
                             deployment, None, time.time())
     # Keep the Degraded verdict of the last reconcile: a Deployment event knows nothing of it.
@@ -313,6 +321,7 @@ async def refresh_ready(
                 c if c["type"] != "Degraded" else dict(condition) for c in patch["conditions"]
             ]
     await _apply_status(rt, owner, patch)
+    return patch
 
 
 async def _node_readings(rt: Runtime, owner: Owner) -> dict[str, NodePressure]:
@@ -346,6 +355,17 @@ async def evaluate(rt: Runtime, body: Mapping[str, Any]) -> Decision | None:
         return None  # reported by the reconcile handler as Degraded
     status = body.get("status") or {}
     now = time.time()
+    generation = int(body["metadata"].get("generation") or 0)
+    remembered = rt.deployments.get((owner.namespace, names_for(owner.name).deployment))
+    if remembered is not None and readiness_drifted(status, spec, remembered, generation):
+        # Two status writes of one manager raced (a reconcile's correction and a Deployment
+        # event's refresh) and the older one landed last: no further Deployment event
+        # would fix it, so the loop does.
+        rt.metrics.ready_corrections.inc()
+        log.info("%s/%s: readyReplicas %s in status, %d in the Deployment: corrected",
+                 owner.namespace, owner.name, status.get("readyReplicas"),
+                 ready_count(remembered))
+        status = {**status, **await _write_ready(rt, body, spec, remembered)}
     state = restore_state(status, spec, now)
     ready = status.get("readyReplicas")
     readings = None  # unknown: every cap holds
@@ -372,7 +392,6 @@ async def evaluate(rt: Runtime, body: Mapping[str, Any]) -> Decision | None:
     if gathered.errors:
         rt.metrics.errors.labels("prometheus").inc()
     decision = decide(gathered.observation, spec, profile_from_spec(spec.model.profile), state, now)
-    generation = int(body["metadata"].get("generation") or 0)
     patch = evaluation_patch(status, generation, decision, gathered.observation,
                              gathered.errors, now)
     patch.update(caps_status(caps))

@@ -39,7 +39,9 @@ __all__ = [
     "iso",
     "merge_conditions",
     "metrics_condition",
+    "readiness_drifted",
     "ready_condition",
+    "ready_count",
     "reconcile_patch",
     "restore_state",
     "status_holds",
@@ -93,7 +95,7 @@ def ready_condition(
     if deployment is None:
         return Condition("Ready", "False", "DeploymentMissing", "no serving Deployment yet",
                          generation), 0
-    ready = int((deployment.get("status") or {}).get("readyReplicas") or 0)
+    ready = ready_count(deployment)
     if replicas == 0:
         return Condition("Ready", "False", "ScaledToZero", "spec.replicas is 0", generation), 0
     if ready >= replicas:
@@ -101,6 +103,27 @@ def ready_condition(
         return Condition("Ready", "True", "ReplicasReady", message, generation), ready
     message = f"{ready}/{replicas} serving replicas ready"
     return Condition("Ready", "False", "ReplicasNotReady", message, generation), ready
+
+
+def ready_count(deployment: Mapping[str, Any]) -> int:
+    """How many replicas of ``deployment`` are ready (0 when its status says nothing)."""
+    return int((deployment.get("status") or {}).get("readyReplicas") or 0)
+
+
+def readiness_drifted(
+    status: Mapping[str, Any], spec: ElasticModelSpec, deployment: Mapping[str, Any],
+    generation: int,
+) -> bool:
+    """Whether ``status.readyReplicas`` disagrees with the Deployment as last seen.
+
+    Readiness is written on Deployment events, and only when it moved; a write that lost
+    a race against an older one would otherwise stay wrong until the next rollout.
+    """
+    recorded = status.get("readyReplicas")
+    if not isinstance(recorded, int):
+        return False  # nothing reported yet: the reconcile's first write owns that
+    _, expected = ready_condition(deployment, spec.replicas, generation)
+    return recorded != expected
 
 
 def inference_auth_condition(spec: ElasticModelSpec, generation: int) -> Condition:

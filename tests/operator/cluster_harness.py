@@ -32,8 +32,11 @@ GROUP, VERSION, PLURAL = "elastiserve.io", "v1alpha1", "elasticmodels"
 
 
 def wait_for(
-    check: Callable[[], Any], what: str, timeout_s: float = 30.0, every_s: float = 0.2
+    check: Callable[[], Any], what: str, timeout_s: float = 30.0, every_s: float = 0.2,
+    show: Callable[[], Any] | None = None,
 ) -> Any:
+    """Poll ``check`` until truthy; on timeout, say what ``show`` returns (the state that
+    a bare ``False`` from ``check`` would hide)."""
     deadline = time.monotonic() + timeout_s
     last: Any = None
     while time.monotonic() < deadline:
@@ -41,7 +44,10 @@ def wait_for(
         if last:
             return last
         time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}; last: {last!r}")
+    seen = f"; state: {show()!r}" if show is not None else ""
+    raise AssertionError(
+        f"timed out after {timeout_s:.0f}s waiting for {what}; last: {last!r}{seen}"
+    )
 
 
 def install(plane: ControlPlane) -> None:

@@ -22,6 +22,8 @@ from elastiserve_operator.status import (
     RECONCILE_OPTIONAL,
     effective_policy,
     evaluation_patch,
+    readiness_drifted,
+    ready_count,
     reconcile_patch,
     restore_state,
     status_holds,
@@ -102,6 +104,19 @@ class TestStatus:
         by_type = {c["type"]: c for c in lost["conditions"]}
         assert by_type["Ready"]["status"] == "False"
         assert by_type["Ready"]["lastTransitionTime"] == "1970-01-01T00:50:00Z"
+
+    def test_readiness_drift_is_a_disagreement_with_the_deployment(self) -> None:
+        two = parse_spec(spec(replicas=2))
+        deployment = {"status": {"readyReplicas": 2}}
+        assert not readiness_drifted({"readyReplicas": 2}, two, deployment, 1)
+        assert readiness_drifted({"readyReplicas": 1}, two, deployment, 1)
+        assert readiness_drifted({"readyReplicas": 2}, two, {"status": {}}, 1)
+        # Nothing reported yet: the reconcile's first write owns it, not a correction.
+        assert not readiness_drifted({}, two, deployment, 1)
+        # Scaled to zero reports 0 ready whatever the old pods still say.
+        zero = parse_spec(spec(replicas=0))
+        assert not readiness_drifted({"readyReplicas": 0}, zero, deployment, 1)
+        assert ready_count({"status": {}}) == 0 and ready_count(deployment) == 2
 
     def test_missing_metrics_hold_and_drop_readings(self) -> None:
         s = parse_spec(spec())

@@ -113,8 +113,13 @@ def test_overheating_board_caps_only_its_replicas(
         obj: Any = crs.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, "m1")
         return dict(obj.get("status") or {})
 
+    def pod_places() -> list[tuple[str, str, str]]:
+        pods: Any = core.list_namespaced_pod(ns).items
+        return [(p.metadata.name, p.spec.node_name, p.status.phase) for p in pods]
+
     wait_for(lambda: status().get("readyReplicas") == 2 and status().get("activeLevel") == 2,
-             "two ready replicas at level 2", timeout_s=60)
+             "two ready replicas at level 2", timeout_s=60,
+             show=lambda: (status(), pod_places()))
     pods: Any = core.list_namespaced_pod(ns).items
     hosts: list[str] = sorted({str(p.spec.node_name) for p in pods})
     assert len(hosts) == 2 and set(hosts) <= set(JETSONS), hosts

@@ -261,6 +261,16 @@ def test_children_status_and_garbage_collection(
     wait_for(lambda: (condition(get(crs, namespace, "m1"), "Ready") or {}).get("status")
              == "True", "Ready=True", timeout_s=60)
 
+    # A readiness write that lost a race (here: overwritten by hand) gets no Deployment
+    # event to fix it; the policy loop sees the disagreement and rewrites it.
+    crs.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "m1",
+                                              {"status": {"readyReplicas": 0}})
+    assert (get(crs, namespace, "m1").get("status") or {}).get("readyReplicas") == 0
+    wait_for(lambda: (get(crs, namespace, "m1").get("status") or {}).get("readyReplicas") == 1,
+             "readyReplicas corrected by the policy loop", timeout_s=15)
+    text = _fetch(f"http://127.0.0.1:{world.operator.metrics_port}/metrics")
+    assert _metric(text, "elastiserve_operator_ready_corrections_total") >= 1
+
     # A spec change re-applies the children (same names, no duplicates).
     crs.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "m1",
                                        {"spec": {"replicas": 2}})
