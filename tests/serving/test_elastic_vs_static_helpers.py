@@ -75,6 +75,7 @@ def test_policy_spec_is_a_valid_cr_reading_the_offered_rate() -> None:
     raw = BENCH.policy_spec(4, 100, [300.0, 240.0, 165.0, 140.0], names, [0.79, 0.81, 0.84, 0.86])
     spec = parse_spec(raw)
     assert spec.policy.mode.value == "Predictive"
+    assert spec.objective.request_rate_query is not None
     query = render_query(spec.objective.request_rate_query, namespace="bench", name="elastic",
                          model="elastic")
     assert BENCH.OFFERED_METRIC in query and 'namespace="bench"' in query
