@@ -509,8 +509,8 @@ def _load() -> float:
 
 def earlier_entry(previous: dict[str, Any], note: str) -> dict[str, Any]:
     """The replaced result, less its per-second timeline, for ``earlier_runs``."""
-    keep = ("capacity_rps", "capacity_readings_rps", "objective_ms", "load_average_1m",
-            "runs", "oracle_acc_pct", "target_met")
+    keep = ("client", "signals", "capacity_rps", "profile_capacity_rps", "capacity_readings_rps",
+            "objective_ms", "load_average_1m", "runs", "oracle_acc_pct", "target_met")
     entry: dict[str, Any] = {"note": note}
     bundle = previous.get("bundle", {})
     if isinstance(bundle, dict) and "weights_sha256" in bundle:
@@ -519,7 +519,8 @@ def earlier_entry(previous: dict[str, Any], note: str) -> dict[str, Any]:
         entry["accuracy"] = previous["accuracy"]
     trace = previous.get("trace")
     if isinstance(trace, dict):
-        entry["trace"] = {k: trace.get(k) for k in ("phases_x_capacity", "seconds", "requests")}
+        entry["trace"] = {k: trace[k] for k in ("phases_x_capacity", "seconds", "requests",
+                                                "share_above_c_pct") if k in trace}
     entry.update({k: previous[k] for k in keep if k in previous})
     return entry
 
