@@ -10,6 +10,13 @@ the profile calibrated here and the manifest's accuracies), and the decision is 
 control file, which is what the level agent does with the CR status in a cluster. The API
 server is skipped because it only relays the index; ``tests/e2e`` covers that path.
 
+Bundle (``--bundle``): a nested bundle trained with ``elastiserve train``. The committed result
+serves ResNet-20 trained on Fashion-MNIST upscaled to 64x64 (``--image-size 64``): at the
+native 28x28 the levels' capacities are set by per-request overhead (narrowest ~ full on
+these CPUs), at 64x64 compute dominates and the levels differ. Every request carries one real
+Fashion-MNIST test image at the bundle's input size. ``--training-note`` records how the
+bundle was trained (the manifest holds the pipeline settings but not the subset sizes).
+
 Capacities (``measure_slo_rates``): each level's *SLO rate*, the highest open-loop request rate
 at which the client's p95 stays within the objective with no failure, found by bisection
 (two rounds, the lower kept). ``C``, "what the full level serves", is the full level's SLO
