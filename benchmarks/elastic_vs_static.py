@@ -76,7 +76,6 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -239,8 +238,6 @@ def model_capacity(slo_rps: float, objective_s: float) -> float:
         return value
 
     low, high = slo_rps * 1.000001, slo_rps * 10.0
-    if predicted(low) <= objective_s:  # pragma: no cover - only for a tiny rate
-        return low
     for _ in range(60):
         mid = (low + high) / 2
         if predicted(mid) > objective_s:
@@ -255,7 +252,8 @@ class OfferedCounter:
 
     The trace is deterministic, so the count at any moment is the number of due offsets
     already passed; nothing in the client's hot path changes. The total carries over from
-    run to run, as a Prometheus counter must.
+    run to run, as a Prometheus counter must. A ``prometheus_client`` collector: the value
+    is computed when Prometheus scrapes.
     """
 
     def __init__(self) -> None:
@@ -278,32 +276,32 @@ class OfferedCounter:
             passed = bisect.bisect_right(self._offsets, time.monotonic() - self._start)
             return self._done + passed
 
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        family = CounterMetricFamily(OFFERED_METRIC.removesuffix("_total"),
+                                     "Requests due so far (offered load)", labels=["model_name"])
+        family.add_metric([MODEL], self.value())
+        yield family
+
 
 @contextmanager
 def serve_offered(counter: OfferedCounter) -> Iterator[str]:
-    """Expose ``counter`` in the Prometheus text format on a loopback port; yields host:port."""
+    """Expose ``counter`` for Prometheus on a loopback port; yields host:port."""
+    from prometheus_client import CollectorRegistry, start_http_server
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            text = (f"# TYPE {OFFERED_METRIC} counter\n"
-                    f'{OFFERED_METRIC}{{model_name="{MODEL}"}} {counter.value()}\n').encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(text)))
-            self.end_headers()
-            self.wfile.write(text)
+    from elastiserve.testing.ports import free_port
 
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    registry = CollectorRegistry()
+    registry.register(counter)
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
     try:
-        yield f"127.0.0.1:{server.server_address[1]}"
+        yield f"127.0.0.1:{port}"
     finally:
         server.shutdown()
         server.server_close()
+        thread.join(5)
 
 
 def policy_spec(levels: int, objective_ms: int, capacities: Sequence[float],
