@@ -543,6 +543,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "kept under earlier_runs")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    if args.scale <= 0:
+        parser.error(f"--scale must be > 0 (got {args.scale}): it stretches the trace in time")
+    if args.objective_ms <= 0:
+        parser.error(f"--objective-ms must be > 0 (got {args.objective_ms})")
     sys.path.insert(0, str(ROOT))
 
     from elastiserve.testing.prometheus import ScrapeTarget, run_prometheus

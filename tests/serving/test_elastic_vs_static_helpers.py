@@ -101,3 +101,15 @@ def test_replaced_result_is_kept_without_its_timeline() -> None:
     assert entry["bundle_weights_sha256"] == "ab"
     assert entry["runs"] == previous["runs"] and entry["objective_ms"] == 100
     assert "timeline" not in entry
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--scale", "0"], "--scale must be > 0"),
+    (["--objective-ms", "-5"], "--objective-ms must be > 0"),
+])
+def test_bad_arguments_are_refused_before_anything_starts(
+        args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        BENCH.main(args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
