@@ -16,6 +16,15 @@ fine-tuning epochs ``E`` after pruning):
 variant's fine-tuning, nested and independent alike, so the comparison stays one of structure
 (nested levels with a frozen core against free-standing pruned models), not of recipe.
 
+``--anchor S`` holds the nested levels' shared weights near the baseline's while they are tuned
+(L2-SP, strength S, in place of weight decay). It is part of the nested method, not of the
+recipe: only nested levels keep a frozen core that wider levels must build on, so only they pay
+for its drift; the independent models are free-standing and keep plain weight decay.
+
+``--baseline-weights F`` starts every variant from a full model already trained (the
+``baseline.safetensors`` of an earlier run with the same ``--baseline-epochs``, seed and data)
+instead of training it again; the JSON records the file's SHA-256.
+
 Resumable: every finished variant is cached in ``--work-dir``; rerun the same command to
 continue. Writes ``benchmarks/results/nested_vs_independent.json`` and prints tables.
 
@@ -35,6 +44,7 @@ from typing import Any
 
 import torch
 
+from elastiserve_store.integrity import sha256_file
 from elastiserve_store.profile import count_macs
 from elastiserve_train import loop
 from elastiserve_train.data import FASHION_MNIST_DIR, Dataset, load_fashion_mnist
@@ -99,7 +109,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         levels=4, importance=args.importance, schedule="iterative", steps_per_level=1,
         baseline_epochs=args.baseline_epochs, prune_epochs=0.0, core_epochs=args.epochs,
         grow_epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-        distill=args.distill)
+        distill=args.distill, anchor=args.anchor,
+        baseline_weights=None if args.baseline_weights is None else str(args.baseline_weights))
     config = {"pipeline": json.loads(json.dumps(cfg.__dict__)), "subset": args.subset,
               "test_subset": args.test_subset}
     cache = Cache(args.work_dir / "variants.json", config)
@@ -116,10 +127,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return cache.put(key, value)
 
     pipe = Pipeline(cfg, data, args.work_dir / "nested")
-    start = time.perf_counter()
-    metrics = pipe.run()  # baseline + nested levels, resumable by itself
-    timings.setdefault("nested_pipeline", round(time.perf_counter() - start, 1))
-    cache.put("timings", timings)
+    metrics = pipe.run()  # baseline + nested levels, resumable by itself; times every stage
     full_macs = metrics["level_macs"][-1]
 
     def no_regrow() -> list[float]:
@@ -149,6 +157,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "epochs": args.epochs,
         "baseline_epochs": args.baseline_epochs,
         "distill": args.distill,
+        "anchor": args.anchor,
+        "baseline_weights_sha256": None if args.baseline_weights is None
+        else sha256_file(args.baseline_weights),
         "train_subset": args.subset,
         "test_subset": args.test_subset,
         "baseline_acc": metrics["baseline_acc"],
@@ -169,6 +180,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "iterative_steps": 3,
             "macs_ratio": oneshot["macs"] / full_macs,
         },
+        "nested_stage_seconds": metrics.get("seconds", {}),
         "seconds": timings,
     }
     return result
@@ -184,6 +196,10 @@ def _tuned_baseline(pipe: Pipeline, args: argparse.Namespace) -> float:
 
 
 def print_tables(result: dict[str, Any]) -> None:
+    stages = result.get("nested_stage_seconds", {})
+    if stages:
+        print("\nwall time per stage (s): " + ", ".join(
+            f"{name} {sec:.0f}" for name, sec in {**stages, **result["seconds"]}.items()))
     print(f"\nResNet-20 on Fashion-MNIST, {result['epochs']} fine-tuning epochs per level "
           f"(baseline {result['baseline_epochs']} epochs: acc {result['baseline_acc']:.4f})")
     print(f"{'level':<12}{'channels':>9}{'MACs':>8}{'nested':>9}{'independent':>13}"
@@ -211,6 +227,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--distill", type=float, default=0.0,
                         help="distillation weight from the baseline, for EVERY variant's "
                              "fine-tuning (nested and independent alike)")
+    parser.add_argument("--anchor", type=float, default=0.0,
+                        help="L2-SP strength holding the nested levels' shared weights near "
+                             "the baseline's (nested only: see the module docstring)")
+    parser.add_argument("--baseline-weights", type=Path, default=None,
+                        help="a trained baseline.safetensors to start from instead of "
+                             "training the baseline again")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)

@@ -45,6 +45,11 @@ def test_train_resumes_after_interruption(tmp_path: Path, monkeypatch: pytest.Mo
     report = json.loads((out / "report.json").read_text())
     assert [lv["channel_ratio"] for lv in report["levels"]] == [0.25, 0.5, 0.75, 1.0]
     assert (out / "report.md").read_text().startswith("# Nested resnet20")
+    # every stage's wall time survives the interruption: those of the first run are kept
+    assert list(report["stage_seconds"]) == ["baseline", "prune", "core", "grow1", "grow2",
+                                             "grow3", "export"]
+    assert all(isinstance(sec, float) and sec >= 0 for sec in report["stage_seconds"].values())
+    assert "| grow1 |" in (out / "report.md").read_text()
     assert (out / "accuracy_vs_macs.png").stat().st_size > 1000
     assert len(load_bundle(out / "bundle").build_all()) == 4
 
@@ -56,6 +61,16 @@ def test_train_refuses_changed_config_in_same_dir(tmp_path: Path,
     (out / "state.json").write_text(json.dumps({"config": {"arch": "other"}, "done": []}))
     assert main([*ARGS, "--out", str(out)]) == 2
     assert "different configuration" in capsys.readouterr().err
+
+
+def test_train_refuses_a_negative_anchor_and_a_missing_baseline(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*ARGS, "--out", str(tmp_path / "a"), "--anchor", "-1"]) == 2
+    assert "--anchor must be >= 0, got -1.0" in capsys.readouterr().err
+    absent = tmp_path / "absent.safetensors"
+    assert main([*ARGS, "--out", str(tmp_path / "b"), "--baseline-weights", str(absent)]) == 2
+    assert f"--baseline-weights: {absent} is not a file" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_train_names_missing_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

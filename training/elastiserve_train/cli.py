@@ -67,6 +67,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="prune-grow: learn the core and the regrown levels from the "
                              "unpruned model's outputs too, with this weight in [0, 1] "
                              "(0: labels only; costs one teacher forward pass per batch)")
+    parser.add_argument("--anchor", type=float, default=0.0, metavar="STRENGTH",
+                        help="prune-grow: hold each level's shared weights near the unpruned "
+                             "model's while tuning (L2-SP, in place of weight decay; 0: off), "
+                             "so the wider levels, which keep them frozen, lose less")
+    parser.add_argument("--baseline-weights", type=Path, default=None, metavar="SAFETENSORS",
+                        help="prune-grow: start from this trained full model (same --arch, "
+                             "--width-mult, channels and classes) instead of training one; "
+                             "--epochs is then unused")
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
@@ -108,7 +116,8 @@ def _run(args: argparse.Namespace, rank: int) -> int:
         steps_per_level=args.steps_per_level, baseline_epochs=args.epochs,
         prune_epochs=args.prune_epochs, core_epochs=args.core_epochs,
         grow_epochs=args.grow_epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-        distill=args.distill)
+        distill=args.distill, anchor=args.anchor,
+        baseline_weights=None if args.baseline_weights is None else str(args.baseline_weights))
     with stage_bar(rank == 0 and not args.no_progress) as progress:
         pipeline = Pipeline(cfg, data, args.out, progress)
         skipped = [s for s in pipeline.stages if pipeline.done(s)]

@@ -9,6 +9,12 @@ otherwise still shrink the frozen core).
 A pruned or regrown level can learn from the unpruned model as well as from the labels
 (knowledge distillation, ``TrainConfig.distill``): the teacher's softened outputs say how the
 classes relate, which a small fine-tuning budget cannot learn from hard labels alone.
+
+Fine-tuning can also be held near given weights (``TrainConfig.anchor``, the L2-SP penalty
+``anchor / 2 * ||w - w_anchor||^2``, added to the gradient by hand in place of weight decay and
+before the masks). Prune-and-grow anchors a level's shared weights to the unpruned model's:
+every wider level keeps them frozen around weights it was trained with, so the less they drift,
+the less the wider levels have to compensate.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ class TrainConfig:
     distill: float = 0.0
     """Weight of the distillation term (0: labels only, 1: teacher only); needs a teacher."""
     temperature: float = 4.0
+    anchor: float = 0.0
+    """Strength of the pull toward ``train(anchor_to=...)``'s weights (0: none)."""
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
@@ -87,11 +95,13 @@ def batches(data: ImageSet, mean: torch.Tensor, std: torch.Tensor, batch_size: i
 def train(model: nn.Module, data: ImageSet, mean: torch.Tensor, std: torch.Tensor,
           cfg: TrainConfig, *, masks: Mapping[str, torch.Tensor] | None = None,
           teacher: nn.Module | None = None,
+          anchor_to: Mapping[str, torch.Tensor] | None = None,
           on_step: Callable[[int, int, float], None] | None = None) -> None:
     """Fine-tune ``model`` in place for ``cfg.epochs`` (fractions allowed) with SGD + cosine.
 
     With ``cfg.distill > 0`` the ``teacher`` (kept in eval mode, never updated) sees the same
-    augmented batch and its outputs join the loss.
+    augmented batch and its outputs join the loss. With ``cfg.anchor > 0`` every parameter named
+    in ``anchor_to`` is pulled toward that tensor (same shape) instead of toward zero.
     """
     if not 0.0 <= cfg.distill <= 1.0:
         raise ValueError(f"distillation weight must be in [0, 1], got {cfg.distill}")
@@ -99,12 +109,17 @@ def train(model: nn.Module, data: ImageSet, mean: torch.Tensor, std: torch.Tenso
         raise ValueError("distillation weight > 0 needs a teacher model")
     if cfg.temperature <= 0.0:
         raise ValueError(f"distillation temperature must be > 0, got {cfg.temperature}")
+    if cfg.anchor < 0.0:
+        raise ValueError(f"anchor strength must be >= 0, got {cfg.anchor}")
+    if cfg.anchor > 0.0 and not anchor_to:
+        raise ValueError("anchor strength > 0 needs the weights to anchor to")
     _rank, size = world()
     net: nn.Module = model
     if size > 1:
         net = DistributedDataParallel(model)
     params = dict(model.named_parameters())
     device = next(iter(params.values())).device
+    anchors = _anchors(params, anchor_to, device) if cfg.anchor > 0.0 else {}
     opt = torch.optim.SGD(params.values(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     if teacher is not None:
         teacher.to(device).eval()
@@ -133,7 +148,9 @@ def train(model: nn.Module, data: ImageSet, mean: torch.Tensor, std: torch.Tenso
                 for name, p in params.items():
                     if p.grad is None:
                         continue
-                    if cfg.weight_decay and p.ndim > 1:
+                    if name in anchors:  # L2-SP replaces weight decay on anchored weights
+                        p.grad.add_(p - anchors[name], alpha=cfg.anchor)
+                    elif cfg.weight_decay and p.ndim > 1:
                         p.grad.add_(p, alpha=cfg.weight_decay)
                     if masks is not None and name in masks:
                         p.grad.mul_(masks[name])
@@ -143,6 +160,20 @@ def train(model: nn.Module, data: ImageSet, mean: torch.Tensor, std: torch.Tenso
                 on_step(step, total, float(loss.detach()))
         epoch += 1
     model.eval()
+
+
+def _anchors(params: Mapping[str, nn.Parameter], anchor_to: Mapping[str, torch.Tensor] | None,
+             device: torch.device) -> dict[str, torch.Tensor]:
+    """The anchor tensors on ``device``; a name or shape that matches no parameter is refused."""
+    out: dict[str, torch.Tensor] = {}
+    for name, target in (anchor_to or {}).items():
+        if name not in params:
+            raise ValueError(f"anchor for {name!r}: the model has no such parameter")
+        if target.shape != params[name].shape:
+            raise ValueError(f"anchor for {name!r} has shape {tuple(target.shape)}, the "
+                             f"parameter {tuple(params[name].shape)}")
+        out[name] = target.detach().to(device=device, dtype=params[name].dtype)
+    return out
 
 
 @torch.no_grad()

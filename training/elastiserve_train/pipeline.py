@@ -11,6 +11,7 @@ every stage (DDP keeps them in step) and rank 0 alone writes.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from torch import nn
 
 from elastiserve_store import InputSpec, Normalisation, architectures, write_bundle
 from elastiserve_store.profile import count_macs, latency_ms
+from elastiserve_store.slots import gather
 
 from . import loop
 from .data import Dataset
@@ -55,17 +57,45 @@ class PipelineConfig:
     seed: int = 0
     distill: float = 0.0
     """Distillation weight from the unpruned baseline while tuning the core and growing."""
+    anchor: float = 0.0
+    """L2-SP pull of each level's shared weights toward the baseline's while tuning the core
+    and growing: the wider levels keep those weights frozen, so drift costs them accuracy."""
+    baseline_weights: str | None = None
+    """A trained full model (safetensors) to start from instead of training the baseline."""
 
     def __post_init__(self) -> None:
         # Refuse here, before hours of baseline training, not when the core stage starts.
         if not 0.0 <= self.distill <= 1.0:
             raise ValueError(f"--distill must be in [0, 1], got {self.distill}")
+        if self.anchor < 0.0:
+            raise ValueError(f"--anchor must be >= 0, got {self.anchor}")
+        if self.baseline_weights is not None and not Path(self.baseline_weights).is_file():
+            raise ValueError(f"--baseline-weights: {self.baseline_weights} is not a file")
 
-    def train_cfg(self, epochs: float, salt: int, *, distill: bool = False) -> loop.TrainConfig:
-        """Settings for one training run; ``distill``: a pruned model learning from the baseline."""
+    def train_cfg(self, epochs: float, salt: int, *, distill: bool = False,
+                  anchored: bool = False) -> loop.TrainConfig:
+        """Settings for one training run; ``distill``: a pruned model learning from the
+        baseline; ``anchored``: a level whose shared weights are held near the baseline's."""
         return loop.TrainConfig(epochs=epochs, lr=self.lr, batch_size=self.batch_size,
                                 seed=self.seed * 7919 + salt,
-                                distill=self.distill if distill else 0.0)
+                                distill=self.distill if distill else 0.0,
+                                anchor=self.anchor if anchored else 0.0)
+
+
+def _load_baseline(model: nn.Module, path: Path) -> None:
+    """Load a user's trained full model, refusing one that is not this architecture's."""
+    tensors = load_file(str(path))
+    own = model.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    extra = sorted(set(tensors) - set(own))
+    if missing or extra:
+        raise ValueError(f"{path}: not this architecture's weights (missing {missing[:3]}, "
+                         f"unexpected {extra[:3]})")
+    for name, tensor in tensors.items():
+        if tensor.shape != own[name].shape:
+            raise ValueError(f"{path}: {name} has shape {tuple(tensor.shape)}, the "
+                             f"architecture {tuple(own[name].shape)}")
+    model.load_state_dict(tensors, strict=True)
 
 
 def _is_writer() -> bool:
@@ -91,6 +121,7 @@ class Pipeline:
         self.ratios = nested_ratios(cfg.levels)
         self.state_path = out_dir / "state.json"
         self.state = self._load_state()
+        self._stage_start: float | None = None
 
     # --------------------------------------------------------------- bookkeeping
 
@@ -110,6 +141,10 @@ class Pipeline:
 
     def _finish(self, stage: str, **metrics: Any) -> None:
         self.state["metrics"].update(metrics)
+        if self._stage_start is not None:
+            seconds = self.state["metrics"].setdefault("seconds", {})
+            seconds[stage] = round(time.perf_counter() - self._stage_start, 1)
+            self._stage_start = None
         self.state["done"].append(stage)
         if _is_writer():
             self.out.mkdir(parents=True, exist_ok=True)
@@ -145,10 +180,15 @@ class Pipeline:
     # --------------------------------------------------------------- stages
 
     def run(self) -> dict[str, Any]:
-        """Run every unfinished stage; returns the metrics gathered so far."""
+        """Run every unfinished stage; returns the metrics gathered so far.
+
+        Each stage's wall time lands in the metrics as ``seconds`` (stage -> s), so a report
+        written after a resumed run still says what every stage cost.
+        """
         for stage in self.stages:
             if self.done(stage):
                 continue
+            self._stage_start = time.perf_counter()
             if stage == "baseline":
                 self.baseline()
             elif stage == "prune":
@@ -164,7 +204,9 @@ class Pipeline:
     def baseline(self) -> None:
         torch.manual_seed(self.cfg.seed)
         model: nn.Module = architectures.build(self.cfg.arch, self.cfg.arch_args)
-        if self.cfg.baseline_epochs > 0:
+        if self.cfg.baseline_weights is not None:
+            _load_baseline(model, Path(self.cfg.baseline_weights))
+        elif self.cfg.baseline_epochs > 0:
             loop.train(model, self.data.train, self.mean, self.std,
                        self.cfg.train_cfg(self.cfg.baseline_epochs, 1),
                        on_step=self._on_step("baseline"))
@@ -218,12 +260,23 @@ class Pipeline:
     def _resume_state(self, stage: str) -> NestedState:
         return NestedState.load(self.out / stage)
 
+    def _anchor_to(self, state: NestedState, k: int) -> dict[str, torch.Tensor] | None:
+        """The baseline's weights on level ``k``'s channels, for every shared parameter."""
+        if self.cfg.anchor <= 0.0:
+            return None
+        base = load_file(str(self.out / "baseline.safetensors"))
+        layout = state.layout
+        model = state.build_level(k, state.widths(k))
+        return {name: gather(base[name], layout[name].axes, state.kept[k])
+                for name, _ in model.named_parameters() if not layout[name].per_level}
+
     def core(self) -> None:
         state = self._resume_state("prune")
         model = state.level_model(0)
         loop.train(model, self.data.train, self.mean, self.std,
-                   self.cfg.train_cfg(self.cfg.core_epochs, 200, distill=True),
-                   teacher=self._teacher(), on_step=self._on_step("core"))
+                   self.cfg.train_cfg(self.cfg.core_epochs, 200, distill=True, anchored=True),
+                   teacher=self._teacher(), anchor_to=self._anchor_to(state, 0),
+                   on_step=self._on_step("core"))
         state.absorb(model, state.kept[0], level=0)
         self._save_nested(state, "core")
         _barrier()
@@ -234,8 +287,9 @@ class Pipeline:
         model = state.level_model(k, own_from=k - 1)
         masks = core_masks(model, state.kept[k - 1], state.kept[k])
         loop.train(model, self.data.train, self.mean, self.std,
-                   self.cfg.train_cfg(self.cfg.grow_epochs, 300 + k, distill=True),
-                   masks=masks, teacher=self._teacher(), on_step=self._on_step(f"grow{k}"))
+                   self.cfg.train_cfg(self.cfg.grow_epochs, 300 + k, distill=True, anchored=True),
+                   masks=masks, teacher=self._teacher(), anchor_to=self._anchor_to(state, k),
+                   on_step=self._on_step(f"grow{k}"))
         state.absorb(model, state.kept[k], level=k)
         self._save_nested(state, f"grow{k}")
         _barrier()

@@ -58,6 +58,7 @@ def write_report(out_dir: Path, manifest: Manifest, metrics: Mapping[str, Any],
         "latency_ms_b1": lv.latency_ms_b1, "latency_ms_b32": lv.latency_ms_b32,
         "size_bytes": level_size_bytes(manifest, lv),
     } for lv in manifest.levels]
+    stage_seconds: dict[str, float] = dict(metrics.get("seconds", {}))
     report = {
         "architecture": manifest.architecture,
         "arch_args": dict(manifest.arch_args),
@@ -65,6 +66,7 @@ def write_report(out_dir: Path, manifest: Manifest, metrics: Mapping[str, Any],
         "baseline_acc": metrics.get("baseline_acc"),
         "baseline_macs": metrics.get("baseline_macs"),
         "levels": levels,
+        "stage_seconds": stage_seconds,
     }
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     lines = [f"# Nested {manifest.architecture}: {len(levels)} levels", ""]
@@ -79,6 +81,9 @@ def write_report(out_dir: Path, manifest: Manifest, metrics: Mapping[str, Any],
             f"| {lv['name']} | {lv['channel_ratio']:.2f} | {lv['macs'] / 1e6:.2f} | "
             f"{lv['macs_ratio']:.3f} | {lv['params']} | {fmt(lv['accuracy'], '.4f')} | "
             f"{fmt(lv['latency_ms_b1'], '.2f')} | {fmt(lv['latency_ms_b32'], '.2f')} |")
+    if stage_seconds:
+        lines += ["", "| stage | wall time (s) |", "|---|---|"]
+        lines += [f"| {stage} | {sec:.1f} |" for stage, sec in stage_seconds.items()]
     lines += ["", "![accuracy vs MACs](accuracy_vs_macs.png)", ""]
     (out_dir / "report.md").write_text("\n".join(lines), encoding="utf-8")
     series: dict[str, list[tuple[float, float]]] = {
