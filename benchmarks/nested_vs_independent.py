@@ -47,6 +47,7 @@ import torch
 from elastiserve_store.integrity import sha256_file
 from elastiserve_store.profile import count_macs
 from elastiserve_train import loop
+from elastiserve_train.cli import anchor_strengths
 from elastiserve_train.data import FASHION_MNIST_DIR, Dataset, load_fashion_mnist
 from elastiserve_train.importance import IMPORTANCES, make_importance
 from elastiserve_train.pipeline import Pipeline, PipelineConfig
@@ -100,6 +101,14 @@ def _prune_and_tune(pipe: Pipeline, keeps: list[float], epochs_per_step: float, 
             "macs": count_macs(model, data.input_shape)}
 
 
+def nested_dir(anchor: float | tuple[float, ...]) -> str:
+    """The nested pipeline's directory: one per anchor setting, so several can be compared."""
+    if anchor == 0.0:
+        return "nested"
+    values = anchor if isinstance(anchor, tuple) else (anchor,)
+    return "nested-anchor-" + "-".join(f"{a:g}" for a in values)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     data: Dataset = load_fashion_mnist(args.data_path).limit(args.subset, args.test_subset)
@@ -111,8 +120,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         grow_epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
         distill=args.distill, anchor=args.anchor,
         baseline_weights=None if args.baseline_weights is None else str(args.baseline_weights))
-    config = {"pipeline": json.loads(json.dumps(cfg.__dict__)), "subset": args.subset,
-              "test_subset": args.test_subset}
+    # The other variants do not depend on the anchor: trying another one reuses them.
+    shared = {k: v for k, v in json.loads(json.dumps(cfg.__dict__)).items() if k != "anchor"}
+    config = {"pipeline": shared, "subset": args.subset, "test_subset": args.test_subset}
     cache = Cache(args.work_dir / "variants.json", config)
     timings: dict[str, float] = cache.get("timings") or {}
 
@@ -126,7 +136,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"[{key}] done in {timings[key]} s", file=sys.stderr)
         return cache.put(key, value)
 
-    pipe = Pipeline(cfg, data, args.work_dir / "nested")
+    pipe = Pipeline(cfg, data, args.work_dir / nested_dir(cfg.anchor))
     metrics = pipe.run()  # baseline + nested levels, resumable by itself; times every stage
     full_macs = metrics["level_macs"][-1]
 
@@ -227,9 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--distill", type=float, default=0.0,
                         help="distillation weight from the baseline, for EVERY variant's "
                              "fine-tuning (nested and independent alike)")
-    parser.add_argument("--anchor", type=float, default=0.0,
+    parser.add_argument("--anchor", type=anchor_strengths, default=0.0,
                         help="L2-SP strength holding the nested levels' shared weights near "
-                             "the baseline's (nested only: see the module docstring)")
+                             "the baseline's, one or one per level (nested only: see the "
+                             "module docstring)")
     parser.add_argument("--baseline-weights", type=Path, default=None,
                         help="a trained baseline.safetensors to start from instead of "
                              "training the baseline again")

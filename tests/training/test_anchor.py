@@ -6,6 +6,7 @@ anchor, never move a frozen core, and a given baseline must be used exactly as w
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from torch import nn
 from elastiserve_store import architectures
 from elastiserve_store.slots import gather
 from elastiserve_train import loop
+from elastiserve_train.cli import anchor_strengths
 from elastiserve_train.data import generated
 from elastiserve_train.nested import NestedState
 from elastiserve_train.pipeline import Pipeline, PipelineConfig
@@ -66,13 +68,15 @@ def test_the_loop_refuses_a_bad_anchor() -> None:
                    anchor_to={"1.weight": weight[:, :32]})
 
 
-def _config(anchor: float, baseline_weights: str | None = None) -> PipelineConfig:
+def _config(anchor: float | tuple[float, ...], baseline_weights: str | None = None
+            ) -> PipelineConfig:
     return PipelineConfig(arch="resnet20", arch_args=ARCH_ARGS, baseline_epochs=0.5,
                           core_epochs=2.0, grow_epochs=1.0, batch_size=16, anchor=anchor,
                           baseline_weights=baseline_weights)
 
 
-def _core_drift(tmp_path: Path, anchor: float, baseline: Path) -> tuple[float, Pipeline]:
+def _core_drift(tmp_path: Path, anchor: float | tuple[float, ...], baseline: Path
+                ) -> tuple[float, Pipeline]:
     data = generated(n_train=64, n_test=16, channels=1, size=8)
     pipe = Pipeline(_config(anchor, str(baseline)), data, tmp_path)
     pipe.baseline()
@@ -115,6 +119,15 @@ def test_an_anchored_core_drifts_less_and_growth_still_freezes_it(
                            gather(after.master[name], info.axes, after.kept[0])), name
 
 
+def test_the_core_is_tuned_with_the_first_of_several_strengths(
+        tmp_path: Path, baseline_file: Path) -> None:
+    free, _ = _core_drift(tmp_path / "free", 0.0, baseline_file)
+    first_free, _ = _core_drift(tmp_path / "ramp", (0.0, 10.0, 10.0, 10.0), baseline_file)
+    first_held, _ = _core_drift(tmp_path / "held", (10.0, 0.0, 0.0, 0.0), baseline_file)
+    assert first_free == free
+    assert first_held < 0.5 * free
+
+
 def test_a_given_baseline_is_used_exactly_and_not_retrained(
         tmp_path: Path, baseline_file: Path) -> None:
     data = generated(n_train=32, n_test=16, channels=1, size=8)
@@ -138,9 +151,25 @@ def test_a_baseline_of_another_architecture_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "run" / "baseline.safetensors").exists()
 
 
+def test_one_strength_per_level() -> None:
+    cfg = PipelineConfig(levels=4, anchor=(0.0, 0.05, 0.2, 0.3))
+    assert [cfg.anchor_at(k) for k in range(4)] == [0.0, 0.05, 0.2, 0.3]
+    assert cfg.train_cfg(1.0, 0, anchored_level=2).anchor == 0.2
+    assert cfg.train_cfg(1.0, 0).anchor == 0.0  # the independent variants: never anchored
+    assert PipelineConfig(anchor=0.1).anchor_at(3) == 0.1
+    assert anchor_strengths("0.2") == 0.2
+    assert anchor_strengths("0,0.05,0.2,0.3") == (0.0, 0.05, 0.2, 0.3)
+    with pytest.raises(argparse.ArgumentTypeError, match="comma-separated numbers, got 'a,b'"):
+        anchor_strengths("a,b")
+
+
 def test_the_pipeline_refuses_a_bad_anchor_or_a_missing_baseline_up_front(
         tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--anchor must be >= 0"):
         _config(-0.5)
+    with pytest.raises(ValueError, match="--anchor must be >= 0"):
+        PipelineConfig(levels=2, anchor=(0.1, -0.1))
+    with pytest.raises(ValueError, match="3 strengths for 4 levels"):
+        PipelineConfig(levels=4, anchor=(0.1, 0.2, 0.3))
     with pytest.raises(ValueError, match="is not a file"):
         _config(0.0, str(tmp_path / "absent.safetensors"))

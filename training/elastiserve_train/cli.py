@@ -37,6 +37,16 @@ STRATEGY_MODULES: dict[str, str] = {
 """Strategies other than prune-and-grow: name -> module with add_arguments/run."""
 
 
+def anchor_strengths(text: str) -> float | tuple[float, ...]:
+    """``--anchor``: ``0.2`` (every level) or ``0,0.05,0.2,0.2`` (one per level)."""
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number or comma-separated numbers, got {text!r}") from None
+    return values[0] if len(values) == 1 else values
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategy", choices=("prune-grow", *STRATEGY_MODULES),
                         default="prune-grow",
@@ -67,10 +77,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="prune-grow: learn the core and the regrown levels from the "
                              "unpruned model's outputs too, with this weight in [0, 1] "
                              "(0: labels only; costs one teacher forward pass per batch)")
-    parser.add_argument("--anchor", type=float, default=0.0, metavar="STRENGTH",
+    parser.add_argument("--anchor", type=anchor_strengths, default=0.0, metavar="S[,S...]",
                         help="prune-grow: hold each level's shared weights near the unpruned "
                              "model's while tuning (L2-SP, in place of weight decay; 0: off), "
-                             "so the wider levels, which keep them frozen, lose less")
+                             "so the wider levels, which keep them frozen, lose less; one "
+                             "strength, or one per level, core first (e.g. 0,0.05,0.2,0.2)")
     parser.add_argument("--baseline-weights", type=Path, default=None, metavar="SAFETENSORS",
                         help="prune-grow: start from this trained full model (same --arch, "
                              "--width-mult, channels and classes) instead of training one; "

@@ -57,9 +57,11 @@ class PipelineConfig:
     seed: int = 0
     distill: float = 0.0
     """Distillation weight from the unpruned baseline while tuning the core and growing."""
-    anchor: float = 0.0
+    anchor: float | tuple[float, ...] = 0.0
     """L2-SP pull of each level's shared weights toward the baseline's while tuning the core
-    and growing: the wider levels keep those weights frozen, so drift costs them accuracy."""
+    and growing: the wider levels keep those weights frozen, so drift costs them accuracy.
+    One strength for every level, or one per level (core first): a narrow level needs the
+    most freedom to recover, a wide one protects less above it."""
     baseline_weights: str | None = None
     """A trained full model (safetensors) to start from instead of training the baseline."""
 
@@ -67,19 +69,29 @@ class PipelineConfig:
         # Refuse here, before hours of baseline training, not when the core stage starts.
         if not 0.0 <= self.distill <= 1.0:
             raise ValueError(f"--distill must be in [0, 1], got {self.distill}")
-        if self.anchor < 0.0:
+        strengths = self.anchor if isinstance(self.anchor, tuple) else (self.anchor,)
+        if isinstance(self.anchor, tuple) and len(self.anchor) != self.levels:
+            raise ValueError(f"--anchor: {len(self.anchor)} strengths for {self.levels} levels; "
+                             f"give one, or one per level")
+        if any(a < 0.0 for a in strengths):
             raise ValueError(f"--anchor must be >= 0, got {self.anchor}")
         if self.baseline_weights is not None and not Path(self.baseline_weights).is_file():
             raise ValueError(f"--baseline-weights: {self.baseline_weights} is not a file")
 
+    def anchor_at(self, level: int) -> float:
+        """The anchor strength while level ``level`` is tuned (0: the core)."""
+        return self.anchor[level] if isinstance(self.anchor, tuple) else self.anchor
+
     def train_cfg(self, epochs: float, salt: int, *, distill: bool = False,
-                  anchored: bool = False) -> loop.TrainConfig:
+                  anchored_level: int | None = None) -> loop.TrainConfig:
         """Settings for one training run; ``distill``: a pruned model learning from the
-        baseline; ``anchored``: a level whose shared weights are held near the baseline's."""
+        baseline; ``anchored_level``: the level whose shared weights are held near the
+        baseline's."""
         return loop.TrainConfig(epochs=epochs, lr=self.lr, batch_size=self.batch_size,
                                 seed=self.seed * 7919 + salt,
                                 distill=self.distill if distill else 0.0,
-                                anchor=self.anchor if anchored else 0.0)
+                                anchor=0.0 if anchored_level is None
+                                else self.anchor_at(anchored_level))
 
 
 def _load_baseline(model: nn.Module, path: Path) -> None:
@@ -262,7 +274,7 @@ class Pipeline:
 
     def _anchor_to(self, state: NestedState, k: int) -> dict[str, torch.Tensor] | None:
         """The baseline's weights on level ``k``'s channels, for every shared parameter."""
-        if self.cfg.anchor <= 0.0:
+        if self.cfg.anchor_at(k) <= 0.0:
             return None
         base = load_file(str(self.out / "baseline.safetensors"))
         layout = state.layout
@@ -274,7 +286,7 @@ class Pipeline:
         state = self._resume_state("prune")
         model = state.level_model(0)
         loop.train(model, self.data.train, self.mean, self.std,
-                   self.cfg.train_cfg(self.cfg.core_epochs, 200, distill=True, anchored=True),
+                   self.cfg.train_cfg(self.cfg.core_epochs, 200, distill=True, anchored_level=0),
                    teacher=self._teacher(), anchor_to=self._anchor_to(state, 0),
                    on_step=self._on_step("core"))
         state.absorb(model, state.kept[0], level=0)
@@ -287,7 +299,8 @@ class Pipeline:
         model = state.level_model(k, own_from=k - 1)
         masks = core_masks(model, state.kept[k - 1], state.kept[k])
         loop.train(model, self.data.train, self.mean, self.std,
-                   self.cfg.train_cfg(self.cfg.grow_epochs, 300 + k, distill=True, anchored=True),
+                   self.cfg.train_cfg(self.cfg.grow_epochs, 300 + k, distill=True,
+                                      anchored_level=k),
                    masks=masks, teacher=self._teacher(), anchor_to=self._anchor_to(state, k),
                    on_step=self._on_step(f"grow{k}"))
         state.absorb(model, state.kept[k], level=k)
