@@ -149,6 +149,11 @@ def test_a_baseline_of_another_architecture_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"fc\.bias has shape \(7,\), the architecture \(4,\)"):
         pipe.baseline()
     assert not (tmp_path / "run" / "baseline.safetensors").exists()
+    pickled = tmp_path / "model.pt"
+    torch.save(other.state_dict(), pickled)
+    pipe = Pipeline(_config(0.0, str(pickled)), data, tmp_path / "run2")
+    with pytest.raises(ValueError, match=r"model\.pt: not a readable safetensors file"):
+        pipe.baseline()
 
 
 def test_one_strength_per_level() -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -96,7 +97,10 @@ class PipelineConfig:
 
 def _load_baseline(model: nn.Module, path: Path) -> None:
     """Load a user's trained full model, refusing one that is not this architecture's."""
-    tensors = load_file(str(path))
+    try:
+        tensors = load_file(str(path))
+    except SafetensorError as err:  # a pickle, a truncated or a foreign file
+        raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
     own = model.state_dict()
     missing = sorted(set(own) - set(tensors))
     extra = sorted(set(tensors) - set(own))
