@@ -101,12 +101,12 @@ def _prune_and_tune(pipe: Pipeline, keeps: list[float], epochs_per_step: float, 
             "macs": count_macs(model, data.input_shape)}
 
 
-def nested_dir(anchor: float | tuple[float, ...]) -> str:
+def nested_dir(anchor: float | tuple[float, ...], fisher: bool = False) -> str:
     """The nested pipeline's directory: one per anchor setting, so several can be compared."""
     if anchor == 0.0:
         return "nested"
     values = anchor if isinstance(anchor, tuple) else (anchor,)
-    return "nested-anchor-" + "-".join(f"{a:g}" for a in values)
+    return "nested-anchor-" + "-".join(f"{a:g}" for a in values) + ("-fisher" if fisher else "")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -118,10 +118,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         levels=4, importance=args.importance, schedule="iterative", steps_per_level=1,
         baseline_epochs=args.baseline_epochs, prune_epochs=0.0, core_epochs=args.epochs,
         grow_epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-        distill=args.distill, anchor=args.anchor,
+        distill=args.distill, anchor=args.anchor, anchor_fisher=args.anchor_fisher,
         baseline_weights=None if args.baseline_weights is None else str(args.baseline_weights))
     # The other variants do not depend on the anchor: trying another one reuses them.
-    shared = {k: v for k, v in json.loads(json.dumps(cfg.__dict__)).items() if k != "anchor"}
+    shared = {k: v for k, v in json.loads(json.dumps(cfg.__dict__)).items()
+              if k not in ("anchor", "anchor_fisher")}
     config = {"pipeline": shared, "subset": args.subset, "test_subset": args.test_subset}
     cache = Cache(args.work_dir / "variants.json", config)
     timings: dict[str, float] = cache.get("timings") or {}
@@ -136,7 +137,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"[{key}] done in {timings[key]} s", file=sys.stderr)
         return cache.put(key, value)
 
-    pipe = Pipeline(cfg, data, args.work_dir / nested_dir(cfg.anchor))
+    pipe = Pipeline(cfg, data, args.work_dir / nested_dir(cfg.anchor, cfg.anchor_fisher))
     metrics = pipe.run()  # baseline + nested levels, resumable by itself; times every stage
     full_macs = metrics["level_macs"][-1]
 
@@ -168,6 +169,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "baseline_epochs": args.baseline_epochs,
         "distill": args.distill,
         "anchor": args.anchor,
+        "anchor_fisher": args.anchor_fisher,
         "baseline_weights_sha256": None if args.baseline_weights is None
         else sha256_file(args.baseline_weights),
         "train_subset": args.subset,
@@ -241,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="L2-SP strength holding the nested levels' shared weights near "
                              "the baseline's, one or one per level (nested only: see the "
                              "module docstring)")
+    parser.add_argument("--anchor-fisher", action="store_true",
+                        help="weigh the anchor by the baseline's diagonal Fisher information")
     parser.add_argument("--baseline-weights", type=Path, default=None,
                         help="a trained baseline.safetensors to start from instead of "
                              "training the baseline again")

@@ -82,6 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "model's while tuning (L2-SP, in place of weight decay; 0: off), "
                              "so the wider levels, which keep them frozen, lose less; one "
                              "strength, or one per level, core first (e.g. 0,0.05,0.2,0.2)")
+    parser.add_argument("--anchor-fisher", action="store_true",
+                        help="prune-grow: weigh --anchor's pull on each weight by the unpruned "
+                             "model's Fisher information, freeing weights it barely uses")
     parser.add_argument("--baseline-weights", type=Path, default=None, metavar="SAFETENSORS",
                         help="prune-grow: start from this trained full model (same --arch, "
                              "--width-mult, channels and classes) instead of training one; "
@@ -127,7 +130,7 @@ def _run(args: argparse.Namespace, rank: int) -> int:
         steps_per_level=args.steps_per_level, baseline_epochs=args.epochs,
         prune_epochs=args.prune_epochs, core_epochs=args.core_epochs,
         grow_epochs=args.grow_epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-        distill=args.distill, anchor=args.anchor,
+        distill=args.distill, anchor=args.anchor, anchor_fisher=args.anchor_fisher,
         baseline_weights=None if args.baseline_weights is None else str(args.baseline_weights))
     with stage_bar(rank == 0 and not args.no_progress) as progress:
         pipeline = Pipeline(cfg, data, args.out, progress)

@@ -96,12 +96,14 @@ def train(model: nn.Module, data: ImageSet, mean: torch.Tensor, std: torch.Tenso
           cfg: TrainConfig, *, masks: Mapping[str, torch.Tensor] | None = None,
           teacher: nn.Module | None = None,
           anchor_to: Mapping[str, torch.Tensor] | None = None,
+          anchor_precision: Mapping[str, torch.Tensor] | None = None,
           on_step: Callable[[int, int, float], None] | None = None) -> None:
     """Fine-tune ``model`` in place for ``cfg.epochs`` (fractions allowed) with SGD + cosine.
 
     With ``cfg.distill > 0`` the ``teacher`` (kept in eval mode, never updated) sees the same
     augmented batch and its outputs join the loss. With ``cfg.anchor > 0`` every parameter named
-    in ``anchor_to`` is pulled toward that tensor (same shape) instead of toward zero.
+    in ``anchor_to`` is pulled toward that tensor (same shape) instead of toward zero, each
+    element in proportion to ``anchor_precision`` where given (e.g. a Fisher diagonal).
     """
     if not 0.0 <= cfg.distill <= 1.0:
         raise ValueError(f"distillation weight must be in [0, 1], got {cfg.distill}")
@@ -120,6 +122,9 @@ def train(model: nn.Module, data: ImageSet, mean: torch.Tensor, std: torch.Tenso
     params = dict(model.named_parameters())
     device = next(iter(params.values())).device
     anchors = _anchors(params, anchor_to, device) if cfg.anchor > 0.0 else {}
+    precision = _anchors(params, anchor_precision, device) if anchors else {}
+    pull = {name: cfg.anchor * precision[name] if name in precision else
+            torch.full_like(target, cfg.anchor) for name, target in anchors.items()}
     opt = torch.optim.SGD(params.values(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     if teacher is not None:
         teacher.to(device).eval()
@@ -149,7 +154,7 @@ def train(model: nn.Module, data: ImageSet, mean: torch.Tensor, std: torch.Tenso
                     if p.grad is None:
                         continue
                     if name in anchors:  # L2-SP replaces weight decay on anchored weights
-                        p.grad.add_(p - anchors[name], alpha=cfg.anchor)
+                        p.grad.add_(pull[name] * (p - anchors[name]))
                     elif cfg.weight_decay and p.ndim > 1:
                         p.grad.add_(p, alpha=cfg.weight_decay)
                     if masks is not None and name in masks:

@@ -29,6 +29,7 @@ from elastiserve_store.slots import gather
 
 from . import loop
 from .data import Dataset
+from .fisher import diagonal_fisher, normalised
 from .importance import make_importance
 from .nested import NestedState, check_nested, core_masks
 from .progress import Progress
@@ -63,6 +64,9 @@ class PipelineConfig:
     and growing: the wider levels keep those weights frozen, so drift costs them accuracy.
     One strength for every level, or one per level (core first): a narrow level needs the
     most freedom to recover, a wide one protects less above it."""
+    anchor_fisher: bool = False
+    """Weight the anchor's pull on each weight by the baseline's diagonal Fisher information
+    (normalised to mean 1), so weights the full model barely uses are free to move."""
     baseline_weights: str | None = None
     """A trained full model (safetensors) to start from instead of training the baseline."""
 
@@ -280,11 +284,38 @@ class Pipeline:
         """The baseline's weights on level ``k``'s channels, for every shared parameter."""
         if self.cfg.anchor_at(k) <= 0.0:
             return None
-        base = load_file(str(self.out / "baseline.safetensors"))
+        return self._on_level(load_file(str(self.out / "baseline.safetensors")), state, k)
+
+    def _on_level(self, full: dict[str, torch.Tensor], state: NestedState, k: int
+                  ) -> dict[str, torch.Tensor]:
+        """Full-width tensors cut to level ``k``'s channels, for its shared parameters."""
         layout = state.layout
         model = state.build_level(k, state.widths(k))
-        return {name: gather(base[name], layout[name].axes, state.kept[k])
+        return {name: gather(full[name], layout[name].axes, state.kept[k])
                 for name, _ in model.named_parameters() if not layout[name].per_level}
+
+    def _anchor_precision(self, state: NestedState, k: int) -> dict[str, torch.Tensor] | None:
+        """The baseline's normalised Fisher diagonal on level ``k``'s shared parameters.
+
+        Computed once from the baseline and kept as ``fisher.safetensors`` (a resumed run reads
+        it back rather than estimate it again on other batches).
+        """
+        if not self.cfg.anchor_fisher or self.cfg.anchor_at(k) <= 0.0:
+            return None
+        path = self.out / "fisher.safetensors"
+        if path.is_file():
+            fisher = load_file(str(path))
+        else:
+            model = self._baseline_model()
+            layout = state.layout
+            raw = diagonal_fisher(model, self.data.train, self.mean, self.std,
+                                  seed=self.cfg.seed)
+            fisher = normalised(raw, [n for n, _ in model.named_parameters()
+                                      if not layout[n].per_level])
+            if _is_writer():
+                save_file({n: t.contiguous() for n, t in fisher.items()}, str(path))
+            _barrier()
+        return self._on_level(fisher, state, k)
 
     def core(self) -> None:
         state = self._resume_state("prune")
@@ -292,6 +323,7 @@ class Pipeline:
         loop.train(model, self.data.train, self.mean, self.std,
                    self.cfg.train_cfg(self.cfg.core_epochs, 200, distill=True, anchored_level=0),
                    teacher=self._teacher(), anchor_to=self._anchor_to(state, 0),
+                   anchor_precision=self._anchor_precision(state, 0),
                    on_step=self._on_step("core"))
         state.absorb(model, state.kept[0], level=0)
         self._save_nested(state, "core")
@@ -306,6 +338,7 @@ class Pipeline:
                    self.cfg.train_cfg(self.cfg.grow_epochs, 300 + k, distill=True,
                                       anchored_level=k),
                    masks=masks, teacher=self._teacher(), anchor_to=self._anchor_to(state, k),
+                   anchor_precision=self._anchor_precision(state, k),
                    on_step=self._on_step(f"grow{k}"))
         state.absorb(model, state.kept[k], level=k)
         self._save_nested(state, f"grow{k}")
