@@ -24,10 +24,12 @@ class HalfDead(nn.Module):
         super().__init__()
         self.hidden = nn.Linear(64, 8)
         self.out = nn.Linear(8, 4)
+        self.alive: torch.Tensor
         self.register_buffer("alive", torch.tensor([1.0] * 4 + [0.0] * 4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(torch.relu(self.hidden(x.flatten(1))) * self.alive)
+        out: torch.Tensor = self.out(torch.relu(self.hidden(x.flatten(1))) * self.alive)
+        return out
 
 
 def test_the_fisher_is_zero_exactly_where_the_loss_cannot_see_a_weight() -> None:
