@@ -146,7 +146,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return [loop.evaluate(state.level_model(k, own_from=0), data.test, pipe.mean, pipe.std)
                 for k in range(len(ratios))]
 
-    no_regrow_acc = timed("no_regrow", no_regrow)
+    # The one variant built on the nested core: cached per nested run, unlike the others.
+    no_regrow_acc = timed(f"no_regrow:{pipe.out.name}", no_regrow)
     independent = []
     for k, r in enumerate(ratios):
         if r >= 1.0:
@@ -193,9 +194,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "macs_ratio": oneshot["macs"] / full_macs,
         },
         "nested_stage_seconds": metrics.get("seconds", {}),
+        "other_nested_runs": other_nested_runs(args.work_dir, pipe.out),
         "seconds": timings,
     }
     return result
+
+
+def other_nested_runs(work_dir: Path, this: Path) -> dict[str, Any]:
+    """Finished nested runs with other anchor settings in ``work_dir``: the same baseline and
+    the same other variants, so their levels compare directly with this run's."""
+    runs: dict[str, Any] = {}
+    for state_path in sorted(work_dir.glob("nested*/state.json")):
+        if state_path.parent == this:
+            continue
+        state = json.loads(state_path.read_text())
+        if "export" in state["done"]:
+            runs[state_path.parent.name] = {
+                "anchor": state["config"].get("anchor", 0.0),
+                "anchor_fisher": state["config"].get("anchor_fisher", False),
+                "level_acc": state["metrics"]["level_acc"]}
+    return runs
 
 
 def _tuned_baseline(pipe: Pipeline, args: argparse.Namespace) -> float:
@@ -219,6 +237,8 @@ def print_tables(result: dict[str, Any]) -> None:
     for lv in result["levels"]:
         print(f"{lv['name']:<12}{lv['channel_ratio']:>9.2f}{lv['macs_ratio']:>8.3f}"
               f"{lv['nested_acc']:>9.4f}{lv['independent_acc']:>13.4f}{lv['no_regrow_acc']:>11.4f}")
+    for name, other in result.get("other_nested_runs", {}).items():
+        print(f"{name:<34}" + "".join(f"{acc:>9.4f}" for acc in other["level_acc"]))
     o = result["one_shot_vs_iterative"]
     print(f"\n~2/3 channels removed (keep {o['channels_kept']:.3f}, MACs {o['macs_ratio']:.3f}), "
           f"{o['epochs']} epochs in total")
