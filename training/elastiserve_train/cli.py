@@ -81,7 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="prune-grow: hold each level's shared weights near the unpruned "
                              "model's while tuning (L2-SP, in place of weight decay; 0: off), "
                              "so the wider levels, which keep them frozen, lose less; one "
-                             "strength, or one per level, core first (e.g. 0,0.05,0.2,0.2)")
+                             "strength, or one per level, core first (no weaker below "
+                             "than above: see docs/architecture.md)")
     parser.add_argument("--anchor-fisher", action="store_true",
                         help="prune-grow: weigh --anchor's pull on each weight by the unpruned "
                              "model's Fisher information, freeing weights it barely uses")
