@@ -20,6 +20,9 @@ variant's fine-tuning, nested and independent alike, so the comparison stays one
 (L2-SP, strength S, in place of weight decay). It is part of the nested method, not of the
 recipe: only nested levels keep a frozen core that wider levels must build on, so only they pay
 for its drift; the independent models are free-standing and keep plain weight decay.
+``--anchor-fisher`` weighs that pull by the baseline's diagonal Fisher. Each anchor setting
+gets its own nested run in the work directory and the other variants are shared, so settings
+compare on one baseline; the JSON lists every finished nested run (``other_nested_runs``).
 
 ``--baseline-weights F`` starts every variant from a full model already trained (the
 ``baseline.safetensors`` of an earlier run with the same ``--baseline-epochs``, seed and data)
