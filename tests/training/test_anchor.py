@@ -21,6 +21,7 @@ from elastiserve_train.cli import anchor_strengths
 from elastiserve_train.data import generated
 from elastiserve_train.nested import NestedState
 from elastiserve_train.pipeline import Pipeline, PipelineConfig
+from tests.training.core_checks import assert_core_unchanged
 
 ARCH_ARGS = {"in_channels": 1, "num_classes": 4, "width_mult": 0.25}
 
@@ -111,12 +112,7 @@ def test_an_anchored_core_drifts_less_and_growth_still_freezes_it(
     before = NestedState.load(tmp_path / "held" / "core")
     pipe.grow(1)  # the anchor must not move what the gradient masks freeze
     after = NestedState.load(tmp_path / "held" / "grow1")
-    for name, tensor in before.master.items():
-        info = before.layout[name]
-        if info.per_level:
-            continue
-        assert torch.equal(gather(tensor, info.axes, before.kept[0]),
-                           gather(after.master[name], info.axes, after.kept[0])), name
+    assert_core_unchanged(before, after)
 
 
 def test_the_core_is_tuned_with_the_first_of_several_strengths(

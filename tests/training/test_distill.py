@@ -15,11 +15,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from elastiserve_store.slots import gather
 from elastiserve_train import loop
 from elastiserve_train.data import generated
 from elastiserve_train.nested import NestedState
 from elastiserve_train.pipeline import Pipeline, PipelineConfig
+from tests.training.core_checks import assert_core_unchanged
 
 torch.set_num_threads(1)
 
@@ -106,12 +106,7 @@ def test_distilled_growth_keeps_the_core_bit_identical(tmp_path: Path) -> None:
     before = NestedState.load(tmp_path / "core")
     pipe.grow(1)
     after = NestedState.load(tmp_path / "grow1")
-    for name, tensor in before.master.items():
-        info = before.layout[name]
-        if info.per_level:
-            continue
-        assert torch.equal(gather(tensor, info.axes, before.kept[0]),
-                           gather(after.master[name], info.axes, after.kept[0])), name
+    assert_core_unchanged(before, after)
 
 
 def test_a_run_written_before_the_setting_existed_resumes(tmp_path: Path) -> None:
