@@ -123,8 +123,6 @@ def train(model: nn.Module, data: ImageSet, mean: torch.Tensor, std: torch.Tenso
     device = next(iter(params.values())).device
     anchors = _anchors(params, anchor_to, device) if cfg.anchor > 0.0 else {}
     precision = _anchors(params, anchor_precision, device) if anchors else {}
-    pull = {name: cfg.anchor * precision[name] if name in precision else
-            torch.full_like(target, cfg.anchor) for name, target in anchors.items()}
     opt = torch.optim.SGD(params.values(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     if teacher is not None:
         teacher.to(device).eval()
@@ -154,7 +152,10 @@ def train(model: nn.Module, data: ImageSet, mean: torch.Tensor, std: torch.Tenso
                     if p.grad is None:
                         continue
                     if name in anchors:  # L2-SP replaces weight decay on anchored weights
-                        p.grad.add_(pull[name] * (p - anchors[name]))
+                        drift = p - anchors[name]
+                        if name in precision:
+                            drift = drift * precision[name]
+                        p.grad.add_(drift, alpha=cfg.anchor)
                     elif cfg.weight_decay and p.ndim > 1:
                         p.grad.add_(p, alpha=cfg.weight_decay)
                     if masks is not None and name in masks:
