@@ -24,6 +24,11 @@ for its drift; the independent models are free-standing and keep plain weight de
 gets its own nested run in the work directory and the other variants are shared, so settings
 compare on one baseline; the JSON lists every finished nested run (``other_nested_runs``).
 
+``--full-loss W`` adds, while the core is tuned and each level but the last grown, a loss
+(weight W) on the full network in which every channel not yet tuned keeps the original weight
+it will be reinserted with: the shared weights learn to fit those channels. Nested only, like
+the anchor, and a nested run of its own.
+
 ``--baseline-weights F`` starts every variant from a full model already trained (the
 ``baseline.safetensors`` of an earlier run with the same ``--baseline-epochs``, seed and data)
 instead of training it again; the JSON records the file's SHA-256.
@@ -104,12 +109,21 @@ def _prune_and_tune(pipe: Pipeline, keeps: list[float], epochs_per_step: float, 
             "macs": count_macs(model, data.input_shape)}
 
 
-def nested_dir(anchor: float | tuple[float, ...], fisher: bool = False) -> str:
-    """The nested pipeline's directory: one per anchor setting, so several can be compared."""
-    if anchor == 0.0:
-        return "nested"
-    values = anchor if isinstance(anchor, tuple) else (anchor,)
-    return "nested-anchor-" + "-".join(f"{a:g}" for a in values) + ("-fisher" if fisher else "")
+NESTED_ONLY = ("anchor", "anchor_fisher", "full_loss")
+"""Settings of the nested method alone: the other variants are cached across them."""
+
+
+def nested_dir(anchor: float | tuple[float, ...], fisher: bool = False,
+               full_loss: float = 0.0) -> str:
+    """The nested pipeline's directory: one per setting of the nested method, so several can be
+    compared."""
+    name = "nested"
+    if anchor != 0.0:
+        values = anchor if isinstance(anchor, tuple) else (anchor,)
+        name += "-anchor-" + "-".join(f"{a:g}" for a in values) + ("-fisher" if fisher else "")
+    if full_loss > 0.0:
+        name += f"-full{full_loss:g}"
+    return name
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -122,10 +136,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         baseline_epochs=args.baseline_epochs, prune_epochs=0.0, core_epochs=args.epochs,
         grow_epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
         distill=args.distill, anchor=args.anchor, anchor_fisher=args.anchor_fisher,
+        full_loss=args.full_loss,
         baseline_weights=None if args.baseline_weights is None else str(args.baseline_weights))
-    # The other variants do not depend on the anchor: trying another one reuses them.
+    # The other variants do not depend on the nested method's own settings: trying another
+    # one reuses them.
     shared = {k: v for k, v in json.loads(json.dumps(cfg.__dict__)).items()
-              if k not in ("anchor", "anchor_fisher")}
+              if k not in NESTED_ONLY}
     config = {"pipeline": shared, "subset": args.subset, "test_subset": args.test_subset}
     cache = Cache(args.work_dir / "variants.json", config)
     timings: dict[str, float] = cache.get("timings") or {}
@@ -140,7 +156,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"[{key}] done in {timings[key]} s", file=sys.stderr)
         return cache.put(key, value)
 
-    pipe = Pipeline(cfg, data, args.work_dir / nested_dir(cfg.anchor, cfg.anchor_fisher))
+    pipe = Pipeline(cfg, data, args.work_dir / nested_dir(cfg.anchor, cfg.anchor_fisher,
+                                                          cfg.full_loss))
     metrics = pipe.run()  # baseline + nested levels, resumable by itself; times every stage
     full_macs = metrics["level_macs"][-1]
 
@@ -174,6 +191,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "distill": args.distill,
         "anchor": args.anchor,
         "anchor_fisher": args.anchor_fisher,
+        "full_loss": args.full_loss,
         "baseline_weights_sha256": None if args.baseline_weights is None
         else sha256_file(args.baseline_weights),
         "train_subset": args.subset,
@@ -215,6 +233,7 @@ def other_nested_runs(work_dir: Path, this: Path) -> dict[str, Any]:
             runs[state_path.parent.name] = {
                 "anchor": state["config"].get("anchor", 0.0),
                 "anchor_fisher": state["config"].get("anchor_fisher", False),
+                "full_loss": state["config"].get("full_loss", 0.0),
                 "level_acc": state["metrics"]["level_acc"]}
     return runs
 
@@ -268,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
                              "module docstring)")
     parser.add_argument("--anchor-fisher", action="store_true",
                         help="weigh the anchor by the baseline's diagonal Fisher information")
+    parser.add_argument("--full-loss", type=float, default=0.0,
+                        help="weight of a full-network loss while the narrower levels are "
+                             "tuned (nested only: see the module docstring)")
     parser.add_argument("--baseline-weights", type=Path, default=None,
                         help="a trained baseline.safetensors to start from instead of "
                              "training the baseline again")

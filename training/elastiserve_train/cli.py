@@ -86,6 +86,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--anchor-fisher", action="store_true",
                         help="prune-grow: weigh --anchor's pull on each weight by the unpruned "
                              "model's Fisher information, freeing weights it barely uses")
+    parser.add_argument("--full-loss", type=float, default=0.0, metavar="WEIGHT",
+                        help="prune-grow: while the core and each narrower level are tuned, "
+                             "also train them inside the full network whose untuned channels "
+                             "keep the original weights they will be reinserted with (0: off; "
+                             "costs one full-network pass per batch)")
     parser.add_argument("--baseline-weights", type=Path, default=None, metavar="SAFETENSORS",
                         help="prune-grow: start from this trained full model (same --arch, "
                              "--width-mult, channels and classes) instead of training one; "
@@ -132,6 +137,7 @@ def _run(args: argparse.Namespace, rank: int) -> int:
         prune_epochs=args.prune_epochs, core_epochs=args.core_epochs,
         grow_epochs=args.grow_epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
         distill=args.distill, anchor=args.anchor, anchor_fisher=args.anchor_fisher,
+        full_loss=args.full_loss,
         baseline_weights=None if args.baseline_weights is None else str(args.baseline_weights))
     with stage_bar(rank == 0 and not args.no_progress) as progress:
         pipeline = Pipeline(cfg, data, args.out, progress)

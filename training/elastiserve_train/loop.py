@@ -48,6 +48,8 @@ class TrainConfig:
     temperature: float = 4.0
     anchor: float = 0.0
     """Strength of the pull toward ``train(anchor_to=...)``'s weights (0: none)."""
+    full_loss: float = 0.0
+    """Weight of the loss on ``train(full_view=...)``'s output, added to the model's own."""
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
@@ -97,6 +99,7 @@ def train(model: nn.Module, data: ImageSet, mean: torch.Tensor, std: torch.Tenso
           teacher: nn.Module | None = None,
           anchor_to: Mapping[str, torch.Tensor] | None = None,
           anchor_precision: Mapping[str, torch.Tensor] | None = None,
+          full_view: Callable[[torch.Tensor], torch.Tensor] | None = None,
           on_step: Callable[[int, int, float], None] | None = None) -> None:
     """Fine-tune ``model`` in place for ``cfg.epochs`` (fractions allowed) with SGD + cosine.
 
@@ -104,6 +107,8 @@ def train(model: nn.Module, data: ImageSet, mean: torch.Tensor, std: torch.Tenso
     augmented batch and its outputs join the loss. With ``cfg.anchor > 0`` every parameter named
     in ``anchor_to`` is pulled toward that tensor (same shape) instead of toward zero, each
     element in proportion to ``anchor_precision`` where given (e.g. a Fisher diagonal).
+    With ``cfg.full_loss > 0`` the same loss on ``full_view(x)`` (a wider network built on
+    this model's parameters) joins it with that weight.
     """
     if not 0.0 <= cfg.distill <= 1.0:
         raise ValueError(f"distillation weight must be in [0, 1], got {cfg.distill}")
@@ -115,6 +120,10 @@ def train(model: nn.Module, data: ImageSet, mean: torch.Tensor, std: torch.Tenso
         raise ValueError(f"anchor strength must be >= 0, got {cfg.anchor}")
     if cfg.anchor > 0.0 and not anchor_to:
         raise ValueError("anchor strength > 0 needs the weights to anchor to")
+    if cfg.full_loss < 0.0:
+        raise ValueError(f"full-network loss weight must be >= 0, got {cfg.full_loss}")
+    if cfg.full_loss > 0.0 and full_view is None:
+        raise ValueError("full-network loss weight > 0 needs the full network's view")
     _rank, size = world()
     net: nn.Module = model
     if size > 1:
@@ -140,12 +149,13 @@ def train(model: nn.Module, data: ImageSet, mean: torch.Tensor, std: torch.Tenso
                 group["lr"] = cosine_lr(cfg.lr, step, total)
             opt.zero_grad(set_to_none=True)
             x, y = x.to(device), y.to(device)  # batches are built on the CPU
+            target = None
             if teacher is not None and cfg.distill > 0.0:
                 with torch.no_grad():
                     target = teacher(x)
-                loss = distillation_loss(net(x), target, y, cfg.distill, cfg.temperature)
-            else:
-                loss = F.cross_entropy(net(x), y)
+            loss = _loss(net(x), target, y, cfg)
+            if full_view is not None and cfg.full_loss > 0.0:
+                loss = loss + cfg.full_loss * _loss(full_view(x), target, y, cfg)
             loss.backward()  # type: ignore[no-untyped-call]
             with torch.no_grad():
                 for name, p in params.items():
@@ -166,6 +176,14 @@ def train(model: nn.Module, data: ImageSet, mean: torch.Tensor, std: torch.Tenso
                 on_step(step, total, float(loss.detach()))
         epoch += 1
     model.eval()
+
+
+def _loss(logits: torch.Tensor, target: torch.Tensor | None, labels: torch.Tensor,
+          cfg: TrainConfig) -> torch.Tensor:
+    """Cross-entropy, or its blend with the teacher's soft targets when there is one."""
+    if target is None:
+        return F.cross_entropy(logits, labels)
+    return distillation_loss(logits, target, labels, cfg.distill, cfg.temperature)
 
 
 def _anchors(params: Mapping[str, nn.Parameter], anchor_to: Mapping[str, torch.Tensor] | None,

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.func import functional_call
 
 from elastiserve_store import architectures
 from elastiserve_store.slots import TensorSlots, Widths, gather, scatter, tensor_slots
@@ -183,6 +184,39 @@ class NestedState:
                 for level in meta["kept"]]
         skipped = {int(k): tuple(v) for k, v in meta.get("skipped", {}).items()}
         return cls(meta["arch"], meta["arch_args"], master, kept, own, skipped)
+
+
+class FullView:
+    """The full network as it stands while level ``k`` is tuned, sharing that level's weights.
+
+    Every channel level ``k`` does not use keeps its master value, which for channels no level
+    has tuned yet is the *original* weight they will be reinserted with. A loss on this view's
+    output therefore trains the level's shared weights to also work beside those original
+    channels: the wider levels later freeze them, and a core that drifted where the reinserted
+    channels do not fit costs the wider levels accuracy no growth stage can win back. Batch
+    norms and head are the master's and stay fixed; only ``level``'s parameters get gradients.
+    """
+
+    def __init__(self, state: NestedState, k: int, level: nn.Module) -> None:
+        if state.skipped:
+            raise ValueError("a full-network loss needs every level to run every block")
+        last = len(state.kept) - 1
+        self.full = state.level_model(last)
+        self.full.requires_grad_(False)
+        layout = state.layout
+        self.axes = {name: layout[name].axes for name, _ in level.named_parameters()
+                     if not layout[name].per_level}
+        self.live = dict(level.named_parameters())
+        self.pos = {s: positions(state.kept[k][s], state.kept[last][s]) for s in state.kept[k]}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The full network's logits (batch statistics in its batch norms: training mode)."""
+        self.full.train()
+        frozen = dict(self.full.named_parameters())
+        params = {name: scatter(frozen[name], axes, self.pos, self.live[name])
+                  for name, axes in self.axes.items()}
+        out: torch.Tensor = functional_call(self.full, params, (x,))
+        return out
 
 
 def core_masks(model: nn.Module, core: Kept, kept: Kept) -> dict[str, torch.Tensor]:

@@ -31,7 +31,7 @@ from . import loop
 from .data import Dataset
 from .fisher import diagonal_fisher, normalised
 from .importance import make_importance
-from .nested import NestedState, check_nested, core_masks
+from .nested import FullView, NestedState, check_nested, core_masks
 from .progress import Progress
 from .pruning import ChainPruner
 from .schedules import chain, iterative, nested_ratios, one_shot
@@ -71,6 +71,10 @@ class PipelineConfig:
     (normalised to mean 1), so weights the full model barely uses are free to move."""
     baseline_weights: str | None = None
     """A trained full model (safetensors) to start from instead of training the baseline."""
+    full_loss: float = 0.0
+    """Weight of a second loss, on the full network, while the core is tuned and each level
+    but the last is grown: channels not yet tuned sit at the original weights they will be
+    reinserted with, so the shared weights learn to fit them (:class:`nested.FullView`)."""
 
     def __post_init__(self) -> None:
         # Refuse here, before hours of baseline training, not when the core stage starts.
@@ -82,6 +86,8 @@ class PipelineConfig:
                              f"give one, or one per level")
         if any(a < 0.0 for a in strengths):
             raise ValueError(f"--anchor must be >= 0, got {self.anchor}")
+        if self.full_loss < 0.0:
+            raise ValueError(f"--full-loss must be >= 0, got {self.full_loss}")
         if self.baseline_weights is not None and not Path(self.baseline_weights).is_file():
             raise ValueError(f"--baseline-weights: {self.baseline_weights} is not a file")
 
@@ -98,7 +104,9 @@ class PipelineConfig:
                                 seed=self.seed * 7919 + salt,
                                 distill=self.distill if distill else 0.0,
                                 anchor=0.0 if anchored_level is None
-                                else self.anchor_at(anchored_level))
+                                else self.anchor_at(anchored_level),
+                                full_loss=0.0 if anchored_level is None
+                                or anchored_level >= self.levels - 1 else self.full_loss)
 
 
 def _load_baseline(model: nn.Module, path: Path) -> None:
@@ -319,6 +327,13 @@ class Pipeline:
             _barrier()
         return self._on_level(fisher, state, k)
 
+    def _full_view(self, state: NestedState, k: int, model: nn.Module) -> FullView | None:
+        """The full network on level ``k``'s live weights, for ``--full-loss`` (not needed at
+        the last level, which is the full network)."""
+        if self.cfg.full_loss <= 0.0 or k >= self.cfg.levels - 1:
+            return None
+        return FullView(state, k, model)
+
     def core(self) -> None:
         state = self._resume_state("prune")
         model = state.level_model(0)
@@ -326,6 +341,7 @@ class Pipeline:
                    self.cfg.train_cfg(self.cfg.core_epochs, 200, distill=True, anchored_level=0),
                    teacher=self._teacher(), anchor_to=self._anchor_to(state, 0),
                    anchor_precision=self._anchor_precision(state, 0),
+                   full_view=self._full_view(state, 0, model),
                    on_step=self._on_step("core"))
         state.absorb(model, state.kept[0], level=0)
         self._save_nested(state, "core")
@@ -341,6 +357,7 @@ class Pipeline:
                                       anchored_level=k),
                    masks=masks, teacher=self._teacher(), anchor_to=self._anchor_to(state, k),
                    anchor_precision=self._anchor_precision(state, k),
+                   full_view=self._full_view(state, k, model),
                    on_step=self._on_step(f"grow{k}"))
         state.absorb(model, state.kept[k], level=k)
         self._save_nested(state, f"grow{k}")

@@ -1,0 +1,140 @@
+"""The full-network loss (``--full-loss``): narrower levels trained inside the full network.
+
+Real training on small generated data: the view must compute exactly the full network and send
+gradients only to the level's own shared weights, the loss must make the core fit the original
+channels it will be grown with, and growth must still leave the frozen core bit-identical.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from elastiserve.cli import main
+from elastiserve_store import architectures
+from elastiserve_store.slots import gather, scatter
+from elastiserve_train import loop
+from elastiserve_train.data import generated
+from elastiserve_train.nested import FullView, NestedState
+from elastiserve_train.pipeline import Pipeline, PipelineConfig
+from tests.training.core_checks import assert_core_unchanged
+
+ARCH_ARGS = {"in_channels": 1, "num_classes": 4, "width_mult": 0.25}
+
+
+def _config(full_loss: float, baseline_epochs: float = 1.0) -> PipelineConfig:
+    return PipelineConfig(arch="resnet20", arch_args=ARCH_ARGS, baseline_epochs=baseline_epochs,
+                          core_epochs=4.0, grow_epochs=1.0, batch_size=16, full_loss=full_loss)
+
+
+def _pruned(tmp_path: Path, full_loss: float, baseline_epochs: float = 1.0,
+            n_train: int = 96) -> Pipeline:
+    """A pipeline on the same data and seed, run up to (not including) the core stage."""
+    data = generated(n_train=n_train, n_test=32, channels=1, size=8)
+    pipe = Pipeline(_config(full_loss, baseline_epochs), data, tmp_path)
+    pipe.baseline()
+    pipe.prune()
+    return pipe
+
+
+def test_the_view_is_the_full_network_on_the_levels_live_weights(tmp_path: Path) -> None:
+    pipe = _pruned(tmp_path, 0.0)
+    state = NestedState.load(tmp_path / "prune")
+    level = state.level_model(1)
+    view = FullView(state, 1, level)
+    x = torch.randn(8, 1, 8, 8)
+    torch.testing.assert_close(view(x), state.level_model(3).train()(x), rtol=0, atol=0)
+    view(x).square().sum().backward()  # type: ignore[no-untyped-call]
+    shared = {n for n, _ in level.named_parameters() if not state.layout[n].per_level}
+    got_grad = {n for n, p in level.named_parameters() if p.grad is not None}
+    assert got_grad == shared  # the level's batch norms and head are not the full network's
+    assert all(p.grad is None for p in view.full.parameters())
+    with torch.no_grad():  # tied, not copied: a step on the level moves the view
+        before = view(x)
+        next(iter(level.parameters())).add_(1.0)
+        assert not torch.equal(view(x), before)
+    assert pipe.cfg.full_loss == 0.0
+
+
+def _full_network_loss(pipe: Pipeline, core: NestedState) -> float:
+    """Training loss of the unpruned network with the tuned core's shared weights in place of
+    the original ones: what the reinserted channels will have to work beside."""
+    full = core.level_model(len(core.kept) - 1)
+    weights = load_file(str(pipe.out / "baseline.safetensors"))
+    for name, tensor in core.master.items():
+        info = core.layout[name]
+        if not info.per_level:
+            block = gather(tensor, info.axes, core.kept[0])
+            weights[name] = scatter(weights[name], info.axes, core.kept[0], block)
+    full.load_state_dict(weights)
+    x, y = next(loop.batches(pipe.data.train, pipe.mean, pipe.std, 512, 0, train=True,
+                             augmentation=False))
+    with torch.no_grad():
+        return float(F.cross_entropy(full.train()(x), y))
+
+
+def test_the_full_loss_makes_the_core_fit_the_channels_it_is_grown_with(
+        tmp_path: Path) -> None:
+    losses = []
+    for weight in (0.0, 1.0):  # a baseline trained well enough for drift to cost it
+        pipe = _pruned(tmp_path / str(weight), weight, baseline_epochs=20.0, n_train=256)
+        pipe.core()
+        losses.append(_full_network_loss(pipe, NestedState.load(pipe.out / "core")))
+    untuned = _full_network_loss(pipe, NestedState.load(pipe.out / "prune"))
+    free, joint = losses
+    assert free > untuned  # the core's own training alone costs the full network
+    assert joint - untuned < 0.7 * (free - untuned)
+
+
+def test_growth_with_the_full_loss_leaves_the_core_bit_identical(tmp_path: Path) -> None:
+    pipe = _pruned(tmp_path, 1.0)
+    pipe.core()
+    before = NestedState.load(tmp_path / "core")
+    pipe.grow(1)  # the view sends gradient to the core's block too: the masks must win
+    assert_core_unchanged(before, NestedState.load(tmp_path / "grow1"))
+
+
+def test_the_last_level_trains_without_a_view() -> None:
+    cfg = _config(0.5)
+    assert [cfg.train_cfg(1.0, 0, anchored_level=k).full_loss for k in range(4)] == [
+        0.5, 0.5, 0.5, 0.0]
+    assert cfg.train_cfg(1.0, 0).full_loss == 0.0  # the independent variants: never
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="--full-loss must be >= 0"):
+        _config(-1.0)
+    data = generated(n_train=16, n_test=8, channels=1, size=8)
+    model = architectures.build("resnet20", ARCH_ARGS)
+    with pytest.raises(ValueError, match="needs the full network's view"):
+        loop.train(model, data.train, torch.tensor(data.mean), torch.tensor(data.std),
+                   loop.TrainConfig(epochs=1, full_loss=0.5))
+    with pytest.raises(ValueError, match="must be >= 0"):
+        loop.train(model, data.train, torch.tensor(data.mean), torch.tensor(data.std),
+                   loop.TrainConfig(epochs=1, full_loss=-0.5), full_view=model)
+    state = NestedState.from_model("resnet20", ARCH_ARGS, model)
+    state.kept = [{s: torch.arange(n) for s, n in state.slot_sizes().items()}] * 2
+    state.skipped = {0: ("s1.b1",)}
+    with pytest.raises(ValueError, match="every level to run every block"):
+        FullView(state, 0, model)
+
+
+CLI = ["train", "--dataset", "generated", "--arch", "resnet20", "--width-mult", "0.25",
+       "--epochs", "0.5", "--core-epochs", "0.5", "--grow-epochs", "0.5", "--batch-size", "16",
+       "--threads", "1", "--no-progress"]
+
+
+def test_the_cli_runs_with_the_weight_and_refuses_a_negative_one(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*CLI, "--out", str(tmp_path / "bad"), "--full-loss", "-1"]) == 2
+    assert "--full-loss must be >= 0, got -1.0" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    assert main([*CLI, "--out", str(tmp_path / "run"), "--full-loss", "0.7"]) == 0
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["config"]["full_loss"] == 0.7
+    assert state["done"][-1] == "export"
