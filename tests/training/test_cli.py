@@ -85,9 +85,9 @@ def test_train_under_torchrun_ddp_two_processes(tmp_path: Path) -> None:
     assert torchrun is not None
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
+    proc = subprocess.run(  # --full-loss: its second forward pass shares DDP's parameters
         [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "elastiserve.cli",
-         *ARGS, "--out", str(out)],
+         *ARGS, "--full-loss", "0.5", "--out", str(out)],
         env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((out / "state.json").read_text())["done"][-1] == "export"
