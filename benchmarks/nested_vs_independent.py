@@ -26,8 +26,9 @@ compare on one baseline; the JSON lists every finished nested run (``other_neste
 
 ``--full-loss W`` adds, while the core is tuned and each level but the last grown, a loss
 (weight W) on the full network in which every channel not yet tuned keeps the original weight
-it will be reinserted with: the shared weights learn to fit those channels. Nested only, like
-the anchor, and a nested run of its own.
+it will be reinserted with: the shared weights learn to fit those channels.
+``--full-loss-levels all`` puts that loss on every wider level, not only the full one. Nested
+only, like the anchor, and a nested run of its own.
 
 ``--baseline-weights F`` starts every variant from a full model already trained (the
 ``baseline.safetensors`` of an earlier run with the same ``--baseline-epochs``, seed and data)
@@ -109,12 +110,12 @@ def _prune_and_tune(pipe: Pipeline, keeps: list[float], epochs_per_step: float, 
             "macs": count_macs(model, data.input_shape)}
 
 
-NESTED_ONLY = ("anchor", "anchor_fisher", "full_loss")
+NESTED_ONLY = ("anchor", "anchor_fisher", "full_loss", "full_loss_levels")
 """Settings of the nested method alone: the other variants are cached across them."""
 
 
 def nested_dir(anchor: float | tuple[float, ...], fisher: bool = False,
-               full_loss: float = 0.0) -> str:
+               full_loss: float = 0.0, full_loss_levels: str = "full") -> str:
     """The nested pipeline's directory: one per setting of the nested method, so several can be
     compared."""
     name = "nested"
@@ -122,7 +123,7 @@ def nested_dir(anchor: float | tuple[float, ...], fisher: bool = False,
         values = anchor if isinstance(anchor, tuple) else (anchor,)
         name += "-anchor-" + "-".join(f"{a:g}" for a in values) + ("-fisher" if fisher else "")
     if full_loss > 0.0:
-        name += f"-full{full_loss:g}"
+        name += f"-full{full_loss:g}" + ("-all" if full_loss_levels == "all" else "")
     return name
 
 
@@ -136,7 +137,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         baseline_epochs=args.baseline_epochs, prune_epochs=0.0, core_epochs=args.epochs,
         grow_epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
         distill=args.distill, anchor=args.anchor, anchor_fisher=args.anchor_fisher,
-        full_loss=args.full_loss,
+        full_loss=args.full_loss, full_loss_levels=args.full_loss_levels,
         baseline_weights=None if args.baseline_weights is None else str(args.baseline_weights))
     # The other variants do not depend on the nested method's own settings: trying another
     # one reuses them.
@@ -156,8 +157,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"[{key}] done in {timings[key]} s", file=sys.stderr)
         return cache.put(key, value)
 
-    pipe = Pipeline(cfg, data, args.work_dir / nested_dir(cfg.anchor, cfg.anchor_fisher,
-                                                          cfg.full_loss))
+    pipe = Pipeline(cfg, data, args.work_dir / nested_dir(
+        cfg.anchor, cfg.anchor_fisher, cfg.full_loss, cfg.full_loss_levels))
     metrics = pipe.run()  # baseline + nested levels, resumable by itself; times every stage
     full_macs = metrics["level_macs"][-1]
 
@@ -192,6 +193,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "anchor": args.anchor,
         "anchor_fisher": args.anchor_fisher,
         "full_loss": args.full_loss,
+        "full_loss_levels": args.full_loss_levels,
         "baseline_weights_sha256": None if args.baseline_weights is None
         else sha256_file(args.baseline_weights),
         "train_subset": args.subset,
@@ -234,6 +236,7 @@ def other_nested_runs(work_dir: Path, this: Path) -> dict[str, Any]:
                 "anchor": state["config"].get("anchor", 0.0),
                 "anchor_fisher": state["config"].get("anchor_fisher", False),
                 "full_loss": state["config"].get("full_loss", 0.0),
+                "full_loss_levels": state["config"].get("full_loss_levels", "full"),
                 "level_acc": state["metrics"]["level_acc"]}
     return runs
 
@@ -290,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full-loss", type=float, default=0.0,
                         help="weight of a full-network loss while the narrower levels are "
                              "tuned (nested only: see the module docstring)")
+    parser.add_argument("--full-loss-levels", choices=("full", "all"), default="full",
+                        help="the full-network loss on the full level only, or on every "
+                             "wider level")
     parser.add_argument("--baseline-weights", type=Path, default=None,
                         help="a trained baseline.safetensors to start from instead of "
                              "training the baseline again")

@@ -8,6 +8,7 @@ channels it will be grown with, and growth must still leave the frozen core bit-
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from elastiserve_store import architectures
 from elastiserve_store.slots import gather, scatter
 from elastiserve_train import loop
 from elastiserve_train.data import generated
-from elastiserve_train.nested import FullView, NestedState
+from elastiserve_train.nested import NestedState, WiderView
 from elastiserve_train.pipeline import Pipeline, PipelineConfig
 from tests.training.core_checks import assert_core_unchanged
 
@@ -46,19 +47,40 @@ def test_the_view_is_the_full_network_on_the_levels_live_weights(tmp_path: Path)
     pipe = _pruned(tmp_path, 0.0)
     state = NestedState.load(tmp_path / "prune")
     level = state.level_model(1)
-    view = FullView(state, 1, level)
+    view = WiderView(state, 1, level, 3)
     x = torch.randn(8, 1, 8, 8)
     torch.testing.assert_close(view(x), state.level_model(3).train()(x), rtol=0, atol=0)
     view(x).square().sum().backward()  # type: ignore[no-untyped-call]
     shared = {n for n, _ in level.named_parameters() if not state.layout[n].per_level}
     got_grad = {n for n, p in level.named_parameters() if p.grad is not None}
     assert got_grad == shared  # the level's batch norms and head are not the full network's
-    assert all(p.grad is None for p in view.full.parameters())
+    assert all(p.grad is None for p in view.net.parameters())
     with torch.no_grad():  # tied, not copied: a step on the level moves the view
         before = view(x)
         next(iter(level.parameters())).add_(1.0)
         assert not torch.equal(view(x), before)
     assert pipe.cfg.full_loss == 0.0
+
+
+def test_all_levels_puts_a_view_on_every_wider_level(tmp_path: Path) -> None:
+    data = generated(n_train=32, n_test=16, channels=1, size=8)
+    state_dir = tmp_path / "full"
+    full = Pipeline(_config(1.0), data, state_dir)
+    full.baseline()
+    full.prune()
+    state = NestedState.load(state_dir / "prune")
+    every = Pipeline(replace(_config(1.0), full_loss_levels="all"), data, tmp_path / "all")
+    level = state.level_model(0)
+    assert [v.pos["s3"].numel() for v in full._wider_views(state, 0, level)] == [
+        state.widths(0)["s3"]]
+    views = every._wider_views(state, 0, level)
+    assert [sum(p.numel() for p in v.net.parameters()) for v in views] == [
+        sum(p.numel() for p in state.level_model(j).parameters()) for j in (1, 2, 3)]
+    x = torch.randn(4, 1, 8, 8)
+    torch.testing.assert_close(views[1](x), state.level_model(2).train()(x), rtol=0, atol=0)
+    assert every._wider_views(state, 3, state.level_model(3)) == []
+    with pytest.raises(ValueError, match="level 1 is not wider than level 2"):
+        WiderView(state, 2, state.level_model(2), 1)
 
 
 def _full_network_loss(pipe: Pipeline, core: NestedState) -> float:
@@ -111,17 +133,19 @@ def test_bad_settings_are_refused() -> None:
         _config(-1.0)
     data = generated(n_train=16, n_test=8, channels=1, size=8)
     model = architectures.build("resnet20", ARCH_ARGS)
-    with pytest.raises(ValueError, match="needs the full network's view"):
+    with pytest.raises(ValueError, match="needs the wider networks' views"):
         loop.train(model, data.train, torch.tensor(data.mean), torch.tensor(data.std),
                    loop.TrainConfig(epochs=1, full_loss=0.5))
+    with pytest.raises(ValueError, match="--full-loss-levels must be one of full, all"):
+        PipelineConfig(full_loss=1.0, full_loss_levels="next")
     with pytest.raises(ValueError, match="must be >= 0"):
         loop.train(model, data.train, torch.tensor(data.mean), torch.tensor(data.std),
-                   loop.TrainConfig(epochs=1, full_loss=-0.5), full_view=model)
+                   loop.TrainConfig(epochs=1, full_loss=-0.5), wider_views=[model])
     state = NestedState.from_model("resnet20", ARCH_ARGS, model)
     state.kept = [{s: torch.arange(n) for s, n in state.slot_sizes().items()}] * 2
     state.skipped = {0: ("s1.b1",)}
     with pytest.raises(ValueError, match="every level to run every block"):
-        FullView(state, 0, model)
+        WiderView(state, 0, model, 1)
 
 
 CLI = ["train", "--dataset", "generated", "--arch", "resnet20", "--width-mult", "0.25",

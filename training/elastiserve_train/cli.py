@@ -26,7 +26,7 @@ from elastiserve_store import ARCHITECTURES, load_bundle
 
 from .data import DatasetError, load_dataset
 from .importance import IMPORTANCES
-from .pipeline import SCHEDULES, Pipeline, PipelineConfig
+from .pipeline import FULL_LOSS_LEVELS, SCHEDULES, Pipeline, PipelineConfig
 from .progress import stage_bar
 from .report import write_report
 
@@ -91,6 +91,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "also train them inside the full network whose untuned channels "
                              "keep the original weights they will be reinserted with (0: off; "
                              "costs one full-network pass per batch)")
+    parser.add_argument("--full-loss-levels", choices=FULL_LOSS_LEVELS, default="full",
+                        help="prune-grow: --full-loss on the full network only, or on every "
+                             "wider level (one pass each per batch)")
     parser.add_argument("--baseline-weights", type=Path, default=None, metavar="SAFETENSORS",
                         help="prune-grow: start from this trained full model (same --arch, "
                              "--width-mult, channels and classes) instead of training one; "
@@ -137,7 +140,7 @@ def _run(args: argparse.Namespace, rank: int) -> int:
         prune_epochs=args.prune_epochs, core_epochs=args.core_epochs,
         grow_epochs=args.grow_epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
         distill=args.distill, anchor=args.anchor, anchor_fisher=args.anchor_fisher,
-        full_loss=args.full_loss,
+        full_loss=args.full_loss, full_loss_levels=args.full_loss_levels,
         baseline_weights=None if args.baseline_weights is None else str(args.baseline_weights))
     with stage_bar(rank == 0 and not args.no_progress) as progress:
         pipeline = Pipeline(cfg, data, args.out, progress)

@@ -19,7 +19,7 @@ the less the wider levels have to compensate.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -49,7 +49,8 @@ class TrainConfig:
     anchor: float = 0.0
     """Strength of the pull toward ``train(anchor_to=...)``'s weights (0: none)."""
     full_loss: float = 0.0
-    """Weight of the loss on ``train(full_view=...)``'s output, added to the model's own."""
+    """Weight of the loss on each of ``train(wider_views=...)``'s outputs, added to the
+    model's own."""
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor,
@@ -99,7 +100,7 @@ def train(model: nn.Module, data: ImageSet, mean: torch.Tensor, std: torch.Tenso
           teacher: nn.Module | None = None,
           anchor_to: Mapping[str, torch.Tensor] | None = None,
           anchor_precision: Mapping[str, torch.Tensor] | None = None,
-          full_view: Callable[[torch.Tensor], torch.Tensor] | None = None,
+          wider_views: Sequence[Callable[[torch.Tensor], torch.Tensor]] = (),
           on_step: Callable[[int, int, float], None] | None = None) -> None:
     """Fine-tune ``model`` in place for ``cfg.epochs`` (fractions allowed) with SGD + cosine.
 
@@ -107,8 +108,8 @@ def train(model: nn.Module, data: ImageSet, mean: torch.Tensor, std: torch.Tenso
     augmented batch and its outputs join the loss. With ``cfg.anchor > 0`` every parameter named
     in ``anchor_to`` is pulled toward that tensor (same shape) instead of toward zero, each
     element in proportion to ``anchor_precision`` where given (e.g. a Fisher diagonal).
-    With ``cfg.full_loss > 0`` the same loss on ``full_view(x)`` (a wider network built on
-    this model's parameters) joins it with that weight.
+    With ``cfg.full_loss > 0`` the same loss on each ``view(x)`` of ``wider_views`` (wider
+    networks built on this model's parameters) joins it with that weight.
     """
     if not 0.0 <= cfg.distill <= 1.0:
         raise ValueError(f"distillation weight must be in [0, 1], got {cfg.distill}")
@@ -122,8 +123,8 @@ def train(model: nn.Module, data: ImageSet, mean: torch.Tensor, std: torch.Tenso
         raise ValueError("anchor strength > 0 needs the weights to anchor to")
     if cfg.full_loss < 0.0:
         raise ValueError(f"full-network loss weight must be >= 0, got {cfg.full_loss}")
-    if cfg.full_loss > 0.0 and full_view is None:
-        raise ValueError("full-network loss weight > 0 needs the full network's view")
+    if cfg.full_loss > 0.0 and not wider_views:
+        raise ValueError("full-network loss weight > 0 needs the wider networks' views")
     _rank, size = world()
     net: nn.Module = model
     if size > 1:
@@ -154,8 +155,9 @@ def train(model: nn.Module, data: ImageSet, mean: torch.Tensor, std: torch.Tenso
                 with torch.no_grad():
                     target = teacher(x)
             loss = _loss(net(x), target, y, cfg)
-            if full_view is not None and cfg.full_loss > 0.0:
-                loss = loss + cfg.full_loss * _loss(full_view(x), target, y, cfg)
+            if cfg.full_loss > 0.0:
+                for view in wider_views:
+                    loss = loss + cfg.full_loss * _loss(view(x), target, y, cfg)
             loss.backward()  # type: ignore[no-untyped-call]
             with torch.no_grad():
                 for name, p in params.items():

@@ -186,8 +186,8 @@ class NestedState:
         return cls(meta["arch"], meta["arch_args"], master, kept, own, skipped)
 
 
-class FullView:
-    """The full network as it stands while level ``k`` is tuned, sharing that level's weights.
+class WiderView:
+    """A wider level as it stands while level ``k`` is tuned, sharing that level's weights.
 
     Every channel level ``k`` does not use keeps its master value, which for channels no level
     has tuned yet is the *original* weight they will be reinserted with. A loss on this view's
@@ -197,25 +197,26 @@ class FullView:
     norms and head are the master's and stay fixed; only ``level``'s parameters get gradients.
     """
 
-    def __init__(self, state: NestedState, k: int, level: nn.Module) -> None:
+    def __init__(self, state: NestedState, k: int, level: nn.Module, wider: int) -> None:
         if state.skipped:
             raise ValueError("a full-network loss needs every level to run every block")
-        last = len(state.kept) - 1
-        self.full = state.level_model(last)
-        self.full.requires_grad_(False)
+        if not k < wider < len(state.kept):
+            raise ValueError(f"level {wider} is not wider than level {k}")
+        self.net = state.level_model(wider)
+        self.net.requires_grad_(False)
         layout = state.layout
         self.axes = {name: layout[name].axes for name, _ in level.named_parameters()
                      if not layout[name].per_level}
         self.live = dict(level.named_parameters())
-        self.pos = {s: positions(state.kept[k][s], state.kept[last][s]) for s in state.kept[k]}
+        self.pos = {s: positions(state.kept[k][s], state.kept[wider][s]) for s in state.kept[k]}
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """The full network's logits (batch statistics in its batch norms: training mode)."""
-        self.full.train()
-        frozen = dict(self.full.named_parameters())
+        """The wider level's logits (batch statistics in its batch norms: training mode)."""
+        self.net.train()
+        frozen = dict(self.net.named_parameters())
         params = {name: scatter(frozen[name], axes, self.pos, self.live[name])
                   for name, axes in self.axes.items()}
-        out: torch.Tensor = functional_call(self.full, params, (x,))
+        out: torch.Tensor = functional_call(self.net, params, (x,))
         return out
 
 

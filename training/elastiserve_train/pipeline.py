@@ -31,12 +31,13 @@ from . import loop
 from .data import Dataset
 from .fisher import diagonal_fisher, normalised
 from .importance import make_importance
-from .nested import FullView, NestedState, check_nested, core_masks
+from .nested import NestedState, WiderView, check_nested, core_masks
 from .progress import Progress
 from .pruning import ChainPruner
 from .schedules import chain, iterative, nested_ratios, one_shot
 
 SCHEDULES = {"iterative": iterative, "one-shot": one_shot}
+FULL_LOSS_LEVELS = ("full", "all")
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,10 @@ class PipelineConfig:
     full_loss: float = 0.0
     """Weight of a second loss, on the full network, while the core is tuned and each level
     but the last is grown: channels not yet tuned sit at the original weights they will be
-    reinserted with, so the shared weights learn to fit them (:class:`nested.FullView`)."""
+    reinserted with, so the shared weights learn to fit them (:class:`nested.WiderView`)."""
+    full_loss_levels: str = "full"
+    """``full``: that loss on the full network only; ``all``: on every wider level (one loss
+    each, weight ``full_loss``), so a level also fits the very next one grown from it."""
 
     def __post_init__(self) -> None:
         # Refuse here, before hours of baseline training, not when the core stage starts.
@@ -88,6 +92,9 @@ class PipelineConfig:
             raise ValueError(f"--anchor must be >= 0, got {self.anchor}")
         if self.full_loss < 0.0:
             raise ValueError(f"--full-loss must be >= 0, got {self.full_loss}")
+        if self.full_loss_levels not in FULL_LOSS_LEVELS:
+            raise ValueError(f"--full-loss-levels must be one of {', '.join(FULL_LOSS_LEVELS)}, "
+                             f"got {self.full_loss_levels!r}")
         if self.baseline_weights is not None and not Path(self.baseline_weights).is_file():
             raise ValueError(f"--baseline-weights: {self.baseline_weights} is not a file")
 
@@ -327,12 +334,14 @@ class Pipeline:
             _barrier()
         return self._on_level(fisher, state, k)
 
-    def _full_view(self, state: NestedState, k: int, model: nn.Module) -> FullView | None:
-        """The full network on level ``k``'s live weights, for ``--full-loss`` (not needed at
-        the last level, which is the full network)."""
-        if self.cfg.full_loss <= 0.0 or k >= self.cfg.levels - 1:
-            return None
-        return FullView(state, k, model)
+    def _wider_views(self, state: NestedState, k: int, model: nn.Module) -> list[WiderView]:
+        """The wider levels on level ``k``'s live weights, for ``--full-loss`` (none at the
+        last level, which is the full network)."""
+        last = self.cfg.levels - 1
+        if self.cfg.full_loss <= 0.0 or k >= last:
+            return []
+        wider = range(k + 1, last + 1) if self.cfg.full_loss_levels == "all" else [last]
+        return [WiderView(state, k, model, j) for j in wider]
 
     def core(self) -> None:
         state = self._resume_state("prune")
@@ -341,7 +350,7 @@ class Pipeline:
                    self.cfg.train_cfg(self.cfg.core_epochs, 200, distill=True, anchored_level=0),
                    teacher=self._teacher(), anchor_to=self._anchor_to(state, 0),
                    anchor_precision=self._anchor_precision(state, 0),
-                   full_view=self._full_view(state, 0, model),
+                   wider_views=self._wider_views(state, 0, model),
                    on_step=self._on_step("core"))
         state.absorb(model, state.kept[0], level=0)
         self._save_nested(state, "core")
@@ -357,7 +366,7 @@ class Pipeline:
                                       anchored_level=k),
                    masks=masks, teacher=self._teacher(), anchor_to=self._anchor_to(state, k),
                    anchor_precision=self._anchor_precision(state, k),
-                   full_view=self._full_view(state, k, model),
+                   wider_views=self._wider_views(state, k, model),
                    on_step=self._on_step(f"grow{k}"))
         state.absorb(model, state.kept[k], level=k)
         self._save_nested(state, f"grow{k}")
