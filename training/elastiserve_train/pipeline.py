@@ -105,8 +105,9 @@ class PipelineConfig:
     def train_cfg(self, epochs: float, salt: int, *, distill: bool = False,
                   anchored_level: int | None = None) -> loop.TrainConfig:
         """Settings for one training run; ``distill``: a pruned model learning from the
-        baseline; ``anchored_level``: the level whose shared weights are held near the
-        baseline's."""
+        baseline; ``anchored_level``: the nested level being tuned, whose shared weights the
+        anchor holds near the baseline's and the full-network loss fits to the wider levels
+        (the independent variants pass none: neither applies to them)."""
         return loop.TrainConfig(epochs=epochs, lr=self.lr, batch_size=self.batch_size,
                                 seed=self.seed * 7919 + salt,
                                 distill=self.distill if distill else 0.0,
