@@ -48,6 +48,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,10 +61,13 @@ from elastiserve_train.cli import anchor_strengths
 from elastiserve_train.data import FASHION_MNIST_DIR, Dataset, load_fashion_mnist
 from elastiserve_train.importance import IMPORTANCES, make_importance
 from elastiserve_train.pipeline import Pipeline, PipelineConfig
+from elastiserve_train.progress import Progress, stage_bar
 from elastiserve_train.pruning import ChainPruner
 from elastiserve_train.schedules import iterative, nested_ratios, one_shot
 
 ROOT = Path(__file__).resolve().parent
+StepCallback = Callable[[int, int, float], None]
+"""loop.train's per-step callback: (step, total, loss)."""
 
 
 class Cache:
@@ -91,8 +95,16 @@ class Cache:
         return value
 
 
+def _on_step(progress: Progress | None, stage: str) -> StepCallback | None:
+    """loop.train's step callback drawing on the benchmark's bar, or None without a bar."""
+    if progress is None:
+        return None
+    return lambda step, total, _loss: progress(stage, step, total)
+
+
 def _prune_and_tune(pipe: Pipeline, keeps: list[float], epochs_per_step: float, importance: str,
-                    salt: int) -> dict[str, float]:
+                    salt: int, progress: Progress | None = None,
+                    stage: str = "") -> dict[str, float]:
     """Prune the baseline through ``keeps``, fine-tuning after each step; accuracy and MACs."""
     model = pipe._baseline_model()
     data = pipe.data
@@ -105,7 +117,7 @@ def _prune_and_tune(pipe: Pipeline, keeps: list[float], epochs_per_step: float, 
         if epochs_per_step > 0:
             loop.train(model, data.train, pipe.mean, pipe.std,
                        pipe.cfg.train_cfg(epochs_per_step, salt + i, distill=True),
-                       teacher=pipe._teacher())
+                       teacher=pipe._teacher(), on_step=_on_step(progress, f"{stage} step {i}"))
     return {"acc": loop.evaluate(model, data.test, pipe.mean, pipe.std),
             "macs": count_macs(model, data.input_shape)}
 
@@ -127,7 +139,7 @@ def nested_dir(anchor: float | tuple[float, ...], fisher: bool = False,
     return name
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, progress: Progress | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     data: Dataset = load_fashion_mnist(args.data_path).limit(args.subset, args.test_subset)
     ratios = nested_ratios(4)
@@ -158,7 +170,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return cache.put(key, value)
 
     pipe = Pipeline(cfg, data, args.work_dir / nested_dir(
-        cfg.anchor, cfg.anchor_fisher, cfg.full_loss, cfg.full_loss_levels))
+        cfg.anchor, cfg.anchor_fisher, cfg.full_loss, cfg.full_loss_levels), progress=progress)
     metrics = pipe.run()  # baseline + nested levels, resumable by itself; times every stage
     full_macs = metrics["level_macs"][-1]
 
@@ -172,16 +184,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     independent = []
     for k, r in enumerate(ratios):
         if r >= 1.0:
-            independent.append(timed(f"independent_{k}", lambda: {
-                "acc": _tuned_baseline(pipe, args), "macs": full_macs}))
+            independent.append(timed(f"independent_{k}", lambda k=k: {
+                "acc": _tuned_baseline(pipe, args, _on_step(progress, f"independent_{k}")),
+                "macs": full_macs}))
         else:
             independent.append(timed(f"independent_{k}", lambda r=r, k=k: _prune_and_tune(
-                pipe, one_shot(r), args.epochs, args.importance, 500 + 10 * k)))
+                pipe, one_shot(r), args.epochs, args.importance, 500 + 10 * k, progress,
+                f"independent_{k}")))
     keep = 1.0 / 3.0
     oneshot = timed("oneshot_third", lambda: _prune_and_tune(
-        pipe, one_shot(keep), args.epochs, args.importance, 700))
+        pipe, one_shot(keep), args.epochs, args.importance, 700, progress, "one-shot"))
     iter3 = timed("iterative_third", lambda: _prune_and_tune(
-        pipe, iterative(keep, 3), args.epochs / 3, args.importance, 800))
+        pipe, iterative(keep, 3), args.epochs / 3, args.importance, 800, progress, "iterative"))
 
     result = {
         "dataset": "fashion-mnist",
@@ -241,11 +255,13 @@ def other_nested_runs(work_dir: Path, this: Path) -> dict[str, Any]:
     return runs
 
 
-def _tuned_baseline(pipe: Pipeline, args: argparse.Namespace) -> float:
+def _tuned_baseline(pipe: Pipeline, args: argparse.Namespace,
+                    on_step: StepCallback | None = None) -> float:
     model = pipe._baseline_model()
     if args.epochs > 0:
         loop.train(model, pipe.data.train, pipe.mean, pipe.std,
-                   pipe.cfg.train_cfg(args.epochs, 900, distill=True), teacher=pipe._teacher())
+                   pipe.cfg.train_cfg(args.epochs, 900, distill=True), teacher=pipe._teacher(),
+                   on_step=on_step)
     acc: float = loop.evaluate(model, pipe.data.test, pipe.mean, pipe.std)
     return acc
 
@@ -305,10 +321,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-path", type=Path, default=FASHION_MNIST_DIR)
     parser.add_argument("--work-dir", type=Path,
                         default=ROOT.parent / "runs" / "bench-nested-vs-independent")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (one bar, reset per stage and variant)")
     parser.add_argument("--out", type=Path,
                         default=ROOT / "results" / "nested_vs_independent.json")
     args = parser.parse_args(argv)
-    result = run(args)
+    with stage_bar(not args.no_progress) as progress:
+        result = run(args, progress)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print_tables(result)
