@@ -102,15 +102,27 @@ def _full_network_loss(pipe: Pipeline, core: NestedState) -> float:
 
 def test_the_full_loss_makes_the_core_fit_the_channels_it_is_grown_with(
         tmp_path: Path) -> None:
+    """Full-batch steps without augmentation, so the trend is the gradient's, not a batch's
+    (with batches of 16 and augmentation the effect at weight 1 drowns in noise on data this
+    small): with the full-network loss, the network the core will be grown into ends with a
+    lower loss than the core's own training leaves it, and lower than before tuning; the
+    larger the weight, the lower. Measured on the network rebuilt from the absorbed core and
+    the baseline, as growth will rebuild it, not through the view that was trained."""
+    pipe = _pruned(tmp_path, 0.0, baseline_epochs=20.0, n_train=256)
+    untuned = _full_network_loss(pipe, NestedState.load(tmp_path / "prune"))
     losses = []
-    for weight in (0.0, 1.0):  # a baseline trained well enough for drift to cost it
-        pipe = _pruned(tmp_path / str(weight), weight, baseline_epochs=20.0, n_train=256)
-        pipe.core()
-        losses.append(_full_network_loss(pipe, NestedState.load(pipe.out / "core")))
-    untuned = _full_network_loss(pipe, NestedState.load(pipe.out / "prune"))
-    free, joint = losses
-    assert free > untuned  # the core's own training alone costs the full network
-    assert joint - untuned < 0.7 * (free - untuned)
+    for weight in (0.0, 1.0, 4.0):
+        state = NestedState.load(tmp_path / "prune")
+        model = state.level_model(0)
+        views = [WiderView(state, 0, model, 3)] if weight else []
+        cfg = loop.TrainConfig(epochs=20.0, lr=0.05, batch_size=256, augment=False,
+                               full_loss=weight)
+        loop.train(model, pipe.data.train, pipe.mean, pipe.std, cfg, wider_views=views)
+        state.absorb(model, state.kept[0], level=0)
+        losses.append(_full_network_loss(pipe, state))
+    free, joint, strong = losses
+    assert strong < joint < free
+    assert joint < untuned
 
 
 def test_growth_with_the_full_loss_leaves_the_core_bit_identical(tmp_path: Path) -> None:
