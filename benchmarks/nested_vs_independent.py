@@ -48,7 +48,6 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,14 +59,12 @@ from elastiserve_train import loop
 from elastiserve_train.cli import anchor_strengths
 from elastiserve_train.data import FASHION_MNIST_DIR, Dataset, load_fashion_mnist
 from elastiserve_train.importance import IMPORTANCES, make_importance
-from elastiserve_train.pipeline import Pipeline, PipelineConfig
+from elastiserve_train.pipeline import FULL_LOSS_LEVELS, Pipeline, PipelineConfig
 from elastiserve_train.progress import Progress, stage_bar
 from elastiserve_train.pruning import ChainPruner
 from elastiserve_train.schedules import iterative, nested_ratios, one_shot
 
 ROOT = Path(__file__).resolve().parent
-StepCallback = Callable[[int, int, float], None]
-"""loop.train's per-step callback: (step, total, loss)."""
 
 
 class Cache:
@@ -95,16 +92,8 @@ class Cache:
         return value
 
 
-def _on_step(progress: Progress | None, stage: str) -> StepCallback | None:
-    """loop.train's step callback drawing on the benchmark's bar, or None without a bar."""
-    if progress is None:
-        return None
-    return lambda step, total, _loss: progress(stage, step, total)
-
-
 def _prune_and_tune(pipe: Pipeline, keeps: list[float], epochs_per_step: float, importance: str,
-                    salt: int, progress: Progress | None = None,
-                    stage: str = "") -> dict[str, float]:
+                    salt: int, stage: str) -> dict[str, float]:
     """Prune the baseline through ``keeps``, fine-tuning after each step; accuracy and MACs."""
     model = pipe._baseline_model()
     data = pipe.data
@@ -117,7 +106,7 @@ def _prune_and_tune(pipe: Pipeline, keeps: list[float], epochs_per_step: float, 
         if epochs_per_step > 0:
             loop.train(model, data.train, pipe.mean, pipe.std,
                        pipe.cfg.train_cfg(epochs_per_step, salt + i, distill=True),
-                       teacher=pipe._teacher(), on_step=_on_step(progress, f"{stage} step {i}"))
+                       teacher=pipe._teacher(), on_step=pipe._on_step(f"{stage} step {i}"))
     return {"acc": loop.evaluate(model, data.test, pipe.mean, pipe.std),
             "macs": count_macs(model, data.input_shape)}
 
@@ -185,17 +174,17 @@ def run(args: argparse.Namespace, progress: Progress | None = None) -> dict[str,
     for k, r in enumerate(ratios):
         if r >= 1.0:
             independent.append(timed(f"independent_{k}", lambda k=k: {
-                "acc": _tuned_baseline(pipe, args, _on_step(progress, f"independent_{k}")),
+                "acc": _tuned_baseline(pipe, args, f"independent_{k}"),
                 "macs": full_macs}))
         else:
             independent.append(timed(f"independent_{k}", lambda r=r, k=k: _prune_and_tune(
-                pipe, one_shot(r), args.epochs, args.importance, 500 + 10 * k, progress,
+                pipe, one_shot(r), args.epochs, args.importance, 500 + 10 * k,
                 f"independent_{k}")))
     keep = 1.0 / 3.0
     oneshot = timed("oneshot_third", lambda: _prune_and_tune(
-        pipe, one_shot(keep), args.epochs, args.importance, 700, progress, "one-shot"))
+        pipe, one_shot(keep), args.epochs, args.importance, 700, "one-shot"))
     iter3 = timed("iterative_third", lambda: _prune_and_tune(
-        pipe, iterative(keep, 3), args.epochs / 3, args.importance, 800, progress, "iterative"))
+        pipe, iterative(keep, 3), args.epochs / 3, args.importance, 800, "iterative"))
 
     result = {
         "dataset": "fashion-mnist",
@@ -255,13 +244,12 @@ def other_nested_runs(work_dir: Path, this: Path) -> dict[str, Any]:
     return runs
 
 
-def _tuned_baseline(pipe: Pipeline, args: argparse.Namespace,
-                    on_step: StepCallback | None = None) -> float:
+def _tuned_baseline(pipe: Pipeline, args: argparse.Namespace, stage: str) -> float:
     model = pipe._baseline_model()
     if args.epochs > 0:
         loop.train(model, pipe.data.train, pipe.mean, pipe.std,
                    pipe.cfg.train_cfg(args.epochs, 900, distill=True), teacher=pipe._teacher(),
-                   on_step=on_step)
+                   on_step=pipe._on_step(stage))
     acc: float = loop.evaluate(model, pipe.data.test, pipe.mean, pipe.std)
     return acc
 
@@ -309,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full-loss", type=float, default=0.0,
                         help="weight of a full-network loss while the narrower levels are "
                              "tuned (nested only: see the module docstring)")
-    parser.add_argument("--full-loss-levels", choices=("full", "all"), default="full",
+    parser.add_argument("--full-loss-levels", choices=FULL_LOSS_LEVELS, default="full",
                         help="the full-network loss on the full level only, or on every "
                              "wider level")
     parser.add_argument("--baseline-weights", type=Path, default=None,
