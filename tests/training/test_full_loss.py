@@ -43,11 +43,15 @@ def _pruned(tmp_path: Path, full_loss: float, baseline_epochs: float = 1.0,
     return pipe
 
 
+def _baseline(pipe: Pipeline) -> dict[str, torch.Tensor]:
+    return load_file(str(pipe.out / "baseline.safetensors"))
+
+
 def test_the_view_is_the_full_network_on_the_levels_live_weights(tmp_path: Path) -> None:
     pipe = _pruned(tmp_path, 0.0)
     state = NestedState.load(tmp_path / "prune")
     level = state.level_model(1)
-    view = WiderView(state, 1, level, 3)
+    view = WiderView(state, 1, level, 3, per_level_from=_baseline(pipe))
     x = torch.randn(8, 1, 8, 8)
     torch.testing.assert_close(view(x), state.level_model(3).train()(x), rtol=0, atol=0)
     view(x).square().sum().backward()  # type: ignore[no-untyped-call]
@@ -70,6 +74,9 @@ def test_all_levels_puts_a_view_on_every_wider_level(tmp_path: Path) -> None:
     full.prune()
     state = NestedState.load(state_dir / "prune")
     every = Pipeline(replace(_config(1.0), full_loss_levels="all"), data, tmp_path / "all")
+    every.out.mkdir()  # the same baseline, whose norms and heads the views take
+    (every.out / "baseline.safetensors").write_bytes(
+        (state_dir / "baseline.safetensors").read_bytes())
     level = state.level_model(0)
     assert [v.pos["s3"].numel() for v in full._wider_views(state, 0, level)] == [
         state.widths(0)["s3"]]
@@ -80,7 +87,34 @@ def test_all_levels_puts_a_view_on_every_wider_level(tmp_path: Path) -> None:
     torch.testing.assert_close(views[1](x), state.level_model(2).train()(x), rtol=0, atol=0)
     assert every._wider_views(state, 3, state.level_model(3)) == []
     with pytest.raises(ValueError, match="level 1 is not wider than level 2"):
-        WiderView(state, 2, state.level_model(2), 1)
+        WiderView(state, 2, state.level_model(2), 1, per_level_from=_baseline(full))
+
+
+def test_after_a_level_is_absorbed_the_view_keeps_the_baselines_norms_and_head(
+        tmp_path: Path) -> None:
+    """Absorbing a level writes its own batch norms and head columns into the master; the
+    full network cut from the master then mixes them with the baseline's. The view must not
+    train the shared weights against that mix, but against the baseline's norms and head."""
+    pipe = _pruned(tmp_path, 1.0)
+    state = NestedState.load(tmp_path / "prune")
+    core = state.level_model(0)
+    with torch.no_grad():  # stands in for the core stage: its own norms and head move
+        for name, p in core.named_parameters():
+            if state.layout[name].per_level:
+                p.mul_(1.5).add_(0.1)
+    state.absorb(core, state.kept[0], level=0)
+    baseline = _baseline(pipe)
+    level = state.level_model(1, own_from=0)
+    view = WiderView(state, 1, level, 3, per_level_from=baseline)
+    expected = architectures.build("resnet20", ARCH_ARGS)
+    expected.load_state_dict({n: t if state.layout[n].per_level else state.master[n]
+                              for n, t in baseline.items()})
+    x = torch.randn(8, 1, 8, 8)
+    torch.testing.assert_close(view(x), expected.train()(x), rtol=0, atol=0)
+    assert not torch.allclose(view(x), state.level_model(3).train()(x))  # the master's mix
+    with pytest.raises(ValueError, match=r"per_level_from has no 'fc\.weight'"):
+        WiderView(state, 1, level, 3, per_level_from={
+            n: t for n, t in baseline.items() if n != "fc.weight"})
 
 
 def _full_network_loss(pipe: Pipeline, core: NestedState) -> float:
@@ -114,7 +148,7 @@ def test_the_full_loss_makes_the_core_fit_the_channels_it_is_grown_with(
     for weight in (0.0, 1.0, 4.0):
         state = NestedState.load(tmp_path / "prune")
         model = state.level_model(0)
-        views = [WiderView(state, 0, model, 3)] if weight else []
+        views = [WiderView(state, 0, model, 3, per_level_from=_baseline(pipe))] if weight else []
         cfg = loop.TrainConfig(epochs=20.0, lr=0.05, batch_size=256, augment=False,
                                full_loss=weight)
         loop.train(model, pipe.data.train, pipe.mean, pipe.std, cfg, wider_views=views)
@@ -157,7 +191,7 @@ def test_bad_settings_are_refused() -> None:
     state.kept = [{s: torch.arange(n) for s, n in state.slot_sizes().items()}] * 2
     state.skipped = {0: ("s1.b1",)}
     with pytest.raises(ValueError, match="every level to run every block"):
-        WiderView(state, 0, model, 1)
+        WiderView(state, 0, model, 1, per_level_from=model.state_dict())
 
 
 CLI = ["train", "--dataset", "generated", "--arch", "resnet20", "--width-mult", "0.25",

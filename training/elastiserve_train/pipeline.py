@@ -336,13 +336,14 @@ class Pipeline:
         return self._on_level(fisher, state, k)
 
     def _wider_views(self, state: NestedState, k: int, model: nn.Module) -> list[WiderView]:
-        """The wider levels on level ``k``'s live weights, for ``--full-loss`` (none at the
-        last level, which is the full network)."""
+        """The wider levels on level ``k``'s live weights with the baseline's batch norms and
+        head, for ``--full-loss`` (none at the last level, which is the full network)."""
         last = self.cfg.levels - 1
         if self.cfg.full_loss <= 0.0 or k >= last:
             return []
         wider = range(k + 1, last + 1) if self.cfg.full_loss_levels == "all" else [last]
-        return [WiderView(state, k, model, j) for j in wider]
+        baseline = load_file(str(self.out / "baseline.safetensors"))
+        return [WiderView(state, k, model, j, per_level_from=baseline) for j in wider]
 
     def core(self) -> None:
         state = self._resume_state("prune")
