@@ -8,7 +8,8 @@ fine-tuning epochs ``E`` after pruning):
 * independent: the baseline pruned one-shot to each level's size, fine-tuned E epochs
   (the 100 % "level" is the baseline fine-tuned E more epochs);
 * no regrowth: levels rebuilt by reinserting the pruned channels with their original weights
-  around the fine-tuned core, without the regrowth fine-tuning;
+  around the fine-tuned core, without the regrowth fine-tuning (each as growth would start it,
+  ``Pipeline.grown_start``);
 * one-shot vs iterative at 1/3 channels kept (~2/3 removed): one step then E epochs, or three
   steps with E/3 epochs after each.
 
@@ -165,7 +166,7 @@ def run(args: argparse.Namespace, progress: Progress | None = None) -> dict[str,
 
     def no_regrow() -> list[float]:
         state = pipe._resume_state("core")
-        return [loop.evaluate(state.level_model(k, own_from=0), data.test, pipe.mean, pipe.std)
+        return [loop.evaluate(pipe.grown_start(state, k), data.test, pipe.mean, pipe.std)
                 for k in range(len(ratios))]
 
     # The one variant built on the nested core: cached per nested run, unlike the others.

@@ -208,3 +208,38 @@ def test_the_cli_runs_with_the_weight_and_refuses_a_negative_one(
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert state["config"]["full_loss"] == 0.7
     assert state["done"][-1] == "export"
+
+
+@pytest.mark.parametrize("full_loss", [0.0, 1.0])
+def test_a_grown_level_starts_from_the_baselines_norms_and_head_with_the_full_loss(
+        tmp_path: Path, full_loss: float) -> None:
+    """With the full-network loss the shared weights were fitted under the baseline's batch
+    norms and head, so growth starts from those; without it, from the level below's own on
+    the channels it shares. A zero learning rate leaves the start visible after growth."""
+    cfg = replace(_config(full_loss), lr=0.0)
+    data = generated(n_train=32, n_test=16, channels=1, size=8)
+    pipe = Pipeline(cfg, data, tmp_path)
+    pipe.baseline()
+    pipe.prune()
+    state = NestedState.load(tmp_path / "prune")
+    core = state.level_model(0)
+    with torch.no_grad():  # stands in for a tuned core: its own norms and head differ
+        for name, p in core.named_parameters():
+            if state.layout[name].per_level:
+                p.mul_(1.5).add_(0.1)
+    state.absorb(core, state.kept[0], level=0)
+    pipe._save_nested(state, "core")
+    pipe._finish("core")
+    below = state.level_model(1, own_from=0)
+    baseline = state.level_model(1, per_level_from=_baseline(pipe))
+    pipe.grow(1)
+    grown = NestedState.load(tmp_path / "grow1").level_own[1]
+    start = dict((baseline if full_loss else below).named_parameters())
+    other = dict((below if full_loss else baseline).named_parameters())
+    per_level = [n for n in start if state.layout[n].per_level]
+    assert per_level
+    for name in per_level:
+        torch.testing.assert_close(grown[name], start[name], rtol=0, atol=0)
+    assert any(not torch.equal(grown[n], other[n]) for n in per_level)
+    with pytest.raises(ValueError, match="two sources for the same tensors"):
+        state.level_model(1, own_from=0, per_level_from=_baseline(pipe))

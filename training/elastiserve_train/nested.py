@@ -73,16 +73,28 @@ class NestedState:
     def widths(self, k: int) -> Widths:
         return {s: len(v) for s, v in self.kept[k].items()}
 
-    def level_model(self, k: int, *, own_from: int | None = None) -> nn.Module:
+    def level_model(self, k: int, *, own_from: int | None = None,
+                    per_level_from: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
         """Compact level-k model (original channel order) cut from the master.
 
         Its batch norms and head are level k's own if trained, else taken from the master with
-        the positions level ``own_from`` (the core) covers overwritten by that level's own.
+        the positions level ``own_from`` (the core) covers overwritten by that level's own, or,
+        with ``per_level_from`` (full-width tensors, e.g. the unpruned baseline's), cut from
+        those instead of the master: once a level is absorbed, the master's per-level tensors
+        are that level's own on its channels beside the baseline's elsewhere.
         """
+        if per_level_from is not None and own_from is not None:
+            raise ValueError("own_from and per_level_from are two sources for the same tensors")
         layout = self.layout
         state = {n: gather(t, layout[n].axes, self.kept[k]) for n, t in self.master.items()}
         if k in self.level_own:
             state.update(self.level_own[k])
+        elif per_level_from is not None:
+            for name, info in layout.items():
+                if info.per_level and name in state:
+                    if name not in per_level_from:
+                        raise ValueError(f"per_level_from has no {name!r}")
+                    state[name] = gather(per_level_from[name], info.axes, self.kept[k])
         elif own_from is not None and own_from in self.level_own:
             pos = {s: positions(self.kept[own_from][s], self.kept[k][s]) for s in self.kept[k]}
             for name, value in self.level_own[own_from].items():
@@ -212,14 +224,7 @@ class WiderView:
         if not k < wider < len(state.kept):
             raise ValueError(f"level {wider} is not wider than level {k}")
         layout = state.layout
-        self.net = state.level_model(wider)
-        own = self.net.state_dict()
-        for name in own:
-            if layout[name].per_level:
-                if name not in per_level_from:
-                    raise ValueError(f"per_level_from has no {name!r}")
-                own[name] = gather(per_level_from[name], layout[name].axes, state.kept[wider])
-        self.net.load_state_dict(own, strict=True)
+        self.net = state.level_model(wider, per_level_from=per_level_from)
         self.net.requires_grad_(False)
         self.axes = {name: layout[name].axes for name, _ in level.named_parameters()
                      if not layout[name].per_level}
