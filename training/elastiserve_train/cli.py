@@ -89,8 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--full-loss", type=float, default=0.0, metavar="WEIGHT",
                         help="prune-grow: while the core and each narrower level are tuned, "
                              "also train them inside the full network whose untuned channels "
-                             "keep the original weights they will be reinserted with (0: off; "
-                             "costs one full-network pass per batch)")
+                             "keep the original weights they will be reinserted with, under "
+                             "the baseline's batch norms and head, which every grown level "
+                             "then starts from (0: off; costs one full-network pass per batch)")
     parser.add_argument("--full-loss-levels", choices=FULL_LOSS_LEVELS, default="full",
                         help="prune-grow: --full-loss on the full network only, or on every "
                              "wider level (one pass each per batch)")
