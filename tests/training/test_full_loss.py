@@ -90,19 +90,25 @@ def test_all_levels_puts_a_view_on_every_wider_level(tmp_path: Path) -> None:
         WiderView(state, 2, state.level_model(2), 1, per_level_from=_baseline(full))
 
 
+def _with_a_tuned_core(state: NestedState) -> NestedState:
+    """``state`` with a core absorbed whose own norms and head moved off the baseline's, as
+    the core stage leaves them (without spending a training run on it)."""
+    core = state.level_model(0)
+    with torch.no_grad():
+        for name, p in core.named_parameters():
+            if state.layout[name].per_level:
+                p.mul_(1.5).add_(0.1)
+    state.absorb(core, state.kept[0], level=0)
+    return state
+
+
 def test_after_a_level_is_absorbed_the_view_keeps_the_baselines_norms_and_head(
         tmp_path: Path) -> None:
     """Absorbing a level writes its own batch norms and head columns into the master; the
     full network cut from the master then mixes them with the baseline's. The view must not
     train the shared weights against that mix, but against the baseline's norms and head."""
     pipe = _pruned(tmp_path, 1.0)
-    state = NestedState.load(tmp_path / "prune")
-    core = state.level_model(0)
-    with torch.no_grad():  # stands in for the core stage: its own norms and head move
-        for name, p in core.named_parameters():
-            if state.layout[name].per_level:
-                p.mul_(1.5).add_(0.1)
-    state.absorb(core, state.kept[0], level=0)
+    state = _with_a_tuned_core(NestedState.load(tmp_path / "prune"))
     baseline = _baseline(pipe)
     level = state.level_model(1, own_from=0)
     view = WiderView(state, 1, level, 3, per_level_from=baseline)
@@ -221,13 +227,7 @@ def test_a_grown_level_starts_from_the_baselines_norms_and_head_with_the_full_lo
     pipe = Pipeline(cfg, data, tmp_path)
     pipe.baseline()
     pipe.prune()
-    state = NestedState.load(tmp_path / "prune")
-    core = state.level_model(0)
-    with torch.no_grad():  # stands in for a tuned core: its own norms and head differ
-        for name, p in core.named_parameters():
-            if state.layout[name].per_level:
-                p.mul_(1.5).add_(0.1)
-    state.absorb(core, state.kept[0], level=0)
+    state = _with_a_tuned_core(NestedState.load(tmp_path / "prune"))
     pipe._save_nested(state, "core")
     pipe._finish("core")
     below = state.level_model(1, own_from=0)

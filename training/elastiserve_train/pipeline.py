@@ -258,9 +258,13 @@ class Pipeline:
         self._finish("baseline", baseline_acc=acc,
                      baseline_macs=count_macs(model, self._input_shape()))
 
+    def _baseline_tensors(self) -> dict[str, torch.Tensor]:
+        """The unpruned baseline's state, as the baseline stage saved it."""
+        return load_file(str(self.out / "baseline.safetensors"))
+
     def _baseline_model(self) -> nn.Module:
         model: nn.Module = architectures.build(self.cfg.arch, self.cfg.arch_args)
-        model.load_state_dict(load_file(str(self.out / "baseline.safetensors")))
+        model.load_state_dict(self._baseline_tensors())
         return model
 
     def prune(self) -> None:
@@ -303,7 +307,7 @@ class Pipeline:
         """The baseline's weights on level ``k``'s channels, for every shared parameter."""
         if self.cfg.anchor_at(k) <= 0.0:
             return None
-        return self._on_level(load_file(str(self.out / "baseline.safetensors")), state, k)
+        return self._on_level(self._baseline_tensors(), state, k)
 
     def _on_level(self, full: dict[str, torch.Tensor], state: NestedState, k: int
                   ) -> dict[str, torch.Tensor]:
@@ -343,7 +347,7 @@ class Pipeline:
         if self.cfg.full_loss <= 0.0 or k >= last:
             return []
         wider = range(k + 1, last + 1) if self.cfg.full_loss_levels == "all" else [last]
-        baseline = load_file(str(self.out / "baseline.safetensors"))
+        baseline = self._baseline_tensors()
         return [WiderView(state, k, model, j, per_level_from=baseline) for j in wider]
 
     def core(self) -> None:
@@ -375,8 +379,7 @@ class Pipeline:
         if k == 0:
             return state.level_model(0)
         if self.cfg.full_loss > 0.0:
-            return state.level_model(k, per_level_from=load_file(
-                str(self.out / "baseline.safetensors")))
+            return state.level_model(k, per_level_from=self._baseline_tensors())
         below = max((j for j in state.level_own if j < k), default=None)
         return state.level_model(k, own_from=below)
 
