@@ -193,6 +193,7 @@ def run(args: argparse.Namespace, progress: Progress | None = None) -> dict[str,
         "importance": args.importance,
         "epochs": args.epochs,
         "baseline_epochs": args.baseline_epochs,
+        "seed": args.seed,
         "distill": args.distill,
         "anchor": args.anchor,
         "anchor_fisher": args.anchor_fisher,
@@ -261,7 +262,8 @@ def print_tables(result: dict[str, Any]) -> None:
         print("\nwall time per stage (s): " + ", ".join(
             f"{name} {sec:.0f}" for name, sec in {**stages, **result["seconds"]}.items()))
     print(f"\nResNet-20 on Fashion-MNIST, {result['epochs']} fine-tuning epochs per level "
-          f"(baseline {result['baseline_epochs']} epochs: acc {result['baseline_acc']:.4f})")
+          f"(baseline {result['baseline_epochs']} epochs: acc {result['baseline_acc']:.4f}; "
+          f"seed {result.get('seed', 0)})")
     print(f"{'level':<12}{'channels':>9}{'MACs':>8}{'nested':>9}{'independent':>13}"
           f"{'no regrow':>11}")
     for lv in result["levels"]:
