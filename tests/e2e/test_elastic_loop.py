@@ -38,9 +38,10 @@ How the stand-ins are wired (kwok pods run no containers, so the pods are played
    until it does (:func:`overload_plateau`): the proof that narrowing was needed, taken
    without the operator in the way, since the Predictive policy may narrow on the rising
    rate before the client ever sees a breach. Then an open-loop client (round-robin over the
-   replicas, as a Service would) runs a ramp: low load, a climb to that plateau (at least
-   ``HIGH`` x the full level's measured capacity, capped at ``NARROW_SHARE`` of the
-   narrowest level's, see :func:`plateau`), the plateau, a fall, low load again. The bundle's
+   replicas, as a Service would) runs a ramp: low load, a climb to that plateau (probing
+   starts at ``HIGH`` x the full level's measured capacity; every try is capped at
+   ``NARROW_SHARE`` of the narrowest level's, see :func:`plateau`), the plateau, a fall, low
+   load again. The bundle's
    levels are named as training names them (``L<k>-<pct>pct``) while the CR speaks indexes:
    the answers' level header shows the index was resolved.
 
