@@ -41,9 +41,8 @@ How the stand-ins are wired (kwok pods run no containers, so the pods are played
    replicas, as a Service would) runs a ramp: low load, a climb to that plateau (probing
    starts at ``HIGH`` x the full level's measured capacity; every try is capped at
    ``NARROW_SHARE`` of the narrowest level's, see :func:`plateau`), the plateau, a fall, low
-   load again. The bundle's
-   levels are named as training names them (``L<k>-<pct>pct``) while the CR speaks indexes:
-   the answers' level header shows the index was resolved.
+   load again. The bundle's levels are named as training names them (``L<k>-<pct>pct``)
+   while the CR speaks indexes: the answers' level header shows the index was resolved.
 
 Recorded every second, printed and written to ``timeline.json`` in the test's tmp dir: offset,
 offered rps, the p95 the operator last acted on (``status.p95Ms``), the same query asked of
@@ -366,6 +365,11 @@ def ready(replica: Replica, body: bytes) -> bool:
         return False
 
 
+def pinned_to(targets: Sequence[Target], level: int) -> list[Target]:
+    """``targets`` with every request pinned to ``level`` by index (the CR allows pinning)."""
+    return [Target(t.url, {**t.headers, "X-Elastiserve-Level": str(level)}) for t in targets]
+
+
 def measure_capacity(targets: Sequence[Target], body: bytes, seconds: float = 5.0) -> float:
     """Closed-loop requests/s the replicas sustain together (16 clients per replica)."""
     done = 0
@@ -544,14 +548,12 @@ def test_load_ramp_narrows_then_widens(
     # capacity (low load sits well under it, overload passes it within a second or two).
     capacities = []
     for level in range(len(LEVEL_NAMES)):
-        pinned = [Target(t.url, {**t.headers, "X-Elastiserve-Level": str(level)})
-                  for t in targets]
+        pinned = pinned_to(targets, level)
         measure_capacity(pinned, body, 1.0)  # warm-up
         capacities.append(measure_capacity(pinned, body) / REPLICAS)
     capacity = capacities[FULL] * REPLICAS
     objective_ms = max(150, round(8 / capacities[FULL] * 1000))
-    full = [Target(t.url, {**t.headers, "X-Elastiserve-Level": str(FULL)}) for t in targets]
-    high, probes = overload_plateau(full, body, capacities, objective_ms)
+    high, probes = overload_plateau(pinned_to(targets, FULL), body, capacities, objective_ms)
     profile = [{"name": n, "capacityRps": round(c, 1)}
                for n, c in zip(LEVEL_NAMES, capacities, strict=True)]
     crs.patch_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, NAME, {"spec": {
