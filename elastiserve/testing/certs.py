@@ -76,8 +76,12 @@ def _signed_cert(directory: Path, stem: str, subject: str, extensions: str) -> N
     ext_file.unlink()
 
 
-def make_pki(directory: Path, service_ip: str) -> Pki:
-    """Create the CA, serving cert, admin client cert and service-account key pair."""
+def make_pki(directory: Path, service_ip: str, extra_ips: tuple[str, ...] = ()) -> Pki:
+    """Create the CA, serving cert, admin client cert and service-account key pair.
+
+    ``extra_ips`` are more addresses the API server answers on (the real node's IP, which
+    the ``kubernetes`` Service's endpoint points at, so pods reach the server through it).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     _ec_key(directory / "ca.key")
     _openssl(
@@ -88,12 +92,13 @@ def make_pki(directory: Path, service_ip: str) -> Pki:
         cwd=directory,
     )
     names = ",".join(f"DNS:{name}" for name in SERVER_NAMES)
+    ips = "".join(f"IP:{ip}," for ip in extra_ips)
     _signed_cert(
         directory, "apiserver", "/CN=kube-apiserver",
         "basicConstraints=CA:FALSE\n"
         "keyUsage=critical,digitalSignature,keyEncipherment\n"
         "extendedKeyUsage=serverAuth\n"
-        f"subjectAltName=IP:127.0.0.1,IP:{service_ip},{names}\n",
+        f"subjectAltName=IP:127.0.0.1,IP:{service_ip},{ips}{names}\n",
     )
     _signed_cert(
         directory, "admin", f"/O={ADMIN_GROUP}/CN={ADMIN_USER}",
@@ -113,3 +118,21 @@ def make_pki(directory: Path, service_ip: str) -> Pki:
         sa_key=directory / "sa.key",
         sa_pub=directory / "sa.pub",
     )
+
+
+def make_client_cert(pki: Pki, stem: str, user: str, group: str | None = None) -> tuple[Path, Path]:
+    """A client certificate for ``user`` (in ``group``) signed by the run's CA: (cert, key).
+
+    The real node's kubelet is ``system:node:<name>`` in ``system:nodes`` (the Node
+    authoriser's identity) and kube-proxy is ``system:kube-proxy`` (bound to the built-in
+    ``system:node-proxier`` role): neither gets more than its upstream counterpart.
+    """
+    directory = pki.ca_cert.parent
+    subject = (f"/O={group}" if group else "") + f"/CN={user}"
+    _signed_cert(
+        directory, stem, subject,
+        "basicConstraints=CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=clientAuth\n",
+    )
+    return directory / f"{stem}.crt", directory / f"{stem}.key"

@@ -48,6 +48,8 @@ CONTROLLERS = (
     "node-lifecycle-controller",
     "disruption-controller",
     "service-cidr-controller",
+    # PersistentVolumeClaims bind to the PersistentVolumes the real-node tests create.
+    "persistentvolume-binder-controller",
 )
 
 
@@ -68,6 +70,8 @@ class Layout:
     run_dir: Path
     ports: Ports
     pki: Pki
+    node_ip: str | None = None
+    """The real node's address: set when a kubelet joins, so that pods reach the API server."""
 
     @property
     def etcd_url(self) -> str:
@@ -108,18 +112,35 @@ def etcd_argv(binary: Path, lay: Layout) -> list[str]:
 
 
 def apiserver_argv(binary: Path, lay: Layout) -> list[str]:
+    """The API server's flags; with a real node it also listens on the node's address.
+
+    That address exists only inside the test bed's own network namespace, so "all addresses"
+    there is still nothing reachable from outside. The ``kubernetes`` Service's endpoint is
+    the advertised address, which is how pods (the operator, the level agent) reach the API.
+    The server talks to the kubelet (logs, exec, port-forward) with the admin certificate.
+    """
     pki = lay.pki
+    if lay.node_ip is None:
+        network = [f"--bind-address={LOOPBACK}", f"--advertise-address={LOOPBACK}"]
+    else:
+        network = [
+            "--bind-address=0.0.0.0",
+            f"--advertise-address={lay.node_ip}",
+            f"--kubelet-client-certificate={pki.admin_cert}",
+            f"--kubelet-client-key={pki.admin_key}",
+            "--kubelet-preferred-address-types=InternalIP",
+        ]
     return [
         str(binary),
         f"--etcd-servers={lay.etcd_url}",
-        f"--bind-address={LOOPBACK}",
-        f"--advertise-address={LOOPBACK}",
+        *network,
         f"--secure-port={lay.ports.apiserver}",
         f"--cert-dir={lay.run_dir / 'apiserver'}",
         f"--tls-cert-file={pki.server_cert}",
         f"--tls-private-key-file={pki.server_key}",
         f"--client-ca-file={pki.ca_cert}",
-        "--authorization-mode=RBAC",
+        # Node: a kubelet's own certificate grants exactly what its pods need (upstream's set).
+        "--authorization-mode=Node,RBAC",
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         f"--service-account-key-file={pki.sa_pub}",
         f"--service-account-signing-key-file={pki.sa_key}",

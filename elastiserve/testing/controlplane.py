@@ -75,12 +75,15 @@ class ControlPlane:
         etcd_port: int | None = None,
         clean_stale: bool = False,
         timeout_s: float = 120.0,
+        node_ip: str | None = None,
     ) -> ControlPlane:
         """Start a control plane in ``run_dir``; the caller must ``stop`` it (or use ``with``).
 
         ``workloads=False`` starts only etcd and kube-apiserver (envtest's set), for tests that
         need the API and nothing that runs pods (and so no fake nodes).
-        Explicit ports are checked up front; unset ones are picked free.
+        ``node_ip`` prepares the plane for a real node (:mod:`elastiserve.testing.realnode`):
+        the API server also listens on that address, which pods reach, and its certificate
+        names it. Explicit ports are checked up front; unset ones are picked free.
         """
         found = assets if assets is not None else Assets.locate()
         names = [comp.ETCD, comp.APISERVER]
@@ -94,10 +97,17 @@ class ControlPlane:
             raise ControlPlaneError("fake nodes need kwok: pass workloads=True or nodes=()")
 
         ports = _pick_ports(api_port=api_port, etcd_port=etcd_port)
+        if node_ip is not None:
+            # A crashed real node may still have mounts under an old run directory: undo
+            # them before anything there is deleted (a bind mount leads outside it).
+            from elastiserve.testing.realnode import sweep_stale
+
+            sweep_stale()
         run = RunDir.claim(run_dir, clean_stale=clean_stale)
         try:
-            pki = make_pki(run.path / "pki", comp.SERVICE_IP)
-            layout = comp.Layout(run_dir=run.path, ports=ports, pki=pki)
+            extra_ips = (node_ip,) if node_ip else ()
+            pki = make_pki(run.path / "pki", comp.SERVICE_IP, extra_ips)
+            layout = comp.Layout(run_dir=run.path, ports=ports, pki=pki, node_ip=node_ip)
             write_kubeconfig(layout.kubeconfig, layout.api_url, pki)
         except BaseException:
             run.release()
@@ -384,11 +394,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--api-port", type=int, default=None)
     up.add_argument("--clean", action="store_true", help="wipe state left by a crashed run")
     up.add_argument("--no-nodes", action="store_true", help="start without fake nodes")
+    up.add_argument("--real-node", action="store_true",
+                    help="join a real node (kubelet + containerd + kube-proxy) instead of kwok "
+                         "nodes, inside a network namespace of its own (needs root)")
+    up.add_argument("--image", type=Path, action="append", default=[],
+                    help="with --real-node: an image archive to import into the node "
+                         "(repeatable)")
     args = parser.parse_args(argv)
-
+    if args.image and not args.real_node:
+        parser.error("--image needs --real-node")
     started = time.monotonic()
     try:
         with _terminate_as_interrupt():
+            if args.real_node:
+                return _up_real_node(args, started)
             plane = ControlPlane.start(
                 args.run_dir,
                 nodes=() if args.no_nodes else None,
@@ -396,12 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 clean_stale=args.clean,
             )
             with plane:
-                print(f"control plane up in {time.monotonic() - started:.1f}s")
-                print(f"API server: {plane.api_url}")
-                print(f"logs:       {plane.run_dir / 'logs'}")
-                print(f"export KUBECONFIG={plane.kubeconfig_path}")
-                print(f"export PATH={plane.assets.directory}:$PATH")
-                print("Ctrl-C to stop.", flush=True)
+                _print_plane(plane, started)
                 while True:
                     time.sleep(3600)
     except KeyboardInterrupt:
@@ -410,6 +424,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ControlPlaneError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def _print_plane(plane: ControlPlane, started: float, prefix: str = "") -> None:
+    print(f"control plane up in {time.monotonic() - started:.1f}s")
+    print(f"API server: {plane.api_url}")
+    print(f"logs:       {plane.run_dir / 'logs'}")
+    print(f"{prefix}export KUBECONFIG={plane.kubeconfig_path}")
+    print(f"export PATH={plane.assets.directory}:$PATH")
+    print("Ctrl-C to stop.", flush=True)
+
+
+def _up_real_node(args: argparse.Namespace, started: float) -> int:
+    """``up --real-node``: a namespace of our own, the plane and the node inside it."""
+    from elastiserve.testing import netns
+    from elastiserve.testing.testbed import real_cluster
+
+    if os.geteuid() != 0:
+        print("error: --real-node needs root (network namespace, mounts, cgroups)",
+              file=sys.stderr)
+        return 1
+    missing = [str(path) for path in args.image if not path.is_file()]
+    if missing:
+        print(f"error: no such image archive: {', '.join(missing)}", file=sys.stderr)
+        return 1
+    netns.sweep_stale()
+    net = netns.create(netns.name_for(os.getpid()))
+    try:
+        netns.enter(net)
+        with real_cluster(args.run_dir, images=args.image) as cluster:
+            print(f"real node {cluster.node.name} Ready at {cluster.node.ip} "
+                  f"(network namespace {net.name})")
+            print(f"run clients inside it: nsenter --net={net.path} -- bash")
+            _print_plane(cluster.plane, started)
+            while True:
+                time.sleep(3600)
+    finally:
+        netns.leave()
+        netns.delete(net.name)
 
 
 if __name__ == "__main__":

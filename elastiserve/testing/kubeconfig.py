@@ -16,8 +16,11 @@ from elastiserve.testing.certs import Pki
 CONTEXT = "elastiserve-test"
 
 
-def write_kubeconfig(path: Path, server: str, pki: Pki) -> Path:
-    """Write an admin kubeconfig for ``server`` and return its path."""
+def write_kubeconfig(
+    path: Path, server: str, pki: Pki, *, cert: Path | None = None, key: Path | None = None
+) -> Path:
+    """Write a kubeconfig for ``server`` and return its path: the admin's, unless another
+    client certificate (a node's, kube-proxy's) is given."""
     config = {
         "apiVersion": "v1",
         "kind": "Config",
@@ -31,8 +34,8 @@ def write_kubeconfig(path: Path, server: str, pki: Pki) -> Path:
             {
                 "name": "admin",
                 "user": {
-                    "client-certificate": str(pki.admin_cert),
-                    "client-key": str(pki.admin_key),
+                    "client-certificate": str(cert or pki.admin_cert),
+                    "client-key": str(key or pki.admin_key),
                 },
             }
         ],

@@ -15,10 +15,43 @@ from typing import Any
 
 import pytest
 
+from elastiserve.testing import netns
 from elastiserve.testing.controlplane import ControlPlane, assert_no_leftovers
 from elastiserve.testing.processes import wait_until
 
 START_TIMEOUT_ENV = "ELASTISERVE_CONTROLPLANE_TIMEOUT"
+_NETWORK_KEY = pytest.StashKey[netns.TestNetwork]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Move the whole session into a network namespace of its own, before anything starts.
+
+    The real node needs a non-loopback node address, and test traffic may only go to loopback
+    or into namespaces the test bed made: inside this one, loopback behaves as before for
+    every other test, the node's address exists, and nothing outside can be reached. Without
+    root (no namespace can be made) the session stays where it is and the real-node tests say
+    why they cannot run. A namespace left by a crashed session is removed first.
+    """
+    if os.geteuid() != 0 or netns.entered() is not None:
+        return
+    if os.environ.get("ELASTISERVE_TEST_NETNS"):
+        return  # already inside one (a shell opened into `up --real-node`'s namespace)
+    netns.sweep_stale()
+    net = netns.create(netns.name_for(os.getpid()))
+    try:
+        netns.enter(net)
+    except BaseException:
+        netns.delete(net.name)
+        raise
+    config.stash[_NETWORK_KEY] = net
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    net = config.stash.get(_NETWORK_KEY, None)
+    if net is not None:
+        netns.leave()
+        netns.delete(net.name)
 
 
 @pytest.fixture(scope="session")
@@ -75,3 +108,38 @@ def kube_namespace(kube_client: Any) -> Iterator[str]:
         yield name
     finally:
         core.delete_namespace(name)
+
+
+@pytest.fixture(scope="session")
+def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A control plane with one real node (kubelet, containerd, kube-proxy), no kwok nodes.
+
+    The node holds the harness's own pause and echo images; tests that need the product's
+    images ask for ``product_images_on_node``. Teardown asserts that no process, mount,
+    cgroup or changed sysctl of the node is left.
+    """
+    from elastiserve.testing.testbed import real_cluster
+
+    timeout_s = float(os.environ.get(START_TIMEOUT_ENV, "120"))
+    with real_cluster(tmp_path_factory.mktemp("realcluster"), timeout_s=timeout_s) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def product_images() -> Any:
+    """The product's images (operator, serving), built from docker/ or reused from the cache.
+
+    Built outside the test network (the builds reach the package registries); a failure
+    fails the tests that need them with the builder's own words.
+    """
+    from elastiserve.testing.images import ensure_images
+
+    return ensure_images()
+
+
+@pytest.fixture(scope="session")
+def product_images_on_node(real_cluster: Any, product_images: Any) -> Any:
+    """``product_images``, imported into the real node's containerd (once per session)."""
+    for image in product_images.values():
+        real_cluster.node.import_image(image.archive)
+    return product_images

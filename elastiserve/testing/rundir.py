@@ -37,7 +37,10 @@ from elastiserve.testing.errors import StaleRunDirError
 STATE_FILE = "controlplane.json"
 STOPPED_MARKER = "controlplane.stopped"
 # Everything the harness generates in a run directory; nothing else there is ever deleted.
-GENERATED = ("etcd", "pki", "logs", "kubeconfig", "kwok.yaml", "apiserver", "kcm", "scheduler")
+GENERATED = (
+    "etcd", "pki", "logs", "kubeconfig", "kwok.yaml", "apiserver", "kcm", "scheduler",
+    "node",  # a real node's state (elastiserve.testing.realnode), swept before it is removed
+)
 
 
 @dataclass(frozen=True)
