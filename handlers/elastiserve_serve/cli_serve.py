@@ -1,23 +1,46 @@
 """``elastiserve serve``: TorchServe on this machine, configured as in :mod:`.ts_config`.
 
 Takes a bundle directory (archived on the fly) or ready ``.mar`` files, writes the initial level
-to the control file so workers come up at it, starts TorchServe and waits for Ctrl-C. The bearer
-tokens stay in ``RUN_DIR/key_file.json``; only its path is printed.
+to the control file so workers come up at it, starts TorchServe and waits for Ctrl-C/SIGTERM
+(or for TorchServe to die: then it exits 1, so a pod's container restarts).
+
+Settings given on the command line win over an archive's (workers, batching, pinning, the
+control file): a ``.mar`` is copied into the model store with its ``model-config.yaml``
+rewritten (:mod:`.mar_overrides`), which is the only place TorchServe and the handler read
+them from. Settings left out keep the archive's.
+
+Authentication, two modes:
+
+* default: TorchServe's own bearer keys, generated per server in ``RUN_DIR/torchserve/
+  key_file.json`` (only its path is printed); ``--disable-token-auth`` turns them off;
+* ``--key-file PATH`` (a pod's mounted Secret): an authenticating gateway (:mod:`.gateway`)
+  listens on ``--bind``/``--port`` and checks ``Authorization: Bearer <key>`` against the file
+  (re-read when it changes), while TorchServe's inference and management APIs listen on
+  loopback ports of their own with their key check off. ``--gateway`` runs the same gateway
+  without a key check, for clusters that authenticate in front of the Service.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import shutil
 import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from .archive import ArchiveSpec, build_archive
+from .gateway import Gateway, GatewayConfig
+from .gateway_keys import KeyFile, KeyFileError
+from .gateway_server import GatewayServer
 from .level_agent import set_level
-from .ts_server import run_torchserve
+from .mar_overrides import MarError, ServeOverrides, rewrite_mar
+from .ts_config import MAX_REQUEST_SIZE
+from .ts_server import TorchServe, free_port, run_torchserve
+
+BUNDLE_DEFAULTS = {"workers": 1, "batch_size": 8, "max_batch_delay_ms": 5}
+"""What ``--bundle`` archives with when a flag is left out (a .mar keeps its own values)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,13 +51,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model name to register (default: 'elastic' for --bundle, the file "
                              "name for --mar; with --mar it needs exactly one file)")
     parser.add_argument("--run-dir", type=Path, default=Path(".elastiserve/serve"))
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-batch-delay-ms", type=int, default=5)
-    parser.add_argument("--allow-pin", action="store_true")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="worker processes per model (default: the archive's; 1 for "
+                             "--bundle)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="largest batch (default: the archive's; 8 for --bundle)")
+    parser.add_argument("--max-batch-delay-ms", type=int, default=None,
+                        help="longest wait to fill a batch (default: the archive's; 5 for "
+                             "--bundle; TorchServe cannot do 0, which becomes 1)")
+    parser.add_argument("--allow-pin", action=argparse.BooleanOptionalAction, default=None,
+                        help="let clients pin a level with X-Elastiserve-Level (default: the "
+                             "archive's; off for --bundle)")
     parser.add_argument("--level", help="initial level (default: the widest)")
     parser.add_argument("--control-file", type=Path,
-                        default=Path("/dev/shm/elastiserve/level.json"))
+                        default=Path("/dev/shm/elastiserve/level.json"),
+                        help="level control file the handler follows (wins over the archive's)")
     parser.add_argument("--bind", default="127.0.0.1",
                         help="inference address to bind (management stays on loopback)")
     parser.add_argument("--metrics-bind", default="127.0.0.1",
@@ -42,6 +73,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=0, help="inference port (0: a free one)")
     parser.add_argument("--metrics-port", type=int, default=0,
                         help="metrics port (0: a free one)")
+    auth = parser.add_mutually_exclusive_group()
+    auth.add_argument("--key-file", type=Path, default=None,
+                      help="serve through a gateway that checks 'Authorization: Bearer <key>' "
+                           "against this file (re-read when it changes; a pod mounts its "
+                           "model's Secret here); TorchServe then listens on loopback only")
+    auth.add_argument("--gateway", action="store_true",
+                      help="the same gateway without a key check: only where clients are "
+                           "authenticated in front (health probes, one port)")
     parser.add_argument("--disable-token-auth", action="store_true",
                         help="no TorchServe bearer keys: only behind an authenticating gateway "
                              "(several replicas behind one Service cannot share the per-server "
@@ -57,35 +96,71 @@ def mar_registrations(mars: list[Path], name: str | None) -> list[str]:
     return [f"{name or mar.stem}={mar.name}" for mar in mars]
 
 
+def serve_overrides(args: argparse.Namespace) -> ServeOverrides:
+    """The command line's settings for an archive; what it leaves out stays as archived.
+
+    The control file is always set: the ``level`` line printed at start names it, and in a
+    pod the agent writes the path the operator passes, whatever the archive was built with.
+    """
+    handler: dict[str, Any] = {"control_file": str(args.control_file)}
+    if args.allow_pin is not None:
+        handler["allow_pin"] = bool(args.allow_pin)
+    return ServeOverrides(
+        workers=args.workers,
+        batch_size=args.batch_size,
+        max_batch_delay_ms=args.max_batch_delay_ms,
+        handler=handler,
+    )
+
+
+def _fail(message: str) -> int:
+    print(f"elastiserve serve: {message}", file=sys.stderr)
+    return 2
+
+
 def run(args: argparse.Namespace) -> int:
     run_dir: Path = args.run_dir.resolve()
     # Workers run from TorchServe's own directory: a relative path would name another file there,
     # and the level would silently never change.
     args.control_file = args.control_file.resolve()
     if args.mar is not None and args.name is not None and len(args.mar) != 1:
-        print("elastiserve serve: --name needs exactly one --mar (each would get that name)",
-              file=sys.stderr)
-        return 2
+        return _fail("--name needs exactly one --mar (each would get that name)")
+    keys = None
+    if args.key_file is not None:
+        keys = KeyFile(args.key_file)
+        try:
+            keys.load()  # refuse to start without a usable key rather than refuse every call
+        except KeyFileError as error:
+            return _fail(f"--key-file: {error}")
+    try:
+        overrides = serve_overrides(args)
+    except ValueError as error:
+        return _fail(str(error))
     store = run_dir / "model-store"
     store.mkdir(parents=True, exist_ok=True)
     if args.bundle is not None:
+        chosen = {k: v if (v := getattr(args, k)) is not None else default
+                  for k, default in BUNDLE_DEFAULTS.items()}
         spec = ArchiveSpec(
-            workers=args.workers,
-            batch_size=args.batch_size,
-            max_batch_delay_ms=args.max_batch_delay_ms,
-            handler={"control_file": str(args.control_file), "allow_pin": args.allow_pin},
+            **chosen,
+            handler={"control_file": str(args.control_file), "allow_pin": bool(args.allow_pin)},
         )
         name = args.name or "elastic"
         build_archive(args.bundle, store, name, spec, force=True)
         models = [f"{name}={name}.mar"]
     else:
         for mar in args.mar:
-            shutil.copy2(mar, store / mar.name)
+            try:
+                rewrite_mar(mar, store / mar.name, overrides)
+            except (MarError, OSError) as error:
+                return _fail(str(error))
         models = mar_registrations(args.mar, args.name)
     if args.level:
         set_level(args.control_file, args.level)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if keys is not None or args.gateway:
+        return _serve_behind_gateway(args, run_dir, store, models, keys, stop)
     with run_torchserve(
         run_dir / "torchserve", store, models, bind_host=args.bind,
         metrics_host=args.metrics_bind, inference_port=args.port, metrics_port=args.metrics_port,
@@ -100,6 +175,57 @@ def run(args: argparse.Namespace) -> int:
             print(f"tokens:     {server.run_dir / 'key_file.json'} "
                   f"(Authorization: Bearer <key>)")
         print(f"level:      elastiserve level set <name|index> --control-file {args.control_file}")
-        with contextlib.suppress(KeyboardInterrupt):
-            stop.wait()
+        return _wait(server, stop)
+
+
+def _serve_behind_gateway(
+    args: argparse.Namespace, run_dir: Path, store: Path, models: list[str],
+    keys: KeyFile | None, stop: threading.Event,
+) -> int:
+    """The gateway on ``--bind``/``--port``, TorchServe behind it on loopback only.
+
+    TorchServe's key check is off because nothing but this pod's containers (or this host's
+    processes, locally) can reach a loopback port; the gateway listens before TorchServe is
+    ready, so probes get a 503 with the reason meanwhile.
+    """
+    inference_port, management_port = free_port(), free_port()
+    config = GatewayConfig(
+        inference_url=f"http://127.0.0.1:{inference_port}",
+        management_url=f"http://127.0.0.1:{management_port}",
+        models=[m.split("=", 1)[0] for m in models],
+        max_request_size=MAX_REQUEST_SIZE,
+    )
+    gateway = GatewayServer(Gateway(config, keys), args.bind, args.port)
+    port = gateway.start()
+    try:
+        with run_torchserve(
+            run_dir / "torchserve", store, models, bind_host="127.0.0.1",
+            metrics_host=args.metrics_bind, inference_port=inference_port,
+            management_port=management_port, metrics_port=args.metrics_port,
+            token_authorization=False,
+        ) as server:
+            print(f"inference:  http://{args.bind}:{port}/predictions/<model> (gateway)")
+            print(f"health:     http://{args.bind}:{port}/v2/health/ready")
+            print(f"metrics:    http://{server.metrics_address}/metrics")
+            if keys is not None:
+                print(f"tokens:     Authorization: Bearer <the key in {keys.path}>")
+            else:
+                print("tokens:     none (the gateway checks no key: authenticate in front)")
+            print(f"level:      elastiserve level set <name|index> --control-file "
+                  f"{args.control_file}")
+            code = _wait(server, stop)
+            gateway.stop()  # drain the gateway while TorchServe still answers
+            return code
+    finally:
+        gateway.stop()
+
+
+def _wait(server: TorchServe, stop: threading.Event) -> int:
+    """Until SIGTERM/Ctrl-C (0) or TorchServe's death (1)."""
+    with contextlib.suppress(KeyboardInterrupt):
+        while not stop.wait(1.0):
+            if server.process.poll() is not None:
+                print(f"elastiserve serve: torchserve exited with {server.process.returncode}",
+                      file=sys.stderr)
+                return 1
     return 0

@@ -18,6 +18,10 @@ SECRET_ENV_PATTERN = (
     r"|AWS_.*|GOOGLE_APPLICATION_CREDENTIALS|AZURE_.*|KUBECONFIG"
 )
 
+MAX_REQUEST_SIZE = 8 * 1024 * 1024 + 64 * 1024
+"""Largest request body TorchServe accepts (the handler's 8 MiB body limit plus headroom for
+a form's framing); the gateway refuses larger bodies with 413 before forwarding them."""
+
 
 @dataclass(frozen=True)
 class ServeConfig:
@@ -37,11 +41,12 @@ class ServeConfig:
     # defaults 7070/7071 make a second server on the same host exit at startup.
     grpc_inference_port: int = 7070
     grpc_management_port: int = 7071
-    max_request_size: int = 8 * 1024 * 1024 + 64 * 1024
+    max_request_size: int = MAX_REQUEST_SIZE
     max_response_size: int = 1024 * 1024
     token_expiration_min: int = 720
     token_authorization: bool = True
-    """False only behind an authenticating gateway: every client on the network may infer."""
+    """False only behind an authenticating gateway (``elastiserve serve --key-file``, which
+    then binds inference to loopback): otherwise every client on the network may infer."""
     job_queue_size: int = 100
     netty_threads: int = 2
     jvm_heap_mb: int = 512
@@ -70,7 +75,7 @@ def config_properties(cfg: ServeConfig) -> str:
             f"token_expiration_min={cfg.token_expiration_min}",
         ] if cfg.token_authorization else [
             "# Token authorisation is OFF (asked for: several replicas behind one Service cannot",
-            "# share TorchServe's per-server keys); authenticate in front of this server.",
+            "# share TorchServe's per-server keys); an authenticating gateway fronts this server.",
             "disable_token_authorization=true",
         ]),
         "# The model registration API is off: the models below are registered at startup and",

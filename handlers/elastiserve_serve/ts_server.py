@@ -150,6 +150,7 @@ def run_torchserve(
     metrics_host: str = "127.0.0.1",
     inference_port: int = 0,
     metrics_port: int = 0,
+    management_port: int = 0,
     min_ready_workers: int = 1,
     extra_env: dict[str, str] | None = None,
     token_authorization: bool = True,
@@ -157,7 +158,9 @@ def run_torchserve(
     """Start TorchServe serving ``models`` ("name=file.mar"); stop it when the block ends.
 
     Ports 0 mean a free port (tests, several servers on one machine); a pod passes the fixed
-    ports its container spec declares, since probes and Prometheus find them there.
+    ports its container spec declares, since probes and Prometheus find them there. A gateway
+    that must know where TorchServe listens before it is ready picks the inference and
+    management ports itself.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "tmp").mkdir(exist_ok=True)
@@ -169,7 +172,7 @@ def run_torchserve(
         models=tuple(models),
         metrics_config=metrics_path,
         inference_port=inference_port or free_port(),
-        management_port=free_port(),
+        management_port=management_port or free_port(),
         metrics_port=metrics_port or free_port(),
         grpc_inference_port=free_port(),
         grpc_management_port=free_port(),

@@ -1,0 +1,222 @@
+"""An authenticating gateway in front of one TorchServe: the pod's inference port.
+
+Why: TorchServe 0.12 can only generate a random bearer key per server, so the replicas of one
+``ElasticModel`` behind one Service could never be called with one key, and its key check also
+guards ``/ping``, so a kubelet's unauthenticated readiness probe could never pass. The gateway
+checks one shared key (:mod:`.gateway_keys`, a mounted Secret) and forwards to TorchServe, whose
+own key check is off and whose inference API listens on ``127.0.0.1`` only: the loopback of a
+pod is shared by its containers alone, so nothing outside the pod reaches TorchServe except
+through here.
+
+Routes (the health ones carry no credential, as KServe's do, because probes carry none):
+
+* ``GET /ping`` (TorchServe's shape), ``GET /v2/health/live``, ``GET /v2/health/ready`` (the
+  Open Inference Protocol's): ready means TorchServe reports a ``READY`` worker for every
+  served model on its management API (loopback), asked at most once per
+  :attr:`GatewayConfig.ready_cache_s` so that probes stay cheap; 503 with a reason otherwise;
+* ``POST /predictions/{model}[/{version}]``: ``Authorization: Bearer <key>`` or 401; a body
+  larger than TorchServe's ``max_request_size`` gets 413 before anything is forwarded. Only the
+  body, its ``Content-Type`` and the level pin header go to TorchServe (never the client's
+  credential: the handler sees request headers); the answer's status, body, content type and
+  level header come back. TorchServe unreachable: 503.
+
+Connections to TorchServe come from one pooled ``aiohttp.ClientSession`` per gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from .gateway_keys import KeyFile, check_bearer
+from .runtime.settings import PIN_HEADER
+
+__all__ = ["Gateway", "GatewayConfig", "Readiness", "json_error"]
+
+log = logging.getLogger(__name__)
+
+LEVEL_HEADER = PIN_HEADER
+"""The same name pins a request (client -> handler) and names the level that answered
+(handler -> client)."""
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Where TorchServe is (loopback URLs) and what the gateway enforces."""
+
+    inference_url: str
+    management_url: str
+    models: Sequence[str]
+    max_request_size: int
+    ready_cache_s: float = 1.0
+    upstream_timeout_s: float = 300.0
+    """Longest wait for TorchServe's answer (its own per-model response timeout is shorter)."""
+
+
+def json_error(status: int, kind: str, message: str) -> web.Response:
+    """An error in TorchServe's own shape (``code``, ``type``, ``message``)."""
+    body = {"code": status, "type": kind, "message": message}
+    headers = {"WWW-Authenticate": 'Bearer realm="elastiserve"'} if status == 401 else None
+    return web.json_response(body, status=status, headers=headers)
+
+
+@dataclass(frozen=True)
+class ReadyState:
+    ready: bool
+    reason: str
+    at: float
+
+
+class Readiness:
+    """TorchServe's readiness, from its management API, cached for ``cache_s`` seconds.
+
+    ``describe`` is the seam (a model name -> its ``/models/<name>`` answer); concurrent
+    probes share one question in flight.
+    """
+
+    def __init__(
+        self, describe: Callable[[str], Awaitable[Any]], models: Sequence[str], cache_s: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self._describe = describe
+        self._models = tuple(models)
+        self._cache_s = cache_s
+        self._clock = clock
+        self._state: ReadyState | None = None
+        self._lock = asyncio.Lock()
+
+    async def check(self) -> ReadyState:
+        async with self._lock:
+            now = self._clock()
+            if self._state is not None and now - self._state.at < self._cache_s:
+                return self._state
+            self._state = ReadyState(*await self._ask(), at=now)
+            return self._state
+
+    async def _ask(self) -> tuple[bool, str]:
+        for model in self._models:
+            try:
+                described = await self._describe(model)
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as error:
+                return False, f"TorchServe's management API did not answer: {error!r}"
+            workers = ready_workers(described)
+            if workers < 1:
+                return False, f"model {model!r} has no READY worker yet"
+        return True, "every model has a READY worker"
+
+
+def ready_workers(described: Any) -> int:
+    """READY workers in a management ``/models/<name>`` answer (a list of versions)."""
+    if not isinstance(described, list):
+        return 0
+    return sum(
+        1
+        for version in described if isinstance(version, dict)
+        for worker in version.get("workers") or [] if isinstance(worker, dict)
+        and worker.get("status") == "READY"
+    )
+
+
+class Gateway:
+    """The aiohttp application; ``keys`` ``None`` means no key check (auth done in front)."""
+
+    def __init__(self, config: GatewayConfig, keys: KeyFile | None) -> None:
+        self.config = config
+        self.keys = keys
+        self._session: aiohttp.ClientSession | None = None
+        self.readiness = Readiness(self._describe, config.models, config.ready_cache_s,
+                                   _monotonic)
+
+    def app(self) -> web.Application:
+        # client_max_size bounds a body whose length was not announced (chunked); an
+        # announced one is refused in _predict before a byte of it is read.
+        app = web.Application(client_max_size=self.config.max_request_size)
+        app.cleanup_ctx.append(self._client)
+        app.router.add_get("/ping", self._ping)
+        app.router.add_get("/v2/health/live", self._live)
+        app.router.add_get("/v2/health/ready", self._ready)
+        app.router.add_post("/predictions/{model}", self._predict)
+        app.router.add_post("/predictions/{model}/{version}", self._predict)
+        return app
+
+    async def _client(self, _app: web.Application) -> AsyncIterator[None]:
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=5.0,
+                                        sock_read=self.config.upstream_timeout_s)
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=256), timeout=timeout, auto_decompress=False,
+        )
+        yield
+        await self._session.close()
+        self._session = None
+
+    def _client_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("gateway used outside its application")
+        return self._session
+
+    async def _describe(self, model: str) -> Any:
+        url = f"{self.config.management_url}/models/{model}"
+        timeout = aiohttp.ClientTimeout(total=2.0)
+        async with self._client_session().get(url, timeout=timeout) as response:
+            if response.status != 200:
+                raise ValueError(f"HTTP {response.status} for {model!r}")
+            return await response.json(content_type=None)
+
+    async def _ping(self, _request: web.Request) -> web.Response:
+        state = await self.readiness.check()
+        if state.ready:
+            return web.json_response({"status": "Healthy"})
+        return web.json_response({"status": "Unhealthy", "reason": state.reason}, status=503)
+
+    async def _live(self, _request: web.Request) -> web.Response:
+        return web.json_response({"live": True})
+
+    async def _ready(self, _request: web.Request) -> web.Response:
+        state = await self.readiness.check()
+        if state.ready:
+            return web.json_response({"ready": True})
+        return web.json_response({"ready": False, "reason": state.reason}, status=503)
+
+    async def _predict(self, request: web.Request) -> web.Response:
+        if self.keys is not None:
+            verdict = check_bearer(request.headers.get("Authorization"), self.keys.current())
+            if not verdict.allowed:
+                return json_error(401, "Unauthorized", verdict.reason)
+        limit = self.config.max_request_size
+        if request.content_length is not None and request.content_length > limit:
+            return json_error(413, "RequestEntityTooLarge",
+                              f"body of {request.content_length} bytes exceeds {limit}")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return json_error(413, "RequestEntityTooLarge", f"body exceeds {limit} bytes")
+        path = request.path  # /predictions/<model>[/<version>], already routed
+        headers = {k: v for k in ("Content-Type", LEVEL_HEADER)
+                   if (v := request.headers.get(k)) is not None}
+        try:
+            async with self._client_session().post(
+                f"{self.config.inference_url}{path}", data=body, headers=headers,
+            ) as upstream:
+                answer = await upstream.read()
+                status = upstream.status
+                content_type = upstream.headers.get("Content-Type")
+                level = upstream.headers.get(LEVEL_HEADER)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+            log.warning("TorchServe unreachable for %s: %r", path, error)
+            return json_error(503, "ServiceUnavailable", "the model server is unreachable")
+        response = web.Response(status=status, body=answer)
+        if content_type is not None:
+            response.headers["Content-Type"] = content_type
+        if level is not None:
+            response.headers[LEVEL_HEADER] = level
+        return response
+
+
+def _monotonic() -> float:
+    return asyncio.get_running_loop().time()
