@@ -76,6 +76,7 @@ class ControlPlane:
         clean_stale: bool = False,
         timeout_s: float = 120.0,
         node_ip: str | None = None,
+        kwok: bool = True,
     ) -> ControlPlane:
         """Start a control plane in ``run_dir``; the caller must ``stop`` it (or use ``with``).
 
@@ -83,12 +84,15 @@ class ControlPlane:
         need the API and nothing that runs pods (and so no fake nodes).
         ``node_ip`` prepares the plane for a real node (:mod:`elastiserve.testing.realnode`):
         the API server also listens on that address, which pods reach, and its certificate
-        names it. Explicit ports are checked up front; unset ones are picked free.
+        names it; ``kwok=False`` leaves kwok out (a cluster of real nodes only).
+        Explicit ports are checked up front; unset ones are picked free.
         """
         found = assets if assets is not None else Assets.locate()
         names = [comp.ETCD, comp.APISERVER]
         if workloads:
-            names += [comp.CONTROLLER_MANAGER, comp.SCHEDULER, comp.KWOK]
+            names += [comp.CONTROLLER_MANAGER, comp.SCHEDULER]
+            if kwok:
+                names.append(comp.KWOK)
         binaries = {name: found.binary(name) for name in names}
         if nodes is None:
             nodes = default_nodes() if workloads else ()
@@ -145,27 +149,30 @@ class ControlPlane:
             watch=[etcd, api],
             interval_s=0.25,
         )
-        if comp.KWOK not in binaries:
+        if comp.CONTROLLER_MANAGER not in binaries:
             return
         for node in nodes:
             self._create("/api/v1/nodes", node.manifest())
-        stages = importlib.resources.files("elastiserve.testing").joinpath("kwok-stages.yaml")
-        lay.kwok_config.write_text(stages.read_text(encoding="utf-8"), encoding="utf-8")
-        selector = f"{KWOK_ANNOTATION}={KWOK_ANNOTATION_VALUE}"
         started = [
             self._spawn(
                 comp.CONTROLLER_MANAGER,
                 comp.controller_manager_argv(binaries[comp.CONTROLLER_MANAGER], lay),
             ),
             self._spawn(comp.SCHEDULER, comp.scheduler_argv(binaries[comp.SCHEDULER], lay)),
-            self._spawn(comp.KWOK, comp.kwok_argv(binaries[comp.KWOK], lay, selector)),
         ]
-        watch = [etcd, api, *started]
-        health = (
+        health = [
             (comp.CONTROLLER_MANAGER, lay.ports.controller_manager, True),
             (comp.SCHEDULER, lay.ports.scheduler, True),
-            (comp.KWOK, lay.ports.kwok, False),
-        )
+        ]
+        if comp.KWOK in binaries:
+            stages = importlib.resources.files("elastiserve.testing").joinpath(
+                "kwok-stages.yaml")
+            lay.kwok_config.write_text(stages.read_text(encoding="utf-8"), encoding="utf-8")
+            selector = f"{KWOK_ANNOTATION}={KWOK_ANNOTATION_VALUE}"
+            started.append(
+                self._spawn(comp.KWOK, comp.kwok_argv(binaries[comp.KWOK], lay, selector)))
+            health.append((comp.KWOK, lay.ports.kwok, False))
+        watch = [etcd, api, *started]
         for name, port, tls in health:
             wait_until(
                 functools.partial(http_ok, LOOPBACK, port, "/healthz", tls=tls),

@@ -67,8 +67,40 @@ def find_binary() -> Path:
     return Path(found)
 
 
-def scrape_config(targets: Sequence[ScrapeTarget], interval_s: float) -> dict[str, object]:
-    """Build the configuration document; one job per distinct job name."""
+def kubernetes_pods_job(kubeconfig: Path, job: str = "kubernetes-pods") -> dict[str, object]:
+    """A scrape job that finds pods through the API server, as in-cluster Prometheus does.
+
+    Pods opt in with the ``prometheus.io/scrape`` and ``prometheus.io/port`` annotations (the
+    serving pods carry both); each series gets the ``namespace`` and ``pod`` labels that the
+    operator's default queries select on. Service discovery reads the API with ``kubeconfig``
+    (the test bed's admin), since this Prometheus runs beside the cluster, not in a pod.
+    """
+    return {
+        "job_name": job,
+        "kubernetes_sd_configs": [{"role": "pod", "kubeconfig_file": str(kubeconfig)}],
+        "relabel_configs": [
+            {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"],
+             "regex": "true", "action": "keep"},
+            {"source_labels": ["__meta_kubernetes_pod_phase"], "regex": "Running",
+             "action": "keep"},
+            {"source_labels": ["__address__",
+                               "__meta_kubernetes_pod_annotation_prometheus_io_port"],
+             "regex": "([^:]+)(?::\\d+)?;(\\d+)", "replacement": "$1:$2",
+             "target_label": "__address__"},
+            {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+            {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+            {"source_labels": ["__meta_kubernetes_pod_node_name"], "target_label": "node"},
+        ],
+    }
+
+
+def scrape_config(
+    targets: Sequence[ScrapeTarget],
+    interval_s: float,
+    extra_jobs: Sequence[dict[str, object]] = (),
+) -> dict[str, object]:
+    """Build the configuration document; one job per distinct job name, then ``extra_jobs``
+    (whole scrape configs, e.g. :func:`kubernetes_pods_job`)."""
     jobs: dict[str, list[ScrapeTarget]] = {}
     for target in targets:
         jobs.setdefault(target.job, []).append(target)
@@ -84,6 +116,7 @@ def scrape_config(targets: Sequence[ScrapeTarget], interval_s: float) -> dict[st
         if first.bearer_token:
             entry["authorization"] = {"type": "Bearer", "credentials": first.bearer_token}
         scrape_configs.append(entry)
+    scrape_configs.extend(extra_jobs)
     interval = f"{max(1, round(interval_s * 1000))}ms"
     return {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
@@ -117,14 +150,24 @@ class Sample:
 class PrometheusServer:
     """A running Prometheus process; use :func:`run_prometheus` to get one."""
 
-    def __init__(self, process: subprocess.Popen[bytes], port: int, run_dir: Path) -> None:
+    def __init__(
+        self, process: subprocess.Popen[bytes], port: int, run_dir: Path,
+        host: str = "127.0.0.1",
+    ) -> None:
         self.process = process
         self.port = port
         self.run_dir = run_dir
+        self.host = host
 
     @property
     def url(self) -> str:
+        """Where clients in this process reach it (loopback also when it listens wider)."""
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def listen_url(self) -> str:
+        """Where others reach it: the address it listens on (a pod needs the node's)."""
+        return f"http://{self.host}:{self.port}"
 
     @property
     def log_path(self) -> Path:
@@ -222,8 +265,13 @@ def run_prometheus(
     scrape_interval_s: float = 1.0,
     port: int | None = None,
     ready_timeout_s: float = 30.0,
+    extra_jobs: Sequence[dict[str, object]] = (),
+    listen_host: str = "127.0.0.1",
 ) -> Iterator[PrometheusServer]:
     """Start Prometheus scraping ``targets`` and stop it when the block ends, whatever happens.
+
+    ``listen_host`` other than loopback is for the real node's test network only, where the
+    operator's pod queries it at the node's address (``0.0.0.0`` there reaches nothing else).
 
     ``run_dir`` receives the configuration, the TSDB and the log; it must not hold a TSDB from
     another, still running server (Prometheus would refuse its lock file).
@@ -239,14 +287,16 @@ def run_prometheus(
     chosen = port or free_port()
     ensure_free(chosen, "prometheus")
     config_path = run_dir / "prometheus.yml"
-    config_path.write_text(yaml.safe_dump(scrape_config(targets, scrape_interval_s)))
+    config_path.write_text(
+        yaml.safe_dump(scrape_config(targets, scrape_interval_s, extra_jobs))
+    )
     log = (run_dir / "prometheus.log").open("wb")
     process = subprocess.Popen(
         [
             str(binary),
             f"--config.file={config_path}",
             f"--storage.tsdb.path={run_dir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{chosen}",
+            f"--web.listen-address={listen_host}:{chosen}",
             "--web.enable-lifecycle",
             "--log.level=warn",
         ],
@@ -256,7 +306,7 @@ def run_prometheus(
         start_new_session=True,
     )
     (run_dir / "prometheus.pid").write_text(str(process.pid))
-    server = PrometheusServer(process, chosen, run_dir)
+    server = PrometheusServer(process, chosen, run_dir, listen_host)
     try:
         _wait_ready(server, ready_timeout_s)
         yield server

@@ -273,6 +273,9 @@ class RealNode:
         if KUBELET not in self.processes or self.processes[KUBELET].returncode() is not None:
             return
         selector = f"spec.nodeName={cfg.NODE_NAME}"
+        # Cordoned first: a Deployment's replacement pods then stay Pending instead of
+        # landing on the node again while it drains.
+        self.plane.kubectl("cordon", cfg.NODE_NAME, check=False)
         self.plane.kubectl("delete", "pods", "--all-namespaces", f"--field-selector={selector}",
                            "--grace-period=1", "--wait=false", check=False)
         deadline = time.monotonic() + timeout_s

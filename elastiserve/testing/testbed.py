@@ -32,7 +32,7 @@ def real_cluster(
 ) -> Iterator[RealCluster]:
     """Start plane and node; on the way out stop both and assert nothing of them is left."""
     plane = ControlPlane.start(run_dir, nodes=(), node_ip=netns.NODE_IP, clean_stale=True,
-                               timeout_s=timeout_s)
+                               timeout_s=timeout_s, kwok=False)
     node: RealNode | None = None
     try:
         node = RealNode.start(plane, plane.run_dir / "node", images=images, timeout_s=timeout_s)
