@@ -7,7 +7,9 @@ operator selects on. No I/O, so the shape is table-tested without a cluster.
 
 What each child is for:
 
-* ``Deployment``: the serving pods. Container ``torchserve`` runs the elastic handler;
+* ``Deployment``: the serving pods. Container ``torchserve`` runs ``elastiserve serve``: an
+  authenticating gateway on the ``http`` port (health routes without a key, predictions with
+  the model's inference key) in front of TorchServe, which listens on the pod's loopback only;
   container ``level-agent`` watches this one ``ElasticModel`` and copies
   ``status.activeLevel`` (an index; the runtime resolves it against the bundle's levels),
   lowered to its node's cap in ``status.nodeCaps`` (the node name comes from the downward
@@ -15,18 +17,33 @@ What each child is for:
   pod does not automount a token; the agent alone gets a short-lived projected token of
   the per-model ServiceAccount, so TorchServe's container holds no credentials. The pod
   template never contains the level: a switch must not roll the pods.
-* ``Service``: inference (8080) and metrics (8082) ports for clients and Prometheus.
+* ``Service``: inference (8080, the gateway) and metrics (8082) ports for clients and
+  Prometheus.
+* ``Secret`` ``<name>-inference-key`` (key ``key``): the one inference key every replica
+  accepts, so clients call the Service rather than a pod (TorchServe can only generate a key
+  per server). Unlike the other children it is created once, never applied: a server-side
+  apply would send the key again and a new one would replace it on every reconcile
+  (``build_key_secret`` takes the key from the caller; ``reconcile`` creates it only when
+  absent). Mounted read-only into the ``torchserve`` container only; rotating it is editing
+  the Secret (the gateway re-reads the file when the kubelet swaps it, no restart).
 * ``ConfigMap``: the serving configuration (model name, batching, pinning) as JSON,
   mounted read-only; the container arguments repeat what the launcher needs.
 * ``ServiceAccount`` + ``Role`` + ``RoleBinding``: get/watch on this one ``ElasticModel``
   (``resourceNames``), nothing else.
 
 Security: pods satisfy Pod Security Standard ``restricted`` (non-root, no privilege
-escalation, all capabilities dropped, RuntimeDefault seccomp).
+escalation, all capabilities dropped, RuntimeDefault seccomp) and run as the image's user
+(65532, a dedicated non-login uid) with read-only root filesystems: TorchServe, its JVM and
+torch write only under ``/tmp`` (an ``emptyDir``, also ``HOME``).
+
+Defaults: the CR's ``spec.serving`` fields it leaves out (batching, workers, resources,
+placement) arrive already filled from the operator's settings (``spec.ServingDefaults``, the
+chart's ``serving.*``); the image pull policy is an operator setting only.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from collections.abc import Mapping
@@ -49,6 +66,7 @@ __all__ = [
     "build_children",
     "build_configmap",
     "build_deployment",
+    "build_key_secret",
     "build_rbac",
     "build_service",
     "level_names",
@@ -70,7 +88,15 @@ TOKEN_DIR = "/var/run/secrets/elastiserve"
 MODEL_DIR = "/models"
 CONFIG_DIR = "/etc/elastiserve"
 TOKEN_EXPIRATION_S = 3600
-RUN_AS = 1000
+RUN_AS = 65532
+"""The serving image's user: a dedicated uid with no login and no home in the image."""
+INFERENCE_KEY_DIR = "/var/run/secrets/elastiserve/inference"
+INFERENCE_KEY_ITEM = "key"
+"""The Secret's data key, and the file name under ``INFERENCE_KEY_DIR``."""
+INFERENCE_KEY_FILE = f"{INFERENCE_KEY_DIR}/{INFERENCE_KEY_ITEM}"
+READY_PATH = "/v2/health/ready"
+LIVE_PATH = "/v2/health/live"
+WRITABLE_HOME = "/tmp"
 
 
 @dataclass(frozen=True)
@@ -90,6 +116,7 @@ class Names:
     service: str
     configmap: str
     account: str
+    key_secret: str
 
 
 def _fit(name: str, suffix: str, limit: int = 63) -> str:
@@ -111,6 +138,7 @@ def names_for(name: str) -> Names:
         service=_fit(name, ""),
         configmap=_fit(name, "config"),
         account=_fit(name, "level-agent"),
+        key_secret=_fit(name, "inference-key"),
     )
 
 
@@ -186,6 +214,21 @@ def build_service(owner: Owner) -> dict[str, Any]:
                 {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics"},
             ],
         },
+    }
+
+
+def build_key_secret(owner: Owner, key: str) -> dict[str, Any]:
+    """The model's inference key Secret holding ``key`` (the caller draws it: pure here).
+
+    Created, never applied (see the module docstring). Owned by the CR, so it goes with it.
+    Not immutable: rotating the key is editing this Secret.
+    """
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _meta(owner, names_for(owner.name).key_secret),
+        "type": "Opaque",
+        "data": {INFERENCE_KEY_ITEM: base64.b64encode(key.encode()).decode()},
     }
 
 
@@ -265,7 +308,7 @@ def _model_volume(spec: ElasticModelSpec) -> tuple[dict[str, Any], str, list[dic
         "name": "fetch-model",
         "command": ["python", "-c", fetch, source.url, source.sha256, f"{MODEL_DIR}/model.mar"],
         "volumeMounts": [{"name": "model", "mountPath": MODEL_DIR}],
-        "securityContext": dict(_CONTAINER_SECURITY),
+        "securityContext": {**_CONTAINER_SECURITY, "readOnlyRootFilesystem": True},
     }
     return {"name": "model", "emptyDir": {}}, f"{MODEL_DIR}/model.mar", [init]
 
@@ -275,9 +318,11 @@ def build_deployment(
 ) -> dict[str, Any]:
     names = names_for(owner.name)
     image = spec.serving.image or settings.serving_image
+    pull = settings.serving_pull_policy
     volume, mar_path, init = _model_volume(spec)
     for container in init:
         container["image"] = image
+        container["imagePullPolicy"] = pull
     serving = spec.serving
     args = [
         "serve",
@@ -292,38 +337,55 @@ def build_deployment(
         "--workers", str(serving.workers),
         "--batch-size", str(serving.batch_size),
         "--max-batch-delay-ms", str(serving.max_batch_delay_ms),
+        # Explicit either way: the archive's own setting must not outlive the CR's.
+        "--allow-pin" if spec.allow_request_pinning else "--no-allow-pin",
     ]
-    if spec.allow_request_pinning:
-        args.append("--allow-pin")
-    if not serving.token_authorization:
-        args.append("--disable-token-auth")
+    mounts = [
+        {"name": "model", "mountPath": MODEL_DIR, "readOnly": True},
+        {"name": "control", "mountPath": CONTROL_DIR, "readOnly": True},
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    if serving.token_authorization:
+        args += ["--key-file", INFERENCE_KEY_FILE]
+        mounts.append({"name": "inference-key", "mountPath": INFERENCE_KEY_DIR, "readOnly": True})
+    else:
+        args.append("--gateway")  # probes and one port still; clients are checked in front
     torchserve: dict[str, Any] = {
         "name": "torchserve",
         "image": image,
+        "imagePullPolicy": pull,
         "command": ["elastiserve"],
         "args": args,
+        # TorchServe, its JVM (user.home, preferences) and torch write under HOME and /tmp
+        # only; both are the tmp emptyDir, so the root filesystem can stay read-only.
+        "env": [{"name": "HOME", "value": WRITABLE_HOME}],
         "ports": [
             {"name": "http", "containerPort": INFERENCE_PORT},
             {"name": "metrics", "containerPort": METRICS_PORT},
         ],
+        # The gateway's routes, which need no key (a probe carries none): ready once
+        # TorchServe has a READY worker; live while the gateway answers at all.
         "readinessProbe": {
-            "httpGet": {"path": "/ping", "port": "http"},
+            "httpGet": {"path": READY_PATH, "port": "http"},
             "periodSeconds": 5,
             "failureThreshold": 3,
         },
-        "volumeMounts": [
-            {"name": "model", "mountPath": MODEL_DIR, "readOnly": True},
-            {"name": "control", "mountPath": CONTROL_DIR, "readOnly": True},
-            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-            {"name": "tmp", "mountPath": "/tmp"},
-        ],
-        "securityContext": dict(_CONTAINER_SECURITY),
+        "livenessProbe": {
+            "httpGet": {"path": LIVE_PATH, "port": "http"},
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": 6,
+        },
+        "volumeMounts": mounts,
+        "securityContext": {**_CONTAINER_SECURITY, "readOnlyRootFilesystem": True},
     }
     if serving.resources:
         torchserve["resources"] = {k: dict(v) for k, v in serving.resources.items()}
     agent = {
         "name": "level-agent",
         "image": image,
+        "imagePullPolicy": pull,
         "command": ["python", "-m", "elastiserve_serve.level_source_k8s"],
         "args": [
             "--namespace", owner.namespace,
@@ -362,6 +424,15 @@ def build_deployment(
             {"name": "control", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
             {"name": "tmp", "emptyDir": {}},
             {"name": "config", "configMap": {"name": names.configmap}},
+            *([{
+                "name": "inference-key",
+                "secret": {
+                    "secretName": names.key_secret,
+                    # Group-readable for fsGroup (the kubelet chowns to it), nobody else.
+                    "defaultMode": 0o440,
+                    "items": [{"key": INFERENCE_KEY_ITEM, "path": INFERENCE_KEY_ITEM}],
+                },
+            }] if serving.token_authorization else []),
             {
                 "name": "agent-token",
                 "projected": {
@@ -414,7 +485,10 @@ def build_deployment(
 def build_children(
     owner: Owner, spec: ElasticModelSpec, settings: OperatorSettings
 ) -> list[dict[str, Any]]:
-    """Every child, in the order to apply them (the pods' dependencies first)."""
+    """Every applied child, in the order to apply them (the pods' dependencies first).
+
+    The inference key Secret is not among them: it is created once (``build_key_secret``).
+    """
     return [
         *build_rbac(owner),
         build_configmap(owner, spec),

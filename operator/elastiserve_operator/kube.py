@@ -43,6 +43,7 @@ _PLURALS = {
     ("", "ConfigMap"): "configmaps",
     ("", "Service"): "services",
     ("", "ServiceAccount"): "serviceaccounts",
+    ("", "Secret"): "secrets",
     ("", "Event"): "events",
     ("", "Pod"): "pods",
     ("", "Node"): "nodes",

@@ -1,6 +1,7 @@
 """The I/O half of the operator: read the world, call the pure parts, write the result.
 
-``reconcile`` (kopf create/update/resume) ensures the children by server-side apply and
+``reconcile`` (kopf create/update/resume) ensures the children by server-side apply (and
+creates the model's inference key Secret once: it is never applied, see ``children``) and
 rebuilds the reconcile part of the status; ``refresh_ready`` does the latter when a child
 Deployment changes; ``evaluate`` (the per-model policy loop) gathers an ``Observation``,
 calls ``decide`` and applies the policy part of the status, then posts an Event when the
@@ -24,12 +25,22 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from secrets import token_urlsafe
 from typing import Any, cast
 
 import kopf
 
 from .applied import AppliedChildren, key_of
-from .children import API_VERSION, KIND, MODEL_LABEL, Owner, build_children, model_name, names_for
+from .children import (
+    API_VERSION,
+    KIND,
+    MODEL_LABEL,
+    Owner,
+    build_children,
+    build_key_secret,
+    model_name,
+    names_for,
+)
 from .kube import FIELD_MANAGER, ApiError, ApiTransient, KubeApi, NotFound, resource_path
 from .metrics import OperatorMetrics
 from .node_caps import CapsDecision, caps_from_status, caps_status, decide_caps
@@ -74,6 +85,9 @@ CHILD_COUNT = 6
 """Children per model (``build_children``): ServiceAccount, Role, RoleBinding, ConfigMap,
 Service, Deployment; only used to count the applies a reconcile skipped."""
 
+KEY_BYTES = 32
+"""Entropy of a generated inference key (``secrets.token_urlsafe``: 43 characters)."""
+
 
 @dataclass
 class Runtime:
@@ -88,6 +102,9 @@ class Runtime:
     )
     deployments: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     nodes: NodeReadings | None = None
+    key_secrets: set[tuple[str, str, str]] = field(default_factory=set)
+    """(namespace, name, uid) of the models whose key Secret this process created or found:
+    their reconciles send no create (it starts empty, so one 409 per model after a start)."""
 
     def __post_init__(self) -> None:
         if self.nodes is None:
@@ -136,6 +153,25 @@ async def _deployment(rt: Runtime, owner: Owner) -> dict[str, Any] | None:
         return None
 
 
+async def _ensure_key_secret(rt: Runtime, owner: Owner) -> None:
+    """Create the model's inference key Secret unless it exists; never change an existing one.
+
+    A plain create, not an apply: an apply would send a fresh key and replace the one the
+    replicas and the clients hold. 409 means it exists (created earlier, or by the user to
+    bring a key of their own), which is all this needs to know: the operator may create
+    Secrets but not read them.
+    """
+    key = (owner.namespace, owner.name, owner.uid)
+    if key in rt.key_secrets:
+        return
+    try:
+        await rt.api.create(build_key_secret(owner, token_urlsafe(KEY_BYTES)))
+    except ApiTransient as error:
+        if error.status != 409:
+            raise
+    rt.key_secrets.add(key)
+
+
 async def reconcile(rt: Runtime, body: Mapping[str, Any]) -> None:
     """Ensure the children of ``body`` and rebuild the reconcile part of its status.
 
@@ -152,6 +188,7 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any]) -> None:
     owner = _owner(body)
     generation = int(body["metadata"].get("generation") or 0)
     status = body.get("status") or {}
+    key_secret = names_for(owner.name).key_secret
     try:
         spec = parse_spec(body.get("spec"), rt.settings.spec_defaults)
     except SpecError as error:
@@ -165,10 +202,15 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any]) -> None:
     seen_deployment = rt.deployments.get(deployment_key)
     if seen_deployment is None and any(c["kind"] == "Deployment" for c in children):
         seen_deployment = {"status": {}}  # about to be applied: a new one has nothing ready
-    hopeful = reconcile_patch(status, generation, spec, seen_deployment, None, time.time())
+    hopeful = reconcile_patch(status, generation, spec, seen_deployment, None, time.time(),
+                              key_secret=key_secret)
     status_write = None
     if not status_holds(status, hopeful, RECONCILE_OPTIONAL):
         status_write = asyncio.ensure_future(_apply_status(rt, owner, hopeful))
+    # Alongside the first wave: a pod that starts before the Secret exists waits for its
+    # volume (the kubelet retries the mount), which costs less than a sequential round trip.
+    key_write = (asyncio.ensure_future(_ensure_key_secret(rt, owner))
+                 if spec.serving.token_authorization else None)
     # Two waves: a RoleBinding is checked against its Role (the API server refuses to bind
     # a Role it cannot find), so the Role goes first; within a wave, requests overlap.
     first = [c for c in children if c["kind"] != "RoleBinding"]
@@ -184,10 +226,14 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any]) -> None:
                 *(_apply_child(rt, child) for child in wave), return_exceptions=True
             )
             waves_ms.append((time.perf_counter() - wave_started) * 1000.0)
-    except BaseException:  # cancelled (kopf stopping): do not leave the write behind
-        if status_write is not None:
-            status_write.cancel()
+    except BaseException:  # cancelled (kopf stopping): do not leave the writes behind
+        for pending in (status_write, key_write):
+            if pending is not None:
+                pending.cancel()
         raise
+    key_outcomes: list[Any] = []
+    if key_write is not None:
+        key_outcomes += await asyncio.gather(key_write, return_exceptions=True)
     status_error: BaseException | None = None
     if status_write is not None:
         try:
@@ -196,7 +242,7 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any]) -> None:
             status_error = error
     rt.metrics.applies.inc(len(outcomes))
     rt.metrics.skipped_applies.inc(CHILD_COUNT - len(outcomes))
-    failures = [o for o in outcomes if isinstance(o, BaseException)]
+    failures = [o for o in [*outcomes, *key_outcomes] if isinstance(o, BaseException)]
     for failure in failures:
         if not isinstance(failure, ApiError):
             raise failure
@@ -207,7 +253,7 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any]) -> None:
     # more write corrects it.
     seen = {**status, **hopeful} if status_write is not None else dict(status)
     final = reconcile_patch(seen, generation, spec, rt.deployments.get(deployment_key),
-                            problem, time.time())
+                            problem, time.time(), key_secret=key_secret)
     corrected = problem is not None or not status_holds(seen, final, RECONCILE_OPTIONAL)
     if corrected:
         await _apply_status(rt, owner, final)
@@ -258,6 +304,7 @@ def forget_model(rt: Runtime, namespace: str, name: str) -> None:
     rt.applied.forget_owner(namespace, {names.deployment, names.service, names.configmap,
                                         names.account})
     rt.deployments.pop((namespace, names.deployment), None)
+    rt.key_secrets -= {k for k in rt.key_secrets if k[:2] == (namespace, name)}
 
 
 OwnerLookup = Callable[[str, str], Mapping[str, Any] | None]
@@ -313,7 +360,8 @@ async def _write_ready(
     owner = _owner(body)
     status = body.get("status") or {}
     patch = reconcile_patch(status, int(body["metadata"].get("generation") or 0), spec,
-                            deployment, None, time.time())
+                            deployment, None, time.time(),
+                            key_secret=names_for(owner.name).key_secret)
     # Keep the Degraded verdict of the last reconcile: a Deployment event knows nothing of it.
     for condition in status.get("conditions") or []:
         if condition.get("type") == "Degraded":

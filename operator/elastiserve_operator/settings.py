@@ -9,6 +9,7 @@ pure (a mapping in, a frozen dataclass out) so that tests build settings without
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ ENV = {
     "rate_query": "ELASTISERVE_RATE_QUERY",
     "namespaces": "ELASTISERVE_NAMESPACES",
     "serving_image": "ELASTISERVE_SERVING_IMAGE",
+    "serving_pull_policy": "ELASTISERVE_SERVING_IMAGE_PULL_POLICY",
     "metrics_port": "ELASTISERVE_METRICS_PORT",
     "liveness": "ELASTISERVE_LIVENESS_ENDPOINT",
     "peering": "ELASTISERVE_PEERING",
@@ -46,6 +48,19 @@ def _integer(text: str) -> int:
         return int(number)
 
 
+def _json(text: str) -> Any:
+    """A structured chart value (the chart writes node selector, tolerations and resources
+    as JSON); ``{}``/``[]``/``null`` mean "no default", like an unset variable."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not JSON: {error.msg} at character {error.pos}") from None
+    return value if value else None
+
+
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+
+
 DEFAULTS_ENV: Mapping[str, tuple[str, Callable[[str], Any]]] = {
     "ELASTISERVE_DEFAULT_OBJECTIVE_P95_MS": ("objective.p95Ms", _integer),
     "ELASTISERVE_DEFAULT_POLICY_MODE": ("policy.mode", str.strip),
@@ -64,9 +79,24 @@ DEFAULTS_ENV: Mapping[str, tuple[str, Callable[[str], Any]]] = {
     "ELASTISERVE_NODE_PRESSURE_MEMORY_FRACTION": ("nodePressure.memoryFraction", float),
     "ELASTISERVE_NODE_PRESSURE_TEMPERATURE_CELSIUS": ("nodePressure.temperatureCelsius", float),
     "ELASTISERVE_NODE_PRESSURE_GPU_LOAD_PERCENT": ("nodePressure.gpuLoadPercent", float),
+    "ELASTISERVE_SERVING_WORKERS": ("serving.workers", _integer),
+    "ELASTISERVE_SERVING_BATCH_SIZE": ("serving.batchSize", _integer),
+    "ELASTISERVE_SERVING_MAX_BATCH_DELAY_MS": ("serving.maxBatchDelayMs", _integer),
+    "ELASTISERVE_SERVING_RESOURCES": ("serving.resources", _json),
+    "ELASTISERVE_SERVING_NODE_SELECTOR": ("serving.nodeSelector", _json),
+    "ELASTISERVE_SERVING_TOLERATIONS": ("serving.tolerations", _json),
+    "ELASTISERVE_SERVING_RUNTIME_CLASS": ("serving.runtimeClassName", str.strip),
 }
 """Env var -> (the chart-defaulted spec field it supplies, its parser). The PromQL
 defaults are ``ENV['latency_query']`` and ``ENV['rate_query']``."""
+
+
+def _variable_for(path: str) -> str:
+    """The variable that supplied ``path`` (a field, or a part of a structured one)."""
+    for var, (field_path, _) in DEFAULTS_ENV.items():
+        if path == field_path or path.startswith((f"{field_path}.", f"{field_path}[")):
+            return var
+    return path
 
 
 def defaults_from_env(env: Mapping[str, str]) -> SpecDefaults:
@@ -80,19 +110,22 @@ def defaults_from_env(env: Mapping[str, str]) -> SpecDefaults:
     raw: dict[str, dict[str, Any]] = {}
     for var, (path, parse) in DEFAULTS_ENV.items():
         text = env.get(var)
-        if not text:
+        if not text or not text.strip():
             continue
         section, key = path.split(".")
         try:
-            raw.setdefault(section, {})[key] = parse(text)
+            value = parse(text)
         except ValueError as error:
             raise ValueError(f"{var}: {error}") from error
+        if value is not None and value != "":
+            raw.setdefault(section, {})[key] = value
     try:
         return parse_defaults(raw)
     except SpecError as error:
-        var = next((v for v, (path, _) in DEFAULTS_ENV.items() if path == error.path),
-                   error.path)
-        raise ValueError(f"{var}: {error.message}") from error
+        var = _variable_for(error.path)
+        whole = var in DEFAULTS_ENV and DEFAULTS_ENV[var][0] == error.path
+        detail = "" if whole or var not in DEFAULTS_ENV else f" (at {error.path})"
+        raise ValueError(f"{var}: {error.message}{detail}") from error
 
 
 @dataclass(frozen=True)
@@ -108,6 +141,9 @@ class OperatorSettings:
     rate_query: str = DEFAULT_RATE_QUERY
     namespaces: tuple[str, ...] = ()
     serving_image: str = "elastiserve/serving:0.1.0"
+    serving_pull_policy: str = "IfNotPresent"
+    """``imagePullPolicy`` of the serving pods' containers (the chart's
+    ``serving.image.pullPolicy``)."""
     metrics_port: int = 8000
     liveness_endpoint: str | None = None
     peering: str = ""
@@ -156,6 +192,10 @@ def settings_from_env(env: Mapping[str, str]) -> OperatorSettings:
         raise ValueError(f"malformed ELASTISERVE_* setting: {error}") from error
     if not 0 <= port <= 65535:
         raise ValueError(f"{ENV['metrics_port']} must be a port number, got {port}")
+    pull_policy = (get("serving_pull_policy") or base.serving_pull_policy).strip()
+    if pull_policy not in PULL_POLICIES:
+        raise ValueError(f"{ENV['serving_pull_policy']}: must be one of "
+                         f"{', '.join(PULL_POLICIES)}, got {pull_policy!r}")
     defaults = defaults_from_env(env)
     node_exporter = exporter_names_from_env(env)
     namespaces = tuple(n.strip() for n in (get("namespaces") or "").split(",") if n.strip())
@@ -165,6 +205,7 @@ def settings_from_env(env: Mapping[str, str]) -> OperatorSettings:
         rate_query=get("rate_query") or base.rate_query,
         namespaces=namespaces,
         serving_image=get("serving_image") or base.serving_image,
+        serving_pull_policy=pull_policy,
         metrics_port=port,
         liveness_endpoint=get("liveness"),
         peering=get("peering") or "",

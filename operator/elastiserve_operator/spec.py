@@ -17,9 +17,10 @@ touches the cluster. ``check_update(old, new)`` mirrors the CRD's transition rul
 Two kinds of defaults:
 
 * ``DEFAULTS``: applied by the API server (the CRD's ``default:`` values; a test keeps
-  them equal), for fields a cluster has no reason to tune (replicas, serving knobs...);
+  them equal), for fields a cluster has no reason to tune (replicas, level bounds...);
 * ``SpecDefaults``: the *chart-defaulted* fields (``CHART_DEFAULTED``: the objective, the
-  policy mode, windows and thresholds, the node-pressure thresholds, the PromQL). The CRD
+  policy mode, windows and thresholds, the node-pressure thresholds, the PromQL, and the
+  serving pods' batching, workers, resources and placement). The CRD
   injects nothing for them, so "unset" stays visible in the object, and the operator fills
   them from its settings (the chart's ``ELASTISERVE_DEFAULT_*``). The merged result records
   which fields came from the defaults (``ElasticModelSpec.defaulted``), and a relation
@@ -56,6 +57,7 @@ __all__ = [
     "PolicySettings",
     "ProfileEntry",
     "PvcSource",
+    "ServingDefaults",
     "ServingSettings",
     "SpecDefaults",
     "SpecError",
@@ -96,9 +98,6 @@ DEFAULTS: Mapping[str, Any] = {
     "allowRequestPinning": False,
     "levels.minLevel": 0,
     "nodePressure.enabled": True,
-    "serving.workers": 1,
-    "serving.batchSize": 1,
-    "serving.maxBatchDelayMs": 10,
     "serving.tokenAuthorization": "Enabled",
 }
 
@@ -120,6 +119,13 @@ CHART_DEFAULTED: tuple[str, ...] = (
     "nodePressure.memoryFraction",
     "nodePressure.temperatureCelsius",
     "nodePressure.gpuLoadPercent",
+    "serving.workers",
+    "serving.batchSize",
+    "serving.maxBatchDelayMs",
+    "serving.resources",
+    "serving.nodeSelector",
+    "serving.tolerations",
+    "serving.runtimeClassName",
 )
 """Fields (relative to ``spec``) with no CRD default: a CR that leaves one out gets the
 operator's value (``SpecDefaults``, from the chart). A test checks the CRD has no
@@ -128,6 +134,13 @@ operator's value (``SpecDefaults``, from the chart). A test checks the CRD has n
 _SHA256 = re.compile(r"^[a-f0-9]{64}$")
 _URL = re.compile(r"^https?://[^\s/$.?#][^\s]*$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_QUANTITY = re.compile(
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+"""A Kubernetes resource quantity (the CRD's pattern for ``serving.resources``)."""
+_TOLERATION_KEYS = {"key": str, "operator": str, "value": str, "effect": str,
+                    "tolerationSeconds": int}
 
 
 # --------------------------------------------------------------------------- dataclasses
@@ -231,6 +244,26 @@ class NodePressureThresholds:
 
 
 @dataclass(frozen=True)
+class ServingDefaults:
+    """The serving values a CR's ``spec.serving`` leaves out get (the chart's ``serving.*``).
+
+    Batching and workers default like the CRD did before they became chart values. Resources
+    and placement default to none: an operator started without the chart imposes none (the
+    chart's own defaults reach it as ``ELASTISERVE_SERVING_*``). A CR that sets one of these
+    fields replaces the default as a whole (its ``resources`` are not merged with the chart's:
+    a merge could pair the chart's requests with the CR's lower limits, which no pod accepts).
+    """
+
+    workers: int = 1
+    batch_size: int = 1
+    max_batch_delay_ms: int = 10
+    resources: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    runtime_class_name: str | None = None
+
+
+@dataclass(frozen=True)
 class ServingSettings:
     """Pod-level serving knobs; ``workers`` also feeds the queueing model's server count."""
 
@@ -243,9 +276,9 @@ class ServingSettings:
     tolerations: tuple[Mapping[str, Any], ...] = ()
     runtime_class_name: str | None = None
     token_authorization: bool = True
-    """TorchServe's own bearer keys, generated per pod: one key cannot reach every replica
-    behind the Service, so with several replicas authentication belongs in front of it
-    (``Disabled`` here, an authenticating gateway or mesh there)."""
+    """Whether the pods' gateway checks the model's inference key (one key in a Secret,
+    shared by every replica); ``Disabled`` leaves authentication to whatever fronts the
+    Service (an ingress, a mesh)."""
 
 
 @dataclass(frozen=True)
@@ -279,6 +312,7 @@ class SpecDefaults:
     request_rate_query: str | None = None
     policy: PolicySettings = PolicySettings()
     node_pressure: NodePressureThresholds = NodePressureThresholds()
+    serving: ServingDefaults = field(default_factory=ServingDefaults)
 
 
 # --------------------------------------------------------------------------- reading helpers
@@ -556,25 +590,62 @@ def _parse_node_pressure(r: _Reader, d: NodePressureThresholds) -> NodePressureT
     )
 
 
-def _parse_serving(r: _Reader) -> ServingSettings:
-    d = DEFAULTS
-    resources = r.sub("resources")
-    tolerations = r.raw.get("tolerations") or []
-    if not isinstance(tolerations, list) or not all(isinstance(t, Mapping) for t in tolerations):
-        raise SpecError(r.at("tolerations"), "must be a list of objects")
+def _parse_resources(r: _Reader) -> dict[str, dict[str, str]]:
+    """``requests``/``limits`` maps of Kubernetes quantities (a number is taken as written)."""
+    unknown = sorted(set(r.raw) - {"requests", "limits"})
+    if unknown:
+        raise SpecError(r.at(unknown[0]), "must be requests or limits")
+    out: dict[str, dict[str, str]] = {}
+    for section in ("requests", "limits"):
+        if not r.has(section):
+            continue
+        amounts = r.sub(section)
+        parsed = {}
+        for name, value in amounts.raw.items():
+            if isinstance(value, bool) or not isinstance(value, str | int | float):
+                raise SpecError(amounts.at(str(name)), f"must be a quantity, got {value!r}")
+            if not _QUANTITY.match(str(value)):
+                raise SpecError(amounts.at(str(name)), f"not a quantity: {value!r}")
+            parsed[str(name)] = str(value)
+        out[section] = parsed
+    return out
+
+
+def _parse_tolerations(raw: object, path: str) -> tuple[dict[str, Any], ...]:
+    """Pod tolerations with the fields and types a Pod spec has (the CRD's items schema)."""
+    if not isinstance(raw, list):
+        raise SpecError(path, "must be a list of objects")
+    out = []
+    for index, item in enumerate(raw):
+        r = _Reader(item, f"{path}[{index}]")
+        for key, value in r.raw.items():
+            kind = _TOLERATION_KEYS.get(str(key))
+            if kind is None:
+                raise SpecError(r.at(str(key)), "not a toleration field")
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise SpecError(r.at(str(key)), f"must be a {kind.__name__}, got {value!r}")
+        if r.raw.get("operator", "Equal") not in ("Exists", "Equal"):
+            raise SpecError(r.at("operator"), "must be Exists or Equal")
+        if r.raw.get("effect", "") not in ("", "NoSchedule", "PreferNoSchedule", "NoExecute"):
+            raise SpecError(r.at("effect"), "must be NoSchedule, PreferNoSchedule or NoExecute")
+        out.append(dict(r.raw))
+    return tuple(out)
+
+
+def _parse_serving(r: _Reader, d: ServingDefaults) -> ServingSettings:
+    """Fields left out come from ``d`` (the operator's defaults), each as a whole."""
     return ServingSettings(
-        workers=r.integer("workers", d["serving.workers"], 1, 64),
-        batch_size=r.integer("batchSize", d["serving.batchSize"], 1, 256),
-        max_batch_delay_ms=r.integer("maxBatchDelayMs", d["serving.maxBatchDelayMs"], 0, 10_000),
+        workers=r.integer("workers", d.workers, 1, 64),
+        batch_size=r.integer("batchSize", d.batch_size, 1, 256),
+        max_batch_delay_ms=r.integer("maxBatchDelayMs", d.max_batch_delay_ms, 0, 10_000),
         image=r.optional_string("image"),
-        resources={
-            key: {k: str(v) for k, v in resources.sub(key).raw.items()}
-            for key in ("requests", "limits")
-            if resources.has(key)
-        },
-        node_selector=r.string_map("nodeSelector"),
-        tolerations=tuple(dict(t) for t in tolerations),
-        runtime_class_name=r.optional_string("runtimeClassName", max_length=253),
+        resources=_parse_resources(r.sub("resources")) if r.has("resources") else d.resources,
+        node_selector=r.string_map("nodeSelector") if r.has("nodeSelector")
+        else d.node_selector,
+        tolerations=_parse_tolerations(r.raw["tolerations"], r.at("tolerations"))
+        if r.has("tolerations") else d.tolerations,
+        runtime_class_name=r.optional_string("runtimeClassName", max_length=253)
+        or d.runtime_class_name,
         token_authorization=_token_authorization(r),
     )
 
@@ -611,6 +682,7 @@ def parse_spec(raw: object, defaults: SpecDefaults | None = None) -> ElasticMode
     model = _parse_model(r.sub("model", required=True))
     levels = _parse_levels(r.sub("levels"), model.level_count)
     objective_r = r.sub("objective")
+    serving_r = r.sub("serving")
     spec = ElasticModelSpec(
         model=model,
         levels=levels,
@@ -618,27 +690,30 @@ def parse_spec(raw: object, defaults: SpecDefaults | None = None) -> ElasticMode
         replicas=r.integer("replicas", DEFAULTS["replicas"], 0, 1000),
         policy=_parse_policy(r.sub("policy"), d.policy),
         node_pressure=_parse_node_pressure(r.sub("nodePressure"), d.node_pressure),
-        serving=_parse_serving(r.sub("serving")),
+        serving=_parse_serving(serving_r, d.serving),
         allow_request_pinning=r.boolean("allowRequestPinning", DEFAULTS["allowRequestPinning"]),
         defaulted=frozenset(path for path in CHART_DEFAULTED if _missing(r.raw, path)),
     )
     if spec.serving.max_batch_delay_ms >= spec.objective.p95_ms:
-        note = ""
+        supplied = []
         if not objective_r.has("p95Ms"):
-            note = f" (objective.p95Ms={spec.objective.p95_ms} from the operator's defaults)"
-        raise SpecError(
-            "spec.serving.maxBatchDelayMs",
-            "maxBatchDelayMs must be < objective.p95Ms (a batch wait alone would break it)"
-            + note,
-        )
+            supplied.append(f"objective.p95Ms={spec.objective.p95_ms}")
+        if not serving_r.has("maxBatchDelayMs"):
+            supplied.append(f"serving.maxBatchDelayMs={spec.serving.max_batch_delay_ms}")
+        note = f" ({', '.join(supplied)} from the operator's defaults)" if supplied else ""
+        raise SpecError("spec.serving.maxBatchDelayMs", _DELAY_RULE + note)
     return spec
+
+
+_DELAY_RULE = "maxBatchDelayMs must be < objective.p95Ms (a batch wait alone would break it)"
+"""The CRD's CEL message for the batch delay's relation to the objective, word for word."""
 
 
 def parse_defaults(raw: Mapping[str, Any]) -> SpecDefaults:
     """Validate operator defaults given in the spec's own shape, with the spec's rules.
 
-    ``raw`` holds ``objective`` (``p95Ms``, queries), ``policy`` and ``nodePressure``
-    sections; what it leaves out keeps the built-in value. The same ranges and relations
+    ``raw`` holds ``objective`` (``p95Ms``, queries), ``policy``, ``nodePressure`` and
+    ``serving`` sections; what it leaves out keeps the built-in value. The same ranges and relations
     as a CR's apply (a default that no CR could set is refused), and a ``SpecError`` path
     is relative to ``raw`` (``policy.tolerance``) so the caller can name its own source.
     """
@@ -646,12 +721,27 @@ def parse_defaults(raw: Mapping[str, Any]) -> SpecDefaults:
     builtin = SpecDefaults()
     objective = r.sub("objective")
     policy = _parse_policy(r.sub("policy"), builtin.policy)
+    p95 = objective.integer("p95Ms", builtin.objective_p95_ms, 1, 600_000)
+    serving = _parse_serving(r.sub("serving"), builtin.serving)
+    if serving.max_batch_delay_ms >= p95:
+        raise SpecError("serving.maxBatchDelayMs",
+                        f"{_DELAY_RULE} (objective.p95Ms={p95}, "
+                        f"serving.maxBatchDelayMs={serving.max_batch_delay_ms})")
     return SpecDefaults(
-        objective_p95_ms=objective.integer("p95Ms", builtin.objective_p95_ms, 1, 600_000),
+        objective_p95_ms=p95,
         latency_query=objective.optional_string("latencyQuery"),
         request_rate_query=objective.optional_string("requestRateQuery"),
         policy=policy,
         node_pressure=_parse_node_pressure(r.sub("nodePressure"), builtin.node_pressure),
+        serving=ServingDefaults(
+            workers=serving.workers,
+            batch_size=serving.batch_size,
+            max_batch_delay_ms=serving.max_batch_delay_ms,
+            resources=serving.resources,
+            node_selector=serving.node_selector,
+            tolerations=serving.tolerations,
+            runtime_class_name=serving.runtime_class_name,
+        ),
     )
 
 

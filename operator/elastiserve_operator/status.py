@@ -7,9 +7,10 @@ status through server-side apply with distinct field managers, so neither needs 
 and re-send what the other owns (``conditions`` is a map-list keyed by ``type``):
 
 * ``reconcile_patch`` (create/update/resume and Deployment changes): ``observedGeneration``,
-  ``readyReplicas``, ``effectivePolicy`` (the objective, policy and node-pressure values the
-  model runs with, and for each chart-defaulted one whether the spec or the operator's
-  default supplied it) and the ``Ready``/``Degraded`` conditions;
+  ``readyReplicas``, ``effectivePolicy`` (the objective, policy, node-pressure and serving
+  values the model runs with, and for each chart-defaulted one whether the spec or the
+  operator's default supplied it), ``inferenceKeySecret`` (where clients find the key) and
+  the ``Ready``/``Degraded``/``InferenceAuth`` conditions;
 * ``evaluation_patch`` (the policy loop): the levels, the latency readings, the policy
   state, the last switch and the ``MetricsAvailable`` condition.
 
@@ -30,6 +31,9 @@ from .observation import Observation
 from .policy import Decision
 from .policy_state import PolicyState
 from .spec import CHART_DEFAULTED, ElasticModelSpec
+
+KEY_SECRET_ITEM = "key"
+"""The data key of the inference key Secret (``children.INFERENCE_KEY_ITEM``)."""
 
 __all__ = [
     "RECONCILE_OPTIONAL",
@@ -126,37 +130,34 @@ def readiness_drifted(
     return recorded != expected
 
 
-def inference_auth_condition(spec: ElasticModelSpec, generation: int) -> Condition:
-    """``InferenceAuth``: whether one client credential reaches every serving replica.
+def inference_auth_condition(
+    spec: ElasticModelSpec, key_secret: str, generation: int
+) -> Condition:
+    """``InferenceAuth``: how clients of the Service authenticate, and with what.
 
-    TorchServe generates its bearer keys per server, so with token authorisation on and
-    several replicas behind one Service a client holding one pod's key is refused by the
-    others; that is a configuration to fix, reported here rather than discovered by users.
+    Every replica's gateway checks the one key in the model's Secret, so a client holding it
+    reaches every pod behind the Service (TorchServe's own per-server keys could not).
     """
     if not spec.serving.token_authorization:
         return Condition("InferenceAuth", "True", "Delegated",
-                         "TorchServe's key check is off (spec.serving.tokenAuthorization: "
+                         "the serving pods check no key (spec.serving.tokenAuthorization: "
                          "Disabled): authenticate in front of the Service", generation)
-    if spec.replicas > 1:
-        return Condition("InferenceAuth", "False", "PerPodKeys",
-                         f"{spec.replicas} replicas each generate their own TorchServe key, so "
-                         f"a client behind the Service reaches only the pod whose key it holds; "
-                         f"set spec.serving.tokenAuthorization: Disabled and authenticate in "
-                         f"front of the Service (gateway, mesh)", generation)
-    return Condition("InferenceAuth", "True", "PodKey",
-                     "the serving pod's TorchServe key (key_file.json in its torchserve "
-                     "container) authorises inference", generation)
+    return Condition("InferenceAuth", "True", "SharedKey",
+                     f"every replica accepts Authorization: Bearer <key> with the key in "
+                     f"Secret {key_secret} (data key '{KEY_SECRET_ITEM}'); edit the Secret to "
+                     f"rotate it, no restart", generation)
 
 
 def effective_policy(spec: ElasticModelSpec) -> dict[str, Any]:
     """``status.effectivePolicy``: what the policy runs with, and where each value came from.
 
     The CRD leaves the chart-defaulted fields unset, so the spec alone no longer says which
-    objective or windows a model has; this does (``kubectl get em`` prints the objective
-    from here). ``sources`` maps each chart-defaulted field (spec-relative path) to
-    ``spec`` or ``chartDefault``.
+    objective, windows or batching a model has; this does (``kubectl get em`` prints the
+    objective from here). ``sources`` maps each chart-defaulted field (spec-relative path) to
+    ``spec`` or ``chartDefault``; the serving pods' resources and placement are listed there
+    too, their values are in the Deployment.
     """
-    o, p, n = spec.objective, spec.policy, spec.node_pressure
+    o, p, n, s = spec.objective, spec.policy, spec.node_pressure, spec.serving
     objective: dict[str, Any] = {"p95Ms": o.p95_ms}
     if o.latency_query is not None:
         objective["latencyQuery"] = o.latency_query
@@ -183,11 +184,16 @@ def effective_policy(spec: ElasticModelSpec) -> dict[str, Any]:
             "temperatureCelsius": n.temperature_c,
             "gpuLoadPercent": n.gpu_load_percent,
         },
+        "serving": {
+            "workers": s.workers,
+            "batchSize": s.batch_size,
+            "maxBatchDelayMs": s.max_batch_delay_ms,
+        },
     }
     sources = {}
     for path in CHART_DEFAULTED:
         section, key = path.split(".")
-        if key in values[section]:
+        if key in values[section] or section == "serving":
             sources[path] = "chartDefault" if path in spec.defaulted else "spec"
     return {**values, "sources": sources}
 
@@ -199,8 +205,13 @@ def reconcile_patch(
     deployment: Mapping[str, Any] | None,
     error: str | None,
     now: float,
+    key_secret: str = "",
 ) -> dict[str, Any]:
-    """Status after a reconcile; ``error`` (an invalid spec, a refused apply) -> Degraded."""
+    """Status after a reconcile; ``error`` (an invalid spec, a refused apply) -> Degraded.
+
+    ``key_secret``: the name of the model's inference key Secret (``children.names_for``),
+    written to ``inferenceKeySecret`` while the pods check it.
+    """
     replicas = spec.replicas if spec is not None else 0
     ready, ready_count = ready_condition(deployment, replicas, generation)
     if error is not None:
@@ -211,7 +222,7 @@ def reconcile_patch(
                              "children are in the desired state", generation)
     updates = [ready, degraded]
     if spec is not None:
-        updates.append(inference_auth_condition(spec, generation))
+        updates.append(inference_auth_condition(spec, key_secret, generation))
     patch: dict[str, Any] = {
         "observedGeneration": generation,
         "readyReplicas": ready_count,
@@ -219,12 +230,14 @@ def reconcile_patch(
     }
     if spec is not None:
         patch["effectivePolicy"] = effective_policy(spec)
+        if spec.serving.token_authorization and key_secret:
+            patch["inferenceKeySecret"] = key_secret
     return patch
 
 
-RECONCILE_OPTIONAL = ("effectivePolicy",)
+RECONCILE_OPTIONAL = ("effectivePolicy", "inferenceKeySecret")
 """Status fields ``reconcile_patch`` leaves out to remove them (an invalid spec has no
-effective policy)."""
+effective policy; pods that check no key have no key Secret to point to)."""
 
 
 def restore_state(status: Mapping[str, Any], spec: ElasticModelSpec, now: float) -> PolicyState:

@@ -7,6 +7,7 @@ scheduling) are in ``test_cluster.py``; these are the fast ones.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
@@ -114,6 +115,9 @@ class TestSchemaRefuses:
             (ChartValues(set_values={"policy.objective": 5}), "objective"),
             (ChartValues(set_json={"watchNamespaces": ["Not_A_Namespace"]}), "watchNamespaces"),
             (ChartValues(set_values={"monitoring.serviceMonitor.interval": "often"}), "interval"),
+            (ChartValues(set_values={"serving.workers": 0}), "workers"),
+            (ChartValues(set_values={"serving.batchSize": 300}), "batchSize"),
+            (ChartValues(set_values={"serving.image.pullPolicy": "Sometimes"}), "pullPolicy"),
         ],
         ids=[
             "negative-objective",
@@ -133,6 +137,9 @@ class TestSchemaRefuses:
             "unknown-policy-key",
             "bad-namespace",
             "bad-interval",
+            "zero-workers",
+            "huge-batch",
+            "bad-pull-policy",
         ],
     )
     def test_bad_value_fails_naming_the_key(self, values: ChartValues, says: str) -> None:
@@ -171,9 +178,13 @@ class TestSchemaRefuses:
                 ChartValues(set_values={"operator.metricsPort": 8080}),
                 "must differ",
             ),
+            (
+                ChartValues(set_values={"serving.maxBatchDelayMs": 100}),
+                "serving.maxBatchDelayMs must be < policy.objectiveP95Ms",
+            ),
         ],
         ids=["ha-without-peering", "panic>stable", "eval>panic", "panic<=tol", "settle>widen",
-             "same-ports"],
+             "same-ports", "delay>=objective"],
     )
     def test_cross_field_rule_fails_with_message(self, values: ChartValues, says: str) -> None:
         with pytest.raises(HelmError) as caught:
@@ -201,9 +212,12 @@ class TestRbac:
             assert "nonResourceURLs" not in rule, where
 
     @pytest.mark.parametrize("values", [DEFAULT, NAMESPACED], ids=["default", "ns"])
-    def test_no_secrets_no_pods_exec_no_escalation(self, values: ChartValues) -> None:
+    def test_secrets_create_only_no_pods_exec_no_escalation(self, values: ChartValues) -> None:
+        """The operator creates each model's inference key Secret and can read none."""
         for where, rule in iter_rules(render(values)):
-            assert not {"secrets", "pods/exec", "pods/attach"} & set(rule["resources"]), where
+            assert not {"pods/exec", "pods/attach"} & set(rule["resources"]), where
+            if "secrets" in rule["resources"]:
+                assert rule["resources"] == ["secrets"] and rule["verbs"] == ["create"], where
             assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), where
 
     def test_cluster_wide_binds_namespaced_rules_cluster_wide(
@@ -258,6 +272,7 @@ class TestRbac:
             ("", "serviceaccounts"): applied,
             ("rbac.authorization.k8s.io", "roles"): applied,
             ("rbac.authorization.k8s.io", "rolebindings"): applied,
+            ("", "secrets"): {"create"},
             ("", "pods"): {"list"},
             ("", "events"): {"create", "patch"},
             ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
@@ -357,6 +372,7 @@ READ_BY_OPERATOR = {
     "ELASTISERVE_PROMETHEUS_TIMEOUT_SECONDS": "5",
     "ELASTISERVE_NODE_PRESSURE": "true",
     "ELASTISERVE_SERVING_IMAGE": "ghcr.io/elastiserve/serving:0.1.0",
+    "ELASTISERVE_SERVING_IMAGE_PULL_POLICY": "IfNotPresent",
 }
 QUERIES = ("ELASTISERVE_LATENCY_QUERY", "ELASTISERVE_RATE_QUERY")
 # The defaults for what an ElasticModel leaves out (its DEFAULTS_ENV table).
@@ -377,7 +393,20 @@ POLICY_DEFAULTS = {
     "ELASTISERVE_NODE_PRESSURE_TEMPERATURE_CELSIUS": "85",
     "ELASTISERVE_NODE_PRESSURE_GPU_LOAD_PERCENT": "95",
 }
-# Handed over for the serving pods and the node exporters.
+# The serving pods' defaults for what an ElasticModel's spec.serving leaves out (also in
+# DEFAULTS_ENV: checked at start with the spec's own rules).
+SERVING_DEFAULTS = {
+    "ELASTISERVE_SERVING_WORKERS": "1",
+    "ELASTISERVE_SERVING_BATCH_SIZE": "1",
+    "ELASTISERVE_SERVING_MAX_BATCH_DELAY_MS": "10",
+    "ELASTISERVE_SERVING_RUNTIME_CLASS": "",
+    "ELASTISERVE_SERVING_NODE_SELECTOR": "{}",
+    "ELASTISERVE_SERVING_TOLERATIONS": "[]",
+    "ELASTISERVE_SERVING_RESOURCES": (
+        '{"limits":{"memory":"2Gi"},"requests":{"cpu":"500m","memory":"1Gi"}}'
+    ),
+}
+# Handed over for the node exporters.
 CLUSTER_DEFAULTS = {
     "ELASTISERVE_NODE_CPU_FRACTION_METRIC": "instance:node_cpu_utilisation:rate5m",
     "ELASTISERVE_NODE_MEMORY_FRACTION_METRIC": "instance:node_memory_utilisation:ratio",
@@ -385,13 +414,6 @@ CLUSTER_DEFAULTS = {
     "ELASTISERVE_NODE_GPU_LOAD_METRIC": "jetson_usage_gpu",
     "ELASTISERVE_NODE_METRICS_NODE_LABEL": "node",
     "ELASTISERVE_NODE_METRICS_MAX_AGE_SECONDS": "60",
-    "ELASTISERVE_SERVING_IMAGE_PULL_POLICY": "IfNotPresent",
-    "ELASTISERVE_SERVING_RUNTIME_CLASS": "",
-    "ELASTISERVE_SERVING_NODE_SELECTOR": "{}",
-    "ELASTISERVE_SERVING_TOLERATIONS": "[]",
-    "ELASTISERVE_SERVING_RESOURCES": (
-        '{"limits":{"memory":"2Gi"},"requests":{"cpu":"500m","memory":"1Gi"}}'
-    ),
 }
 
 
@@ -401,7 +423,8 @@ class TestSettingsReachTheOperator:
     ) -> None:
         settings = dict(operator_settings(default_objects))
         queries = {k: settings.pop(k) for k in QUERIES}
-        assert settings == {**READ_BY_OPERATOR, **POLICY_DEFAULTS, **CLUSTER_DEFAULTS}
+        assert settings == {**READ_BY_OPERATOR, **POLICY_DEFAULTS, **SERVING_DEFAULTS,
+                            **CLUSTER_DEFAULTS}
         container = one(default_objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
         (source,) = container["envFrom"]
         assert source["configMapRef"]["name"] == "es-elastiserve-operator"
@@ -410,7 +433,7 @@ class TestSettingsReachTheOperator:
     def test_names_match_the_operators_settings_table(self) -> None:
         settings = importlib.import_module("elastiserve_operator.settings")
         assert set(settings.ENV.values()) == set(READ_BY_OPERATOR) | set(QUERIES)
-        assert set(settings.DEFAULTS_ENV) == set(POLICY_DEFAULTS)
+        assert set(settings.DEFAULTS_ENV) == set(POLICY_DEFAULTS) | set(SERVING_DEFAULTS)
 
     def test_operator_parses_the_rendered_settings(
         self, default_objects: list[dict[str, Any]], jetson_objects: list[dict[str, Any]]
@@ -441,7 +464,39 @@ class TestSettingsReachTheOperator:
         module = importlib.import_module("elastiserve_operator.settings")
         spec = importlib.import_module("elastiserve_operator.spec")
         parsed = module.defaults_from_env(operator_settings(default_objects))
-        assert parsed == spec.SpecDefaults()
+        # Except the pods' resources: an operator without the chart imposes none.
+        assert parsed.serving.resources == {"requests": {"cpu": "500m", "memory": "1Gi"},
+                                            "limits": {"memory": "2Gi"}}
+        without = dataclasses.replace(parsed, serving=dataclasses.replace(parsed.serving,
+                                                                          resources={}))
+        assert without == spec.SpecDefaults()
+
+    def test_serving_values_reach_the_pods_the_operator_builds(
+        self, jetson_objects: list[dict[str, Any]]
+    ) -> None:
+        """values.yaml -> ConfigMap -> ELASTISERVE_SERVING_* -> the serving Deployment."""
+        module = importlib.import_module("elastiserve_operator.settings")
+        children = importlib.import_module("elastiserve_operator.children")
+        spec_module = importlib.import_module("elastiserve_operator.spec")
+        objects = render(ChartValues(files=(JETSON_VALUES,), set_values={
+            "serving.workers": 2, "serving.batchSize": 8, "serving.maxBatchDelayMs": 4,
+            "serving.image.pullPolicy": "Always"}))
+        settings = module.settings_from_env(operator_settings(objects))
+        model = spec_module.parse_spec(
+            {"model": {"levelCount": 2, "source": {"localPath": "/m/m.mar"}}},
+            settings.spec_defaults)
+        deployment = children.build_deployment(children.Owner("m", "ns", "u"), model, settings)
+        pod = deployment["spec"]["template"]["spec"]
+        args = pod["containers"][0]["args"]
+        for flag, value in (("--workers", "2"), ("--batch-size", "8"),
+                            ("--max-batch-delay-ms", "4")):
+            assert args[args.index(flag) + 1] == value
+        assert pod["runtimeClassName"] == "nvidia"
+        assert pod["nodeSelector"] == {"kubernetes.io/arch": "arm64", "elastiserve.io/pool": "edge"}
+        assert pod["tolerations"][0]["key"] == "elastiserve.io/pool"
+        assert pod["containers"][0]["resources"]["limits"]["memory"] == "1536Mi"
+        assert {c["imagePullPolicy"] for c in pod["containers"]} == {"Always"}
+        assert pod["containers"][0]["image"].endswith("-l4t-r36")
 
     def test_changed_policy_values_reach_the_operators_defaults(self) -> None:
         module = importlib.import_module("elastiserve_operator.settings")

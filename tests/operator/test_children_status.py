@@ -6,7 +6,14 @@ from typing import Any
 
 import pytest
 
-from elastiserve_operator.children import Owner, build_children, level_names, names_for
+from elastiserve_operator.children import (
+    RUN_AS,
+    Owner,
+    build_children,
+    build_deployment,
+    level_names,
+    names_for,
+)
 from elastiserve_operator.observation import Observation
 from elastiserve_operator.policy import decide
 from elastiserve_operator.policy_state import PolicyState
@@ -17,7 +24,13 @@ from elastiserve_operator.settings import (
     defaults_from_env,
     settings_from_env,
 )
-from elastiserve_operator.spec import CHART_DEFAULTED, SpecDefaults, parse_spec
+from elastiserve_operator.spec import (
+    CHART_DEFAULTED,
+    ServingDefaults,
+    SpecDefaults,
+    SpecError,
+    parse_spec,
+)
 from elastiserve_operator.status import (
     RECONCILE_OPTIONAL,
     effective_policy,
@@ -76,11 +89,122 @@ class TestChildren:
         # The level never appears in the pod template: a switch must not roll the pods.
         assert "activeLevel" not in str(deployment)
 
+    def test_pod_runs_as_the_images_user_with_read_only_roots(self) -> None:
+        pod = build_deployment(OWNER, parse_spec(spec()), OperatorSettings())
+        template = pod["spec"]["template"]["spec"]
+        assert RUN_AS == 65532
+        context = template["securityContext"]
+        assert (context["runAsUser"], context["runAsGroup"], context["fsGroup"]) == (
+            65532, 65532, 65532)
+        serving = template["containers"][0]
+        assert serving["securityContext"]["readOnlyRootFilesystem"] is True
+        # What TorchServe, its JVM and torch write goes to the tmp emptyDir, HOME included.
+        assert {"name": "HOME", "value": "/tmp"} in serving["env"]
+        tmp = next(m for m in serving["volumeMounts"] if m["mountPath"] == "/tmp")
+        assert {"name": tmp["name"], "emptyDir": {}} in template["volumes"]
+        url = parse_spec(spec(model={"levelCount": 3, "source": {"url": {
+            "url": "https://example.com/m.mar", "sha256": "a" * 64}}}))
+        init = build_deployment(OWNER, url, OperatorSettings())["spec"]["template"]["spec"]
+        for container in [*template["containers"], *init["initContainers"]]:
+            assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
     def test_level_names_default_to_bundle_names(self) -> None:
         assert level_names(parse_spec(spec())) == ("L0", "L1", "L2")
         named = spec()
         named["model"]["profile"] = [{"name": n, "serviceTimeMs": 5} for n in ("a", "b", "c")]
         assert level_names(parse_spec(named)) == ("a", "b", "c")
+
+
+def serving_args(deployment: dict[str, Any]) -> dict[str, str]:
+    """The serving container's ``--flag value`` pairs (valueless flags map to "")."""
+    args = [str(a) for a in deployment["spec"]["template"]["spec"]["containers"][0]["args"]]
+    out: dict[str, str] = {}
+    for index, arg in enumerate(args):
+        if arg.startswith("--"):
+            following = args[index + 1] if index + 1 < len(args) else "--"
+            out[arg] = "" if following.startswith("--") else following
+    return out
+
+
+CHART = settings_from_env({
+    "ELASTISERVE_SERVING_WORKERS": "3",
+    "ELASTISERVE_SERVING_BATCH_SIZE": "16",
+    "ELASTISERVE_SERVING_MAX_BATCH_DELAY_MS": "20",
+    "ELASTISERVE_SERVING_RESOURCES": '{"requests": {"cpu": "500m", "memory": "1Gi"}, '
+                                     '"limits": {"memory": "2Gi"}}',
+    "ELASTISERVE_SERVING_NODE_SELECTOR": '{"pool": "edge"}',
+    "ELASTISERVE_SERVING_TOLERATIONS": '[{"key": "pool", "operator": "Equal", '
+                                       '"value": "edge", "effect": "NoSchedule"}]',
+    "ELASTISERVE_SERVING_RUNTIME_CLASS": "nvidia",
+    "ELASTISERVE_SERVING_IMAGE_PULL_POLICY": "Always",
+})
+
+
+class TestServingSettingsReachThePods:
+    """The CR's spec.serving, else the chart's serving.* values, in the pod and its args."""
+
+    def build(self, raw: dict[str, Any], settings: OperatorSettings = CHART) -> dict[str, Any]:
+        return build_deployment(OWNER, parse_spec(raw, settings.spec_defaults), settings)
+
+    def test_chart_defaults_fill_what_the_cr_leaves_out(self) -> None:
+        deployment = self.build(spec())
+        args = serving_args(deployment)
+        assert (args["--workers"], args["--batch-size"], args["--max-batch-delay-ms"]) == (
+            "3", "16", "20")
+        assert "--no-allow-pin" in args
+        pod = deployment["spec"]["template"]["spec"]
+        serving = pod["containers"][0]
+        assert serving["resources"] == {"requests": {"cpu": "500m", "memory": "1Gi"},
+                                        "limits": {"memory": "2Gi"}}
+        assert pod["nodeSelector"] == {"pool": "edge"}
+        assert pod["tolerations"][0]["key"] == "pool"
+        assert pod["runtimeClassName"] == "nvidia"
+        images = [*pod["containers"], *pod["initContainers"]]
+        assert {c["imagePullPolicy"] for c in images} == {"Always"}
+
+    def test_the_crs_fields_win_each_as_a_whole(self) -> None:
+        raw = spec(allowRequestPinning=True, serving={
+            "workers": 2, "batchSize": 4, "maxBatchDelayMs": 5,
+            "resources": {"limits": {"nvidia.com/gpu": 1}},
+            "nodeSelector": {"kubernetes.io/arch": "amd64"}, "tolerations": [],
+            "runtimeClassName": "runc"})
+        deployment = self.build(raw)
+        args = serving_args(deployment)
+        assert (args["--workers"], args["--batch-size"], args["--max-batch-delay-ms"]) == (
+            "2", "4", "5")
+        assert "--allow-pin" in args and "--no-allow-pin" not in args
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["containers"][0]["resources"] == {"limits": {"nvidia.com/gpu": "1"}}
+        assert pod["nodeSelector"] == {"kubernetes.io/arch": "amd64"}
+        assert "tolerations" not in pod  # an explicit empty list clears the chart's
+        assert pod["runtimeClassName"] == "runc"
+
+    def test_without_the_chart_nothing_is_imposed(self) -> None:
+        deployment = self.build(spec(), OperatorSettings())
+        args = serving_args(deployment)
+        assert (args["--workers"], args["--batch-size"], args["--max-batch-delay-ms"]) == (
+            "1", "1", "10")
+        pod = deployment["spec"]["template"]["spec"]
+        assert "resources" not in pod["containers"][0]
+        assert not {"nodeSelector", "tolerations", "runtimeClassName"} & set(pod)
+        assert pod["containers"][0]["imagePullPolicy"] == "IfNotPresent"
+
+    def test_the_configmap_and_status_say_what_the_pods_run_with(self) -> None:
+        model = parse_spec(spec(serving={"batchSize": 2}), CHART.spec_defaults)
+        children = {c["kind"]: c for c in build_children(OWNER, model, CHART)}
+        import json
+
+        config = json.loads(children["ConfigMap"]["data"]["serving.json"])
+        assert (config["workers"], config["batchSize"], config["maxBatchDelayMs"]) == (3, 2, 20)
+        effective = effective_policy(model)
+        assert effective["serving"] == {"workers": 3, "batchSize": 2, "maxBatchDelayMs": 20}
+        assert effective["sources"]["serving.batchSize"] == "spec"
+        assert effective["sources"]["serving.workers"] == "chartDefault"
+        assert effective["sources"]["serving.resources"] == "chartDefault"
+
+    def test_a_default_delay_that_breaks_the_crs_objective_is_refused_naming_it(self) -> None:
+        with pytest.raises(SpecError, match=r"serving.maxBatchDelayMs=20 from the operator"):
+            parse_spec(spec(objective={"p95Ms": 15}), CHART.spec_defaults)
 
 
 class TestStatus:
@@ -151,6 +275,7 @@ class TestEffectivePolicy:
         sources = effective["sources"]
         assert set(sources) == set(CHART_DEFAULTED)
         assert sources["policy.stableWindowSeconds"] == "spec"
+        assert effective["serving"] == {"workers": 1, "batchSize": 1, "maxBatchDelayMs": 10}
         assert {v for k, v in sources.items() if k != "policy.stableWindowSeconds"} == {
             "chartDefault"}
 
@@ -219,6 +344,13 @@ class TestSettings:
         with pytest.raises(ValueError, match="ELASTISERVE"):
             settings_from_env({ENV["metrics_port"]: "eighty"})
 
+    def test_pull_policy(self) -> None:
+        assert settings_from_env({}).serving_pull_policy == "IfNotPresent"
+        assert settings_from_env({ENV["serving_pull_policy"]: "Never"}).serving_pull_policy == (
+            "Never")
+        with pytest.raises(ValueError, match=r"^ELASTISERVE_SERVING_IMAGE_PULL_POLICY: .*Always"):
+            settings_from_env({ENV["serving_pull_policy"]: "Sometimes"})
+
 
 class TestDefaultsFromEnv:
     """The chart's ``ELASTISERVE_DEFAULT_*`` values, parsed and checked at start."""
@@ -244,9 +376,20 @@ class TestDefaultsFromEnv:
             "ELASTISERVE_NODE_PRESSURE_MEMORY_FRACTION": "0.7",
             "ELASTISERVE_NODE_PRESSURE_TEMPERATURE_CELSIUS": "75",
             "ELASTISERVE_NODE_PRESSURE_GPU_LOAD_PERCENT": "90",
+            "ELASTISERVE_SERVING_WORKERS": "2",
+            "ELASTISERVE_SERVING_BATCH_SIZE": "8",
+            "ELASTISERVE_SERVING_MAX_BATCH_DELAY_MS": "3",
+            "ELASTISERVE_SERVING_RESOURCES": '{"requests": {"cpu": 2}}',
+            "ELASTISERVE_SERVING_NODE_SELECTOR": '{"a": "b"}',
+            "ELASTISERVE_SERVING_TOLERATIONS": '[{"operator": "Exists"}]',
+            "ELASTISERVE_SERVING_RUNTIME_CLASS": " nvidia ",
         }
         assert set(env) == set(DEFAULTS_ENV)
         got = defaults_from_env(env)
+        assert got.serving == ServingDefaults(
+            workers=2, batch_size=8, max_batch_delay_ms=3, resources={"requests": {"cpu": "2"}},
+            node_selector={"a": "b"}, tolerations=({"operator": "Exists"},),
+            runtime_class_name="nvidia")
         p, n = got.policy, got.node_pressure
         assert got.objective_p95_ms == 250 and p.mode.value == "Step"
         assert (p.evaluation_interval_s, p.stable_window_s, p.panic_window_s) == (2, 90, 4)
@@ -254,6 +397,13 @@ class TestDefaultsFromEnv:
         assert (p.widen_stabilization_s, p.settle_s, p.stale_after_s) == (600, 20, 30)
         assert (n.cpu_fraction, n.memory_fraction) == (0.8, 0.7)
         assert (n.temperature_c, n.gpu_load_percent) == (75.0, 90.0)
+
+    @pytest.mark.parametrize("empty", ["{}", "[]", "null", " "])
+    def test_an_empty_structured_value_means_no_default(self, empty: str) -> None:
+        got = defaults_from_env({"ELASTISERVE_SERVING_RESOURCES": empty,
+                                 "ELASTISERVE_SERVING_TOLERATIONS": empty,
+                                 "ELASTISERVE_SERVING_NODE_SELECTOR": empty})
+        assert got.serving == ServingDefaults()
 
     def test_helm_may_hand_an_integer_over_as_a_float(self) -> None:
         got = defaults_from_env({"ELASTISERVE_DEFAULT_OBJECTIVE_P95_MS": "123.0"})
@@ -271,11 +421,29 @@ class TestDefaultsFromEnv:
             # Relations between defaults: the same rules as a CR's.
             ({"ELASTISERVE_DEFAULT_PANIC_WINDOW_SECONDS": "120"}, "PANIC_WINDOW_SECONDS"),
             ({"ELASTISERVE_DEFAULT_PANIC_THRESHOLD": "1.05"}, "PANIC_THRESHOLD"),
+            # The serving pods' defaults: ranges, shapes, quantities, the delay's relation.
+            ({"ELASTISERVE_SERVING_WORKERS": "0"}, "SERVING_WORKERS"),
+            ({"ELASTISERVE_SERVING_BATCH_SIZE": "many"}, "SERVING_BATCH_SIZE"),
+            ({"ELASTISERVE_SERVING_MAX_BATCH_DELAY_MS": "100"}, "SERVING_MAX_BATCH_DELAY_MS"),
+            ({"ELASTISERVE_DEFAULT_OBJECTIVE_P95_MS": "5"}, "SERVING_MAX_BATCH_DELAY_MS"),
+            ({"ELASTISERVE_SERVING_RESOURCES": "{cpu: 1}"}, "SERVING_RESOURCES"),
+            ({"ELASTISERVE_SERVING_RESOURCES": '{"limits": {"memory": "lots"}}'},
+             "SERVING_RESOURCES"),
+            ({"ELASTISERVE_SERVING_RESOURCES": '{"limit": {"memory": "1Gi"}}'},
+             "SERVING_RESOURCES"),
+            ({"ELASTISERVE_SERVING_NODE_SELECTOR": '["a"]'}, "SERVING_NODE_SELECTOR"),
+            ({"ELASTISERVE_SERVING_NODE_SELECTOR": '{"a": 1}'}, "SERVING_NODE_SELECTOR"),
+            ({"ELASTISERVE_SERVING_TOLERATIONS": '{"key": "a"}'}, "SERVING_TOLERATIONS"),
+            ({"ELASTISERVE_SERVING_TOLERATIONS": '[{"operator": "Maybe"}]'},
+             "SERVING_TOLERATIONS"),
+            ({"ELASTISERVE_SERVING_TOLERATIONS": '[{"tolerationSeconds": "5"}]'},
+             "SERVING_TOLERATIONS"),
         ],
     )
     def test_a_bad_value_names_its_variable(self, env: dict[str, str], names: str) -> None:
-        with pytest.raises(ValueError, match=f"^ELASTISERVE_[A-Z_]*{names}: "):
+        with pytest.raises(ValueError, match=f"^ELASTISERVE_[A-Z_]*{names}: ") as raised:
             settings_from_env(env)
+        assert len(str(raised.value)) > len(f"ELASTISERVE_{names}: ") + 5  # says why
 
     def test_the_operator_refuses_to_start(self) -> None:
         import subprocess

@@ -124,6 +124,21 @@ class TestInStepWithPython:
                                   "staleAfterSeconds") if f"self.{f}" in rule["rule"]]
             assert fields and all(f"!has(self.{f})" in rule["rule"] for f in fields), rule
 
+    def test_the_batch_delay_rule_is_guarded(self, crd: dict[str, Any]) -> None:
+        # serving.maxBatchDelayMs is chart-defaulted now: a CR may leave it out.
+        root = _version(crd)["schema"]["openAPIV3Schema"]
+        (rule,) = [r["rule"] for r in _schema_at(root, "spec")["x-kubernetes-validations"]
+                   if "maxBatchDelayMs" in r["rule"]]
+        assert "!has(self.serving.maxBatchDelayMs)" in rule
+        assert "!has(self.objective.p95Ms)" in rule
+
+    def test_the_status_says_where_the_inference_key_is(self, crd: dict[str, Any]) -> None:
+        root = _version(crd)["schema"]["openAPIV3Schema"]
+        assert _schema_at(root, "status.inferenceKeySecret")["type"] == "string"
+        columns = {c["name"]: c for c in _version(crd)["additionalPrinterColumns"]}
+        assert columns["Key Secret"]["jsonPath"] == ".status.inferenceKeySecret"
+        assert columns["Key Secret"]["priority"] == 1  # -o wide only
+
     @pytest.mark.parametrize(
         "case", [c for c in INVALID_SPECS if c.kind == "cel"], ids=lambda c: c.name
     )

@@ -7,6 +7,7 @@ those rules suffice. Windows in the test CRs are seconds, not minutes.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
@@ -177,7 +178,7 @@ def must(obj: dict[str, Any], kind: str) -> dict[str, Any]:
 def children(control_plane: ControlPlane, namespace: str) -> dict[str, list[dict[str, Any]]]:
     found: dict[str, list[dict[str, Any]]] = {}
     for kind in ("deployments", "services", "configmaps", "serviceaccounts", "roles",
-                 "rolebindings"):
+                 "rolebindings", "secrets"):
         out = control_plane.kubectl("get", kind, "-n", namespace, "-o", "json",
                                     "-l", "app.kubernetes.io/managed-by=elastiserve-operator")
         found[kind] = json.loads(out.stdout)["items"]
@@ -256,6 +257,17 @@ def test_children_status_and_garbage_collection(
     assert not any(m["name"] == "agent-token" for m in serving["volumeMounts"])
     role = found["roles"][0]["rules"][0]
     assert role["resourceNames"] == ["m1"] and set(role["verbs"]) == {"get", "list", "watch"}
+    # One inference key for every replica, mounted into the serving container only.
+    (secret,) = found["secrets"]
+    assert secret["metadata"]["name"] == "m1-inference-key"
+    key = secret["data"]["key"]
+    assert len(base64.b64decode(key)) >= 43
+    assert obj["status"]["inferenceKeySecret"] == "m1-inference-key"
+    assert must(obj, "InferenceAuth")["reason"] == "SharedKey"
+    volume = next(v for v in pod["volumes"] if v["name"] == "inference-key")
+    assert volume["secret"]["secretName"] == "m1-inference-key"
+    assert any(m["name"] == "inference-key" for m in serving["volumeMounts"])
+    assert not any(m["name"] == "inference-key" for m in agent["volumeMounts"])
 
     # The pods run on kwok nodes: Ready follows the Deployment.
     wait_for(lambda: (condition(get(crs, namespace, "m1"), "Ready") or {}).get("status")
@@ -277,6 +289,8 @@ def test_children_status_and_garbage_collection(
     wait_for(lambda: children(installed, namespace)["deployments"][0]["spec"]["replicas"] == 2,
              "deployment scaled to 2")
     assert all(len(v) == 1 for v in children(installed, namespace).values())
+    # Reconciles never replace the key the replicas and the clients hold.
+    assert children(installed, namespace)["secrets"][0]["data"]["key"] == key
 
     crs.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "m1")
     wait_for(lambda: not any(children(installed, namespace).values()),
@@ -387,15 +401,41 @@ def test_operator_metrics_liveness_and_least_privilege(
     with urllib.request.urlopen(health, timeout=5) as response:
         assert response.status == 200
 
-    # The operator's token is bound to the ClusterRole only: no secrets, no cluster-admin.
+    # The operator's token is bound to the ClusterRole only: it may create Secrets (each
+    # model's key) but read none, and it is no cluster-admin.
     kube = ["--kubeconfig", str(world.kubeconfig)]
-    for verb, what in (("list", "secrets"), ("delete", "deployments"), ("create", "pods"),
+    for verb, what in (("list", "secrets"), ("get", "secrets"), ("watch", "secrets"),
+                       ("update", "secrets"), ("delete", "deployments"), ("create", "pods"),
                        ("create", "clusterrolebindings")):
         done = installed.kubectl(*kube, "auth", "can-i", verb, what, "-A", check=False)
         assert done.stdout.strip() == "no", (verb, what, done.stdout)
+    done = installed.kubectl(*kube, "auth", "can-i", "create", "secrets", "-n", namespace,
+                             check=False)
+    assert done.stdout.strip() == "yes"
     done = installed.kubectl(*kube, "auth", "can-i", "patch", "elasticmodels.elastiserve.io",
                              "-n", namespace, check=False)
     assert done.stdout.strip() == "yes"
+
+
+def test_a_key_secret_that_exists_is_used_as_it_is(
+    world: World, crs: Any, namespace: str, installed: ControlPlane
+) -> None:
+    """Bring your own key: a Secret created before the model is neither replaced nor read."""
+    mine = base64.b64encode(b"my-own-key").decode()
+    manifest = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": "m1-inference-key"}, "data": {"key": mine}}
+    installed.kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(manifest))
+    create(crs, namespace, "m1", model_spec())
+
+    def reconciled() -> dict[str, Any] | None:
+        obj = get(crs, namespace, "m1")
+        return obj if (obj.get("status") or {}).get("inferenceKeySecret") else None
+
+    obj = wait_for(reconciled, "reconcile pointing to the key Secret", timeout_s=40)
+    assert obj["status"]["inferenceKeySecret"] == "m1-inference-key"
+    assert must(obj, "Degraded")["status"] == "False"
+    out = installed.kubectl("get", "secret", "m1-inference-key", "-n", namespace, "-o", "json")
+    assert json.loads(out.stdout)["data"]["key"] == mine
 
 
 def _fetch(url: str) -> str | None:

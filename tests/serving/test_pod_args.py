@@ -48,6 +48,16 @@ def test_serving_container_args_parse_and_bind_what_the_pod_declares() -> None:
     assert declared == {"http": INFERENCE_PORT, "metrics": METRICS_PORT}
 
 
+def test_serving_args_carry_the_crs_serving_settings_and_the_key_file() -> None:
+    serving = containers()["torchserve"]
+    argv = [str(a) for a in serving["args"]]  # type: ignore[attr-defined]
+    args = parser_for(argv).parse_args(argv)
+    assert (args.workers, args.batch_size, args.max_batch_delay_ms) == (1, 1, 10)
+    assert args.allow_pin is False  # explicit: the archive's own value must not win
+    mounts = {m["mountPath"] for m in serving["volumeMounts"]}  # type: ignore[attr-defined]
+    assert args.key_file is not None and str(args.key_file.parent) in mounts
+
+
 def test_agent_args_parse_and_carry_no_level_names() -> None:
     agent = containers()["level-agent"]
     args = agent_parser().parse_args([*agent["args"]])  # type: ignore[misc]

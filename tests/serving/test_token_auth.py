@@ -1,9 +1,10 @@
-"""TorchServe with its key check off (``spec.serving.tokenAuthorization: Disabled``).
+"""TorchServe with its key check off, and the pod's switch for it.
 
-Several replicas behind one Service cannot share TorchServe's per-server keys, so a cluster
-that authenticates in front of the Service turns the check off. Checked on a real TorchServe:
-it answers without a key and writes no key file, and the pod the operator builds passes the
-switch the serving CLI accepts.
+Several replicas behind one Service cannot share TorchServe's per-server keys, so in a pod
+TorchServe runs with its check off behind the gateway (``--key-file``: the model's one key;
+``--gateway``: no key, for ``spec.serving.tokenAuthorization: Disabled``). Checked on a real
+TorchServe: with the check off it answers without a key and writes no key file; and the pod
+the operator builds passes switches the serving CLI accepts.
 """
 
 from __future__ import annotations
@@ -37,16 +38,23 @@ def test_config_turns_the_check_off_only_when_asked(tmp_path: Path) -> None:
     assert not any(line.startswith("token_expiration_min") for line in off.splitlines())
 
 
-def test_disabled_pod_args_are_accepted_by_the_serving_cli() -> None:
+@pytest.mark.parametrize(("auth", "key_file", "gateway"), [
+    ("Enabled", "/var/run/secrets/elastiserve/inference/key", False),
+    ("Disabled", None, True),
+])
+def test_pod_auth_args_are_accepted_by_the_serving_cli(
+    auth: str, key_file: str | None, gateway: bool,
+) -> None:
     spec = parse_spec({"model": {"levelCount": 2, "source": {"localPath": "/m/m.mar"}},
                        "objective": {"p95Ms": 100}, "replicas": 3,
-                       "serving": {"tokenAuthorization": "Disabled"}})
+                       "serving": {"tokenAuthorization": auth}})
     pod = build_deployment(Owner("m", "ns", "u"), spec, OperatorSettings())
     serving = pod["spec"]["template"]["spec"]["containers"][0]
-    assert "--disable-token-auth" in serving["args"]
     argv = [str(a) for a in serving["args"]]  # "serve", then its options
     args = parser_for(argv).parse_args(argv)
-    assert args.disable_token_auth is True
+    assert (str(args.key_file) if args.key_file else None) == key_file
+    assert args.gateway is gateway
+    assert args.disable_token_auth is False  # the gateway turns TorchServe's check off
 
 
 def test_torchserve_answers_without_a_key_when_the_check_is_off(tmp_path: Path) -> None:
