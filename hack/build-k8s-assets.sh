@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the local Kubernetes test bed binaries (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl, kwok, helm) from the Go module proxy into a cache outside the repo.
+# kube-scheduler, kubectl, kwok, helm, and for the real node kubelet, kube-proxy and the sandbox
+# program elastiserve-pause) from the Go module proxy into a cache outside the repo.
 #
 # Why build instead of download: the only network this project may rely on is the package
 # registries, and the Go module proxy is one of them. Each tool is pinned by a scratch module
@@ -59,8 +60,12 @@ readonly SCRIPT_HASH
 
 # stamp_for GROUP -> a hash that changes whenever what the group's binaries are built from does.
 stamp_for() {
-  { cat "${MODULES}/$1/go.mod" "${MODULES}/$1/go.sum"; echo "${SCRIPT_HASH} ${GO_VERSION}"; } \
-    | sha256sum | cut -c1-64
+  {
+    cat "${MODULES}/$1/go.mod" "${MODULES}/$1/go.sum"
+    # A group with its own sources (the pause program) rebuilds when they change.
+    find "${MODULES}/$1" -maxdepth 1 -name '*.go' -print0 | sort -z | xargs -0 -r cat
+    echo "${SCRIPT_HASH} ${GO_VERSION}"
+  } | sha256sum | cut -c1-64
 }
 
 # Kubernetes binaries print their version from these variables; unset, they claim
@@ -117,6 +122,12 @@ build kube-apiserver kube k8s.io/kubernetes/cmd/kube-apiserver "${KUBE_LDFLAGS}"
 build kube-controller-manager kube k8s.io/kubernetes/cmd/kube-controller-manager "${KUBE_LDFLAGS}"
 build kube-scheduler kube k8s.io/kubernetes/cmd/kube-scheduler "${KUBE_LDFLAGS}"
 build kubectl kube k8s.io/kubernetes/cmd/kubectl "${KUBE_LDFLAGS}"
+# The real node: same module, same version stamp as the control plane it joins.
+build kubelet kube k8s.io/kubernetes/cmd/kubelet "${KUBE_LDFLAGS}"
+build kube-proxy kube k8s.io/kubernetes/cmd/kube-proxy "${KUBE_LDFLAGS}"
+# The pod sandbox's program (hack/k8s-assets/pause, standard library only): no registry serves
+# the upstream pause image here, so the harness packs this binary into one itself.
+build elastiserve-pause pause . "-s -w"
 build kwok kwok sigs.k8s.io/kwok/cmd/kwok "-s -w"
 # helm's own release build stamps the Kubernetes version it assumes for offline `template` and
 # `lint` (capabilities and deprecation checks) from its client-go; without it a plain go build
@@ -148,6 +159,10 @@ version_line() {
     k8s.io/kubernetes/cmd/kube-controller-manager
   version_line kube-scheduler "${KUBE_VERSION}" k8s.io/kubernetes/cmd/kube-scheduler
   version_line kubectl "${KUBE_VERSION}" k8s.io/kubernetes/cmd/kubectl
+  version_line kubelet "${KUBE_VERSION}" k8s.io/kubernetes/cmd/kubelet
+  version_line kube-proxy "${KUBE_VERSION}" k8s.io/kubernetes/cmd/kube-proxy
+  version_line elastiserve-pause "$(sha256sum "${MODULES}/pause/main.go" | cut -c1-12)" \
+    elastiserve.local/k8s-assets/pause
   version_line kwok "${KWOK_VERSION}" sigs.k8s.io/kwok/cmd/kwok
   version_line helm "${HELM_VERSION}" helm.sh/helm/v3/cmd/helm
 } >"${versions_tmp}"
