@@ -3,7 +3,8 @@
 The footprint benchmark measures the time; these pin the request pattern it depends on: a
 spec change is one status write (children unchanged are skipped), a resume of an unchanged
 model writes nothing, a new model's status is right the first time, and a Deployment found
-ready by its first apply after a restart gets its status corrected.
+ready by its first apply after a restart gets its status corrected. And the inference key
+Secret: created (never applied) once, kept when it exists, its refusal reported.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ import copy
 from collections.abc import Mapping
 from typing import Any, cast
 
-from elastiserve_operator.kube import KubeApi
+import kopf
+import pytest
+
+from elastiserve_operator.kube import ApiError, ApiTransient, KubeApi
 from elastiserve_operator.metrics import OperatorMetrics
 from elastiserve_operator.reconcile import Runtime, reconcile
 from elastiserve_operator.settings import OperatorSettings
@@ -23,9 +27,23 @@ class RecordingApi:
     """Answers applies like the API server would (the object back, a new resourceVersion);
     a Deployment comes back with ``ready`` ready replicas."""
 
-    def __init__(self, ready: int = 0) -> None:
+    def __init__(self, ready: int = 0, refuse_creates: int = 0) -> None:
         self.ready = ready
         self.applies: list[tuple[str, str, dict[str, Any]]] = []
+        self.creates: list[dict[str, Any]] = []
+        self.stored: dict[tuple[str, str], dict[str, Any]] = {}
+        self.refuse_creates = refuse_creates
+
+    async def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """A POST: 409 when the name is taken, like the API server (nothing replaced)."""
+        self.creates.append(copy.deepcopy(dict(obj)))
+        if self.refuse_creates:
+            raise ApiError(self.refuse_creates, 'secrets is forbidden: cannot create')
+        key = (str(obj["kind"]), str(obj["metadata"]["name"]))
+        if key in self.stored:
+            raise ApiTransient(409, f"{key[1]} already exists")
+        self.stored[key] = copy.deepcopy(dict(obj))
+        return dict(obj)
 
     async def apply(
         self, obj: Mapping[str, Any], *, manager: str = "", subresource: str = ""
@@ -103,3 +121,66 @@ def test_after_a_restart_a_ready_deployment_corrects_the_assumed_status() -> Non
     hopeful, corrected = api.status_writes()
     assert ready(hopeful)["status"] == "False"
     assert ready(corrected)["status"] == "True" and corrected["readyReplicas"] == 1
+
+
+def test_the_key_secret_is_created_once_never_applied() -> None:
+    api = RecordingApi()
+    rt = runtime(api)
+    asyncio.run(reconcile(rt, body()))
+    assert "Secret" not in api.child_applies()
+    (secret,) = api.creates
+    assert secret["kind"] == "Secret" and secret["metadata"]["name"] == "resnet-inference-key"
+    (status,) = api.status_writes()
+    assert status["inferenceKeySecret"] == "resnet-inference-key"
+    # A spec change (and any later reconcile of this model) sends no create at all.
+    api.applies.clear()
+    asyncio.run(reconcile(rt, body(generation=2, status=status, objective_ms=120)))
+    assert len(api.creates) == 1
+
+
+def test_after_a_restart_an_existing_key_is_kept_and_nothing_is_degraded() -> None:
+    api = RecordingApi()
+    asyncio.run(reconcile(runtime(api), body()))
+    key = api.stored[("Secret", "resnet-inference-key")]["data"]["key"]
+    (status,) = api.status_writes()
+    api.applies.clear()
+    asyncio.run(reconcile(runtime(api), body(status=status)))  # a fresh process
+    assert len(api.creates) == 2  # asked again, answered 409
+    assert api.stored[("Secret", "resnet-inference-key")]["data"]["key"] == key
+    for written in api.status_writes():
+        (degraded,) = [c for c in written["conditions"] if c["type"] == "Degraded"]
+        assert degraded["status"] == "False"
+
+
+def test_two_models_get_different_keys() -> None:
+    api = RecordingApi()
+    rt = runtime(api)
+    asyncio.run(reconcile(rt, body()))
+    other = body()
+    other["metadata"] = {**other["metadata"], "name": "vgg", "uid": "u2"}
+    asyncio.run(reconcile(rt, other))
+    keys = {s["metadata"]["name"]: s["data"]["key"] for s in api.creates}
+    assert set(keys) == {"resnet-inference-key", "vgg-inference-key"}
+    assert len(set(keys.values())) == 2
+
+
+def test_a_refused_create_is_reported_and_retried() -> None:
+    api = RecordingApi(refuse_creates=403)
+    rt = runtime(api)
+    with pytest.raises(kopf.TemporaryError, match="forbidden"):
+        asyncio.run(reconcile(rt, body()))
+    (degraded,) = [c for c in api.status_writes()[-1]["conditions"] if c["type"] == "Degraded"]
+    assert (degraded["status"], degraded["reason"]) == ("True", "ReconcileFailed")
+    api.refuse_creates = 0
+    asyncio.run(reconcile(rt, body(status=api.status_writes()[-1])))
+    assert ("Secret", "resnet-inference-key") in api.stored
+
+
+def test_no_key_secret_when_the_pods_check_no_key() -> None:
+    api = RecordingApi()
+    disabled = body()
+    disabled["spec"]["serving"] = {"tokenAuthorization": "Disabled"}
+    asyncio.run(reconcile(runtime(api), disabled))
+    assert api.creates == []
+    (status,) = api.status_writes()
+    assert "inferenceKeySecret" not in status
