@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -194,6 +195,8 @@ def _serve_behind_gateway(
         management_url=f"http://127.0.0.1:{management_port}",
         models=[m.split("=", 1)[0] for m in models],
         max_request_size=MAX_REQUEST_SIZE,
+        # In a pod the host name is the pod's name (what `kubectl get pods` shows).
+        replica=socket.gethostname(),
     )
     gateway = GatewayServer(Gateway(config, keys), args.bind, args.port)
     port = gateway.start()

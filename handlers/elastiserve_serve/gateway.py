@@ -18,7 +18,8 @@ Routes (the health ones carry no credential, as KServe's do, because probes carr
   larger than TorchServe's ``max_request_size`` gets 413 before anything is forwarded. Only the
   body, its ``Content-Type`` and the level pin header go to TorchServe (never the client's
   credential: the handler sees request headers); the answer's status, body, content type and
-  level header come back. TorchServe unreachable: 503.
+  level header come back, with ``X-Elastiserve-Replica`` naming the pod. TorchServe
+  unreachable: 503.
 
 Connections to TorchServe come from one pooled ``aiohttp.ClientSession`` per gateway.
 """
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 LEVEL_HEADER = PIN_HEADER
 """The same name pins a request (client -> handler) and names the level that answered
 (handler -> client)."""
+REPLICA_HEADER = "X-Elastiserve-Replica"
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,9 @@ class GatewayConfig:
     max_request_size: int
     ready_cache_s: float = 1.0
     upstream_timeout_s: float = 300.0
+    replica: str = ""
+    """This server's name (the pod's), sent back in ``X-Elastiserve-Replica`` so that a client
+    behind a Service can tell which replica answered; empty sends nothing."""
     """Longest wait for TorchServe's answer (its own per-model response timeout is shorter)."""
 
 
@@ -215,6 +220,8 @@ class Gateway:
             response.headers["Content-Type"] = content_type
         if level is not None:
             response.headers[LEVEL_HEADER] = level
+        if self.config.replica:
+            response.headers[REPLICA_HEADER] = self.config.replica
         return response
 
 

@@ -148,12 +148,13 @@ Scenario = Callable[[TestClient[Any, Any], Upstream], Coroutine[Any, Any, None]]
 
 async def _with_gateway(
     scenario: Scenario, keys: KeyFile | None, *, upstream_up: bool = True,
-    ready_cache_s: float = 0.0, max_request_size: int = 1024,
+    ready_cache_s: float = 0.0, max_request_size: int = 1024, replica: str = "",
 ) -> None:
     upstream = Upstream()
     async with _serve(upstream.app(), upstream_up) as url:
         config = GatewayConfig(inference_url=url, management_url=url, models=["m"],
-                               max_request_size=max_request_size, ready_cache_s=ready_cache_s)
+                               max_request_size=max_request_size, ready_cache_s=ready_cache_s,
+                               replica=replica)
         async with TestClient(TestServer(Gateway(config, keys).app())) as client:
             await scenario(client, upstream)
 
@@ -226,6 +227,19 @@ def test_headers_travel_both_ways_but_never_the_credential(keys: KeyFile) -> Non
         assert "authorization" not in sent and "cookie" not in sent
 
     run(scenario, keys)
+
+
+def test_the_answer_names_the_replica_when_it_has_a_name(keys: KeyFile) -> None:
+    async def named(client: TestClient[Any, Any], _upstream: Upstream) -> None:
+        answer = await client.post("/predictions/m", data=b"img", headers=AUTH)
+        assert answer.headers["x-elastiserve-replica"] == "fmnist-serving-abc"
+
+    async def anonymous(client: TestClient[Any, Any], _upstream: Upstream) -> None:
+        answer = await client.post("/predictions/m", data=b"img", headers=AUTH)
+        assert "x-elastiserve-replica" not in answer.headers
+
+    run(named, keys, replica="fmnist-serving-abc")
+    run(anonymous, keys)
 
 
 def test_torchserve_errors_come_back_with_their_status_and_level(keys: KeyFile) -> None:
