@@ -58,10 +58,10 @@ class GatewayConfig:
     max_request_size: int
     ready_cache_s: float = 1.0
     upstream_timeout_s: float = 300.0
+    """Longest wait for TorchServe's answer (its own per-model response timeout is shorter)."""
     replica: str = ""
     """This server's name (the pod's), sent back in ``X-Elastiserve-Replica`` so that a client
     behind a Service can tell which replica answered; empty sends nothing."""
-    """Longest wait for TorchServe's answer (its own per-model response timeout is shorter)."""
 
 
 def json_error(status: int, kind: str, message: str) -> web.Response:
