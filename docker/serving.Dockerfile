@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
-# The elastiserve serving image: TorchServe 0.12 (Java 17) with the elastiserve_serve handler
-# and the level-agent sidecar (same image, another command). No kopf.
+# The elastiserve serving image: TorchServe 0.12 (Java 17, or the base's own Java) with the
+# elastiserve_serve handler and the level-agent sidecar (same image, another command). No kopf.
 #
 #   amd64 (CPU torch from PyTorch's CPU index):
 #     docker buildx build --platform linux/amd64 -f docker/serving.Dockerfile \
@@ -10,14 +10,25 @@
 #     docker buildx build --platform linux/arm64 -f docker/serving.Dockerfile \
 #       --build-arg L4T_PYTORCH_IMAGE=nvcr.io/nvidia/pytorch:24.08-py3-igpu \
 #       -t ghcr.io/elastiserve/serving:0.1.0-l4t-r36 .
+#   No registry at all (the test machines): a base built from Debian packages that already has
+#   torch and Java (Debian 13's python3-torch 2.6 CPU and openjdk-21, hack/debian-base.sh) and
+#   no torch index; `python -m elastiserve.testing.images build` does this with podman:
+#     podman build -f docker/serving.Dockerfile --build-arg PYTHON_IMAGE=<local base> \
+#       --build-arg TORCH_INDEX_URL= .
 #
-# The last stage picks serving-${TARGETARCH}, so --platform chooses the recipe.
+# The last stage picks serving-${TARGETARCH}, so --platform chooses the recipe. The venv sees
+# the base's site-packages, so a base that has torch (Debian's, L4T's) satisfies torch>=2.4 and
+# pip takes nothing for it; on python:*-slim there is none and pip installs it.
 ARG PYTHON_IMAGE=python:3.12.8-slim-bookworm
 # Any L4T PyTorch image with Python >= 3.10 and CUDA torch >= 2.4 (pyproject's floor) works:
 # NGC's iGPU builds (nvcr.io/nvidia/pytorch:<yy.mm>-py3-igpu) or jetson-containers'
 # l4t-pytorch:r36.x. nvcr.io/nvidia/l4t-pytorch:r35.* (JetPack 5) ships Python 3.8 and
 # torch <= 2.0, too old for this package.
 ARG L4T_PYTORCH_IMAGE=nvcr.io/nvidia/pytorch:24.08-py3-igpu
+# Set by BuildKit from --platform; declared here because buildah/podman (Debian 12's 1.28)
+# substitute it in FROM only when it is declared (and need --build-arg TARGETARCH=amd64).
+ARG TARGETARCH
+# May be empty: then pip reads PyPI only (a base with torch needs no torch index).
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 
 # ------------------------------------------------------------------ amd64: slim Python + Java
@@ -25,10 +36,12 @@ FROM ${PYTHON_IMAGE} AS serving-amd64
 ARG TORCH_INDEX_URL
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN apt-get update \
- && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
- && rm -rf /var/lib/apt/lists/*
-RUN python -m venv /opt/venv
+# Java only when the base has none (the Debian base brings openjdk-21).
+RUN command -v java >/dev/null \
+ || { apt-get update \
+      && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
+      && rm -rf /var/lib/apt/lists/*; }
+RUN python -m venv --system-site-packages /opt/venv
 ENV PATH=/opt/venv/bin:${PATH}
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -37,16 +50,20 @@ COPY operator/ operator/
 COPY model_store/ model_store/
 COPY handlers/ handlers/
 COPY training/ training/
-RUN pip install --extra-index-url "${TORCH_INDEX_URL}" ".[serve]" \
- && rm -rf /src
+RUN pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} ".[serve]" \
+ && rm -rf /src \
+ && cd / \
+ && python -c "import torch, ts, elastiserve_serve; print('torch', torch.__version__)" \
+ && java -version
 
 # ------------------------------------------------------------------ arm64: Jetson, torch from base
 FROM ${L4T_PYTORCH_IMAGE} AS serving-arm64
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN apt-get update \
- && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
- && rm -rf /var/lib/apt/lists/*
+RUN command -v java >/dev/null \
+ || { apt-get update \
+      && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
+      && rm -rf /var/lib/apt/lists/*; }
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY elastiserve/ elastiserve/
@@ -60,7 +77,7 @@ COPY training/ training/
 RUN python3 -m pip install \
       "pyyaml>=6" "safetensors>=0.4" "numpy>=1.26" "pillow>=10" \
       "torchserve==0.12.0" "torch-model-archiver==0.12.0" "prometheus-client>=0.20" \
-      "httpx>=0.27" \
+      "httpx>=0.27" "aiohttp>=3.9" \
  && python3 -m pip install --no-deps . \
  && rm -rf /src \
  && python3 -c "import torch; print('torch', torch.__version__, 'cuda build', torch.version.cuda)"

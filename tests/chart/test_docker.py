@@ -1,9 +1,13 @@
 """The Dockerfiles' must-haves, checked by reading them (no Docker engine runs here).
 
-What is checked: every base image is pinned to a tag that is not ``latest``; the final stage
-runs as a numeric non-root user; the operator image installs the ``operator`` extra and never
-torch (nor the serve/train extras); the serving image has Java 17, installs the ``serve``
-extra on amd64 and keeps the base's torch on Jetson; the build context is an allowlist.
+What is checked: every base image is pinned to a tag that is not ``latest`` and comes from a
+build argument (so a base built from Debian packages can stand in, see
+``elastiserve.testing.images``); the final stage runs as a numeric non-root user; the operator
+image installs the ``operator`` extra and never torch (nor the serve/train extras), and checks
+that with the interpreter its entrypoint runs; the serving image installs Java 17 when its base
+has none, installs the ``serve`` extra on amd64 into a venv that sees a base's own torch, and
+keeps the base's torch on Jetson; the build context is an allowlist. The images themselves are
+built and run in ``tests/images``.
 """
 
 from __future__ import annotations
@@ -51,12 +55,16 @@ def instructions(path: Path) -> list[Instruction]:
 
 
 def global_args(steps: list[Instruction]) -> dict[str, str]:
-    """ARGs before the first FROM, with their defaults (what FROM lines may use)."""
+    """ARGs before the first FROM that have defaults (what FROM lines may use).
+
+    An ARG declared without a default (``TARGETARCH``, which the builder sets) is left out, so
+    that ``${TARGETARCH}`` stays unexpanded instead of becoming an empty string.
+    """
     found: dict[str, str] = {}
     for step in steps:
         if step.keyword == "FROM":
             break
-        if step.keyword == "ARG":
+        if step.keyword == "ARG" and "=" in step.value:
             name, _, default = step.value.partition("=")
             found[name] = default
     return found
@@ -126,9 +134,50 @@ def test_operator_installs_operator_extra_only_and_never_torch() -> None:
     assert 'python -c "import torch"' in runs
 
 
-def test_serving_has_java_17_in_both_flavours() -> None:
+def test_operator_torch_check_uses_the_entrypoints_interpreter() -> None:
+    """The venv is isolated from the base, and the final image checks its own ``python``."""
+    runs = run_lines(OPERATOR)
+    assert any(re.search(r"python -m venv /opt/venv\b", line) for line in runs)
+    assert not any("--system-site-packages" in line for line in runs)
+    assert any('/opt/venv/bin/python -c "import torch"' in line for line in runs)
+    final = final_stage(OPERATOR)
+    path = next(i for i, s in enumerate(final) if s.keyword == "ENV" and "PATH=/opt/venv/bin:"
+                in s.value)
+    checks = [i for i, s in enumerate(final)
+              if s.keyword == "RUN" and 'python -c "import torch"' in s.value]
+    assert checks and checks[-1] > path, "the final stage must check the PATH's python"
+    entrypoint = next(s.value for s in final if s.keyword == "ENTRYPOINT")
+    assert entrypoint.startswith('["python"')
+
+
+def test_serving_has_java_17_in_both_flavours_unless_the_base_has_java() -> None:
     java = [line for line in run_lines(SERVING) if "openjdk-17-jre-headless" in line]
     assert len(java) == 2
+    for line in java:
+        assert re.match(r"command -v java >/dev/null\s+\|\|", line), line
+
+
+def test_serving_amd64_venv_sees_the_bases_torch_and_the_index_is_optional() -> None:
+    runs = run_lines(SERVING)
+    assert "python -m venv --system-site-packages /opt/venv" in runs
+    install = next(line for line in runs if '".[serve]"' in line)
+    assert install.startswith('pip install ${TORCH_INDEX_URL:+--extra-index-url '
+                              '"$TORCH_INDEX_URL"} ".[serve]"'), install
+    args = global_args(instructions(SERVING))
+    assert args["TORCH_INDEX_URL"].startswith("https://download.pytorch.org/whl/")
+
+
+def test_serving_declares_targetarch_for_buildah() -> None:
+    """buildah substitutes ``FROM serving-${TARGETARCH}`` only for a declared ARG."""
+    steps = instructions(SERVING)
+    first_from = next(i for i, s in enumerate(steps) if s.keyword == "FROM")
+    assert Instruction("ARG", "TARGETARCH") in steps[:first_from]
+
+
+@pytest.mark.parametrize("path", [OPERATOR, SERVING], ids=lambda p: p.name)
+def test_default_base_is_python_slim(path: Path) -> None:
+    assert re.fullmatch(r"python:3\.12[\d.]*-slim(-\w+)?",
+                        global_args(instructions(path))["PYTHON_IMAGE"])
 
 
 def test_serving_amd64_installs_serve_extra() -> None:
