@@ -59,6 +59,7 @@ import itertools
 import json
 import math
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -292,9 +293,13 @@ class Replica:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.inference_port}/predictions/{NAME}"
 
+    @property
+    def key_file(self) -> Path:
+        """What the pod mounts from the model's key Secret: the one key of every replica."""
+        return self.folder.parent / "inference-key"
+
     def token(self) -> str:
-        body = json.loads((self.folder / "run" / "torchserve" / "key_file.json").read_text())
-        return str(body["inference"]["key"])
+        return self.key_file.read_text().strip()
 
     def start_serving(self, bundle: Path, container: dict[str, Any]) -> None:
         args = container["args"]
@@ -306,7 +311,10 @@ class Replica:
             handler={"control_file": str(self.control_file), "threads": 1},
         )
         mar = build_archive(bundle, self.folder / "mar", NAME, spec)
+        if not self.key_file.exists():
+            self.key_file.write_text(secrets.token_urlsafe(32) + "\n")
         local = replace_args(args, {
+            "--key-file": str(self.key_file),
             "--mar": str(mar),
             "--run-dir": str(self.folder / "run"),
             "--control-file": str(self.control_file),
