@@ -25,7 +25,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["AppliedChildren", "ChildKey", "fingerprint", "key_of", "last_main_writers"]
+__all__ = [
+    "AppliedChildren",
+    "ChildKey",
+    "ChildOwners",
+    "controller_of",
+    "fingerprint",
+    "key_of",
+    "last_main_writers",
+]
 
 ChildKey = tuple[str, str, str]
 """(namespace, kind, name) of one child."""
@@ -127,3 +135,57 @@ class AppliedChildren:
             return False
         writers = last_main_writers(obj)
         return bool(writers - {self.manager} - self.ignored_writers)
+
+
+def controller_of(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The owner reference marked ``controller: true`` (at most one exists), or None."""
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if isinstance(ref, Mapping) and ref.get("controller") is True:
+            return ref
+    return None
+
+
+def describe_controller(obj: Mapping[str, Any]) -> str:
+    """Who controls ``obj``, for a message: ``ElasticModel other (uid ...)`` or ``no one``."""
+    ref = controller_of(obj)
+    if ref is None:
+        return "no controller"
+    return f"controlled by {ref.get('kind')} {ref.get('name')} (uid {ref.get('uid')})"
+
+
+@dataclass
+class ChildOwners:
+    """Which live children this process knows to be controlled by which ``ElasticModel``.
+
+    (namespace, kind, name) -> (the child's uid, its controller's uid). Fed by the apply
+    responses and the child watches; the reconcile applies a known child with its uid as a
+    precondition (so a child deleted and re-created by someone else is never written to),
+    and a child it does not know yet with ``CREATE_ONLY`` (see ``reconcile``). In memory:
+    after a start it fills again from the watches' listing and the first applies.
+    """
+
+    kinds: frozenset[tuple[str, str]]
+    """(apiVersion, kind) of the owners that count (the ElasticModel)."""
+    _known: dict[ChildKey, tuple[str, str]] = field(default_factory=dict)
+
+    def ours(self, key: ChildKey, owner_uid: str) -> str | None:
+        """The child's uid when it is known to be controlled by ``owner_uid``, else None."""
+        known = self._known.get(key)
+        return known[0] if known is not None and known[1] == owner_uid else None
+
+    def saw(self, obj: Mapping[str, Any]) -> None:
+        """Record ``obj`` as it is now (an apply's answer or a watch event's object)."""
+        key = key_of(obj)
+        ref = controller_of(obj)
+        uid = str((obj.get("metadata") or {}).get("uid") or "")
+        if ref is None or not uid or (ref.get("apiVersion"), ref.get("kind")) not in self.kinds:
+            self._known.pop(key, None)
+            return
+        self._known[key] = (uid, str(ref.get("uid") or ""))
+
+    def forget(self, key: ChildKey) -> None:
+        self._known.pop(key, None)
+
+    def forget_owner(self, namespace: str, names: set[str]) -> None:
+        for key in [k for k in self._known if k[0] == namespace and k[2] in names]:
+            del self._known[key]

@@ -17,8 +17,12 @@ What each child is for:
   pod does not automount a token; the agent alone gets a short-lived projected token of
   the per-model ServiceAccount, so TorchServe's container holds no credentials. The pod
   template never contains the level: a switch must not roll the pods.
-* ``Service``: inference (8080, the gateway) and metrics (8082) ports for clients and
-  Prometheus.
+* ``Service``: inference (8080, the gateway) and metrics (8082) on ports of their own, so
+  that the NetworkPolicy can open them to different peers.
+* ``NetworkPolicy`` (unless the chart's ``networkPolicy.enabled`` is off): ingress to the
+  serving pods only on the inference port from the model's own namespace and the allowed
+  ones, and on the metrics port only from Prometheus (a namespace and pod selector).
+  Egress is left open: the URL source's init container and the level agent need it.
 * ``Secret`` ``<name>-inference-key`` (key ``key``): the one inference key every replica
   accepts, so clients call the Service rather than a pod (TorchServe can only generate a key
   per server). Unlike the other children it is created once, never applied: a server-side
@@ -36,6 +40,12 @@ escalation, all capabilities dropped, RuntimeDefault seccomp) and run as the ima
 (65532, a dedicated non-login uid) with read-only root filesystems: TorchServe, its JVM and
 torch write only under ``/tmp`` (an ``emptyDir``, also ``HOME``).
 
+Ownership: every applied child carries this CR as its controller (``ownerReferences``), and
+the operator applies only children that carry it (``reconcile``); everything it applies is
+what it must own, with one exception by design: ``spec.replicas`` of the Deployment is left
+out when the CR says an autoscaler owns it (``AUTOSCALER_ANNOTATION``), so that a forced
+apply never takes the replica count back from an HPA/KEDA.
+
 Defaults: the CR's ``spec.serving`` fields it leaves out (batching, workers, resources,
 placement) arrive already filled from the operator's settings (``spec.ServingDefaults``, the
 chart's ``serving.*``); the image pull policy is an operator setting only.
@@ -50,11 +60,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .settings import OperatorSettings
+from .settings import NetworkPolicySettings, OperatorSettings
 from .spec import ElasticModelSpec, LocalPathSource, PvcSource, UrlSource
 
 __all__ = [
     "API_VERSION",
+    "AUTOSCALER_ANNOTATION",
     "CONTROL_DIR",
     "CONTROL_FILE",
     "INFERENCE_PORT",
@@ -67,6 +78,7 @@ __all__ = [
     "build_configmap",
     "build_deployment",
     "build_key_secret",
+    "build_network_policy",
     "build_rbac",
     "build_service",
     "level_names",
@@ -97,6 +109,11 @@ INFERENCE_KEY_FILE = f"{INFERENCE_KEY_DIR}/{INFERENCE_KEY_ITEM}"
 READY_PATH = "/v2/health/ready"
 LIVE_PATH = "/v2/health/live"
 WRITABLE_HOME = "/tmp"
+AUTOSCALER_ANNOTATION = "elastiserve.io/replicas-managed-by"
+"""On the ElasticModel: who owns the Deployment's replica count (an HPA, KEDA). Non-empty:
+the operator applies the Deployment without ``spec.replicas`` (see the module docstring)."""
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+"""The label every namespace carries with its own name (set by the API server)."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +134,7 @@ class Names:
     configmap: str
     account: str
     key_secret: str
+    network_policy: str
 
 
 def _fit(name: str, suffix: str, limit: int = 63) -> str:
@@ -139,6 +157,7 @@ def names_for(name: str) -> Names:
         configmap=_fit(name, "config"),
         account=_fit(name, "level-agent"),
         key_secret=_fit(name, "inference-key"),
+        network_policy=_fit(name, "serving"),
     )
 
 
@@ -282,19 +301,23 @@ _CONTAINER_SECURITY: Mapping[str, Any] = {
 }
 
 
-def _model_volume(spec: ElasticModelSpec) -> tuple[dict[str, Any], str, list[dict[str, Any]]]:
-    """(volume, path of the .mar inside the container, init containers)."""
+def _model_volume(
+    spec: ElasticModelSpec,
+) -> tuple[dict[str, Any], str, str, list[dict[str, Any]]]:
+    """(volume, its mount path, path of the .mar inside the container, init containers)."""
     source = spec.model.source
     if isinstance(source, PvcSource):
         volume = {
             "name": "model",
             "persistentVolumeClaim": {"claimName": source.claim_name, "readOnly": True},
         }
-        return volume, f"{MODEL_DIR}/{source.path}", []
+        return volume, MODEL_DIR, f"{MODEL_DIR}/{source.path}", []
     if isinstance(source, LocalPathSource):
-        directory, _, filename = source.path.rpartition("/")
-        volume = {"name": "model", "hostPath": {"path": directory or "/", "type": "Directory"}}
-        return volume, f"{MODEL_DIR}/{filename}", []
+        # The one file, not its directory: a model sees nothing else of the host (the
+        # operator's allow-list decides which files may be named at all: ``tenancy``).
+        filename = source.path.rpartition("/")[2]
+        volume = {"name": "model", "hostPath": {"path": source.path, "type": "File"}}
+        return volume, f"{MODEL_DIR}/{filename}", f"{MODEL_DIR}/{filename}", []
     assert isinstance(source, UrlSource)
     # Downloaded by an init container into an emptyDir, refused unless the digest matches.
     fetch = (
@@ -310,16 +333,17 @@ def _model_volume(spec: ElasticModelSpec) -> tuple[dict[str, Any], str, list[dic
         "volumeMounts": [{"name": "model", "mountPath": MODEL_DIR}],
         "securityContext": {**_CONTAINER_SECURITY, "readOnlyRootFilesystem": True},
     }
-    return {"name": "model", "emptyDir": {}}, f"{MODEL_DIR}/model.mar", [init]
+    return {"name": "model", "emptyDir": {}}, MODEL_DIR, f"{MODEL_DIR}/model.mar", [init]
 
 
 def build_deployment(
-    owner: Owner, spec: ElasticModelSpec, settings: OperatorSettings
+    owner: Owner, spec: ElasticModelSpec, settings: OperatorSettings, *, autoscaled: bool = False
 ) -> dict[str, Any]:
+    """The serving Deployment; ``autoscaled`` leaves ``spec.replicas`` to an autoscaler."""
     names = names_for(owner.name)
     image = spec.serving.image or settings.serving_image
     pull = settings.serving_pull_policy
-    volume, mar_path, init = _model_volume(spec)
+    volume, model_mount, mar_path, init = _model_volume(spec)
     for container in init:
         container["image"] = image
         container["imagePullPolicy"] = pull
@@ -341,7 +365,7 @@ def build_deployment(
         "--allow-pin" if spec.allow_request_pinning else "--no-allow-pin",
     ]
     mounts = [
-        {"name": "model", "mountPath": MODEL_DIR, "readOnly": True},
+        {"name": "model", "mountPath": model_mount, "readOnly": True},
         {"name": "control", "mountPath": CONTROL_DIR, "readOnly": True},
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},
@@ -461,12 +485,13 @@ def build_deployment(
     if serving.runtime_class_name:
         pod_spec["runtimeClassName"] = serving.runtime_class_name
     selector = {MODEL_LABEL: _fit(owner.name, "")}
+    replicas = {} if autoscaled else {"replicas": spec.replicas}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": _meta(owner, names.deployment),
         "spec": {
-            "replicas": spec.replicas,
+            **replicas,
             "selector": {"matchLabels": selector},
             "template": {
                 "metadata": {
@@ -482,16 +507,50 @@ def build_deployment(
     }
 
 
+def build_network_policy(owner: Owner, network: NetworkPolicySettings) -> dict[str, Any]:
+    """Ingress to the serving pods: inference from the model's namespace and the allowed
+    ones, metrics from Prometheus only, nothing else (a peer must match a rule's port).
+
+    The kubelet's probes come from the node, which NetworkPolicy implementations let through.
+    """
+    if "*" in network.inference_namespaces:
+        clients: list[dict[str, Any]] = [{"namespaceSelector": {}}]
+    else:
+        clients = [{"podSelector": {}}]  # the model's own namespace
+        clients += [{"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: name}}}
+                    for name in network.inference_namespaces if name != owner.namespace]
+    prometheus = {
+        "namespaceSelector": {"matchLabels": dict(network.metrics_namespace_selector)},
+        "podSelector": {"matchLabels": dict(network.metrics_pod_selector)},
+    }
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(owner, names_for(owner.name).network_policy),
+        "spec": {
+            "podSelector": {"matchLabels": {MODEL_LABEL: _fit(owner.name, "")}},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": clients, "ports": [{"protocol": "TCP", "port": INFERENCE_PORT}]},
+                {"from": [prometheus], "ports": [{"protocol": "TCP", "port": METRICS_PORT}]},
+            ],
+        },
+    }
+
+
 def build_children(
-    owner: Owner, spec: ElasticModelSpec, settings: OperatorSettings
+    owner: Owner, spec: ElasticModelSpec, settings: OperatorSettings, *, autoscaled: bool = False
 ) -> list[dict[str, Any]]:
     """Every applied child, in the order to apply them (the pods' dependencies first).
 
     The inference key Secret is not among them: it is created once (``build_key_secret``).
     """
+    network = ([build_network_policy(owner, settings.network)]
+               if settings.network.enabled else [])
     return [
         *build_rbac(owner),
         build_configmap(owner, spec),
         build_service(owner),
-        build_deployment(owner, spec, settings),
+        *network,
+        build_deployment(owner, spec, settings, autoscaled=autoscaled),
     ]

@@ -12,7 +12,17 @@ kopf's default registry (what ``kopf.operator()`` and ``kopf run`` use).
   in-memory index of the ElasticModels (``elasticmodels``), not from a GET;
 * one daemon per ``ElasticModel`` -> evaluate the policy every
   ``spec.policy.evaluationIntervalSeconds`` (a daemon rather than a kopf timer because the
-  interval is per object and may change with the spec).
+  interval is per object and may change with the spec). One model's evaluation can fail
+  or hang without touching another's: each runs in its own task, bounded by
+  ``EVALUATION_TIMEOUT_S``, and any exception is logged and counted, and the loop goes on.
+
+**No finalizer.** kopf puts one on every object that has a daemon (to stop it before the
+object goes), and an operator uninstalled before its models (``helm uninstall``, then
+deleting the namespace) would leave every ``ElasticModel`` stuck in deletion forever. Nothing
+here needs one: the children go with the garbage collector (owner references), and the
+daemon learns of the deletion from the watch (``model_event``: the model's memory is
+dropped and its daemon returns). ``_without_finalizers`` clears kopf's flag, and kopf itself
+removes the finalizer an older operator version put on existing models.
 
 kopf keeps its own bookkeeping in annotations (``elastiserve.io/*``), not in the status:
 the status schema is structural and would prune kopf's fields, and the status belongs to
@@ -23,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import gc
 import logging
 import os
@@ -63,6 +74,7 @@ CHILD_RESOURCES = (
     ("", "v1", "serviceaccounts"),
     ("rbac.authorization.k8s.io", "v1", "roles"),
     ("rbac.authorization.k8s.io", "v1", "rolebindings"),
+    ("networking.k8s.io", "v1", "networkpolicies"),
 )
 """What ``build_children`` creates, watched for drift with a server-side label selector."""
 
@@ -108,9 +120,12 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         metrics.serve(op.metrics_port)
         memo.metrics_served = True
     memo.lag_task = asyncio.get_running_loop().create_task(metrics.watch_loop_lag())
+    memo.gone = set()  # uids of models deleted while their daemon ran (``model_event``)
     memo.runtime = Runtime(
         api=KubeApi(connection_info(settings), observe=metrics.observe_request),
-        prometheus=PrometheusClient(op.prometheus_url, timeout_s=op.prometheus_timeout_s),
+        prometheus=PrometheusClient(op.prometheus_url, timeout_s=op.prometheus_timeout_s,
+                                    max_bytes=op.prometheus_max_bytes,
+                                    max_series=op.prometheus_max_series),
         settings=op,
         metrics=metrics,
     )
@@ -162,12 +177,23 @@ async def ensure(body: kopf.Body, memo: Any, **_: Any) -> None:
     await reconcile(_runtime(memo), body)
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
-async def forget(name: str, namespace: str | None, memo: Any, **_: Any) -> None:
-    """Children go with the garbage collector (owner references); only memory remains."""
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def model_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
+    """A deleted model: forget what is remembered about it and let its daemon return.
+
+    Not ``@kopf.on.delete``: without a finalizer (see the module docstring) a model is gone
+    before any deletion handler could run; the watch's DELETED event still arrives. Children
+    go with the garbage collector (owner references); only memory remains.
+    """
+    if event.get("type") != "DELETED":
+        return
+    meta = event["object"].get("metadata") or {}
     runtime = _runtime(memo)
-    runtime.metrics.forget(namespace or "", name)
-    forget_model(runtime, namespace or "", name)
+    namespace, name = str(meta.get("namespace") or ""), str(meta.get("name") or "")
+    runtime.metrics.forget(namespace, name)
+    forget_model(runtime, namespace, name)
+    gone: set[str] = memo.gone
+    gone.add(str(meta.get("uid") or ""))
 
 
 INDEXED_METADATA = ("name", "namespace", "uid", "generation", "deletionTimestamp")
@@ -214,6 +240,10 @@ async def _child_event(
     """
     body = event["object"]
     kind = event.get("type")
+    if kind == "DELETED":
+        runtime.owners.forget(key_of(body))
+    else:
+        runtime.owners.saw(body)  # who controls it now (the listing after a start too)
     try:
         if kind is not None and runtime.applied.drifted(kind, body):
             runtime.metrics.drifts.labels(str(body.get("kind"))).inc()
@@ -256,6 +286,7 @@ async def child_deployment(event: kopf.RawEvent, memo: Any, **kwargs: Any) -> No
 @kopf.on.event("", "v1", "serviceaccounts", labels=MANAGED)
 @kopf.on.event("rbac.authorization.k8s.io", "v1", "roles", labels=MANAGED)
 @kopf.on.event("rbac.authorization.k8s.io", "v1", "rolebindings", labels=MANAGED)
+@kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=MANAGED)
 async def child_other(event: kopf.RawEvent, memo: Any, **kwargs: Any) -> None:
     await _child_event(_runtime(memo), event, _lookup(kwargs))
 
@@ -279,16 +310,50 @@ async def policy_loop(body: kopf.Body, memo: Any, stopped: kopf.DaemonStopped, *
     at most one interval before a new model's first decision.
     """
     runtime = _runtime(memo)
+    gone: set[str] = memo.gone
+    uid = str(body["metadata"].get("uid") or "")
     await stopped.wait(random.random() * _interval(runtime, body))
-    while not stopped:
-        try:
-            await evaluate(runtime, body)
-        except kopf.TemporaryError as error:
-            log.warning("evaluation of %s failed: %s", body["metadata"]["name"], error)
-        except ApiError as error:
-            runtime.metrics.errors.labels("evaluate").inc()
-            log.warning("evaluation of %s failed: %s", body["metadata"]["name"], error)
-        await stopped.wait(_interval(runtime, body))
+    try:
+        while not stopped and uid not in gone:
+            await _evaluate_once(runtime, body)
+            await stopped.wait(_interval(runtime, body))
+    finally:
+        gone.discard(uid)
+
+
+EVALUATION_TIMEOUT_S = 60.0
+"""Longest one evaluation may take (two queries bounded by the Prometheus timeout, a few API
+calls bounded by theirs); past it the round is abandoned and the next one starts on time."""
+
+
+async def _evaluate_once(runtime: Runtime, body: kopf.Body) -> None:
+    """One evaluation whose failures stay with this model: logged, counted, never raised
+    (a raise would end this model's loop; other models' loops are other tasks)."""
+    name = f"{body['metadata'].get('namespace')}/{body['metadata'].get('name')}"
+    try:
+        await asyncio.wait_for(evaluate(runtime, body), EVALUATION_TIMEOUT_S)
+    except kopf.TemporaryError as error:
+        log.warning("evaluation of %s failed: %s", name, error)
+    except ApiError as error:
+        runtime.metrics.errors.labels("evaluate").inc()
+        log.warning("evaluation of %s failed: %s", name, error)
+    except asyncio.TimeoutError:
+        runtime.metrics.errors.labels("evaluate").inc()
+        log.warning("evaluation of %s took over %.0f s: abandoned", name, EVALUATION_TIMEOUT_S)
+    except Exception:
+        runtime.metrics.errors.labels("evaluate").inc()
+        log.exception("evaluation of %s failed unexpectedly", name)
+
+
+def _without_finalizers(registry: kopf.OperatorRegistry) -> None:
+    """Let the daemons run without a finalizer on their objects (see the module docstring).
+
+    kopf marks every daemon ``requires_finalizer=True`` and offers no option; its handler
+    records are frozen dataclasses, so the registry gets copies with the flag cleared.
+    """
+    spawning = registry._spawning  # private: no public way to say "no finalizer"
+    handlers = spawning._handlers
+    handlers[:] = [dataclasses.replace(h, requires_finalizer=False) for h in handlers]
 
 
 def _interval(runtime: Runtime, body: Mapping[str, Any]) -> float:
@@ -299,3 +364,6 @@ def _interval(runtime: Runtime, body: Mapping[str, Any]) -> float:
         return float(parse_spec(body.get("spec"), defaults).policy.evaluation_interval_s)
     except SpecError:
         return float(defaults.policy.evaluation_interval_s)
+
+
+_without_finalizers(kopf.get_default_registry())

@@ -38,6 +38,11 @@ __all__ = [
 ]
 
 FIELD_MANAGER = "elastiserve-operator"
+CREATE_ONLY = "1"
+"""A ``resourceVersion`` precondition no existing child can meet (etcd's first revision
+belongs to the cluster's bootstrap): an apply that carries it creates the object when the
+name is free and answers 409 Conflict when anything holds it, in one request with no race
+between a check and the create."""
 
 _PLURALS = {
     ("", "ConfigMap"): "configmaps",
@@ -48,6 +53,7 @@ _PLURALS = {
     ("", "Pod"): "pods",
     ("", "Node"): "nodes",
     ("apps", "Deployment"): "deployments",
+    ("networking.k8s.io", "NetworkPolicy"): "networkpolicies",
     ("rbac.authorization.k8s.io", "Role"): "roles",
     ("rbac.authorization.k8s.io", "RoleBinding"): "rolebindings",
     ("elastiserve.io", "ElasticModel"): "elasticmodels",
@@ -215,6 +221,13 @@ class KubeApi:
         Apply rather than create-or-replace: the API server merges, records ownership per
         field (an HPA or a human editing another field is not fought), and an unchanged
         object is not written at all, so re-applying every reconcile costs a round trip only.
+
+        Always forced: the caller sends only fields the operator must own (``children``
+        leaves out what it cedes, such as an autoscaled replica count), and applies only to
+        objects it controls (``reconcile``), so a conflict is drift to repair, not a field of
+        someone else's. Preconditions ride in ``obj``'s metadata: ``uid`` (apply to exactly
+        that object: 409 when it is gone, 422 when it was replaced) or ``resourceVersion``
+        (``CREATE_ONLY``: create, or 409 when the name is taken).
         """
         meta = obj["metadata"]
         path = resource_path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])

@@ -9,9 +9,24 @@ level moved. Everything pure lives in ``children``, ``status``, ``policy``; this
 only sequences calls and maps failures onto kopf's retry semantics:
 
 * an invalid spec -> ``Degraded=True`` + ``kopf.PermanentError`` (retrying cannot fix it);
+* a spec that asks for more than the operator's settings allow (``tenancy``) ->
+  ``Degraded=True`` reason ``PolicyViolation``, a Warning event, no child at all, and
+  ``kopf.PermanentError`` (an admin's settings change restarts the operator, which resumes);
+* a child name held by an object this model does not control -> that object is left
+  untouched, ``Degraded=True`` reason ``OwnershipConflict`` naming it, a Warning event, and
+  a retry every minute (see "Ownership" below);
 * API throttling/conflicts/outages -> ``kopf.TemporaryError`` (retry soon);
 * any other refusal (missing RBAC) -> ``Degraded=True`` + ``TemporaryError`` with a long
   delay (someone has to fix the cluster, then the retry succeeds).
+
+Ownership: a child is created only where its name is free, and written only while it
+carries this model's controller reference. A child this process has not seen yet is applied
+with ``kube.CREATE_ONLY`` (created, or 409 when the name is taken); on 409 it is read, and
+applied (with its uid as a precondition) only when this model controls it. A child known to
+be ours is applied with its uid as a precondition, so one deleted and re-created by someone
+else meanwhile is read again instead of written. The Deployment waits for the other children
+until they are all known to be ours (it names the ServiceAccount and mounts the ConfigMap),
+and the RoleBinding and the Deployment are withheld while any child is foreign.
 
 Crash safety: a level switch is one status apply (levels, policy state and last switch
 together), so an operator killed mid-switch leaves either the old or the new state,
@@ -30,9 +45,10 @@ from typing import Any, cast
 
 import kopf
 
-from .applied import AppliedChildren, key_of
+from .applied import AppliedChildren, ChildOwners, controller_of, describe_controller, key_of
 from .children import (
     API_VERSION,
+    AUTOSCALER_ANNOTATION,
     KIND,
     MODEL_LABEL,
     Owner,
@@ -41,12 +57,21 @@ from .children import (
     model_name,
     names_for,
 )
-from .kube import FIELD_MANAGER, ApiError, ApiTransient, KubeApi, NotFound, resource_path
+from .kube import (
+    CREATE_ONLY,
+    FIELD_MANAGER,
+    ApiError,
+    ApiTransient,
+    KubeApi,
+    NotFound,
+    resource_path,
+)
 from .metrics import OperatorMetrics
 from .node_caps import CapsDecision, caps_from_status, caps_status, decide_caps
 from .observation import NodePressure
 from .policy import Decision, decide
 from .profile import profile_from_spec
+from .promql_guard import QueryRefused
 from .settings import OperatorSettings
 from .signals.node_readings import NodeReadings, hosting_nodes
 from .signals.prometheus import MetricsSource, VectorSource, gather_observation, render_query
@@ -60,6 +85,8 @@ from .status import (
     restore_state,
     status_holds,
 )
+from .tenancy import Violation, model_query
+from .tenancy import check as check_tenancy
 
 __all__ = [
     "POLICY_MANAGER",
@@ -81,9 +108,9 @@ POLICY_MANAGER = "elastiserve-policy"
 NODE_CACHE_S = 5.0
 """How long node readings (Node objects, NodeMetrics, exporter series) are reused."""
 
-CHILD_COUNT = 6
-"""Children per model (``build_children``): ServiceAccount, Role, RoleBinding, ConfigMap,
-Service, Deployment; only used to count the applies a reconcile skipped."""
+OWNERSHIP_RETRY_S = 60
+"""How soon a model with a foreign object in a child's place is reconciled again (nothing
+watches that object: it may carry none of the operator's labels)."""
 
 KEY_BYTES = 32
 """Entropy of a generated inference key (``secrets.token_urlsafe``: 43 characters)."""
@@ -102,6 +129,9 @@ class Runtime:
     )
     deployments: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     nodes: NodeReadings | None = None
+    owners: ChildOwners = field(
+        default_factory=lambda: ChildOwners(kinds=frozenset({(API_VERSION, KIND)}))
+    )
     key_secrets: set[tuple[str, str, str]] = field(default_factory=set)
     """(namespace, name, uid) of the models whose key Secret this process created or found:
     their reconciles send no create (it starts empty, so one 409 per model after a start)."""
@@ -119,6 +149,28 @@ class Runtime:
 def _owner(body: Mapping[str, Any]) -> Owner:
     meta = body["metadata"]
     return Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
+
+
+@dataclass(frozen=True)
+class Foreign:
+    """A child's name is held by an object this model does not control."""
+
+    kind: str
+    name: str
+    holder: str
+
+    def __str__(self) -> str:
+        return (f"{self.kind} {self.name} exists and is not this model's ({self.holder}): "
+                "left untouched; delete or rename it")
+
+
+def violations(rt: Runtime, owner: Owner, spec: ElasticModelSpec) -> tuple[Violation, ...]:
+    """What ``spec`` asks for beyond the operator's allow-lists (``tenancy.check``)."""
+    return check_tenancy(
+        spec, namespace=owner.namespace, name=owner.name, model=model_name(owner, spec),
+        policy=rt.settings.tenancy, default_image=rt.settings.serving_image,
+        defaults=rt.settings.defaults.serving,
+    )
 
 
 def _status_object(owner: Owner, status: Mapping[str, Any]) -> dict[str, Any]:
@@ -196,8 +248,15 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any]) -> None:
         await _apply_status(rt, owner, reconcile_patch(status, generation, None, None,
                                                        str(error), time.time()))
         raise kopf.PermanentError(f"invalid spec: {error}") from error
+    refused = violations(rt, owner, spec)
+    if refused:
+        rt.metrics.errors.labels("policy").inc()
+        await _refuse(rt, body, spec, refused)
+        raise kopf.PermanentError(f"policy violation: {'; '.join(map(str, refused))}")
     rt.metrics.objective.labels(owner.namespace, owner.name).set(spec.objective.p95_s)
-    children = [c for c in build_children(owner, spec, rt.settings) if rt.applied.needs_apply(c)]
+    autoscaled = bool((body["metadata"].get("annotations") or {}).get(AUTOSCALER_ANNOTATION))
+    built = build_children(owner, spec, rt.settings, autoscaled=autoscaled)
+    children = [c for c in built if rt.applied.needs_apply(c)]
     deployment_key = (owner.namespace, names_for(owner.name).deployment)
     seen_deployment = rt.deployments.get(deployment_key)
     if seen_deployment is None and any(c["kind"] == "Deployment" for c in children):
@@ -212,18 +271,23 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any]) -> None:
     key_write = (asyncio.ensure_future(_ensure_key_secret(rt, owner))
                  if spec.serving.token_authorization else None)
     # Two waves: a RoleBinding is checked against its Role (the API server refuses to bind
-    # a Role it cannot find), so the Role goes first; within a wave, requests overlap.
-    first = [c for c in children if c["kind"] != "RoleBinding"]
-    second = [c for c in children if c["kind"] == "RoleBinding"]
+    # a Role it cannot find), so the Role goes first; within a wave, requests overlap. The
+    # Deployment goes first only when every other child is known to be this model's (it
+    # would otherwise run pods with an account or a ConfigMap someone else holds).
+    deps_known = all(rt.owners.ours(key_of(c), owner.uid) is not None
+                     for c in built if c["kind"] != "Deployment")
+    late = {"RoleBinding"} if deps_known else {"RoleBinding", "Deployment"}
+    first = [c for c in children if c["kind"] not in late]
+    second = [c for c in children if c["kind"] in late]
     outcomes: list[Any] = []
     waves_ms: list[float] = []
     try:
         for wave in (first, second):
-            if not wave:
-                continue
+            if not wave or any(isinstance(o, Foreign) for o in outcomes):
+                continue  # a foreign child: nothing that would depend on it is applied
             wave_started = time.perf_counter()
             outcomes += await asyncio.gather(
-                *(_apply_child(rt, child) for child in wave), return_exceptions=True
+                *(_ensure_child(rt, owner, child) for child in wave), return_exceptions=True
             )
             waves_ms.append((time.perf_counter() - wave_started) * 1000.0)
     except BaseException:  # cancelled (kopf stopping): do not leave the writes behind
@@ -241,28 +305,32 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any]) -> None:
         except kopf.TemporaryError as error:
             status_error = error
     rt.metrics.applies.inc(len(outcomes))
-    rt.metrics.skipped_applies.inc(CHILD_COUNT - len(outcomes))
+    rt.metrics.skipped_applies.inc(len(built) - len(outcomes))
     failures = [o for o in [*outcomes, *key_outcomes] if isinstance(o, BaseException)]
     for failure in failures:
         if not isinstance(failure, ApiError):
             raise failure
-    problem = "; ".join(str(f) for f in failures) or None
+    foreign = [o for o in outcomes if isinstance(o, Foreign)]
+    problem = "; ".join(str(f) for f in [*foreign, *failures]) or None
+    reason = "OwnershipConflict" if foreign and not failures else None
     # The hopeful status took readiness from the Deployment as last seen (or as a new one).
     # Its apply may have told otherwise (the first apply after a restart, before the
     # Deployment watch listed it, finds ready replicas): then, and after a failure, one
     # more write corrects it.
     seen = {**status, **hopeful} if status_write is not None else dict(status)
     final = reconcile_patch(seen, generation, spec, rt.deployments.get(deployment_key),
-                            problem, time.time(), key_secret=key_secret)
+                            problem, time.time(), key_secret=key_secret, reason=reason)
     corrected = problem is not None or not status_holds(seen, final, RECONCILE_OPTIONAL)
     if corrected:
         await _apply_status(rt, owner, final)
     elif status_error is not None:
         raise status_error
+    if foreign and _degraded_changed(status, final):
+        await post_event(rt, body, "OwnershipConflict", problem or "", kind="Warning")
     elapsed = time.perf_counter() - started
     rt.metrics.reconcile.observe(elapsed)
     log.info("reconciled %s/%s in %.1f ms: %d of %d children applied (waves %s ms), status %s",
-             owner.namespace, owner.name, elapsed * 1000.0, len(outcomes), CHILD_COUNT,
+             owner.namespace, owner.name, elapsed * 1000.0, len(outcomes), len(built),
              "/".join(f"{w:.1f}" for w in waves_ms) or "-",
              "corrected" if corrected else "written" if status_write is not None
              else "unchanged")
@@ -271,20 +339,103 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any]) -> None:
         transient = all(isinstance(f, ApiTransient | NotFound) for f in failures)
         raise kopf.TemporaryError(f"applying children failed: {problem}",
                                   delay=2 if transient else 30)
+    if foreign:
+        rt.metrics.errors.labels("ownership").inc()
+        raise kopf.TemporaryError(f"children held by others: {problem}",
+                                  delay=OWNERSHIP_RETRY_S)
 
 
-async def _apply_child(rt: Runtime, child: Mapping[str, Any]) -> dict[str, Any]:
-    """Apply one child and record it; a failed apply is forgotten (retried next time)."""
+def _degraded_changed(status: Mapping[str, Any], patch: Mapping[str, Any]) -> bool:
+    """Whether ``patch``'s Degraded condition says something ``status``'s did not (one
+    Warning event per new verdict, not one per retry)."""
+    def degraded(conditions: Any) -> tuple[Any, ...]:
+        for c in conditions or []:
+            if isinstance(c, Mapping) and c.get("type") == "Degraded":
+                return (c.get("status"), c.get("reason"), c.get("message"))
+        return ()
+    return degraded(status.get("conditions")) != degraded(patch.get("conditions"))
+
+
+async def _refuse(
+    rt: Runtime, body: Mapping[str, Any], spec: ElasticModelSpec,
+    refused: tuple[Violation, ...],
+) -> None:
+    """Report a spec the operator's settings do not allow; no child is touched."""
+    owner = _owner(body)
+    status = body.get("status") or {}
+    generation = int(body["metadata"].get("generation") or 0)
+    message = "not applied: " + "; ".join(str(v) for v in refused)
+    deployment = rt.deployments.get((owner.namespace, names_for(owner.name).deployment))
+    patch = reconcile_patch(status, generation, spec, deployment, message, time.time(),
+                            reason="PolicyViolation")
+    # No key was handed out for a model that is not served: no InferenceAuth to claim.
+    patch["conditions"] = [c for c in patch["conditions"] if c["type"] != "InferenceAuth"]
+    log.warning("%s/%s refused: %s", owner.namespace, owner.name, message)
+    if not status_holds(status, patch, RECONCILE_OPTIONAL):
+        await _apply_status(rt, owner, patch)
+    if _degraded_changed(status, patch):
+        await post_event(rt, body, "PolicyViolation", message, kind="Warning")
+
+
+def _with_meta(child: Mapping[str, Any], **extra: str) -> dict[str, Any]:
+    return {**child, "metadata": {**child["metadata"], **extra}}
+
+
+def _child_path(child: Mapping[str, Any]) -> str:
+    meta = child["metadata"]
+    return resource_path(child["apiVersion"], child["kind"], meta["namespace"], meta["name"])
+
+
+async def _ensure_child(
+    rt: Runtime, owner: Owner, child: Mapping[str, Any]
+) -> dict[str, Any] | Foreign:
+    """Apply one child where this model controls it (see "Ownership" in the module
+    docstring); a foreign holder of its name comes back as ``Foreign``, untouched. A failed
+    apply is forgotten (retried next time)."""
+    key = key_of(child)
     rt.applied.started(child)
     try:
-        response = await rt.api.apply(child)
+        response = await _write_child(rt, owner, child)
     except BaseException:
-        rt.applied.forget(key_of(child))
+        rt.applied.forget(key)
         raise
+    if isinstance(response, Foreign):
+        rt.applied.forget(key)
+        return response
+    rt.owners.saw(response)
     rt.applied.applied(child, response)
     if child["kind"] == "Deployment":
         remember_deployment(rt, response)
     return response
+
+
+async def _write_child(
+    rt: Runtime, owner: Owner, child: Mapping[str, Any]
+) -> dict[str, Any] | Foreign:
+    key = key_of(child)
+    uid = rt.owners.ours(key, owner.uid)
+    if uid is not None:
+        try:
+            return await rt.api.apply(_with_meta(child, uid=uid))
+        except ApiError as error:
+            if error.status not in (409, 422):
+                raise
+            rt.owners.forget(key)  # gone (409) or replaced (422) since: look again
+    try:
+        return await rt.api.apply(_with_meta(child, resourceVersion=CREATE_ONLY))
+    except ApiTransient as error:
+        if error.status != 409:
+            raise
+    live = await rt.api.get(_child_path(child))
+    if live is None:
+        raise ApiTransient(409, f"{child['kind']} {key[2]} changed while being created")
+    ref = controller_of(live)
+    if ref is None or (ref.get("apiVersion"), ref.get("kind"), ref.get("uid")) != (
+            API_VERSION, KIND, owner.uid):
+        rt.owners.forget(key)
+        return Foreign(str(child["kind"]), key[2], describe_controller(live))
+    live_uid = str((live.get("metadata") or {}).get("uid") or "")
+    return await rt.api.apply(_with_meta(child, uid=live_uid))
 
 
 def remember_deployment(rt: Runtime, deployment: Mapping[str, Any]) -> None:
@@ -301,8 +452,10 @@ def remember_deployment(rt: Runtime, deployment: Mapping[str, Any]) -> None:
 def forget_model(rt: Runtime, namespace: str, name: str) -> None:
     """The ``ElasticModel`` is gone: drop what is remembered about its children."""
     names = names_for(name)
-    rt.applied.forget_owner(namespace, {names.deployment, names.service, names.configmap,
-                                        names.account})
+    children = {names.deployment, names.service, names.configmap, names.account,
+                names.network_policy}
+    rt.applied.forget_owner(namespace, children)
+    rt.owners.forget_owner(namespace, children)
     rt.deployments.pop((namespace, names.deployment), None)
     rt.key_secrets -= {k for k in rt.key_secrets if k[:2] == (namespace, name)}
 
@@ -401,6 +554,8 @@ async def evaluate(rt: Runtime, body: Mapping[str, Any]) -> Decision | None:
         spec = parse_spec(body.get("spec"), rt.settings.spec_defaults)
     except SpecError:
         return None  # reported by the reconcile handler as Degraded
+    if violations(rt, owner, spec):
+        return None  # refused (PolicyViolation): not served, and its queries are not run
     status = body.get("status") or {}
     now = time.time()
     generation = int(body["metadata"].get("generation") or 0)
@@ -429,10 +584,10 @@ async def evaluate(rt: Runtime, body: Mapping[str, Any]) -> Decision | None:
     caps = decide_caps(readings, spec, state.level, caps_from_status(status, now), now,
                        enabled=rt.settings.node_pressure)
     node = caps.model_pressure
-    model = model_name(owner, spec)
-    fill = {"namespace": owner.namespace, "name": owner.name, "model": model}
-    latency_q = render_query(spec.objective.latency_query or rt.settings.latency_query, **fill)
-    rate_q = render_query(spec.objective.request_rate_query or rt.settings.rate_query, **fill)
+    try:
+        latency_q, rate_q = model_queries(rt, owner, spec)
+    except QueryRefused:
+        return None  # cannot happen once ``violations`` passed; never run it unconfined
     gathered = await gather_observation(
         rt.prometheus, latency_q, rate_q, node=node,
         ready_replicas=int(ready) if isinstance(ready, int) and ready > 0 else None,
@@ -458,13 +613,38 @@ async def evaluate(rt: Runtime, body: Mapping[str, Any]) -> Decision | None:
     return decision
 
 
+def model_queries(rt: Runtime, owner: Owner, spec: ElasticModelSpec) -> tuple[str, str]:
+    """The latency and rate queries to run for this model, rendered.
+
+    The operator's own (the chart's, when the spec leaves them out) run as the admin wrote
+    them; a query the spec supplies goes through ``tenancy.model_query`` (confined to the
+    model's namespace, or refused).
+    """
+    model = model_name(owner, spec)
+    fill = {"namespace": owner.namespace, "name": owner.name, "model": model}
+    out = []
+    for path, own, default in (
+        ("objective.latencyQuery", spec.objective.latency_query, rt.settings.latency_query),
+        ("objective.requestRateQuery", spec.objective.request_rate_query,
+         rt.settings.rate_query),
+    ):
+        if own is None or path in spec.defaulted:
+            out.append(render_query(own or default, **fill))
+        else:
+            out.append(model_query(own, policy=rt.settings.tenancy, **fill))
+    return out[0], out[1]
+
+
 POLICY_OPTIONAL = ("p95Ms", "requestRate", "lastSwitchTime", "lastSwitchReason", "nodeCaps",
                    "nodeCapState")
 """Status fields the policy's apply leaves out to remove them (see ``evaluation_patch``)."""
 
 
-async def post_event(rt: Runtime, body: Mapping[str, Any], reason: str, message: str) -> None:
-    """A core/v1 Event on the CR (``kubectl describe`` shows it); failures are logged only."""
+async def post_event(
+    rt: Runtime, body: Mapping[str, Any], reason: str, message: str, *, kind: str = "Normal"
+) -> None:
+    """A core/v1 Event on the CR (``kubectl describe`` shows it); failures are logged only.
+    ``kind`` is the Event's type (``Warning`` for refusals)."""
     owner = _owner(body)
     now_iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     event = {
@@ -480,7 +660,7 @@ async def post_event(rt: Runtime, body: Mapping[str, Any], reason: str, message:
         },
         "reason": reason,
         "message": message[:1024],
-        "type": "Normal",
+        "type": kind,
         "source": {"component": "elastiserve-operator"},
         "firstTimestamp": now_iso,
         "lastTimestamp": now_iso,

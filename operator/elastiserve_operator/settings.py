@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,8 +18,19 @@ from typing import Any
 from .signals.nodes import ExporterNames, exporter_names_from_env
 from .signals.prometheus import DEFAULT_LATENCY_QUERY, DEFAULT_RATE_QUERY
 from .spec import SpecDefaults, SpecError, parse_defaults
+from .tenancy import QueryMode, TenancyPolicy, check_host_prefix, valid_image_entry
 
-__all__ = ["DEFAULTS_ENV", "ENV", "OperatorSettings", "defaults_from_env", "settings_from_env"]
+__all__ = [
+    "DEFAULTS_ENV",
+    "ENV",
+    "TENANCY_ENV",
+    "NetworkPolicySettings",
+    "OperatorSettings",
+    "defaults_from_env",
+    "network_from_env",
+    "settings_from_env",
+    "tenancy_from_env",
+]
 
 ENV = {
     "prometheus_url": "ELASTISERVE_PROMETHEUS_URL",
@@ -31,6 +43,8 @@ ENV = {
     "liveness": "ELASTISERVE_LIVENESS_ENDPOINT",
     "peering": "ELASTISERVE_PEERING",
     "prometheus_timeout": "ELASTISERVE_PROMETHEUS_TIMEOUT_SECONDS",
+    "prometheus_max_bytes": "ELASTISERVE_PROMETHEUS_MAX_RESPONSE_BYTES",
+    "prometheus_max_series": "ELASTISERVE_PROMETHEUS_MAX_SERIES",
     "node_pressure": "ELASTISERVE_NODE_PRESSURE",
 }
 """Setting -> env var name (the chart's contract; the README of the chart lists them)."""
@@ -128,6 +142,196 @@ def defaults_from_env(env: Mapping[str, str]) -> SpecDefaults:
         raise ValueError(f"{var}: {error.message}{detail}") from error
 
 
+TENANCY_ENV = {
+    "host_path": "ELASTISERVE_HOST_PATH_ENABLED",
+    "host_path_prefixes": "ELASTISERVE_ALLOWED_HOST_PATHS",
+    "images": "ELASTISERVE_ALLOWED_IMAGES",
+    "tolerations": "ELASTISERVE_ALLOWED_TOLERATIONS",
+    "node_selectors": "ELASTISERVE_ALLOWED_NODE_SELECTORS",
+    "runtime_classes": "ELASTISERVE_ALLOWED_RUNTIME_CLASSES",
+    "queries": "ELASTISERVE_MODEL_QUERIES",
+    "namespace_label": "ELASTISERVE_PROMETHEUS_NAMESPACE_LABEL",
+    "max_query_range_s": "ELASTISERVE_MODEL_QUERY_MAX_RANGE_SECONDS",
+}
+"""``TenancyPolicy`` field -> env var (the chart's ``tenancy.*`` and ``prometheus.*``).
+Lists and maps are JSON, like the serving defaults."""
+
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+_TOLERATION_FIELDS = {"key", "operator", "value", "effect"}
+_EFFECTS = ("", "NoSchedule", "PreferNoSchedule", "NoExecute")
+
+
+def _string_list(var: str, text: str | None) -> tuple[str, ...]:
+    value = _json(text) if text and text.strip() else None
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(f"{var}: must be a JSON list of non-empty strings")
+    return tuple(value)
+
+
+def _tolerations(var: str, text: str | None) -> tuple[Mapping[str, Any], ...]:
+    value = _json(text) if text and text.strip() else None
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ValueError(f"{var}: must be a JSON list of tolerations")
+    out = []
+    for index, item in enumerate(value):
+        where = f"{var}[{index}]"
+        if not isinstance(item, dict) or not all(isinstance(v, str) for v in item.values()):
+            raise ValueError(f"{where}: must be an object of strings")
+        unknown = sorted(set(item) - _TOLERATION_FIELDS)
+        if unknown:
+            raise ValueError(f"{where}: unknown field {unknown[0]!r}")
+        if not item.get("key"):
+            raise ValueError(f"{where}: needs a key (an empty key would tolerate every taint)")
+        if item.get("operator", "Equal") not in ("Equal", "Exists"):
+            raise ValueError(f"{where}: operator must be Equal or Exists")
+        if item.get("effect", "") not in _EFFECTS:
+            raise ValueError(f"{where}: effect must be one of {', '.join(_EFFECTS[1:])}")
+        out.append(dict(item))
+    return tuple(out)
+
+
+def _node_selectors(var: str, text: str | None) -> dict[str, tuple[str, ...]]:
+    value = _json(text) if text and text.strip() else None
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{var}: must be a JSON object of label -> list of values")
+    out = {}
+    for key, values in value.items():
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise ValueError(f"{var}[{key}]: must be a list of values ('*': any)")
+        out[str(key)] = tuple(values)
+    return out
+
+
+def tenancy_from_env(env: Mapping[str, str]) -> TenancyPolicy:
+    """The allow-lists, checked: a host directory that is ``/`` or a system path, an image
+    entry that names nothing, a toleration with no key... stop the operator at start."""
+    base = TenancyPolicy()
+
+    def get(key: str) -> str | None:
+        value = env.get(TENANCY_ENV[key])
+        return value if value and value.strip() else None
+
+    try:
+        host_path = _flag(get("host_path") or "false")
+    except ValueError as error:
+        raise ValueError(f"{TENANCY_ENV['host_path']}: {error}") from error
+    prefixes = _string_list(TENANCY_ENV["host_path_prefixes"], get("host_path_prefixes"))
+    for prefix in prefixes:
+        problem = check_host_prefix(prefix)
+        if problem is not None:
+            raise ValueError(f"{TENANCY_ENV['host_path_prefixes']}: {prefix!r}: {problem}")
+    images = _string_list(TENANCY_ENV["images"], get("images"))
+    for entry in images:
+        if not valid_image_entry(entry):
+            raise ValueError(f"{TENANCY_ENV['images']}: {entry!r} is neither an image "
+                             "repository nor a prefix ending in '/'")
+    runtime_classes = _string_list(TENANCY_ENV["runtime_classes"], get("runtime_classes"))
+    for name in runtime_classes:
+        if not _DNS_SUBDOMAIN.match(name):
+            raise ValueError(f"{TENANCY_ENV['runtime_classes']}: {name!r} is not a name")
+    mode_text = (get("queries") or base.queries.value).strip()
+    try:
+        mode = QueryMode(mode_text)
+    except ValueError:
+        allowed = ", ".join(m.value for m in QueryMode)
+        raise ValueError(f"{TENANCY_ENV['queries']}: must be one of {allowed}, "
+                         f"got {mode_text!r}") from None
+    label = (get("namespace_label") or base.namespace_label).strip()
+    if not _LABEL_NAME.match(label):
+        raise ValueError(f"{TENANCY_ENV['namespace_label']}: {label!r} is not a label name")
+    try:
+        max_range = _integer(get("max_query_range_s") or str(base.max_query_range_s))
+    except ValueError as error:
+        raise ValueError(f"{TENANCY_ENV['max_query_range_s']}: {error}") from error
+    if not 60 <= max_range <= 86_400:
+        raise ValueError(f"{TENANCY_ENV['max_query_range_s']}: must be 60..86400, "
+                         f"got {max_range}")
+    return TenancyPolicy(
+        host_path=host_path,
+        host_path_prefixes=prefixes,
+        images=images,
+        tolerations=_tolerations(TENANCY_ENV["tolerations"], get("tolerations")),
+        node_selectors=_node_selectors(TENANCY_ENV["node_selectors"], get("node_selectors")),
+        runtime_classes=runtime_classes,
+        queries=mode,
+        namespace_label=label,
+        max_query_range_s=max_range,
+    )
+
+
+NETWORK_ENV = {
+    "enabled": "ELASTISERVE_NETWORK_POLICY",
+    "inference_namespaces": "ELASTISERVE_INFERENCE_NAMESPACES",
+    "metrics_namespace_selector": "ELASTISERVE_METRICS_NAMESPACE_SELECTOR",
+    "metrics_pod_selector": "ELASTISERVE_METRICS_POD_SELECTOR",
+}
+"""``NetworkPolicySettings`` field -> env var (the chart's ``networkPolicy.*``)."""
+
+
+@dataclass(frozen=True)
+class NetworkPolicySettings:
+    """The NetworkPolicy each model gets (``children.build_network_policy``).
+
+    Inference (the gateway's port) is open to pods of the model's own namespace and of
+    ``inference_namespaces`` (``*``: every namespace); metrics only to pods matching both
+    selectors (Prometheus). Label selectors are ``matchLabels`` maps.
+    """
+
+    enabled: bool = True
+    inference_namespaces: tuple[str, ...] = ()
+    metrics_namespace_selector: Mapping[str, str] = field(
+        default_factory=lambda: {"kubernetes.io/metadata.name": "monitoring"})
+    metrics_pod_selector: Mapping[str, str] = field(
+        default_factory=lambda: {"app.kubernetes.io/name": "prometheus"})
+
+
+def _labels(var: str, text: str | None, default: Mapping[str, str]) -> Mapping[str, str]:
+    if text is None or not text.strip():
+        return default
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{var}: not JSON: {error.msg}") from None
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ValueError(f"{var}: must be a JSON object of label -> value (matchLabels)")
+    return dict(value)
+
+
+def network_from_env(env: Mapping[str, str]) -> NetworkPolicySettings:
+    base = NetworkPolicySettings()
+
+    def get(key: str) -> str | None:
+        value = env.get(NETWORK_ENV[key])
+        return value if value and value.strip() else None
+
+    try:
+        enabled = _flag(get("enabled") or "true")
+    except ValueError as error:
+        raise ValueError(f"{NETWORK_ENV['enabled']}: {error}") from error
+    namespaces = _string_list(NETWORK_ENV["inference_namespaces"], get("inference_namespaces"))
+    for name in namespaces:
+        if name != "*" and not _DNS_SUBDOMAIN.match(name):
+            raise ValueError(f"{NETWORK_ENV['inference_namespaces']}: {name!r} is not a "
+                             "namespace name or '*'")
+    return NetworkPolicySettings(
+        enabled=enabled,
+        inference_namespaces=namespaces,
+        metrics_namespace_selector=_labels(NETWORK_ENV["metrics_namespace_selector"],
+                                           get("metrics_namespace_selector"),
+                                           base.metrics_namespace_selector),
+        metrics_pod_selector=_labels(NETWORK_ENV["metrics_pod_selector"],
+                                     get("metrics_pod_selector"), base.metrics_pod_selector),
+    )
+
+
 @dataclass(frozen=True)
 class OperatorSettings:
     """What the operator process needs besides each CR's spec.
@@ -148,11 +352,18 @@ class OperatorSettings:
     liveness_endpoint: str | None = None
     peering: str = ""
     prometheus_timeout_s: float = 5.0
+    prometheus_max_bytes: int = 1 << 20
+    """Largest Prometheus answer the operator reads (bigger: an error, the level holds)."""
+    prometheus_max_series: int = 1000
+    """Most series a model's query may return (a model's p95 or rate reduces to one value)."""
     node_pressure: bool = True
     defaults: SpecDefaults = field(default_factory=SpecDefaults)
     node_exporter: ExporterNames = field(default_factory=ExporterNames)
     """Per-node exporter series (Jetson temperature/GPU load...); env names in
     ``signals.nodes.EXPORTER_ENV`` (the chart's ``nodePressure.metrics``)."""
+    tenancy: TenancyPolicy = field(default_factory=TenancyPolicy)
+    """What an ElasticModel may ask for (``tenancy``): host paths, images, placement, PromQL."""
+    network: NetworkPolicySettings = field(default_factory=NetworkPolicySettings)
 
     @property
     def spec_defaults(self) -> SpecDefaults:
@@ -187,11 +398,17 @@ def settings_from_env(env: Mapping[str, str]) -> OperatorSettings:
     try:
         port = int(get("metrics_port") or base.metrics_port)
         timeout = float(get("prometheus_timeout") or base.prometheus_timeout_s)
+        max_bytes = _integer(get("prometheus_max_bytes") or str(base.prometheus_max_bytes))
+        max_series = _integer(get("prometheus_max_series") or str(base.prometheus_max_series))
         pressure = _flag(get("node_pressure") or "true")
     except ValueError as error:
         raise ValueError(f"malformed ELASTISERVE_* setting: {error}") from error
     if not 0 <= port <= 65535:
         raise ValueError(f"{ENV['metrics_port']} must be a port number, got {port}")
+    if not 1024 <= max_bytes <= 1 << 30:
+        raise ValueError(f"{ENV['prometheus_max_bytes']} must be 1024..{1 << 30}, got {max_bytes}")
+    if not 1 <= max_series <= 1_000_000:
+        raise ValueError(f"{ENV['prometheus_max_series']} must be 1..1000000, got {max_series}")
     pull_policy = (get("serving_pull_policy") or base.serving_pull_policy).strip()
     if pull_policy not in PULL_POLICIES:
         raise ValueError(f"{ENV['serving_pull_policy']}: must be one of "
@@ -210,7 +427,11 @@ def settings_from_env(env: Mapping[str, str]) -> OperatorSettings:
         liveness_endpoint=get("liveness"),
         peering=get("peering") or "",
         prometheus_timeout_s=timeout,
+        prometheus_max_bytes=max_bytes,
+        prometheus_max_series=max_series,
         node_pressure=pressure,
         defaults=defaults,
         node_exporter=node_exporter,
+        tenancy=tenancy_from_env(env),
+        network=network_from_env(env),
     )

@@ -206,16 +206,20 @@ def reconcile_patch(
     error: str | None,
     now: float,
     key_secret: str = "",
+    reason: str | None = None,
 ) -> dict[str, Any]:
     """Status after a reconcile; ``error`` (an invalid spec, a refused apply) -> Degraded.
 
     ``key_secret``: the name of the model's inference key Secret (``children.names_for``),
-    written to ``inferenceKeySecret`` while the pods check it.
+    written to ``inferenceKeySecret`` while the pods check it. ``reason``: the Degraded
+    reason when it is not the default one (``PolicyViolation``: the spec asks for more than
+    the operator allows; ``OwnershipConflict``: a child's name is held by an object the
+    model does not control).
     """
     replicas = spec.replicas if spec is not None else 0
     ready, ready_count = ready_condition(deployment, replicas, generation)
     if error is not None:
-        reason = "InvalidSpec" if spec is None else "ReconcileFailed"
+        reason = reason or ("InvalidSpec" if spec is None else "ReconcileFailed")
         degraded = Condition("Degraded", "True", reason, error, generation)
     else:
         degraded = Condition("Degraded", "False", "Reconciled",

@@ -59,8 +59,12 @@ def operator_under_chart(
         plane.kubectl("create", "namespace", name)
     values = ChartValues(
         set_values={"operator.replicas": 1, "operator.peering.name": release,
-                    "policy.objectiveP95Ms": CHART_OBJECTIVE_MS},
-        set_json={"watchNamespaces": [team]},
+                    "policy.objectiveP95Ms": CHART_OBJECTIVE_MS,
+                    "tenancy.hostPath.enabled": True},
+        # The models here name /models/m.mar (kwok never mounts it): allowed through the
+        # chart's own values, so the settings' path from values to operator is exercised.
+        set_json={"watchNamespaces": [team],
+                  "tenancy.hostPath.allowedDirectories": ["/models"]},
     )
     log_path = tmp_path / "operator.log"
     proc: subprocess.Popen[bytes] | None = None

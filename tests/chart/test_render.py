@@ -272,6 +272,7 @@ class TestRbac:
             ("", "serviceaccounts"): applied,
             ("rbac.authorization.k8s.io", "roles"): applied,
             ("rbac.authorization.k8s.io", "rolebindings"): applied,
+            ("networking.k8s.io", "networkpolicies"): applied,
             ("", "secrets"): {"create"},
             ("", "pods"): {"list"},
             ("", "events"): {"create", "patch"},
@@ -373,6 +374,8 @@ READ_BY_OPERATOR = {
     "ELASTISERVE_NODE_PRESSURE": "true",
     "ELASTISERVE_SERVING_IMAGE": "ghcr.io/elastiserve/serving:0.1.0",
     "ELASTISERVE_SERVING_IMAGE_PULL_POLICY": "IfNotPresent",
+    "ELASTISERVE_PROMETHEUS_MAX_RESPONSE_BYTES": "1048576",
+    "ELASTISERVE_PROMETHEUS_MAX_SERIES": "1000",
 }
 QUERIES = ("ELASTISERVE_LATENCY_QUERY", "ELASTISERVE_RATE_QUERY")
 # The defaults for what an ElasticModel leaves out (its DEFAULTS_ENV table).
@@ -417,6 +420,27 @@ CLUSTER_DEFAULTS = {
 }
 
 
+# What an ElasticModel may ask for (TENANCY_ENV) and its NetworkPolicy (NETWORK_ENV): the
+# safe defaults (no host path, no extra image or placement, queries confined).
+TENANCY_DEFAULTS = {
+    "ELASTISERVE_HOST_PATH_ENABLED": "false",
+    "ELASTISERVE_ALLOWED_HOST_PATHS": "[]",
+    "ELASTISERVE_ALLOWED_IMAGES": "[]",
+    "ELASTISERVE_ALLOWED_TOLERATIONS": "[]",
+    "ELASTISERVE_ALLOWED_NODE_SELECTORS": "{}",
+    "ELASTISERVE_ALLOWED_RUNTIME_CLASSES": "[]",
+    "ELASTISERVE_MODEL_QUERIES": "Confined",
+    "ELASTISERVE_PROMETHEUS_NAMESPACE_LABEL": "namespace",
+    "ELASTISERVE_MODEL_QUERY_MAX_RANGE_SECONDS": "3600",
+}
+NETWORK_DEFAULTS = {
+    "ELASTISERVE_NETWORK_POLICY": "true",
+    "ELASTISERVE_INFERENCE_NAMESPACES": "[]",
+    "ELASTISERVE_METRICS_NAMESPACE_SELECTOR": '{"kubernetes.io/metadata.name":"monitoring"}',
+    "ELASTISERVE_METRICS_POD_SELECTOR": '{"app.kubernetes.io/name":"prometheus"}',
+}
+
+
 class TestSettingsReachTheOperator:
     def test_every_setting_is_an_env_var_from_the_configmap(
         self, default_objects: list[dict[str, Any]]
@@ -424,7 +448,7 @@ class TestSettingsReachTheOperator:
         settings = dict(operator_settings(default_objects))
         queries = {k: settings.pop(k) for k in QUERIES}
         assert settings == {**READ_BY_OPERATOR, **POLICY_DEFAULTS, **SERVING_DEFAULTS,
-                            **CLUSTER_DEFAULTS}
+                            **CLUSTER_DEFAULTS, **TENANCY_DEFAULTS, **NETWORK_DEFAULTS}
         container = one(default_objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
         (source,) = container["envFrom"]
         assert source["configMapRef"]["name"] == "es-elastiserve-operator"
@@ -434,6 +458,8 @@ class TestSettingsReachTheOperator:
         settings = importlib.import_module("elastiserve_operator.settings")
         assert set(settings.ENV.values()) == set(READ_BY_OPERATOR) | set(QUERIES)
         assert set(settings.DEFAULTS_ENV) == set(POLICY_DEFAULTS) | set(SERVING_DEFAULTS)
+        assert set(settings.TENANCY_ENV.values()) == set(TENANCY_DEFAULTS)
+        assert set(settings.NETWORK_ENV.values()) == set(NETWORK_DEFAULTS)
 
     def test_operator_parses_the_rendered_settings(
         self, default_objects: list[dict[str, Any]], jetson_objects: list[dict[str, Any]]
@@ -447,6 +473,12 @@ class TestSettingsReachTheOperator:
         jetson = module.settings_from_env(operator_settings(jetson_objects))
         assert jetson.peering == ""
         assert jetson.serving_image.endswith("-l4t-r36")
+        # The profile's own allow-lists: the edge pool, the NVIDIA runtime, its images.
+        assert jetson.tenancy.runtime_classes == ("nvidia",)
+        assert jetson.tenancy.node_selectors["elastiserve.io/pool"] == ("edge",)
+        assert [t["key"] for t in jetson.tenancy.tolerations] == ["elastiserve.io/pool"]
+        assert jetson.tenancy.images == ("ghcr.io/elastiserve/serving",)
+        assert parsed.tenancy == module.TenancyPolicy()  # the default chart: the safe defaults
 
     def test_default_queries_are_the_operators(
         self, default_objects: list[dict[str, Any]]

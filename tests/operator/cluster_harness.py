@@ -103,6 +103,15 @@ def token_kubeconfig(
     return path
 
 
+HARNESS_TENANCY = {
+    "ELASTISERVE_HOST_PATH_ENABLED": "true",
+    "ELASTISERVE_ALLOWED_HOST_PATHS": '["/models", "/m"]',
+}
+"""The operator's default refuses every ``localPath``; the cluster tests, the e2e test and
+the footprint benchmark name archives under these two directories (kwok never mounts them).
+A test of the refusal passes its own settings in ``extra_env``."""
+
+
 @dataclass
 class OperatorProcess:
     """``python -m elastiserve_operator`` with the least-privilege kubeconfig."""
@@ -127,6 +136,7 @@ class OperatorProcess:
             ELASTISERVE_NAMESPACES=",".join(self.namespaces),
             ELASTISERVE_PEERING=self.peering,
             ELASTISERVE_PROMETHEUS_TIMEOUT_SECONDS="2",
+            **HARNESS_TENANCY,
             **self.extra_env,
         )
         log = self.log_path.open("ab")

@@ -17,26 +17,31 @@ from typing import Any, cast
 import kopf
 import pytest
 
-from elastiserve_operator.kube import ApiError, ApiTransient, KubeApi
+from elastiserve_operator.kube import CREATE_ONLY, ApiError, ApiTransient, KubeApi, resource_path
 from elastiserve_operator.metrics import OperatorMetrics
 from elastiserve_operator.reconcile import Runtime, reconcile
 from elastiserve_operator.settings import OperatorSettings
 
 
 class RecordingApi:
-    """Answers applies like the API server would (the object back, a new resourceVersion);
-    a Deployment comes back with ``ready`` ready replicas."""
+    """Answers applies like the API server would (the object back, a new resourceVersion, a
+    uid kept per object); a Deployment comes back with ``ready`` ready replicas. The
+    preconditions the reconcile sends are honoured: ``resourceVersion`` ``CREATE_ONLY`` (409
+    when the name is taken) and ``uid`` (409 when gone, 422 when another object)."""
 
     def __init__(self, ready: int = 0, refuse_creates: int = 0) -> None:
         self.ready = ready
         self.applies: list[tuple[str, str, dict[str, Any]]] = []
         self.creates: list[dict[str, Any]] = []
+        self.gets: list[str] = []
         self.stored: dict[tuple[str, str], dict[str, Any]] = {}
         self.refuse_creates = refuse_creates
 
     async def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
         """A POST: 409 when the name is taken, like the API server (nothing replaced)."""
         self.creates.append(copy.deepcopy(dict(obj)))
+        if obj["kind"] == "Event":
+            return dict(obj)
         if self.refuse_creates:
             raise ApiError(self.refuse_creates, 'secrets is forbidden: cannot create')
         key = (str(obj["kind"]), str(obj["metadata"]["name"]))
@@ -45,14 +50,36 @@ class RecordingApi:
         self.stored[key] = copy.deepcopy(dict(obj))
         return dict(obj)
 
+    async def get(self, path: str) -> dict[str, Any] | None:
+        self.gets.append(path)
+        found = [o for o in self.stored.values() if resource_path(
+            o["apiVersion"], o["kind"], o["metadata"].get("namespace"),
+            o["metadata"]["name"]) == path]
+        return copy.deepcopy(found[0]) if found else None
+
     async def apply(
         self, obj: Mapping[str, Any], *, manager: str = "", subresource: str = ""
     ) -> dict[str, Any]:
         self.applies.append((str(obj["kind"]), subresource, copy.deepcopy(dict(obj))))
-        answer = copy.deepcopy(dict(obj))
-        answer["metadata"] = {**answer["metadata"], "resourceVersion": str(len(self.applies))}
+        key = (str(obj["kind"]), str(obj["metadata"]["name"]))
+        meta = dict(obj["metadata"])
+        stored = self.stored.get(key)
+        if not subresource:
+            if meta.pop("resourceVersion", None) == CREATE_ONLY and stored is not None:
+                raise ApiTransient(409, "the object has been modified")
+            uid = meta.pop("uid", None)
+            if uid is not None and stored is None:
+                raise ApiTransient(409, "uid mismatch: no existing object was found")
+            if uid is not None and stored is not None and stored["metadata"]["uid"] != uid:
+                raise ApiError(422, "metadata.uid: field is immutable")
+        answer = copy.deepcopy({**dict(obj), "metadata": meta})
+        uid = stored["metadata"]["uid"] if stored else f"uid-{len(self.applies)}"
+        answer["metadata"] = {**answer["metadata"], "uid": uid,
+                              "resourceVersion": str(len(self.applies))}
         if obj["kind"] == "Deployment":
             answer["status"] = {"readyReplicas": self.ready} if self.ready else {}
+        if not subresource:
+            self.stored[key] = copy.deepcopy(answer)
         return answer
 
     def status_writes(self) -> list[dict[str, Any]]:
@@ -71,7 +98,8 @@ def body(generation: int = 1, status: dict[str, Any] | None = None,
          objective_ms: int = 100) -> dict[str, Any]:
     return {
         "metadata": {"name": "resnet", "namespace": "ml", "uid": "u1", "generation": generation},
-        "spec": {"model": {"levelCount": 3, "source": {"localPath": "/m/r.mar"}},
+        "spec": {"model": {"levelCount": 3,
+                           "source": {"pvc": {"claimName": "models", "path": "r.mar"}}},
                  "objective": {"p95Ms": objective_ms}},
         "status": status or {},
     }
@@ -86,7 +114,8 @@ def test_a_new_model_gets_its_children_and_one_right_status() -> None:
     api = RecordingApi()
     asyncio.run(reconcile(runtime(api), body()))
     assert sorted(api.child_applies()) == sorted(
-        ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service", "Deployment"])
+        ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Service", "NetworkPolicy",
+         "Deployment"])
     (status,) = api.status_writes()
     assert ready(status)["reason"] == "ReplicasNotReady"  # exists, nothing ready yet
     assert status["effectivePolicy"]["objective"]["p95Ms"] == 100
@@ -128,7 +157,7 @@ def test_the_key_secret_is_created_once_never_applied() -> None:
     rt = runtime(api)
     asyncio.run(reconcile(rt, body()))
     assert "Secret" not in api.child_applies()
-    (secret,) = api.creates
+    (secret,) = [c for c in api.creates if c["kind"] == "Secret"]
     assert secret["kind"] == "Secret" and secret["metadata"]["name"] == "resnet-inference-key"
     (status,) = api.status_writes()
     assert status["inferenceKeySecret"] == "resnet-inference-key"

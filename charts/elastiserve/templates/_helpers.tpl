@@ -84,6 +84,9 @@ server-side apply and removed by garbage collection through owner references, so
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
   verbs: ["get", "list", "watch", "create", "patch"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 # Each model's inference key Secret: created once, never read, listed or changed (a 409 says
 # it exists), so the operator can read no Secret of anyone's, its own included.
 - apiGroups: [""]

@@ -11,6 +11,12 @@ Rules, so that a bad answer never looks like a good number:
   ``PrometheusError`` (the caller holds the level and sets ``MetricsAvailable=False``);
 * an empty result is ``None``: no series means no traffic or no scrape yet, not zero;
 * NaN and +-Inf are ``None``: ``histogram_quantile`` over zero requests is NaN;
+* a sample timestamp that is not a positive finite number, an answer larger than
+  ``max_bytes`` or with more than ``max_series`` series raise ``PrometheusError`` (a
+  tenant's query must not make the operator parse megabytes every few seconds);
+* ``gather_observation`` also refuses values no model can have (a negative latency or
+  rate, a p95 over ``MAX_PLAUSIBLE_P95_S``, a rate over ``MAX_PLAUSIBLE_RATE_RPS``), so
+  that a query gone wrong holds the level with the reason instead of moving it;
 * several series are reduced by ``SeriesPolicy``: ``ERROR`` by default (a template that
   forgot its ``sum``/``max`` is a misconfiguration worth failing loudly), ``MAX`` for a
   per-pod p95 (the slowest pod is what some clients see), ``SUM`` for per-pod rates.
@@ -163,6 +169,29 @@ def render_query(template: str, *, namespace: str, name: str, model: str) -> str
     return Template(template).safe_substitute(namespace=namespace, name=name, model=model)
 
 
+MAX_PLAUSIBLE_P95_S = 3600.0
+"""A p95 over an hour is a query gone wrong (the CRD's largest objective is 600 s)."""
+MAX_PLAUSIBLE_RATE_RPS = 1e7
+"""Ten million requests per second to one model is a query gone wrong."""
+
+
+def _timestamp(raw: object) -> float:
+    """A sample's timestamp: epoch seconds, positive and finite, or ``PrometheusError``."""
+    try:
+        value = float(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise PrometheusError(f"sample timestamp {raw!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0.0:
+        raise PrometheusError(f"sample timestamp {raw!r} is not a time")
+    return value
+
+
+def _check_series(result: list[Any], max_series: int | None) -> None:
+    if max_series is not None and len(result) > max_series:
+        raise PrometheusError(f"query returned {len(result)} series, more than the "
+                              f"{max_series} the operator reads")
+
+
 def _finite(raw: object) -> float | None:
     try:
         value = float(raw)  # type: ignore[arg-type]
@@ -183,7 +212,9 @@ def _check_success(payload: Mapping[str, Any]) -> Mapping[str, Any]:
     return data
 
 
-def parse_vector_response(payload: Mapping[str, Any]) -> tuple[LabelledValue, ...]:
+def parse_vector_response(
+    payload: Mapping[str, Any], max_series: int | None = None
+) -> tuple[LabelledValue, ...]:
     """Every finite sample of an instant-vector answer with its labels (pure).
 
     The same failure rules as :func:`parse_instant_response`; NaN/Inf samples are dropped
@@ -195,21 +226,26 @@ def parse_vector_response(payload: Mapping[str, Any]) -> tuple[LabelledValue, ..
     result = data.get("result")
     if not isinstance(result, list):
         raise PrometheusError("malformed vector result")
+    _check_series(result, max_series)
     found: list[LabelledValue] = []
     for series in result:
         pair = series.get("value") if isinstance(series, Mapping) else None
         if not isinstance(pair, list) or len(pair) != 2:
             raise PrometheusError("malformed series in vector result")
-        metric = series.get("metric") if isinstance(series, Mapping) else None
-        labels = {str(k): str(v) for k, v in (metric or {}).items()}
+        metric = series.get("metric") or {}
+        if not isinstance(metric, Mapping):
+            raise PrometheusError("malformed labels in vector result")
+        labels = {str(k): str(v) for k, v in metric.items()}
         value = _finite(pair[1])
+        stamp = _timestamp(pair[0])
         if value is not None:
-            found.append(LabelledValue(labels, value, float(pair[0])))
+            found.append(LabelledValue(labels, value, stamp))
     return tuple(found)
 
 
 def parse_instant_response(
-    payload: Mapping[str, Any], multiple: SeriesPolicy = SeriesPolicy.ERROR
+    payload: Mapping[str, Any], multiple: SeriesPolicy = SeriesPolicy.ERROR,
+    max_series: int | None = None,
 ) -> InstantValue | None:
     """Reduce the JSON body of ``/api/v1/query`` to one value (pure; see module rules)."""
     data = _check_success(payload)
@@ -218,19 +254,22 @@ def parse_instant_response(
         if not isinstance(result, list) or len(result) != 2:
             raise PrometheusError("malformed scalar result")
         value = _finite(result[1])
-        return None if value is None else InstantValue(value, float(result[0]))
+        stamp = _timestamp(result[0])
+        return None if value is None else InstantValue(value, stamp)
     if kind != "vector":
         raise PrometheusError(f"expected an instant vector or scalar, got {kind!r}")
     if not isinstance(result, list):
         raise PrometheusError("malformed vector result")
+    _check_series(result, max_series)
     samples: list[tuple[float, float]] = []
     for series in result:
         pair = series.get("value") if isinstance(series, Mapping) else None
         if not isinstance(pair, list) or len(pair) != 2:
             raise PrometheusError("malformed series in vector result")
         value = _finite(pair[1])
+        stamp = _timestamp(pair[0])
         if value is not None:
-            samples.append((value, float(pair[0])))
+            samples.append((value, stamp))
     if len(result) > 1 and multiple is SeriesPolicy.ERROR:
         raise PrometheusError(
             f"query returned {len(result)} series; aggregate it (sum/max) in the PromQL"
@@ -255,9 +294,17 @@ class PrometheusClient:
         timeout_s: float = 5.0,
         headers: Mapping[str, str] | None = None,
         session: aiohttp.ClientSession | None = None,
+        max_bytes: int = 1 << 20,
+        max_series: int | None = 1000,
     ) -> None:
+        """``max_bytes`` bounds every answer read; ``max_series`` the series of a
+        :meth:`query` (one model's p95 or rate). :meth:`query_vector` (the operator's own
+        per-node series, one per node) is bounded by ``max_bytes`` only."""
         self._url = base_url.rstrip("/") + "/api/v1/query"
+        self._timeout_s = timeout_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._max_bytes = max_bytes
+        self._max_series = max_series
         self._headers = dict(headers or {})
         self._session = session
         self._owns_session = session is None
@@ -283,34 +330,60 @@ class PrometheusClient:
         self, promql: str, *, multiple: SeriesPolicy = SeriesPolicy.ERROR
     ) -> InstantValue | None:
         """Run ``promql`` as an instant query now; see the module docstring for the rules."""
-        return parse_instant_response(await self._instant(promql), multiple)
+        return parse_instant_response(await self._instant(promql), multiple, self._max_series)
 
     async def query_vector(self, promql: str) -> tuple[LabelledValue, ...]:
         """Run ``promql`` as an instant query and keep every series with its labels."""
         return parse_vector_response(await self._instant(promql))
 
     async def _instant(self, promql: str) -> Mapping[str, Any]:
-        """POST the instant query; the decoded JSON object, or ``PrometheusError``."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
+        """POST the instant query; the decoded JSON object, or ``PrometheusError``.
+
+        The whole exchange (a pooled connection, the answer's last byte) is bounded by the
+        timeout, and Prometheus is told the same timeout, so that it stops evaluating a
+        query nobody waits for. The body is read in chunks and dropped past ``max_bytes``.
+        """
         try:
-            async with self._session.post(
-                self._url, data={"query": promql}, headers=self._headers, timeout=self._timeout
-            ) as response:
-                body = await response.text()
-                if response.status // 100 != 2:
-                    raise PrometheusError(f"HTTP {response.status} from Prometheus: {body[:200]}")
+            body = await asyncio.wait_for(self._exchange(promql), self._timeout_s)
         except asyncio.TimeoutError:
-            raise PrometheusError(f"query timed out after {self._timeout.total} s") from None
+            raise PrometheusError(f"query timed out after {self._timeout_s:g} s") from None
         except aiohttp.ClientError as error:
             raise PrometheusError(f"cannot reach Prometheus: {error}") from error
         try:
             payload = json.loads(body)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             raise PrometheusError(f"response is not JSON: {body[:200]!r}") from None
         if not isinstance(payload, Mapping):
             raise PrometheusError("response is not a JSON object")
         return payload
+
+    async def _exchange(self, promql: str) -> bytes:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        form = {"query": promql, "timeout": f"{self._timeout_s:g}s"}
+        async with self._session.post(
+            self._url, data=form, headers=self._headers, timeout=self._timeout
+        ) as response:
+            body = await self._read(response)
+            if response.status // 100 != 2:
+                raise PrometheusError(f"HTTP {response.status} from Prometheus: {body[:200]!r}")
+        return body
+
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        """The body, or ``PrometheusError`` as soon as it passes ``max_bytes``."""
+        declared = response.content_length
+        if declared is not None and declared > self._max_bytes:
+            raise PrometheusError(f"answer of {declared} bytes is larger than the "
+                                  f"{self._max_bytes} the operator reads")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_chunked(1 << 16):
+            size += len(chunk)
+            if size > self._max_bytes:
+                raise PrometheusError(f"answer larger than the {self._max_bytes} bytes the "
+                                      "operator reads")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
 
 @dataclass(frozen=True)
@@ -342,12 +415,24 @@ async def gather_observation(
     )
     values: list[InstantValue | None] = []
     errors: list[str] = []
-    for label, outcome in zip(("latency", "request rate"), outcomes, strict=True):
+    limits = (MAX_PLAUSIBLE_P95_S, MAX_PLAUSIBLE_RATE_RPS)
+    for label, outcome, limit in zip(("latency", "request rate"), outcomes, limits, strict=True):
         if isinstance(outcome, PrometheusError):
             errors.append(f"{label}: {outcome}")
             values.append(None)
+        elif isinstance(outcome, asyncio.CancelledError):
+            raise outcome
+        elif isinstance(outcome, Exception):
+            # A source that broke in a way it did not foresee: this model's reading is
+            # missing and says why; the caller's loop and every other model go on.
+            errors.append(f"{label}: unexpected {type(outcome).__name__}: {outcome}")
+            values.append(None)
         elif isinstance(outcome, BaseException):
             raise outcome
+        elif outcome is not None and not 0.0 <= outcome.value <= limit:
+            errors.append(f"{label}: {outcome.value:g} is not a plausible value "
+                          f"(0..{limit:g})")
+            values.append(None)
         else:
             values.append(outcome)
     latency, rate = values
