@@ -44,6 +44,7 @@ from typing import Any
 import kopf
 
 from .applied import key_of
+from .children import AUTOSCALER_ANNOTATION
 from .kube import ApiError, KubeApi, connection_info
 from .metrics import OperatorMetrics
 from .reconcile import (
@@ -198,6 +199,8 @@ async def model_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
 
 INDEXED_METADATA = ("name", "namespace", "uid", "generation", "deletionTimestamp")
 """What the reconcile reads from an indexed ElasticModel's metadata."""
+KEPT_ANNOTATIONS = (AUTOSCALER_ANNOTATION,)
+"""The annotations the reconcile reads (kopf's own, which copy the spec, are not kept)."""
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
@@ -213,6 +216,9 @@ def elasticmodels(
     """
     meta = body.get("metadata") or {}
     kept = {key: meta[key] for key in INDEXED_METADATA if key in meta}
+    ours = {k: v for k, v in (meta.get("annotations") or {}).items() if k in KEPT_ANNOTATIONS}
+    if ours:
+        kept["annotations"] = ours
     return {(namespace or "", name): copy.deepcopy(
         {"metadata": kept, "spec": body.get("spec") or {}, "status": body.get("status") or {}}
     )}

@@ -136,9 +136,8 @@ class OperatorProcess:
             ELASTISERVE_NAMESPACES=",".join(self.namespaces),
             ELASTISERVE_PEERING=self.peering,
             ELASTISERVE_PROMETHEUS_TIMEOUT_SECONDS="2",
-            **HARNESS_TENANCY,
-            **self.extra_env,
         )
+        env.update({**HARNESS_TENANCY, **self.extra_env})
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "elastiserve_operator"],
