@@ -67,30 +67,17 @@ def find_binary() -> Path:
     return Path(found)
 
 
-def kubernetes_pods_job(kubeconfig: Path, job: str = "kubernetes-pods") -> dict[str, object]:
-    """A scrape job that finds pods through the API server, as in-cluster Prometheus does.
+def file_sd_job(targets_file: Path, job: str = "kubernetes-pods") -> dict[str, object]:
+    """A scrape job whose targets come from a file that :mod:`.pod_discovery` keeps current.
 
-    Pods opt in with the ``prometheus.io/scrape`` and ``prometheus.io/port`` annotations (the
-    serving pods carry both); each series gets the ``namespace`` and ``pod`` labels that the
-    operator's default queries select on. Service discovery reads the API with ``kubeconfig``
-    (the test bed's admin), since this Prometheus runs beside the cluster, not in a pod.
+    Debian's Prometheus is built without Kubernetes service discovery (``kubernetes_sd_configs``
+    is refused as an unknown field), so the test bed finds the pods through the API itself and
+    hands them over through Prometheus's file discovery, with the labels Kubernetes discovery
+    plus the usual relabelling would give (``namespace``, ``pod``, ``node``).
     """
     return {
         "job_name": job,
-        "kubernetes_sd_configs": [{"role": "pod", "kubeconfig_file": str(kubeconfig)}],
-        "relabel_configs": [
-            {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"],
-             "regex": "true", "action": "keep"},
-            {"source_labels": ["__meta_kubernetes_pod_phase"], "regex": "Running",
-             "action": "keep"},
-            {"source_labels": ["__address__",
-                               "__meta_kubernetes_pod_annotation_prometheus_io_port"],
-             "regex": "([^:]+)(?::\\d+)?;(\\d+)", "replacement": "$1:$2",
-             "target_label": "__address__"},
-            {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
-            {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
-            {"source_labels": ["__meta_kubernetes_pod_node_name"], "target_label": "node"},
-        ],
+        "file_sd_configs": [{"files": [str(targets_file)], "refresh_interval": "5s"}],
     }
 
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
+import os
 import ssl
 import tempfile
 import time
@@ -88,11 +90,34 @@ def resource_path(
     return f"{root}{ns}/{plural}{tail}"
 
 
-def connection_info(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
-    """The credentials kopf's own minimal login helpers find (service account first)."""
-    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
-        settings=settings
-    )
+def in_cluster_server(environ: Mapping[str, str]) -> str | None:
+    """The API server's address as the kubelet gives it to every pod, or ``None`` outside one.
+
+    kopf's minimal service-account login names ``https://kubernetes.default.svc``, which only
+    resolves where cluster DNS runs; client-go's in-cluster config reads
+    ``KUBERNETES_SERVICE_HOST``/``_PORT`` instead, which the kubelet always sets. A cluster
+    without DNS (or with DNS not yet up) is real: the first real-node run of the quick start
+    had the operator retry name resolution until its liveness probe restarted it.
+    """
+    host = environ.get("KUBERNETES_SERVICE_HOST", "").strip()
+    if not host:
+        return None
+    port = environ.get("KUBERNETES_SERVICE_PORT", "443").strip() or "443"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 address
+    return f"https://{host}:{port}"
+
+
+def connection_info(
+    settings: kopf.OperatorSettings, environ: Mapping[str, str] | None = None
+) -> kopf.ConnectionInfo:
+    """The credentials kopf's own minimal login helpers find (service account first), aimed
+    at the address the kubelet gives the pod (:func:`in_cluster_server`)."""
+    account = kopf.login_with_service_account(settings=settings)
+    if account is not None:
+        server = in_cluster_server(os.environ if environ is None else environ)
+        return dataclasses.replace(account, server=server) if server else account
+    info = kopf.login_with_kubeconfig(settings=settings)
     if info is None:
         raise kopf.LoginError("no in-cluster service account and no kubeconfig")
     return info

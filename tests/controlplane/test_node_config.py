@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tomllib
@@ -126,3 +127,36 @@ class TestSandboxImage:
         assert image.ref.startswith(ECHO_REPOSITORY + ":")
         assert config["config"]["Entrypoint"] == ["/pause", "-http"]
         assert config["config"]["User"] == "65535:65535"
+
+
+class TestPodDiscovery:
+    """What the test bed's stand-in for Kubernetes service discovery hands Prometheus."""
+
+    def test_annotated_running_pods_with_an_ip_and_port_only(self) -> None:
+        from elastiserve.testing.pod_discovery import targets_for
+
+        def pod(name: str, **over: Any) -> dict[str, Any]:
+            base: dict[str, Any] = {
+                "metadata": {"name": name, "namespace": "ml",
+                             "annotations": {"prometheus.io/scrape": "true",
+                                             "prometheus.io/port": "8082"}},
+                "spec": {"nodeName": "n1"},
+                "status": {"phase": "Running", "podIP": "10.244.0.5"},
+            }
+            for key, value in over.items():
+                base[key] = {**base[key], **value}
+            return base
+
+        pods = [
+            pod("good"),
+            pod("pending", status={"phase": "Pending"}),
+            pod("no-ip", status={"podIP": None}),
+            pod("opted-out", metadata={"annotations": {"prometheus.io/port": "8082"}}),
+            pod("bad-port", metadata={"annotations": {"prometheus.io/scrape": "true",
+                                                      "prometheus.io/port": "x"}}),
+            pod("leaving", metadata={"deletionTimestamp": "2026-01-01T00:00:00Z"}),
+        ]
+        assert targets_for(pods) == [{
+            "targets": ["10.244.0.5:8082"],
+            "labels": {"namespace": "ml", "pod": "good", "node": "n1"},
+        }]

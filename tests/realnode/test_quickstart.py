@@ -19,6 +19,7 @@ so the test takes minutes, not hours. The numbers go to ``benchmarks/results/rea
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import shlex
 import subprocess
@@ -36,11 +37,12 @@ import yaml
 
 from elastiserve.testing.helm import REPO_ROOT
 from elastiserve.testing.node_config import NODE_NAME
+from elastiserve.testing.pod_discovery import discover_pods
 from elastiserve.testing.processes import wait_until
-from elastiserve.testing.prometheus import PrometheusServer, kubernetes_pods_job, run_prometheus
+from elastiserve.testing.prometheus import PrometheusServer, file_sd_job, run_prometheus
 from elastiserve_operator.signals.prometheus import end_to_end_latency_query
 from elastiserve_serve.loadgen import Result, Target, percentile, piecewise_arrivals, run_schedule
-from tests.chart.test_quickstart_doc import blocks, yaml_documents
+from tests.chart.test_quickstart_doc import DOC, blocks, yaml_documents
 from tests.serving.bundles import make_bundle
 from tests.serving.tiny import png_bytes
 
@@ -132,8 +134,11 @@ def watch_level(cluster: Any, timeline: Timeline) -> threading.Thread:
                 "jsonpath={.status.activeLevel}{\"\\n\"}"]
         with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as proc:
             assert proc.stdout is not None
-            threading.Thread(target=lambda: (timeline.stop.wait(), proc.terminate()),
-                             daemon=True).start()
+            def stop_when_told() -> None:
+                timeline.stop.wait()
+                proc.terminate()
+
+            threading.Thread(target=stop_when_told, daemon=True).start()
             for line in proc.stdout:
                 text = line.strip()
                 if text.isdigit() and int(text) != timeline.level():
@@ -182,10 +187,17 @@ def switch_times(results: list[tuple[str, Result]], timeline: Timeline) -> list[
 @pytest.fixture(scope="module")
 def prometheus(real_cluster: Any, tmp_path_factory: pytest.TempPathFactory
                ) -> Iterator[PrometheusServer]:
-    """A real Prometheus finding the serving pods through the API, as in a cluster."""
-    job = kubernetes_pods_job(real_cluster.plane.kubeconfig_path)
-    with run_prometheus(tmp_path_factory.mktemp("prometheus"), [], extra_jobs=[job],
-                        listen_host="0.0.0.0") as server:
+    """A real Prometheus scraping the annotated pods the API lists, as in a cluster."""
+    work = tmp_path_factory.mktemp("prometheus")
+
+    def list_pods() -> list[dict[str, Any]]:
+        listed = real_cluster.plane.kubectl("get", "pods", "-A", "-o", "json", timeout_s=20)
+        items: list[dict[str, Any]] = json.loads(listed.stdout)["items"]
+        return items
+
+    with discover_pods(list_pods, work / "targets" / "pods.json") as targets, \
+            run_prometheus(work / "server", [], extra_jobs=[file_sd_job(targets)],
+                           listen_host="0.0.0.0") as server:
         yield server
 
 
@@ -207,7 +219,7 @@ def mar(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # ----------------------------------------------------------------------- the test
 
 
-def test_quickstart_on_the_real_node(  # noqa: PLR0915 - one user story, step by step
+def test_quickstart_on_the_real_node(
     real_cluster: Any,
     product_images_on_node: Any,
     prometheus: PrometheusServer,
@@ -232,8 +244,8 @@ def test_quickstart_on_the_real_node(  # noqa: PLR0915 - one user story, step by
         # No Prometheus Operator here: the test's Prometheus discovers the pods itself.
         "monitoring.podMonitor.enabled": "false",
     })
-    assert install[2] == "charts/elastiserve"
-    install[2] = str(REPO_ROOT / "charts" / "elastiserve")
+    assert install[3] == "charts/elastiserve"
+    install[3] = str(REPO_ROOT / "charts" / "elastiserve")
     installed_at = time.monotonic()
     plane.helm(*install[1:], timeout_s=180)
     plane.kubectl(*page_command("kubectl", "-n", SYSTEM_NS, "rollout", "status")[1:],
@@ -295,20 +307,35 @@ def test_quickstart_on_the_real_node(  # noqa: PLR0915 - one user story, step by
     wait_until(lambda: len(ready_serving_pods(real_cluster)) == REPLICAS,
                what=f"{REPLICAS} serving pods Ready through their readiness probes",
                timeout_s=300.0, interval_s=0.5,
-               detail=lambda: "\n" + plane.kubectl("-n", NS, "get", "pods", "-o", "wide",
-                                                   check=False).stdout)
+               detail=lambda: diagnostics(real_cluster))
     numbers["apply_to_ready_s"] = round(time.monotonic() - applied_at, 2)
     pods = {pod["status"]["podIP"]: pod["metadata"]["name"]
             for pod in ready_serving_pods(real_cluster)}
 
-    # One key for the model, from its Secret, as the page reads it.
-    secret = page_command("kubectl", "-n", NS, "get", "secret")
-    key = base64.b64decode(kubectl_json(real_cluster, *secret[1:secret.index("-o")])
-                           ["data"]["key"]).decode()
+    # One key for the model, from its Secret, as the page reads it; the page's curl lines
+    # through the page's port-forward.
+    assert ("kubectl -n ml get secret fmnist-inference-key -o jsonpath='{.data.key}' | base64 -d"
+            in DOC.read_text(encoding="utf-8"))
+    key = base64.b64decode(kubectl_json(real_cluster, "-n", NS, "get", "secret",
+                                        f"{MODEL}-inference-key")["data"]["key"]).decode()
+    body = png_bytes(28, 28)
+    (tmp_path / "image.png").write_bytes(body)
+    forward = page_command("kubectl", "-n", NS, "port-forward")
+    forward = [word for word in forward if word != "&"]
+    curls = [shlex.split(line) for line in page_commands() if line.startswith("curl ")
+             and "127.0.0.1:8080" in line]
+    assert len(curls) >= 2
+    with port_forward(real_cluster, forward[1:]):
+        for argv in curls:
+            argv = [word.replace("$TOKEN", key) for word in argv]
+            done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True,
+                                  timeout=60, check=False)
+            assert done.returncode == 0, done.stderr
+            assert done.stdout.startswith("HTTP/1.1 200"), done.stdout[:500]
+            assert "x-elastiserve-level:" in done.stdout.lower()
     service = kubectl_json(real_cluster, "-n", NS, "get", "service", MODEL)
     service_url = f"http://{service['spec']['clusterIP']}:8080/predictions/{MODEL}"
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "image/png"}
-    body = png_bytes(28, 28)
 
     # Through the Service, with the one key, until both replicas have answered.
     answered_by: set[str] = set()
@@ -399,7 +426,8 @@ def test_quickstart_on_the_real_node(  # noqa: PLR0915 - one user story, step by
     numbers["switch_p99_ms"] = round(percentile(switches, 99) * 1000, 1)
     numbers["switch_max_ms"] = round(max(switches) * 1000, 1)
     assert narrowed_to is not None and narrowed_to < FULL
-    assert not failed, f"{len(failed)} failed requests, statuses {sorted({r.status for r in failed})}"
+    statuses = sorted({r.status for r in failed})
+    assert not failed, f"{len(failed)} failed requests, statuses {statuses}"
     assert max(switches) <= SWITCH_LIMIT_S, switches
 
     # Clean-up as the page says: the model, the release, the namespaces; each must finish.
@@ -416,6 +444,38 @@ def test_quickstart_on_the_real_node(  # noqa: PLR0915 - one user story, step by
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(numbers, indent=2) + "\n", encoding="utf-8")
+
+
+def diagnostics(cluster: Any) -> str:
+    """What a person would look at when the model does not come up (for failure messages)."""
+    plane = cluster.plane
+    parts = []
+    for args in (("get", "pods", "-A", "-o", "wide"),
+                 ("-n", NS, "get", "elasticmodel", MODEL, "-o", "yaml"),
+                 ("get", "events", "-A", "--sort-by=.lastTimestamp"),
+                 ("-n", SYSTEM_NS, "logs", "deploy/elastiserve-operator", "--tail=60"),
+                 ("-n", NS, "logs", f"deploy/{MODEL}-serving", "-c", "torchserve", "--tail=40")):
+        done = plane.kubectl(*args, check=False)
+        parts.append(f"--- kubectl {' '.join(args)}\n{done.stdout[-4000:]}{done.stderr[-1000:]}")
+    return "\n" + "\n".join(parts)
+
+
+@contextlib.contextmanager
+def port_forward(cluster: Any, args: list[str]) -> Iterator[None]:
+    """``kubectl port-forward`` (through the API server to the real kubelet) while in use."""
+    kubectl = cluster.plane.assets.binary("kubectl")
+    with subprocess.Popen(
+        [str(kubectl), f"--kubeconfig={cluster.plane.kubeconfig_path}", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            assert line.startswith("Forwarding from"), line
+            yield
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
 
 
 def p95_now(prometheus: PrometheusServer) -> str:
