@@ -10,6 +10,7 @@ the release line for the stabilisation window, the cap goes.
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -83,9 +84,14 @@ def world(
     operator: OperatorProcess | None = None
     try:
         with run_prometheus(tmp_path / "prom", targets, scrape_interval_s=0.5) as prom:
+            # The Jetson profile's allow-lists (values-jetson-k3s.yaml): the models here ask
+            # for the edge pool, which the operator's default settings refuse.
+            edge = {"ELASTISERVE_ALLOWED_TOLERATIONS": json.dumps([EDGE_TAINT]),
+                    "ELASTISERVE_ALLOWED_NODE_SELECTORS": json.dumps(
+                        {POOL_LABEL: [EDGE_TAINT["value"]]})}
             operator = OperatorProcess(kubeconfig=kubeconfig, log_path=tmp_path / "op.log",
                                        prometheus_url=prom.url,
-                                       namespaces=(kube_namespace,)).start()
+                                       namespaces=(kube_namespace,), extra_env=edge).start()
             yield boards, operator
     finally:
         if operator is not None:
