@@ -8,7 +8,7 @@ from typing import Any
 import kopf
 import pytest
 
-from elastiserve_operator import kube
+import elastiserve_operator.kube as kube
 
 
 @pytest.mark.parametrize(
