@@ -162,8 +162,6 @@ def private_containerd() -> Iterator[Path]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.mark.skipif(shutil.which("containerd") is None or shutil.which("ctr") is None,
-                    reason="containerd is not installed (make system-deps installs it)")
 def test_containerd_imports_the_operator_archive(built: dict[str, BuiltImage]) -> None:
     image = built["operator"]
     with private_containerd() as socket:
