@@ -3,15 +3,23 @@
 Subcommands register themselves lazily: the parser names every command but imports a component
 only when that command runs, so ``elastiserve --help`` works on an install with no extras (the
 operator image has no torch, the serving image has no kopf).
+
+Bad input is answered in one line on stderr with exit code 2, never with a traceback or a usage
+block: a malformed flag or number (:class:`OneLineParser`), a missing file, a directory that is
+not a bundle, an unknown level (each command's own checks, and :func:`main` for any input error
+a command lets through). Anything else a command raises is one line with exit code 1 (set
+``ELASTISERVE_DEBUG=1`` for the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 from elastiserve import __version__
 
@@ -43,6 +51,36 @@ COMMANDS: tuple[Command, ...] = (
 )
 
 
+MAX_MESSAGE = 400
+DEBUG_ENV = "ELASTISERVE_DEBUG"
+INPUT_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, LookupError)
+"""Errors that mean the input was wrong (a path, a number, a name); with the project's own
+error classes (any class defined in an ``elastiserve*`` module), they exit with 2."""
+
+
+def one_line(text: object, limit: int = MAX_MESSAGE) -> str:
+    """``text`` on one line (whitespace runs collapsed), at most ``limit`` characters."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (``PROG: error: MESSAGE``) and exit 2.
+
+    argparse's own answer is the usage block and then the error: several lines, of which the
+    one that matters is the last. ``--help`` still prints the full usage.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
+
+
+def _is_input_error(error: BaseException) -> bool:
+    if isinstance(error, INPUT_ERRORS):
+        return True
+    return any(cls.__module__.startswith("elastiserve") for cls in type(error).__mro__)
+
+
 def _version(_: argparse.Namespace) -> int:
     print(f"elastiserve {__version__}")
     return 0
@@ -55,7 +93,7 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     and would hide which extra a command needs until something else failed. The other commands
     get a light placeholder that still lists them with their help line.
     """
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="elastiserve",
         description=(
             "Serve PyTorch CNNs at nested capacities from one set of weights and switch between "
@@ -119,7 +157,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 0
-    result: int = func(args)
+    if os.environ.get(DEBUG_ENV):
+        result: int = func(args)
+        return result
+    try:
+        result = func(args)
+    except Exception as error:  # one line, never a traceback (Ctrl-C is not bad input)
+        kind = "" if _is_input_error(error) else "internal error: "
+        print(f"elastiserve {args.command}: {kind}{one_line(error) or type(error).__name__}"
+              f"{'' if kind == '' else f' ({type(error).__name__}; {DEBUG_ENV}=1 shows where)'}",
+              file=sys.stderr)
+        return 2 if not kind else 1
     return result
 
 

@@ -27,6 +27,9 @@ class ElastiserveEntry(ElastiserveHandler):
     """TorchServe's loader wants exactly one class defined in the handler module."""
 '''
 BUNDLE_FILES = ("manifest.json", "weights.safetensors")
+CONFIG_NAME = "model-config.yaml"
+"""The archive's members are exactly these, the entry module and TorchServe's manifest:
+:mod:`.archive_check` refuses any other archive before it is served."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ def build_archive(
         work = Path(tmp)
         entry = work / f"{ENTRY_MODULE}.py"
         entry.write_text(ENTRY_SOURCE)
-        config = work / "model-config.yaml"
+        config = work / CONFIG_NAME
         config.write_text(yaml.safe_dump(spec.model_config(), sort_keys=False))
         extra = ",".join(str(bundle_dir / f) for f in BUNDLE_FILES)
         generate_model_archive(

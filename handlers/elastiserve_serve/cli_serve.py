@@ -17,7 +17,15 @@ Authentication, two modes:
   listens on ``--bind``/``--port`` and checks ``Authorization: Bearer <key>`` against the file
   (re-read when it changes), while TorchServe's inference and management APIs listen on
   loopback ports of their own with their key check off. ``--gateway`` runs the same gateway
-  without a key check, for clusters that authenticate in front of the Service.
+  without a key check, for clusters that authenticate in front of the Service. Behind the
+  gateway, ready also needs the control file to exist and name a served level (in a pod, the
+  level agent writes it once it read the model's status; locally, pass ``--level`` or run
+  ``elastiserve level set``).
+
+Before anything starts, a ``.mar`` must be what ``elastiserve archive`` writes
+(:mod:`.archive_check`), ``--level`` a level the bundle has, and every number in range; each
+refusal is one line on stderr and exit code 2. The served bundle's level names are recorded
+beside the control file (:mod:`.served_levels`) for ``elastiserve level set`` to check against.
 """
 
 from __future__ import annotations
@@ -31,17 +39,54 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from elastiserve_store.errors import BundleError
+
 from .archive import ArchiveSpec, build_archive
 from .gateway import Gateway, GatewayConfig
 from .gateway_keys import KeyFile, KeyFileError
 from .gateway_server import GatewayServer
 from .level_agent import set_level
 from .mar_overrides import MarError, ServeOverrides, rewrite_mar
+from .runtime.control import level_index
+from .served_levels import ServedLevelsError, levels_of_bundle, levels_of_mar, write_served_levels
 from .ts_config import MAX_REQUEST_SIZE
 from .ts_server import TorchServe, free_port, run_torchserve
 
 BUNDLE_DEFAULTS = {"workers": 1, "batch_size": 8, "max_batch_delay_ms": 5}
 """What ``--bundle`` archives with when a flag is left out (a .mar keeps its own values)."""
+
+
+def port_number(text: str) -> int:
+    """``--port``: 0 (a free one) to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port {value} is not in 0..65535")
+    return value
+
+
+def positive(text: str) -> int:
+    """A count that must be at least 1 (workers, batch size)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return value
+
+
+def non_negative(text: str) -> int:
+    """A delay in ms that may be 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,12 +97,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model name to register (default: 'elastic' for --bundle, the file "
                              "name for --mar; with --mar it needs exactly one file)")
     parser.add_argument("--run-dir", type=Path, default=Path(".elastiserve/serve"))
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=positive, default=None,
                         help="worker processes per model (default: the archive's; 1 for "
                              "--bundle)")
-    parser.add_argument("--batch-size", type=int, default=None,
+    parser.add_argument("--batch-size", type=positive, default=None,
                         help="largest batch (default: the archive's; 8 for --bundle)")
-    parser.add_argument("--max-batch-delay-ms", type=int, default=None,
+    parser.add_argument("--max-batch-delay-ms", type=non_negative, default=None,
                         help="longest wait to fill a batch (default: the archive's; 5 for "
                              "--bundle; TorchServe cannot do 0, which becomes 1)")
     parser.add_argument("--allow-pin", action=argparse.BooleanOptionalAction, default=None,
@@ -71,8 +116,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="inference address to bind (management stays on loopback)")
     parser.add_argument("--metrics-bind", default="127.0.0.1",
                         help="metrics address to bind (0.0.0.0 in a pod, for Prometheus)")
-    parser.add_argument("--port", type=int, default=0, help="inference port (0: a free one)")
-    parser.add_argument("--metrics-port", type=int, default=0,
+    parser.add_argument("--port", type=port_number, default=0,
+                        help="inference port (0: a free one)")
+    parser.add_argument("--metrics-port", type=port_number, default=0,
                         help="metrics port (0: a free one)")
     auth = parser.add_mutually_exclusive_group()
     auth.add_argument("--key-file", type=Path, default=None,
@@ -115,8 +161,58 @@ def serve_overrides(args: argparse.Namespace) -> ServeOverrides:
 
 
 def _fail(message: str) -> int:
-    print(f"elastiserve serve: {message}", file=sys.stderr)
+    print(f"elastiserve serve: {' '.join(message.split())}", file=sys.stderr)
     return 2
+
+
+def served_level_names(args: argparse.Namespace) -> tuple[str, ...]:
+    """The served bundle's levels; empty when several archives may differ."""
+    if args.bundle is not None:
+        return levels_of_bundle(args.bundle)
+    if len(args.mar) == 1:
+        return levels_of_mar(args.mar[0])
+    return ()
+
+
+def _record_levels(control_file: Path, names: tuple[str, ...]) -> None:
+    """Best effort: in a pod the control volume is read-only for this container."""
+    if not names:
+        return
+    try:
+        write_served_levels(control_file, names)
+    except OSError as error:
+        print(f"note: levels not recorded beside {control_file} ({error.strerror}); "
+              "'elastiserve level set' then needs --bundle or --mar", file=sys.stderr)
+
+
+def prepare_store(args: argparse.Namespace, store: Path,
+                  overrides: ServeOverrides) -> tuple[str, ...]:
+    """Check every input and fill the model store; returns the served level names.
+
+    Raises what it refuses (a bundle or archive that is not one, an unknown level, settings
+    out of range); nothing has started yet.
+    """
+    names = served_level_names(args)
+    if args.level and names:
+        try:
+            level_index(names, args.level)
+        except KeyError:
+            raise ValueError(f"--level {args.level[:40]!r} is not a level of the served bundle "
+                             f"({', '.join(names)}, or an index 0..{len(names) - 1})") from None
+    store.mkdir(parents=True, exist_ok=True)
+    if args.bundle is not None:
+        chosen = {k: v if (v := getattr(args, k)) is not None else default
+                  for k, default in BUNDLE_DEFAULTS.items()}
+        spec = ArchiveSpec(
+            **chosen,
+            handler={"control_file": str(args.control_file), "allow_pin": bool(args.allow_pin)},
+        )
+        name = args.name or "elastic"
+        build_archive(args.bundle, store, name, spec, force=True)
+    else:
+        for mar in args.mar:
+            rewrite_mar(mar, store / mar.name, overrides)
+    return names
 
 
 def run(args: argparse.Namespace) -> int:
@@ -135,33 +231,21 @@ def run(args: argparse.Namespace) -> int:
             return _fail(f"--key-file: {error}")
     try:
         overrides = serve_overrides(args)
-    except ValueError as error:
+        names = prepare_store(args, run_dir / "model-store", overrides)
+        if args.level:
+            level = args.level if not names or args.level in names else \
+                level_index(names, args.level)
+            set_level(args.control_file, level)
+    except (MarError, BundleError, ServedLevelsError, ValueError, OSError) as error:
         return _fail(str(error))
+    _record_levels(args.control_file, names)
     store = run_dir / "model-store"
-    store.mkdir(parents=True, exist_ok=True)
-    if args.bundle is not None:
-        chosen = {k: v if (v := getattr(args, k)) is not None else default
-                  for k, default in BUNDLE_DEFAULTS.items()}
-        spec = ArchiveSpec(
-            **chosen,
-            handler={"control_file": str(args.control_file), "allow_pin": bool(args.allow_pin)},
-        )
-        name = args.name or "elastic"
-        build_archive(args.bundle, store, name, spec, force=True)
-        models = [f"{name}={name}.mar"]
-    else:
-        for mar in args.mar:
-            try:
-                rewrite_mar(mar, store / mar.name, overrides)
-            except (MarError, OSError) as error:
-                return _fail(str(error))
-        models = mar_registrations(args.mar, args.name)
-    if args.level:
-        set_level(args.control_file, args.level)
+    models = ([f"{args.name or 'elastic'}={args.name or 'elastic'}.mar"]
+              if args.bundle is not None else mar_registrations(args.mar, args.name))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if keys is not None or args.gateway:
-        return _serve_behind_gateway(args, run_dir, store, models, keys, stop)
+        return _serve_behind_gateway(args, run_dir, store, models, keys, stop, names)
     with run_torchserve(
         run_dir / "torchserve", store, models, bind_host=args.bind,
         metrics_host=args.metrics_bind, inference_port=args.port, metrics_port=args.metrics_port,
@@ -181,7 +265,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _serve_behind_gateway(
     args: argparse.Namespace, run_dir: Path, store: Path, models: list[str],
-    keys: KeyFile | None, stop: threading.Event,
+    keys: KeyFile | None, stop: threading.Event, names: tuple[str, ...] = (),
 ) -> int:
     """The gateway on ``--bind``/``--port``, TorchServe behind it on loopback only.
 
@@ -197,6 +281,10 @@ def _serve_behind_gateway(
         max_request_size=MAX_REQUEST_SIZE,
         # In a pod the host name is the pod's name (what `kubectl get pods` shows).
         replica=socket.gethostname(),
+        # Ready only once the control file names a served level: a replica that starts while
+        # the model is narrowed must serve that level from its first request.
+        control_file=args.control_file,
+        level_names=names,
     )
     gateway = GatewayServer(Gateway(config, keys), args.bind, args.port)
     port = gateway.start()

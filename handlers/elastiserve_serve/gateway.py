@@ -11,7 +11,10 @@ through here.
 Routes (the health ones carry no credential, as KServe's do, because probes carry none):
 
 * ``GET /ping`` (TorchServe's shape), ``GET /v2/health/live``, ``GET /v2/health/ready`` (the
-  Open Inference Protocol's): ready means TorchServe reports a ``READY`` worker for every
+  Open Inference Protocol's): ready means the level control file, when one is configured,
+  exists and names a level of the served bundle (so a replica that starts while the model is
+  narrowed serves the current level from its first request: the level agent writes the file
+  after it read the model's status), and TorchServe reports a ``READY`` worker for every
   served model on its management API (loopback), asked at most once per
   :attr:`GatewayConfig.ready_cache_s` so that probes stay cheap; 503 with a reason otherwise;
 * ``POST /predictions/{model}[/{version}]``: ``Authorization: Bearer <key>`` or 401; a body
@@ -21,6 +24,12 @@ Routes (the health ones carry no credential, as KServe's do, because probes carr
   level header come back, with ``X-Elastiserve-Replica`` naming the pod. TorchServe
   unreachable: 503.
 
+Hostile requests: the model and version path segments, the pin header and the content type
+must be short printable ASCII (a model name's characters), else 400 before anything is
+forwarded; whatever else raises while a request is read or checked is that request's 400 (never
+a 500, never another request's failure). What goes back (the level header, the content type)
+is printable ASCII and bounded.
+
 Connections to TorchServe come from one pooled ``aiohttp.ClientSession`` per gateway.
 """
 
@@ -28,15 +37,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from .gateway_keys import KeyFile, check_bearer
-from .runtime.settings import PIN_HEADER
+from .runtime.control import PIN_HEADER, ControlFileError, level_index, read_control_file
+from .runtime.text import MAX_HEADER_VALUE, plain
 
 __all__ = ["Gateway", "GatewayConfig", "Readiness", "json_error"]
 
@@ -46,6 +58,14 @@ LEVEL_HEADER = PIN_HEADER
 """The same name pins a request (client -> handler) and names the level that answered
 (handler -> client)."""
 REPLICA_HEADER = "X-Elastiserve-Replica"
+_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+"""A model name or version as TorchServe registers them; anything else is refused."""
+_HEADER_VALUE = re.compile(r"[\x20-\x7e]{0,256}")
+"""A forwarded header value: printable ASCII, bounded (no CR/LF, no control characters)."""
+
+
+class BadGatewayRequest(ValueError):
+    """A request the gateway refuses before forwarding (400)."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +82,10 @@ class GatewayConfig:
     replica: str = ""
     """This server's name (the pod's), sent back in ``X-Elastiserve-Replica`` so that a client
     behind a Service can tell which replica answered; empty sends nothing."""
+    control_file: Path | None = None
+    """The level control file; when set, ready also needs it to exist and be valid."""
+    level_names: Sequence[str] = ()
+    """The served bundle's levels (narrowest first): the control file's level must be one."""
 
 
 def json_error(status: int, kind: str, message: str) -> web.Response:
@@ -87,12 +111,15 @@ class Readiness:
 
     def __init__(
         self, describe: Callable[[str], Awaitable[Any]], models: Sequence[str], cache_s: float,
-        clock: Callable[[], float],
+        clock: Callable[[], float], control_file: Path | None = None,
+        level_names: Sequence[str] = (),
     ) -> None:
         self._describe = describe
         self._models = tuple(models)
         self._cache_s = cache_s
         self._clock = clock
+        self._control_file = control_file
+        self._level_names = tuple(level_names)
         self._state: ReadyState | None = None
         self._lock = asyncio.Lock()
 
@@ -105,6 +132,9 @@ class Readiness:
             return self._state
 
     async def _ask(self) -> tuple[bool, str]:
+        level_ok, why = control_file_ready(self._control_file, self._level_names)
+        if not level_ok:
+            return False, why
         for model in self._models:
             try:
                 described = await self._describe(model)
@@ -114,6 +144,29 @@ class Readiness:
             if workers < 1:
                 return False, f"model {model!r} has no READY worker yet"
         return True, "every model has a READY worker"
+
+
+def control_file_ready(path: Path | None, names: Sequence[str]) -> tuple[bool, str]:
+    """Whether the control file lets a replica serve the decided level from its first request:
+    it exists, is a valid regular file, and (with ``names``) designates one of them."""
+    if path is None:
+        return True, "no control file configured"
+    try:
+        state = read_control_file(path)
+    except ControlFileError as error:
+        return False, plain(f"control file {path}: {error}")
+    except OSError as error:
+        return False, plain(f"control file {path}: {error.strerror or error}")
+    if state is None:
+        return False, plain(f"control file {path} does not exist yet (the level agent writes "
+                            "it once it has read the model's level)")
+    if names:
+        try:
+            level_index(names, state.level)
+        except KeyError:
+            return False, plain(f"control file {path} names level {state.level!r}, not one "
+                                f"of the {len(names)} levels served")
+    return True, "control file valid"
 
 
 def ready_workers(described: Any) -> int:
@@ -136,7 +189,7 @@ class Gateway:
         self.keys = keys
         self._session: aiohttp.ClientSession | None = None
         self.readiness = Readiness(self._describe, config.models, config.ready_cache_s,
-                                   _monotonic)
+                                   _monotonic, config.control_file, config.level_names)
 
     def app(self) -> web.Application:
         # client_max_size bounds a body whose length was not announced (chunked); an
@@ -198,12 +251,16 @@ class Gateway:
             return json_error(413, "RequestEntityTooLarge",
                               f"body of {request.content_length} bytes exceeds {limit}")
         try:
+            path, headers = forwarded(request.match_info, request.headers)
+        except BadGatewayRequest as error:
+            return json_error(400, "BadRequest", str(error))
+        except Exception as error:  # whatever a hostile request makes raise: its own 400
+            log.warning("request refused: %s", plain(repr(error)))
+            return json_error(400, "BadRequest", "malformed request")
+        try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return json_error(413, "RequestEntityTooLarge", f"body exceeds {limit} bytes")
-        path = request.path  # /predictions/<model>[/<version>], already routed
-        headers = {k: v for k in ("Content-Type", LEVEL_HEADER)
-                   if (v := request.headers.get(k)) is not None}
         try:
             async with self._client_session().post(
                 f"{self.config.inference_url}{path}", data=body, headers=headers,
@@ -217,12 +274,39 @@ class Gateway:
             return json_error(503, "ServiceUnavailable", "the model server is unreachable")
         response = web.Response(status=status, body=answer)
         if content_type is not None:
-            response.headers["Content-Type"] = content_type
+            response.headers["Content-Type"] = plain(content_type, MAX_HEADER_VALUE)
         if level is not None:
-            response.headers[LEVEL_HEADER] = level
+            response.headers[LEVEL_HEADER] = plain(level, MAX_HEADER_VALUE)
         if self.config.replica:
-            response.headers[REPLICA_HEADER] = self.config.replica
+            response.headers[REPLICA_HEADER] = plain(self.config.replica, MAX_HEADER_VALUE)
         return response
+
+
+def forwarded(
+    match: Any, headers: Any,
+) -> tuple[str, dict[str, str]]:
+    """The path and headers to send to TorchServe, or :class:`BadGatewayRequest`.
+
+    Only names TorchServe could have registered reach it (no ``..``, no encoded slash, no
+    control characters), and only the body's content type and the pin header travel, each
+    printable ASCII and bounded.
+    """
+    segments = [match["model"]]
+    if "version" in match:
+        segments.append(match["version"])
+    for segment in segments:
+        if not isinstance(segment, str) or not _SEGMENT.fullmatch(segment):
+            raise BadGatewayRequest("the model name or version is not a valid name")
+    out: dict[str, str] = {}
+    for name in ("Content-Type", LEVEL_HEADER):
+        value = headers.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not _HEADER_VALUE.fullmatch(value):
+            raise BadGatewayRequest(f"header {name} must be printable ASCII, at most 256 "
+                                    "characters")
+        out[name] = value
+    return "/predictions/" + "/".join(segments), out
 
 
 def _monotonic() -> float:

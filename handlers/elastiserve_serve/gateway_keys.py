@@ -48,7 +48,11 @@ def check_bearer(header: str | None, key: bytes | None) -> Verdict:
     scheme, _, token = header.strip().partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return Verdict(False, "Authorization must be 'Bearer <key>'")
-    if not hmac.compare_digest(token.strip().encode(), key):
+    try:
+        offered = token.strip().encode("utf-8")
+    except UnicodeEncodeError:  # a header byte that decoded to a lone surrogate
+        return Verdict(False, "invalid inference key")
+    if not hmac.compare_digest(offered, key):
         return Verdict(False, "invalid inference key")
     return Verdict(True)
 

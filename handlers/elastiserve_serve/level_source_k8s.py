@@ -3,14 +3,26 @@
 The operator writes its decision into the CR's ``status.activeLevel``; this source keeps a
 watch open on that one object (``fieldSelector=metadata.name=<name>``, which is what a
 ``resourceNames``-restricted Role allows for list/watch) and exposes the latest decision to
-the agent's polling loop. Plain ``urllib`` in a background thread: the serving image has no
-Kubernetes client and needs none for one GET and one watch.
+the agent's polling loop.
 
-Credentials: in a pod, a projected service-account token mounted into the agent container
-only (re-read at every reconnect, because the kubelet rotates it) and the cluster CA; in
-tests, a kubeconfig (token or client certificate). When the API server is unreachable, the
-watch breaks or the object disappears, ``current()`` keeps returning the last decision, so
-replicas keep serving the last level (the agent never clears the control file).
+Surviving the network (the ``kubernetes`` client's list and ``Watch``, which tracks resource
+versions and bookmarks):
+
+* list once, then watch from the list's resource version with ``allowWatchBookmarks`` in
+  windows of ``watch_timeout_s``; each new window resumes from the last resource version seen
+  (an event's or a bookmark's), so nothing is missed and nothing is re-read;
+* a watch cut mid-stream, a refused connection (an API server restarting) or an error answer
+  (an expired token: 401) is retried after a :class:`~.backoff.Backoff` delay (0.1-0.2 s
+  first, doubling to at most 5 s, reset by a sync), resuming from the last resource version;
+  a version the server no longer has (410 Gone) is listed again;
+* credentials are read again on every request: the projected service-account token file (the
+  kubelet rotates it) in a pod, the kubeconfig in tests;
+* a heartbeat file (:mod:`.agent_heartbeat`) holds the time of the last sync; the agent's
+  liveness probe (``--check-alive``) fails when it is too old.
+
+When the API server is unreachable, the watch breaks or the object disappears, ``current()``
+keeps returning the last decision, so replicas keep serving the last level (the agent never
+clears the control file).
 
 Per-node caps: the operator may cap the level of the replicas on a hot node
 (``status.nodeCaps: {node: level}``). The agent learns its node's name from the downward API
@@ -20,36 +32,31 @@ changes nothing. Without a node name the agent serves the model-wide level.
 
 Levels: the CR speaks indexes (0 = narrowest) and so does the control file: the source writes
 ``status.activeLevel`` as it is and the serving runtime resolves it against the bundle it
-loaded. The agent therefore needs no list of level names, which is what used to go wrong (the
-CR could only guess ``L<k>``, while training names levels ``L<k>-<pct>pct``). An index past the
-last level is refused by the runtime, which keeps serving the level it has.
+loaded. An index past the last level is refused by the runtime, which keeps serving the level
+it has (and the gateway's readiness says why).
 
 Run it: ``python -m elastiserve_serve.level_source_k8s --namespace NS --name NAME
---control-file /dev/shm/elastiserve/level.json``.
+--control-file /dev/shm/elastiserve/level.json``; its liveness probe is the same command with
+``--check-alive`` (exit 0 while the last sync is at most ``--max-stale-s`` old). The
+``kubernetes`` package is imported only by the agent itself, never by the probe.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import json
 import logging
 import os
 import signal
-import ssl
-import tempfile
+import sys
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
 
-import yaml
-
+from .agent_heartbeat import DEFAULT_MAX_STALE_S, Heartbeat, check_alive, heartbeat_file_for
+from .backoff import Backoff
 from .level_agent import Decision, LevelAgent
 
 __all__ = [
@@ -64,23 +71,20 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-GROUP_VERSION = "elastiserve.io/v1alpha1"
+GROUP = "elastiserve.io"
+VERSION = "v1alpha1"
+PLURAL = "elasticmodels"
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 NODE_NAME_ENV = "NODE_NAME"
 """Env var holding the pod's node name (downward API ``spec.nodeName``)."""
+HTTP_GONE = 410
 
 
 @dataclass(frozen=True)
 class Connection:
-    """Where the API server is and how to authenticate (the token is read lazily)."""
+    """Makes a ``kubernetes.client.ApiClient`` per connection attempt, with fresh credentials."""
 
-    server: str
-    ssl_context: ssl.SSLContext
-    token: Callable[[], str | None] = lambda: None
-
-    def headers(self) -> dict[str, str]:
-        token = self.token()
-        return {"Authorization": f"Bearer {token}"} if token else {}
+    make_client: Callable[[], Any]
 
     @classmethod
     def in_cluster(
@@ -89,44 +93,46 @@ class Connection:
         ca_file: Path = SA_DIR / "ca.crt",
         server: str | None = None,
     ) -> Connection:
+        """The projected token and CA; the token is read again for every request."""
         if server is None:
             host = os.environ.get("KUBERNETES_SERVICE_HOST", "kubernetes.default.svc")
             port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
             server = f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
-        context = ssl.create_default_context(cafile=str(ca_file))
-        return cls(server, context, lambda: token_file.read_text().strip() or None)
+
+        def make() -> Any:
+            from kubernetes import client
+
+            config = client.Configuration(host=server, ssl_ca_cert=str(ca_file))
+            config.api_key = {"authorization": _read_token(token_file)}
+            config.api_key_prefix = {"authorization": "Bearer"}
+
+            def refresh(conf: Any) -> None:  # called before every request: a rotated token
+                conf.api_key["authorization"] = _read_token(token_file)
+
+            hook: Any = refresh
+            config.refresh_api_key_hook = hook
+            return client.ApiClient(config)
+
+        return cls(make)
 
     @classmethod
     def from_kubeconfig(cls, path: Path) -> Connection:
-        """The current context of ``path`` (token or client certificate; CA file or data)."""
-        config: dict[str, Any] = yaml.safe_load(path.read_text()) or {}
+        """The current context of ``path``, read again at every connection attempt."""
 
-        def named(section: str, name: str) -> dict[str, Any]:
-            for item in config.get(section) or []:
-                if item.get("name") == name:
-                    return dict(item.get(section[:-1]) or {})
-            raise ValueError(f"kubeconfig {path}: no {section[:-1]} named {name!r}")
+        def make() -> Any:
+            from kubernetes import config
 
-        context = named("contexts", str(config.get("current-context")))
-        cluster = named("clusters", str(context.get("cluster")))
-        user = named("users", str(context.get("user")))
-        ssl_context = ssl.create_default_context()
-        if cluster.get("certificate-authority-data"):
-            ca = base64.b64decode(cluster["certificate-authority-data"]).decode()
-            ssl_context.load_verify_locations(cadata=ca)
-        elif cluster.get("certificate-authority"):
-            ssl_context.load_verify_locations(cafile=cluster["certificate-authority"])
-        cert, key = user.get("client-certificate"), user.get("client-key")
-        if user.get("client-certificate-data"):
-            folder = Path(tempfile.mkdtemp(prefix="level-agent-"))
-            cert, key = folder / "client.crt", folder / "client.key"
-            cert.write_bytes(base64.b64decode(user["client-certificate-data"]))
-            key.write_bytes(base64.b64decode(user["client-key-data"]))
-            key.chmod(0o600)
-        if cert:
-            ssl_context.load_cert_chain(str(cert), str(key) if key else None)
-        token = user.get("token")
-        return cls(str(cluster["server"]).rstrip("/"), ssl_context, lambda: token)
+            return config.new_client_from_config(config_file=str(path))  # type: ignore[no-untyped-call]
+
+        return cls(make)
+
+
+def _read_token(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError as error:
+        log.warning("cannot read the token %s: %s", path, error.strerror)
+        return ""
 
 
 def _level(raw: object) -> int | None:
@@ -147,11 +153,14 @@ def decision_from_object(obj: Mapping[str, Any], node: str | None = None) -> Dec
     """The decision an ``ElasticModel`` holds for a replica on ``node``, or ``None`` (no
     level decided yet): the model's level, lowered to the node's cap if it has one."""
     status = obj.get("status") or {}
+    if not isinstance(status, Mapping):
+        return None
     level = _level(status.get("activeLevel"))
     if level is None:
         return None
     cap = node_cap(status, node)
-    pin = (obj.get("spec") or {}).get("allowRequestPinning")
+    spec = obj.get("spec") or {}
+    pin = spec.get("allowRequestPinning") if isinstance(spec, Mapping) else None
     return Decision(
         level=level if cap is None else min(level, cap),
         allow_pin=pin if isinstance(pin, bool) else None,
@@ -167,21 +176,29 @@ class K8sLevelSource:
         namespace: str,
         name: str,
         *,
-        watch_timeout_s: int = 240,
-        retry_s: float = 1.0,
+        watch_timeout_s: int = 60,
+        backoff: Backoff | None = None,
         node: str | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.connection = connection
         self.namespace = namespace
         self.name = name
         self.node = node
         self.watch_timeout_s = watch_timeout_s
-        self.retry_s = retry_s
+        self.backoff = backoff or Backoff(base_s=0.2, cap_s=5.0)
+        self._clock = clock
         self._decision: Decision | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._watch: Any = None
         self.last_error: str | None = None
         self.updates = 0
+        self.reconnects = 0
+        self.relists = 0
+        self.last_sync: float | None = None
+        """Wall-clock time of the last sync with the API server (``None``: never yet)."""
+        self.resource_version: str | None = None
 
     # ------------------------------------------------------------------ LevelSource
     def current(self) -> Decision | None:
@@ -195,72 +212,102 @@ class K8sLevelSource:
 
     def stop(self) -> None:
         self._stop.set()
+        watch = self._watch
+        if watch is not None:
+            watch.stop()
 
     # ------------------------------------------------------------------ internals
-    def _url(self, **params: str) -> str:
-        base = (
-            f"{self.connection.server}/apis/{GROUP_VERSION}/namespaces/"
-            f"{quote(self.namespace)}/elasticmodels"
-        )
-        return f"{base}?{urlencode(params)}"
+    def _synced(self) -> None:
+        self.last_sync = self._clock()
+        self.last_error = None
+        self.backoff.reset()
 
-    def _open(self, url: str, timeout: float) -> Any:
-        request = urllib.request.Request(url, headers=self.connection.headers())
-        return urllib.request.urlopen(request, timeout=timeout, context=self.connection.ssl_context)
-
-    def _observe(self, obj: Mapping[str, Any]) -> None:
+    def _observe(self, obj: Any) -> None:
+        if not isinstance(obj, Mapping):
+            return
         decision = decision_from_object(obj, self.node)
         if decision is not None:
             self._decision = decision
             self.updates += 1
 
-    def _list(self) -> str:
+    def _list(self, api: Any) -> str:
         """Read the object once (through list, which the field selector authorises)."""
-        selector = f"metadata.name={self.name}"
-        with self._open(self._url(fieldSelector=selector), 10.0) as response:
-            body = json.load(response)
-        for item in body.get("items") or []:
-            self._observe(item)
-        return str((body.get("metadata") or {}).get("resourceVersion") or "")
-
-    def _watch(self, resource_version: str) -> Iterator[Mapping[str, Any]]:
-        url = self._url(
-            fieldSelector=f"metadata.name={self.name}",
-            watch="true",
-            resourceVersion=resource_version,
-            allowWatchBookmarks="true",
-            timeoutSeconds=str(self.watch_timeout_s),
+        body = api.list_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL,
+            field_selector=f"metadata.name={self.name}", _request_timeout=(5, 15),
         )
-        with self._open(url, self.watch_timeout_s + 30.0) as response:
-            for line in response:
-                if self._stop.is_set():
-                    return
-                if line.strip():
-                    yield json.loads(line)
+        for item in (body.get("items") or []) if isinstance(body, Mapping) else []:
+            self._observe(item)
+        self.relists += 1
+        meta = body.get("metadata") if isinstance(body, Mapping) else None
+        version = meta.get("resourceVersion") if isinstance(meta, Mapping) else None
+        self._synced()
+        return str(version or "")
+
+    def _watch_window(self, api: Any, resource_version: str) -> None:
+        """One watch from ``resource_version`` until the server ends it (or it breaks)."""
+        from kubernetes import watch
+
+        self._watch = watcher = watch.Watch()  # type: ignore[no-untyped-call]
+        started = time.monotonic()
+        events = 0
+        for event in watcher.stream(  # type: ignore[no-untyped-call]
+            api.list_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL,
+            field_selector=f"metadata.name={self.name}", resource_version=resource_version,
+            allow_watch_bookmarks=True, timeout_seconds=self.watch_timeout_s,
+            _request_timeout=(5, self.watch_timeout_s + 15),
+        ):
+            if self._stop.is_set():
+                break
+            events += 1
+            if watcher.resource_version:
+                self.resource_version = str(watcher.resource_version)
+            kind = event.get("type") if isinstance(event, Mapping) else None
+            if kind in ("ADDED", "MODIFIED"):
+                self._observe(event.get("raw_object"))
+            self._synced()  # an event or a bookmark: the server is there and we are current
+        # The server closes a window at its timeout; a window that ended much sooner without
+        # a word was cut (a proxy, a restart): retry after a delay, not in a tight loop.
+        if events == 0 and time.monotonic() - started < self.watch_timeout_s / 2:
+            raise ConnectionError("the watch ended early without an event")
+        if events == 0:
+            self._synced()
 
     def _run(self) -> None:
-        resource_version = ""
+        from kubernetes.client.exceptions import ApiException
+
         while not self._stop.is_set():
+            api_client = None
             try:
-                if not resource_version:
-                    resource_version = self._list()
-                for event in self._watch(resource_version):
-                    kind, obj = event.get("type"), event.get("object") or {}
-                    if kind == "ERROR":
-                        resource_version = ""  # e.g. 410 Gone: list again
-                        break
-                    new_version = (obj.get("metadata") or {}).get("resourceVersion")
-                    if new_version:
-                        resource_version = str(new_version)
-                    if kind in ("ADDED", "MODIFIED"):
-                        self._observe(obj)
-                self.last_error = None
-            except (OSError, urllib.error.URLError, ValueError) as error:
-                # Keep the last decision; the agent keeps the control file as it is.
-                self.last_error = str(error)
-                log.warning("watch on %s/%s failed: %s", self.namespace, self.name, error)
-                resource_version = ""
-                self._stop.wait(self.retry_s)
+                api_client = self.connection.make_client()
+                from kubernetes import client
+
+                api = client.CustomObjectsApi(api_client)
+                if not self.resource_version:
+                    self.resource_version = self._list(api)
+                self._watch_window(api, self.resource_version)
+                continue
+            except ApiException as error:
+                if error.status == HTTP_GONE:
+                    self.resource_version = None  # too old: list again, at once
+                    log.info("watch on %s/%s: resource version gone, listing again",
+                             self.namespace, self.name)
+                    continue
+                self._failed(f"API answered {error.status} {error.reason}")
+            except Exception as error:  # network, TLS, a broken stream: keep the decision
+                self._failed(f"{type(error).__name__}: {error}")
+            finally:
+                self._watch = None
+                if api_client is not None:
+                    api_client.close()
+            self.reconnects += 1
+            self._stop.wait(self.backoff.next_delay())
+
+    def _failed(self, message: str) -> None:
+        if message != self.last_error:
+            log.warning("watch on %s/%s failed (keeping %s): %s", self.namespace, self.name,
+                        self._decision, message[:300])
+        self.last_error = message
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -268,40 +315,68 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="level-agent", description="copy an ElasticModel's level into the control file"
     )
-    parser.add_argument("--namespace", required=True)
-    parser.add_argument("--name", required=True)
+    parser.add_argument("--namespace")
+    parser.add_argument("--name")
     parser.add_argument("--control-file", type=Path, required=True)
     parser.add_argument("--kubeconfig", type=Path, help="instead of the in-cluster token")
     parser.add_argument("--token-file", type=Path, default=SA_DIR / "token")
     parser.add_argument("--ca-file", type=Path, default=SA_DIR / "ca.crt")
     parser.add_argument("--server", help="API server URL (default: from KUBERNETES_SERVICE_*)")
     parser.add_argument("--interval", type=float, default=0.2, help="seconds between syncs")
+    parser.add_argument("--watch-timeout-s", type=int, default=60,
+                        help="length of one watch window (the server ends it; default 60)")
     parser.add_argument(
         "--node-name",
         default=os.environ.get(NODE_NAME_ENV) or None,
         help=f"node this replica runs on, for its cap in status.nodeCaps "
         f"(default: ${NODE_NAME_ENV})",
     )
+    parser.add_argument("--heartbeat-file", type=Path, default=None,
+                        help="liveness heartbeat (default: level-agent.alive beside the "
+                             "control file)")
+    parser.add_argument("--check-alive", action="store_true",
+                        help="liveness probe: exit 0 if the agent synced within --max-stale-s, "
+                             "else print why and exit 1 (imports no Kubernetes client)")
+    parser.add_argument("--max-stale-s", type=float, default=DEFAULT_MAX_STALE_S,
+                        help=f"for --check-alive (default {DEFAULT_MAX_STALE_S:.0f})")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    heartbeat_path = args.heartbeat_file or heartbeat_file_for(args.control_file)
+    if args.check_alive:
+        alive, why = check_alive(heartbeat_path, args.max_stale_s)
+        print(f"level agent {'alive' if alive else 'not alive'}: {why}",
+              file=sys.stdout if alive else sys.stderr)
+        return 0 if alive else 1
+    if not args.namespace or not args.name:
+        print("level-agent: --namespace and --name are required", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     connection = (
         Connection.from_kubeconfig(args.kubeconfig)
         if args.kubeconfig
         else Connection.in_cluster(args.token_file, args.ca_file, args.server)
     )
-    source = K8sLevelSource(connection, args.namespace, args.name, node=args.node_name).start()
+    heartbeat = Heartbeat(heartbeat_path)
+    started_at = time.time()
+    heartbeat.beat(started_at)  # a new agent gets the whole allowance for its first sync
+    source = K8sLevelSource(connection, args.namespace, args.name, node=args.node_name,
+                            watch_timeout_s=args.watch_timeout_s).start()
     agent = LevelAgent(source, args.control_file)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     started = time.monotonic()
-    log.info("level agent for %s/%s on node %s -> %s", args.namespace, args.name,
-             args.node_name or "(unknown: no cap applies)", args.control_file)
-    agent.run(stop, args.interval)
+    log.info("level agent for %s/%s on node %s -> %s (heartbeat %s)", args.namespace,
+             args.name, args.node_name or "(unknown: no cap applies)", args.control_file,
+             heartbeat_path)
+    while not stop.is_set():
+        agent.sync_once()
+        if source.last_sync is not None:
+            heartbeat.beat(source.last_sync)
+        stop.wait(args.interval)
     source.stop()
     log.info("level agent stopped after %.0f s", time.monotonic() - started)
     return 0

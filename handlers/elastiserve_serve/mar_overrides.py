@@ -13,7 +13,9 @@ model store with the file replaced, and leaves the user's archive untouched.
 less) as "unset" there and in the yaml and falls back to 100 ms, so a requested 0 ms becomes
 1 ms here (the closest delay TorchServe honours).
 
-Pure part: :func:`override_config` (a mapping in, a mapping out). I/O part: :func:`rewrite_mar`.
+Pure part: :func:`override_config` (a mapping in, a mapping out). I/O part: :func:`rewrite_mar`,
+which first refuses any archive that is not what ``elastiserve archive`` writes
+(:func:`.archive_check.check_archive`), so a foreign handler never reaches TorchServe.
 """
 
 from __future__ import annotations
@@ -28,16 +30,13 @@ from typing import Any
 
 import yaml
 
+from .archive_check import MANIFEST, MarError, check_archive, check_config
+
 __all__ = ["DEFAULT_CONFIG_NAME", "MarError", "ServeOverrides", "override_config", "rewrite_mar"]
 
-MANIFEST = "MAR-INF/MANIFEST.json"
 DEFAULT_CONFIG_NAME = "model-config.yaml"
 MIN_TORCHSERVE_DELAY_MS = 1
 """TorchServe 0.12 treats a batch delay of 0 as unset (then 100 ms): the smallest it keeps."""
-
-
-class MarError(ValueError):
-    """The archive cannot take serve-time settings (not a zip ``.mar``, broken manifest)."""
 
 
 @dataclass(frozen=True)
@@ -84,51 +83,45 @@ def override_config(config: Mapping[str, Any], overrides: ServeOverrides) -> dic
     return out
 
 
-def _read_manifest(archive: zipfile.ZipFile) -> dict[str, Any]:
-    try:
-        manifest = json.loads(archive.read(MANIFEST))
-    except KeyError:
-        raise MarError(f"no {MANIFEST} in the archive") from None
-    except ValueError as error:
-        raise MarError(f"{MANIFEST} is not JSON: {error}") from error
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("model"), dict):
-        raise MarError(f"{MANIFEST} has no model section")
-    return manifest
-
-
 def rewrite_mar(source: Path, target: Path, overrides: ServeOverrides) -> dict[str, Any]:
     """Copy ``source`` to ``target`` with its model config overridden; return the new config.
 
-    Every other member is copied byte for byte (same compression). An archive without a config
-    file gets one, named in its manifest. Only zip archives (``torch-model-archiver``'s default
-    format) are accepted.
+    The archive must be one ``elastiserve archive`` wrote (:func:`.archive_check.check_archive`:
+    its members, handler, manifest and config keys); every other member is copied byte for
+    byte (same compression). Only zip archives (``torch-model-archiver``'s default format)
+    are accepted.
     """
-    if not zipfile.is_zipfile(source):
+    try:
+        is_zip = zipfile.is_zipfile(source)
+    except OSError as error:
+        raise MarError(f"{source}: {error.strerror or error}") from None
+    if not source.is_file() or not is_zip:
         raise MarError(f"{source}: not a zip .mar (only the default archive format can take "
                        "serve-time settings)")
-    with zipfile.ZipFile(source) as archive:
-        manifest = _read_manifest(archive)
-        name = str(manifest["model"].get("configFile") or DEFAULT_CONFIG_NAME)
-        try:
-            current = yaml.safe_load(archive.read(name)) or {}
-        except KeyError:
-            current = {}
-        except yaml.YAMLError as error:
-            raise MarError(f"{name} in the archive is not YAML: {error}") from error
-        if not isinstance(current, Mapping):
-            raise MarError(f"{name} in the archive is not a mapping")
-        config = override_config(current, overrides)
-        manifest["model"]["configFile"] = name
-        replaced = {name, MANIFEST}
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(target.name + ".partial")
-        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as out:
-            for info in archive.infolist():
-                if info.filename in replaced:
-                    continue
-                with archive.open(info) as src, out.open(info, "w") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-            out.writestr(MANIFEST, json.dumps(manifest, indent=2))
-            out.writestr(name, yaml.safe_dump(config, sort_keys=False))
-        partial.replace(target)
+    try:
+        with zipfile.ZipFile(source) as archive:
+            return _rewrite(archive, target, overrides)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as error:
+        raise MarError(f"{source}: broken archive: {error}") from None
+
+
+def _rewrite(archive: zipfile.ZipFile, target: Path, overrides: ServeOverrides) -> dict[str, Any]:
+    manifest = check_archive(archive)
+    name = str(manifest["model"].get("configFile") or DEFAULT_CONFIG_NAME)
+    current = check_config(yaml.safe_load(archive.read(name)))
+    config = override_config(current, overrides)
+    check_config(config)
+    manifest["model"]["configFile"] = name
+    replaced = {name, MANIFEST}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as out:
+        for info in archive.infolist():
+            if info.filename in replaced:
+                continue
+            with archive.open(info) as src, out.open(info, "w") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        out.writestr(MANIFEST, json.dumps(manifest, indent=2))
+        out.writestr(name, yaml.safe_dump(config, sort_keys=False))
+    partial.replace(target)
     return config

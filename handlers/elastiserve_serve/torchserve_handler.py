@@ -8,17 +8,31 @@ while the others get their 200.
 
 TorchServe's loader wants exactly one class in the handler module of the ``.mar``; ``elastiserve
 archive`` writes a two-line module that subclasses :class:`ElastiserveHandler`.
+
+Hostile input: translating one request (its row, its headers) can fail on anything TorchServe
+hands over; such a failure is that request's 400, never the batch's. Reasons and header values
+given back to TorchServe are printable ASCII and bounded (:func:`.runtime.text.plain`): the
+reason becomes the HTTP status line. :meth:`ElastiserveHandler.handle` does not raise: if the
+runtime ever did, every request of the batch gets a 500 and the worker keeps running.
+
+Before it loads anything, :meth:`ElastiserveHandler.initialize` checks that the model
+directory holds exactly what ``elastiserve archive`` writes (:mod:`.archive_check`): TorchServe
+puts that directory on ``sys.path``, so an extra ``.py`` there could stand in for a module
+imported later.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
+from .archive_check import check_model_dir
 from .bundle_levels import load_levels
-from .runtime.engine import ElasticRuntime, Failure, RawRequest, Success
+from .runtime.engine import ElasticRuntime, Failure, Outcome, RawRequest, Success
 from .runtime.settings import settings_from_mapping
+from .runtime.text import MAX_HEADER_VALUE, plain
 from .ts_metrics import TorchServeMetrics
 
 log = logging.getLogger(__name__)
@@ -35,6 +49,7 @@ class ElastiserveHandler:
 
     def initialize(self, context: Any) -> None:
         model_dir = context.system_properties["model_dir"]
+        check_model_dir(Path(model_dir), getattr(context, "manifest", None))
         config = dict(getattr(context, "model_yaml_config", None) or {})
         raw = dict(config.get("handler") or {})
         share_storage = bool(raw.pop("share_storage", True))
@@ -49,19 +64,38 @@ class ElastiserveHandler:
     def handle(self, data: list[dict[str, Any]] | None, context: Any) -> list[str]:
         if self.runtime is None:
             raise RuntimeError("handler used before initialize()")
-        rows = data or []
-        requests = [
-            RawRequest(_body(row), _headers(context, idx)) for idx, row in enumerate(rows)
-        ]
-        responses: list[str] = []
-        for idx, outcome in enumerate(self.runtime.handle(requests)):
-            if isinstance(outcome, Failure):
-                context.set_response_status(outcome.status, outcome.reason, idx)
-            elif isinstance(outcome, Success):
-                context.set_response_header(idx, LEVEL_RESPONSE_HEADER, outcome.level)
-            context.set_response_content_type(idx, "application/json")
-            responses.append(json.dumps(outcome.to_json()))
-        return responses
+        rows = data if isinstance(data, list) else []
+        requests: list[RawRequest | Failure] = [_request(row, context, idx)
+                                                for idx, row in enumerate(rows)]
+        readable = [r for r in requests if isinstance(r, RawRequest)]
+        try:
+            served = iter(self.runtime.handle(readable))
+            outcomes: list[Outcome] = [
+                next(served) if isinstance(r, RawRequest) else r for r in requests
+            ]
+        except Exception:  # a bug of ours: the batch fails, the worker stays
+            log.exception("elastiserve: the runtime failed on a batch of %d", len(requests))
+            outcomes = [Failure(500, "internal error") for _ in requests]
+        return [_respond(outcome, context, idx) for idx, outcome in enumerate(outcomes)]
+
+
+def _request(row: Any, context: Any, idx: int) -> RawRequest | Failure:
+    """One TorchServe row as a :class:`RawRequest`, or the 400 it earns if it cannot be read."""
+    try:
+        return RawRequest(_body(row), _headers(context, idx))
+    except Exception as error:
+        log.warning("request %d unreadable: %s", idx, plain(type(error).__name__))
+        return Failure(400, f"cannot read the request ({type(error).__name__})")
+
+
+def _respond(outcome: Outcome, context: Any, idx: int) -> str:
+    if isinstance(outcome, Failure):
+        context.set_response_status(outcome.status, plain(outcome.reason), idx)
+    elif isinstance(outcome, Success):
+        context.set_response_header(idx, LEVEL_RESPONSE_HEADER,
+                                    plain(outcome.level, MAX_HEADER_VALUE))
+    context.set_response_content_type(idx, "application/json")
+    return json.dumps(outcome.to_json())
 
 
 def _body(row: Any) -> bytes | str:
@@ -82,6 +116,8 @@ def _body(row: Any) -> bytes | str:
 def _headers(context: Any, idx: int) -> dict[str, str]:
     try:
         headers = context.get_all_request_header(idx)
-    except (AttributeError, IndexError, TypeError):
+    except (AttributeError, IndexError, TypeError, KeyError):
         return {}
-    return {str(k): v for k, v in (headers or {}).items() if isinstance(v, str)}
+    if not isinstance(headers, dict):
+        return {}
+    return {k: v for k, v in headers.items() if isinstance(k, str) and isinstance(v, str)}

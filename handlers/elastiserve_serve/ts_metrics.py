@@ -7,6 +7,17 @@ TorchServe keeps one scrape target per pod and no extra port per worker.
 
 The latency histogram is what the handler sees (decode + forward + top-k, per request); the
 frontend queue is outside it and shows in TorchServe's own ``ts_queue_latency_microseconds``.
+
+Pinned requests (the client chose the level) are kept out of that histogram, in a histogram of
+their own with the same labels (:data:`PINNED_LATENCY`): the operator's latency query selects
+the histogram by name, so what it acts on is the latency of the levels it chose, with no label
+to add to its query. ``elastiserve_requests_total`` still counts every answered request
+(pinned ones too): the operator divides TorchServe's queue wait, which every request spends,
+by it.
+
+The control file's health: :data:`CONTROL_PROBLEMS` counts each new problem (by kind) and
+:data:`CONTROL_OK` is 1 while the file as it is now was taken, 0 while the worker keeps its
+last level because it was not.
 """
 
 from __future__ import annotations
@@ -17,6 +28,9 @@ LATENCY = "elastiserve_request_latency_seconds"
 REQUESTS = "elastiserve_requests_total"
 REJECTED = "elastiserve_rejected_requests_total"
 ACTIVE = "elastiserve_active_level"
+PINNED_LATENCY = "elastiserve_pinned_request_latency_seconds"
+CONTROL_PROBLEMS = "elastiserve_control_file_problems_total"
+CONTROL_OK = "elastiserve_control_file_ok"
 LEVEL_DIMENSION = "ElasticLevel"
 
 # TorchServe's own frontend metrics, as in its default metrics.yaml (its defaults are replaced
@@ -53,12 +67,19 @@ def metrics_config() -> dict[str, Any]:
         "dimensions": ["ModelName", "Level", "Hostname", LEVEL_DIMENSION],
         "ts_metrics": _TS_METRICS,
         "model_metrics": {
-            "histogram": [{"name": LATENCY, "unit": "seconds", "dimensions": per_level()}],
+            "histogram": [
+                {"name": LATENCY, "unit": "seconds", "dimensions": per_level()},
+                {"name": PINNED_LATENCY, "unit": "seconds", "dimensions": per_level()},
+            ],
             "counter": [
                 {"name": REQUESTS, "unit": "Count", "dimensions": per_level()},
                 {"name": REJECTED, "unit": "Count", "dimensions": ["ModelName", "Status"]},
+                {"name": CONTROL_PROBLEMS, "unit": "Count", "dimensions": ["ModelName", "Kind"]},
             ],
-            "gauge": [{"name": ACTIVE, "unit": "index", "dimensions": per_level()}],
+            "gauge": [
+                {"name": ACTIVE, "unit": "index", "dimensions": per_level()},
+                {"name": CONTROL_OK, "unit": "bool", "dimensions": ["ModelName"]},
+            ],
         },
     }
 
@@ -78,11 +99,20 @@ class TorchServeMetrics:
         self._requests = cache.get_metric(REQUESTS, MetricTypes.COUNTER)
         self._rejected = cache.get_metric(REJECTED, MetricTypes.COUNTER)
         self._active = cache.get_metric(ACTIVE, MetricTypes.GAUGE)
+        self._pinned = cache.get_metric(PINNED_LATENCY, MetricTypes.HISTOGRAM)
+        self._problems = cache.get_metric(CONTROL_PROBLEMS, MetricTypes.COUNTER)
+        self._control_ok = cache.get_metric(CONTROL_OK, MetricTypes.GAUGE)
         self._last_active: str | None = None
 
-    def request_served(self, level: str, seconds: float) -> None:
-        self._latency.add_or_update(seconds, [self._model, level])
+    def request_served(self, level: str, seconds: float, *, pinned: bool = False) -> None:
+        (self._pinned if pinned else self._latency).add_or_update(seconds, [self._model, level])
         self._requests.add_or_update(1, [self._model, level])
+
+    def control_problem(self, kind: str) -> None:
+        self._problems.add_or_update(1, [self._model, kind])
+
+    def control_file_ok(self, ok: bool) -> None:
+        self._control_ok.add_or_update(1 if ok else 0, [self._model])
 
     def request_rejected(self, status: int) -> None:
         self._rejected.add_or_update(1, [self._model, str(status)])

@@ -15,6 +15,7 @@ from .errors import (
     ShapeMismatchError,
     TruncatedWeightsError,
     UnknownSchemaVersionError,
+    UnsafeWeightsPathError,
     WeightsMissingError,
 )
 from .manifest import (
@@ -46,6 +47,7 @@ __all__ = [
     "SkippedBlocksError",
     "TruncatedWeightsError",
     "UnknownSchemaVersionError",
+    "UnsafeWeightsPathError",
     "WeightsMissingError",
     "build",
     "full_widths",

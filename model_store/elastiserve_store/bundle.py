@@ -15,7 +15,12 @@ residual block has no tensors for it, shared or own; a block's shared tensors ar
 the largest level runs it. Depth nests like width: a block a level runs, every larger level
 runs too.
 :func:`load_bundle` runs every integrity check (schema version, pickle refusal, truncation,
-SHA-256, names and shapes against manifest and architecture) before a tensor is read.
+SHA-256, names, shapes and dtypes against manifest and architecture) before a tensor is read.
+
+Dtypes: every tensor is ``F32`` but batch norm's ``num_batches_tracked`` counters (``I64``),
+which is what the levels are built from and what the runtime's float32 inputs can run through;
+a manifest that records ``weights.dtypes`` must also agree with the file's header entry by
+entry.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import architectures, integrity, profile
-from .errors import ManifestError, ShapeMismatchError
+from .errors import CorruptWeightsError, ManifestError, ShapeMismatchError
 from .manifest import (
     MANIFEST_NAME,
     WEIGHTS_NAME,
@@ -47,6 +52,19 @@ from .manifest import (
 from .slots import TensorSlots, Widths, expected_shape, prefix, tensor_slots, widths_of
 
 SHARED = "shared."
+COUNTER_SUFFIX = "num_batches_tracked"
+"""Batch norm's step counter: the one integer tensor a level holds."""
+
+
+def expected_dtype(name: str) -> str:
+    """The safetensors dtype a bundle tensor must have."""
+    return "I64" if name.endswith(COUNTER_SUFFIX) else "F32"
+
+
+def _dtype_name(tensor: torch.Tensor) -> str:
+    names = {torch.float32: "F32", torch.int64: "I64", torch.float16: "F16",
+             torch.bfloat16: "BF16", torch.float64: "F64", torch.int32: "I32"}
+    return names.get(tensor.dtype, str(tensor.dtype))
 
 
 def level_prefix(k: int) -> str:
@@ -172,6 +190,7 @@ def write_bundle(
             file=WEIGHTS_NAME,
             sha256=integrity.sha256_file(weights_path),
             tensors={k: tuple(v.shape) for k, v in tensors.items()},
+            dtypes={k: _dtype_name(v) for k, v in tensors.items()},
         ),
         training=dict(training or {}),
         schema_version=schema_version_for(levels),
@@ -271,8 +290,9 @@ class NestedBundle:
 def _check_levels(manifest: Manifest) -> list[Widths]:
     try:
         full = architectures.full_widths(manifest.architecture, manifest.arch_args)
-    except ValueError as err:
-        raise ManifestError(str(err)) from None
+    except Exception as err:  # any argument the architecture cannot take: a bad manifest
+        raise ManifestError(f"architecture {manifest.architecture[:60]!r} refuses its "
+                            f"arguments: {type(err).__name__}: {str(err)[:200]}") from None
     widths = [dict(level.widths) for level in manifest.levels]
     for k, w in enumerate(widths):
         if set(w) != set(full):
@@ -315,12 +335,32 @@ def load_bundle(directory: str | Path) -> NestedBundle:
     if found != listed:
         raise ShapeMismatchError(f"{path}: tensors disagree with the manifest: "
                                  f"{_diff(listed, found)}")
-    expected = expected_tensors(manifest.architecture, manifest.arch_args, widths,
-                                [lv.skipped_blocks for lv in manifest.levels])
+    _check_dtypes(path, manifest, header)
+    try:
+        expected = expected_tensors(manifest.architecture, manifest.arch_args, widths,
+                                    [lv.skipped_blocks for lv in manifest.levels])
+    except Exception as err:  # arguments the architecture cannot be built with
+        raise ManifestError(f"architecture {manifest.architecture[:60]!r} cannot be built from "
+                            f"the manifest: {type(err).__name__}") from None
     if found != expected:
         raise ShapeMismatchError(f"{path}: tensors disagree with {manifest.architecture} at the "
                                  f"manifest's level widths: {_diff(expected, found)}")
     return NestedBundle(manifest=manifest, directory=directory, tensors=load_file(str(path)))
+
+
+def _check_dtypes(path: Path, manifest: Manifest,
+                  header: Mapping[str, integrity.TensorHeader]) -> None:
+    """Each tensor's dtype in the header: the one the manifest records (when it does), and the
+    one a level can run with (:func:`expected_dtype`)."""
+    recorded = manifest.weights.dtypes
+    for name, entry in header.items():
+        if recorded is not None and recorded.get(name) != entry.dtype:
+            raise CorruptWeightsError(
+                f"{path}: {name[:80]!r} is {entry.dtype} in the file, "
+                f"{recorded.get(name)} in the manifest")
+        if entry.dtype != expected_dtype(name):
+            raise CorruptWeightsError(f"{path}: {name[:80]!r} is {entry.dtype}; bundle tensors "
+                                      f"are {expected_dtype(name)}")
 
 
 def _diff(want: Mapping[str, tuple[int, ...]], got: Mapping[str, tuple[int, ...]]) -> str:

@@ -24,6 +24,11 @@ class WeightsMissingError(BundleError):
     """The weights file named by the manifest does not exist."""
 
 
+class UnsafeWeightsPathError(BundleError):
+    """The weights path is a symbolic link or not a regular file (the manifest may only name a
+    plain file inside the bundle)."""
+
+
 class PickleWeightsError(BundleError):
     """The weights are a pickle / ``torch.save`` archive: refused, loading one runs code."""
 

@@ -12,7 +12,7 @@ import yaml
 from elastiserve.cli import main
 from elastiserve_serve.cli_serve import mar_registrations
 from elastiserve_serve.runtime.control import read_control_file
-from elastiserve_store.errors import BundleError
+from elastiserve_serve.served_levels import write_served_levels
 
 from .bundles import make_bundle
 
@@ -34,18 +34,22 @@ def test_archive_contains_bundle_and_config_but_no_pickle(tmp_path: Path) -> Non
     assert config["handler"]["trace_levels"] is True
 
 
-def test_archive_refuses_corrupt_bundle(tmp_path: Path) -> None:
+def test_archive_refuses_corrupt_bundle(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
     bundle = make_bundle(tmp_path / "bundle")
     (bundle / "weights.safetensors").write_bytes(b"\x00" * 64)
-    with pytest.raises(BundleError):
-        main(["archive", str(bundle), "--name", "m", "--export-path", str(tmp_path / "s")])
+    assert main(["archive", str(bundle), "--name", "m", "--export-path",
+                 str(tmp_path / "s")]) == 2
+    assert len(capsys.readouterr().err.splitlines()) == 1
     assert not (tmp_path / "s" / "m.mar").exists()
 
 
 def test_level_set_bumps_generation(tmp_path: Path) -> None:
     path = tmp_path / "level.json"
-    assert main(["level", "set", "L0", "--control-file", str(path)]) == 0
-    assert main(["level", "set", "L1", "--control-file", str(path), "--deny-pin"]) == 0
+    bundle = make_bundle(tmp_path / "bundle")
+    served = ["--control-file", str(path), "--bundle", str(bundle)]
+    assert main(["level", "set", "L0", *served]) == 0
+    assert main(["level", "set", "L1", *served, "--deny-pin"]) == 0
     state = read_control_file(path)
     assert state is not None and (state.level, state.generation, state.allow_pin) == (
         "L1", 2, False
@@ -54,9 +58,10 @@ def test_level_set_bumps_generation(tmp_path: Path) -> None:
 
 def test_level_set_accepts_an_index(tmp_path: Path) -> None:
     path = tmp_path / "level.json"
+    write_served_levels(path, ("L0", "L1", "L2"))  # as `elastiserve serve` records them
     assert main(["level", "set", "0", "--control-file", str(path)]) == 0
     state = read_control_file(path)
-    assert state is not None and (state.level, state.generation) == ("0", 1)
+    assert state is not None and (state.level, state.generation) == (0, 1)
 
 
 def test_serve_registers_a_mar_under_the_given_name() -> None:

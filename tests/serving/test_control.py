@@ -7,6 +7,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from elastiserve_serve.runtime.control import (
     ControlFileError,
@@ -105,3 +107,101 @@ class TestReader:
             stop.set()
             thread.join()
         assert reader.last_error is None or "does not exist" not in reader.last_error
+
+
+# ------------------------------------------------------------------ hostile control files
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b'{"level": ' + b"9" * 5000 + b"}", b'{"level": 1, "generation": ' + b"9" * 5000 + b"}",
+     b"[" * 2000 + b"]" * 2000, b'{"level": "\xff"}', b'{"level": 1e999}', b"NaN"],
+    ids=["huge-level", "huge-generation", "deep", "bad-utf8", "inf", "nan"],
+)
+def test_parse_refuses_what_python_refuses_to_convert(data: bytes) -> None:
+    # Before: ValueError (digit limit) and RecursionError escaped as other exceptions.
+    with pytest.raises(ControlFileError):
+        parse_control(data)
+
+
+def _reader(path: Path) -> tuple[ControlFileReader, list[tuple[str, str]]]:
+    problems: list[tuple[str, str]] = []
+    return ControlFileReader(path, lambda kind, msg: problems.append((kind, msg))), problems
+
+
+class TestHostileFiles:
+    """A link, a FIFO, a directory, a huge or unreadable file: keep the level, say so once."""
+
+    def _good_then(self, tmp_path: Path) -> tuple[ControlFileReader, list[tuple[str, str]],
+                                                   Path]:
+        path = tmp_path / "level.json"
+        reader, problems = _reader(path)
+        write_control_file(path, ControlState("b", 1))
+        assert reader.current() == ControlState("b", 1) and reader.healthy
+        path.unlink()
+        return reader, problems, path
+
+    def test_a_symlink_is_not_followed(self, tmp_path: Path) -> None:
+        reader, problems, path = self._good_then(tmp_path)
+        target = tmp_path / "elsewhere.json"
+        write_control_file(target, ControlState("c", 9))
+        path.symlink_to(target)
+        assert reader.current() == ControlState("b", 1)
+        assert problems[-1][0] == "unsafe" and "link" in problems[-1][1]
+        assert not reader.healthy
+        with pytest.raises(ControlFileError):
+            read_control_file(path)
+
+    def test_a_fifo_neither_blocks_nor_crashes(self, tmp_path: Path) -> None:
+        reader, problems, path = self._good_then(tmp_path)
+        os.mkfifo(path)
+        result: list[ControlState | None] = []
+        thread = threading.Thread(target=lambda: result.append(reader.current()), daemon=True)
+        thread.start()
+        thread.join(5.0)
+        assert not thread.is_alive(), "reading the control file blocked on a FIFO"
+        assert result == [ControlState("b", 1)]
+        assert problems[-1][0] == "unsafe" and "FIFO" in problems[-1][1]
+
+    def test_a_directory_or_a_huge_file_keeps_the_level(self, tmp_path: Path) -> None:
+        reader, problems, path = self._good_then(tmp_path)
+        path.mkdir()
+        assert reader.current() == ControlState("b", 1)
+        path.rmdir()
+        path.write_bytes(b" " * 100_000)
+        assert reader.current() == ControlState("b", 1)
+        assert [kind for kind, _ in problems] == ["unsafe", "unsafe"]
+
+    def test_an_unreadable_file_keeps_the_level(self, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+        # chmod 000 stops no root test runner; the read failing is what matters.
+        reader, problems, path = self._good_then(tmp_path)
+        write_control_file(path, ControlState("c", 2))
+
+        def denied(*_: object) -> bytes:
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr("elastiserve_serve.runtime.control.read_small_file", denied)
+        assert reader.current() == ControlState("b", 1)
+        assert problems[-1][0] == "unreadable"
+
+    def test_each_problem_is_reported_once_not_per_batch(self, tmp_path: Path) -> None:
+        reader, problems, path = self._good_then(tmp_path)
+        path.write_bytes(b"garbage")
+        for _ in range(50):
+            assert reader.current() == ControlState("b", 1)
+        assert [kind for kind, _ in problems] == ["invalid"]
+
+    @settings(max_examples=200, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.binary(max_size=300) | st.text(max_size=60).map(str.encode))
+    def test_any_bytes_keep_the_last_level(self, tmp_path: Path, data: bytes) -> None:
+        path = tmp_path / "fuzz" / "level.json"
+        reader, _ = _reader(path)
+        write_control_file(path, ControlState("b", 1))
+        reader.current()
+        os.unlink(path)
+        path.write_bytes(data)
+        state = reader.current()
+        assert state is not None
+        assert state == ControlState("b", 1) or state.generation >= 1

@@ -13,9 +13,11 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from elastiserve_serve.runtime import BadRequest, DecodeLimits, InputSpec, Normalisation
-from elastiserve_serve.runtime.decode import decode
+from elastiserve_serve.runtime.decode import IMAGE_AREA_MARGIN, decode, limits_for
+from elastiserve_serve.runtime.engine import ElasticRuntime, Failure, RawRequest
+from elastiserve_serve.runtime.settings import RuntimeSettings
 
-from .tiny import SPEC, png_bytes
+from .tiny import SPEC, png_bytes, tiny_levels
 
 NORM = Normalisation((0.0,), (1.0,))
 RGB = InputSpec(3, 8, 8)
@@ -171,3 +173,58 @@ class TestNormalisedValues:
         expected = torch.from_numpy(np.asarray(Image.open(io.BytesIO(body)), dtype=np.float32))
         out = decode(body, SPEC, NORM, LIMITS)
         assert torch.equal(out[0, 0], expected / 255.0)
+
+
+class TestLimitsFollowTheModel:
+    def test_pixels_and_body_follow_the_input_size(self) -> None:
+        limits = limits_for(DecodeLimits(), SPEC)
+        assert limits.max_image_pixels == SPEC.height * SPEC.width * IMAGE_AREA_MARGIN
+        assert limits.max_body_bytes < DecodeLimits().max_body_bytes
+
+    def test_never_looser_than_configured(self) -> None:
+        tight = DecodeLimits(max_body_bytes=100, max_image_pixels=10, max_samples=2)
+        assert limits_for(tight, SPEC) == tight
+
+    def test_the_runtime_decodes_with_the_models_limits(self) -> None:
+        rt = ElasticRuntime(tiny_levels(), RuntimeSettings(control_file=None))
+        side = 8 * 4 + 1  # just over 16x the 8x8 input's pixels
+        too_big, fits = rt.handle([RawRequest(png_bytes(side, side)),
+                                   RawRequest(png_bytes(32, 32))])
+        assert isinstance(too_big, Failure) and too_big.status == 413
+        assert not isinstance(fits, Failure)
+
+    def test_more_json_elements_than_max_samples_inputs_is_413(self) -> None:
+        too_many = json.dumps([[[[0.0] * 8] * 8]] * 5).encode()  # LIMITS: 4 samples
+        with pytest.raises(BadRequest) as err:
+            decode(too_many, SPEC, NORM, LIMITS)
+        assert err.value.status == 413
+
+    def test_element_count_is_bounded_before_parsing(self, monkeypatch: pytest.MonkeyPatch
+                                                      ) -> None:
+        def no_parse(*_: object) -> None:
+            raise AssertionError("parsed a body that was too big on its face")
+
+        monkeypatch.setattr("elastiserve_serve.runtime.decode.json.loads", no_parse)
+        with pytest.raises(BadRequest) as err:
+            decode(b"[" + b"0," * (2 * 4 * 64 + 1) + b"0]", SPEC, NORM, LIMITS)
+        assert err.value.status == 413
+
+    def test_nesting_depth_is_bounded_before_parsing(self, monkeypatch: pytest.MonkeyPatch
+                                                      ) -> None:
+        def no_parse(*_: object) -> None:
+            raise AssertionError("parsed a body nested deeper than any tensor")
+
+        monkeypatch.setattr("elastiserve_serve.runtime.decode.json.loads", no_parse)
+        with pytest.raises(BadRequest) as err:
+            decode(b"[[[[[[0]]]]]]", SPEC, NORM, LIMITS)
+        assert err.value.status == 400
+
+    def test_a_decompression_bomb_is_refused_from_its_header(self) -> None:
+        # 20000x20000 zero pixels deflate to ~400 kB: within the body limit, refused unread.
+        buffer = io.BytesIO()
+        Image.new("1", (20000, 20000)).save(buffer, format="PNG")
+        limits = limits_for(LIMITS, SPEC)
+        assert len(buffer.getvalue()) < limits.max_body_bytes
+        with pytest.raises(BadRequest) as err:
+            decode(buffer.getvalue(), SPEC, NORM, limits)
+        assert err.value.status == 413

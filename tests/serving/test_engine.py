@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -122,8 +123,10 @@ class TestPinning:
         assert [o.level if isinstance(o, Success) else o.status for o in out] == [
             "small", "full", "small", 400, 415,
         ]
-        assert sorted(level for level, _ in metrics.served) == ["full", "small", "small"]
-        assert all(seconds > 0 for _, seconds in metrics.served)
+        # Pinned requests are reported apart, out of the latency the operator acts on.
+        assert [level for level, _ in metrics.served] == ["full"]
+        assert sorted(level for level, _ in metrics.pinned) == ["small", "small"]
+        assert all(seconds > 0 for _, seconds in metrics.served + metrics.pinned)
 
     def test_control_file_overrides_setting(self, tmp_path: Path) -> None:
         rt, _, control = runtime(tmp_path, allow_pin=True)
@@ -154,3 +157,52 @@ def test_model_failure_is_500_for_its_group_only(tmp_path: Path) -> None:
 def test_bad_default_level(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         ElasticRuntime(tiny_levels(), RuntimeSettings(control_file=None, default_level="x"))
+
+
+class TestControlFileProblems:
+    """A worker that cannot follow the control file keeps its level and says so: log, a
+    counter by kind and a health gauge; it never fails to start (no crash loop)."""
+
+    @pytest.mark.parametrize("level", ["\u00b2", "9" * 4000, "\u0663"])
+    def test_a_level_int_refuses_does_not_stop_the_worker_starting(
+        self, tmp_path: Path, level: str, caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        # Before: LevelSet.resolve called int() on "²" (str.isdigit() is True for it) and the
+        # ValueError escaped ElasticRuntime's constructor: the worker died at every start.
+        control = tmp_path / "level.json"
+        write_control_file(control, ControlState(level, 1))
+        metrics = RecordingMetrics()
+        rt = ElasticRuntime(tiny_levels(), RuntimeSettings(control_file=control), metrics)
+        (out,) = rt.handle([RawRequest(SAMPLE)])
+        assert isinstance(out, Success) and out.level == "full"
+        assert metrics.control_problems == ["unknown_level"]
+        assert metrics.control_ok == [False]
+        assert "keeping level full" in caplog.text
+
+    def test_a_fifo_at_start_and_then_a_good_file(self, tmp_path: Path) -> None:
+        control = tmp_path / "level.json"
+        os.mkfifo(control)
+        metrics = RecordingMetrics()
+        rt = ElasticRuntime(tiny_levels(), RuntimeSettings(control_file=control), metrics)
+        for _ in range(3):
+            (out,) = rt.handle([RawRequest(SAMPLE)])
+            assert isinstance(out, Success) and out.level == "full"
+        assert metrics.control_problems == ["unsafe"] and metrics.control_ok == [False]
+        control.unlink()
+        write_control_file(control, ControlState("small", 1))
+        (out,) = rt.handle([RawRequest(SAMPLE)])
+        assert isinstance(out, Success) and out.level == "small"
+        assert metrics.control_ok == [False, True]
+
+    def test_a_symlink_keeps_the_level(self, tmp_path: Path) -> None:
+        control = tmp_path / "level.json"
+        rt, metrics, control = runtime(tmp_path)
+        write_control_file(control, ControlState("medium", 1))
+        rt.handle([RawRequest(SAMPLE)])
+        decoy = tmp_path / "decoy.json"
+        write_control_file(decoy, ControlState("small", 5))
+        control.unlink()
+        control.symlink_to(decoy)
+        (out,) = rt.handle([RawRequest(SAMPLE)])
+        assert isinstance(out, Success) and out.level == "medium"
+        assert metrics.control_problems[-1] == "unsafe"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +19,19 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from elastiserve_serve.gateway import Gateway, GatewayConfig, ready_workers
+from elastiserve_serve.gateway import (
+    BadGatewayRequest,
+    Gateway,
+    GatewayConfig,
+    control_file_ready,
+    forwarded,
+    ready_workers,
+)
 from elastiserve_serve.gateway_keys import KeyFile, KeyFileError, check_bearer
+from elastiserve_serve.runtime.control import ControlState, write_control_file
 
 KEY = "k" * 43
 
@@ -42,6 +53,8 @@ KEY = "k" * 43
         (f"Bearer {KEY[:-1]}", KEY.encode(), False, "invalid"),
         (f"Bearer {KEY}x", KEY.encode(), False, "invalid"),
         (f"Bearer {KEY}", None, False, "no inference key"),
+        # A header byte the server decoded to a lone surrogate: refused, not a crash.
+        ("Bearer \udcff\ud800", KEY.encode(), False, "invalid"),
     ],
 )
 def test_bearer_verdicts(header: str | None, key: bytes | None, allowed: bool, says: str) -> None:
@@ -149,12 +162,14 @@ Scenario = Callable[[TestClient[Any, Any], Upstream], Coroutine[Any, Any, None]]
 async def _with_gateway(
     scenario: Scenario, keys: KeyFile | None, *, upstream_up: bool = True,
     ready_cache_s: float = 0.0, max_request_size: int = 1024, replica: str = "",
+    control_file: Path | None = None, level_names: tuple[str, ...] = (),
 ) -> None:
     upstream = Upstream()
     async with _serve(upstream.app(), upstream_up) as url:
         config = GatewayConfig(inference_url=url, management_url=url, models=["m"],
                                max_request_size=max_request_size, ready_cache_s=ready_cache_s,
-                               replica=replica)
+                               replica=replica, control_file=control_file,
+                               level_names=level_names)
         async with TestClient(TestServer(Gateway(config, keys).app())) as client:
             await scenario(client, upstream)
 
@@ -338,3 +353,137 @@ def test_rotation_applies_to_the_next_request(keys: KeyFile) -> None:
 )
 def test_ready_workers_reads_every_version(described: Any, count: int) -> None:
     assert ready_workers(described) == count
+
+
+# --------------------------------------------------------------------------- hostile requests
+
+
+GOOD_REQUEST = (b"POST /predictions/m HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode()
+                + b"\r\nContent-Length: 3\r\nConnection: close\r\n\r\nimg")
+HOSTILE_REQUESTS = {
+    "pin-invalid-utf8": b"X-Elastiserve-Level: \xff\xfe\r\n",
+    "pin-latin1": b"X-Elastiserve-Level: L\xe9vel\r\n",
+    "pin-control-char": b"X-Elastiserve-Level: L0\x01\r\n",
+    "pin-huge": b"X-Elastiserve-Level: " + b"9" * 6000 + b"\r\n",
+    "content-type-invalid-utf8": b"Content-Type: image/\xc3\x28\r\n",
+    "content-type-del": b"Content-Type: image/png\x7f\r\n",
+    "authorization-invalid-utf8": b"Authorization: Bearer \xed\xa0\x80\r\n",
+}
+HOSTILE_PATHS = {
+    "dotdot": b"/predictions/..",
+    "encoded-slash": b"/predictions/m%2F..%2Fmodels",
+    "encoded-nul": b"/predictions/m%00",
+    "invalid-utf8": b"/predictions/%ff%fe",
+    "surrogate": b"/predictions/%ed%a0%80",
+    "huge-version": b"/predictions/m/" + b"9" * 5000,
+    "newline": b"/predictions/m%0d%0aX-Injected:%201",
+    "dot-version": b"/predictions/m/..",
+}
+
+
+async def _raw(client: TestClient[Any, Any], request: bytes) -> int:
+    """Send ``request`` as raw bytes (no client library cleans them) and read the status."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(request)
+    await writer.drain()
+    line = await reader.readline()
+    writer.close()
+    return int(line.split()[1]) if line.startswith(b"HTTP/1.") else -1
+
+
+def _with_header(header: bytes) -> bytes:
+    head, _, rest = GOOD_REQUEST.partition(b"Content-Length")
+    if header.startswith(b"Authorization"):
+        head = head.replace(b"Authorization: Bearer " + KEY.encode() + b"\r\n", b"")
+    return head + header + b"Content-Length" + rest
+
+
+def _with_path(path: bytes) -> bytes:
+    return GOOD_REQUEST.replace(b"/predictions/m", path, 1)
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_REQUESTS) + sorted(HOSTILE_PATHS))
+def test_a_hostile_request_is_its_own_4xx_and_the_next_one_is_served(
+    keys: KeyFile, name: str,
+) -> None:
+    request = (_with_header(HOSTILE_REQUESTS[name]) if name in HOSTILE_REQUESTS
+               else _with_path(HOSTILE_PATHS[name]))
+
+    async def scenario(client: TestClient[Any, Any], upstream: Upstream) -> None:
+        status = await _raw(client, request)
+        assert 400 <= status < 500, (name, status)
+        assert upstream.seen == []  # nothing malformed was forwarded
+        assert await _raw(client, GOOD_REQUEST) == 200
+        assert len(upstream.seen) == 1
+
+    run(scenario, keys)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    model=st.text(max_size=40) | st.sampled_from(["..", ".", "m/../x", "m\x00", "\ud800"]),
+    version=st.none() | st.text(max_size=20),
+    headers=st.dictionaries(st.sampled_from(["Content-Type", "x-elastiserve-level", "Cookie"]),
+                            st.text(max_size=40) | st.binary(max_size=5), max_size=3),
+)
+def test_what_is_forwarded_is_a_plain_name_and_plain_headers(
+    model: str, version: str | None, headers: dict[str, Any],
+) -> None:
+    match = {"model": model} if version is None else {"model": model, "version": version}
+    try:
+        path, sent = forwarded(match, headers)
+    except BadGatewayRequest:
+        return
+    assert re.fullmatch(r"/predictions/[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?",
+                        path)
+    assert ".." not in path.split("/")
+    assert set(sent) <= {"Content-Type", "x-elastiserve-level"}
+    assert all(re.fullmatch(r"[\x20-\x7e]{0,256}", v) for v in sent.values())
+
+
+def test_upstream_headers_come_back_plain(keys: KeyFile) -> None:
+    async def scenario(client: TestClient[Any, Any], upstream: Upstream) -> None:
+        answer = await client.post("/predictions/m", data=b"img", headers=AUTH)
+        assert answer.status == 200
+        assert all(0x20 <= ord(c) < 0x7F for c in answer.headers["x-elastiserve-replica"])
+
+    run(scenario, keys, replica="pod-\u00e9\u2028" + "x" * 300)
+
+
+# --------------------------------------------------------------------------- readiness and level
+
+
+def test_ready_waits_for_a_valid_control_file_naming_a_served_level(
+    keys: KeyFile, tmp_path: Path,
+) -> None:
+    control = tmp_path / "shm" / "level.json"
+
+    async def reason(client: TestClient[Any, Any]) -> tuple[int, str]:
+        answer = await client.get("/v2/health/ready")
+        return answer.status, str((await answer.json()).get("reason", ""))
+
+    async def scenario(client: TestClient[Any, Any], _upstream: Upstream) -> None:
+        status, why = await reason(client)
+        assert status == 503 and "does not exist" in why
+        control.parent.mkdir(parents=True)
+        control.write_bytes(b"{garbage")
+        status, why = await reason(client)
+        assert status == 503 and "not JSON" in why
+        control.unlink()
+        write_control_file(control, ControlState(7, 1))
+        status, why = await reason(client)
+        assert status == 503 and "not one of the 3 levels" in why
+        control.unlink()
+        control.symlink_to(tmp_path / "elsewhere")
+        status, why = await reason(client)
+        assert status == 503 and "link" in why
+        control.unlink()
+        write_control_file(control, ControlState(1, 2))
+        assert await reason(client) == (200, "")
+        assert (await client.get("/ping")).status == 200
+
+    run(scenario, keys, control_file=control, level_names=("L0", "L1", "L2"))
+
+
+def test_control_file_ready_without_a_control_file_is_ready() -> None:
+    assert control_file_ready(None, ())[0]

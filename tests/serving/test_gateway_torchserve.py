@@ -5,7 +5,9 @@ pod runs (two subprocesses on free ports, as two replicas): one key from one fil
 both, no key or a wrong one gets 401, the health routes answer without a key once a worker is
 ready, a rotated key file (atomic rename, as a Secret update) switches keys without a restart,
 and the command line's serving settings are what TorchServe and the handler run with, over the
-archive's own.
+archive's own. Readiness also waits for the level control file (a pod's level agent writes it
+once it read the model's status): a replica started while the model is narrowed is not ready
+until then, and its first answer comes from the narrowed level.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ class Replica:
     folder: Path
     port: int
     process: subprocess.Popen[bytes]
+    unready_reason: str = ""
+    first_level: str = ""
 
     @property
     def url(self) -> str:
@@ -112,6 +116,14 @@ def ready(replica: Replica) -> bool:
         return False
 
 
+def workers_ready(replica: Replica) -> bool:
+    replica.alive()
+    try:
+        return any(w.get("status") == "READY" for w in replica.describe()["workers"])
+    except (OSError, ValueError, httpx.HTTPError):
+        return False
+
+
 @pytest.fixture(scope="module")
 def key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("secret") / "key"
@@ -131,14 +143,33 @@ def replicas(tmp_path_factory: pytest.TempPathFactory, key_file: Path) -> Iterat
     serving = ("--workers", "1", "--batch-size", "3", "--max-batch-delay-ms", "7")
     started = [start("a", root, mar, key_file, *serving, "--allow-pin"),
                start("b", root, mar, key_file, *serving, "--no-allow-pin")]
+    key = key_file.read_text().strip()
     try:
         for replica in started:
+            wait_until(lambda r=replica: workers_ready(r),  # type: ignore[misc]
+                       what=f"replica {replica.name}'s worker", timeout_s=READY_TIMEOUT_S,
+                       interval_s=0.5, detail=replica.log)
+            # TorchServe is up, but the model is narrowed and no agent has said so yet.
+            unready = httpx.get(f"{replica.url}/v2/health/ready", timeout=10)
+            assert unready.status_code == 503, unready.text
+            replica.unready_reason = unready.json()["reason"]
+            set_level(replica.control_file, 1)  # what the level agent writes: L1
             wait_until(lambda r=replica: ready(r), what=f"replica {replica.name} ready",  # type: ignore[misc]
-                       timeout_s=READY_TIMEOUT_S, interval_s=0.5, detail=replica.log)
+                       timeout_s=30, interval_s=0.2, detail=replica.log)
+            replica.first_level = replica.predict(key).json()["level"]
         yield started
     finally:
         for replica in started:
             replica.stop()
+
+
+def test_a_replica_started_while_narrowed_is_ready_only_at_that_level(
+    replicas: list[Replica],
+) -> None:
+    for replica in replicas:
+        assert "control file" in replica.unready_reason and "does not exist" in \
+            replica.unready_reason, replica.unready_reason
+        assert replica.first_level == "L1"
 
 
 def test_one_key_answers_on_every_replica(replicas: list[Replica], key_file: Path) -> None:

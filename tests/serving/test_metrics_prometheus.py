@@ -28,6 +28,8 @@ def test_per_level_requests_latency_p95_and_active_level(served: Served, tmp_pat
         results = run_open_loop(
             served.predict_url, png_bytes(16, 16), served.auth, rate_per_s=30, duration_s=4
         )
+        unpinned_l0 = 'sum(elastiserve_request_latency_seconds_count{ElasticLevel="L0"})'
+        l0_before = sum(sample.value for sample in prom.query(unpinned_l0))
         httpx.post(served.predict_url, content=png_bytes(), timeout=30,
                    headers={**served.auth, "X-Elastiserve-Level": "L0"}).raise_for_status()
         assert all(r.status == 200 for r in results)
@@ -46,4 +48,11 @@ def test_per_level_requests_latency_p95_and_active_level(served: Served, tmp_pat
         # client also sees the frontend and network).
         client_p95 = percentile([r.latency_s for r in results], 95)
         assert 0 < p95.value <= max(client_p95 * 1.5, 0.05), (p95.value, client_p95)
+        # The pinned L0 request is in its own histogram, not in the one the operator's
+        # query reads (which selects it by name, so its labels did not change).
+        prom.wait_for_value(
+            'sum(elastiserve_pinned_request_latency_seconds_count{ElasticLevel="L0"}) >= 1',
+            timeout_s=20)
+        assert sum(sample.value for sample in prom.query(unpinned_l0)) == l0_before
+        assert prom.wait_for_value("elastiserve_control_file_ok == 1", timeout_s=20)
     served.set_level("L2", 1001)

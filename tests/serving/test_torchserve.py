@@ -156,3 +156,51 @@ def test_worker_pids_unchanged_by_switching(served: Served) -> None:
     after = {w["pid"] for w in served.server.describe_model("elastic")[0]["workers"]}
     assert before == after
     assert all(os.path.exists(f"/proc/{pid}") for pid in after)
+
+
+def test_hostile_requests_batched_with_good_ones_fail_alone_and_no_worker_restarts(
+    served: Served,
+) -> None:
+    """Issue 17: what used to escape the runtime (Python's own conversions raising) now fails
+    only its request; sent concurrently so TorchServe batches them with good requests."""
+    served.set_level("L2", 300)
+    before = {w["pid"] for w in served.server.describe_model("elastic")[0]["workers"]}
+    pin = "X-Elastiserve-Level"
+    bad: list[tuple[bytes, dict[str, str | bytes]]] = [
+        (b"[[[" + b"9" * 5000 + b"]]]", {}),  # int() refuses past 4300 digits
+        (b"[[[" + b"9" * 400 + b"]]]", {}),  # converts, overflows a float
+        (b"[" * 3000 + b"0" + b"]" * 3000, {}),  # nested deeper than any tensor
+        (b'{"data": [[[NaN]]]}', {}),
+        (b"[[[Infinity, -Infinity]]]", {}),
+        (b"[\xff\xfe\xfd]", {}),  # invalid UTF-8
+        (b'["\\ud800"]', {}),  # a lone surrogate
+        (png_bytes(), {pin: "\u00b2".encode()}),  # a digit int() refuses
+        (png_bytes(), {pin: "9" * 5000}),  # digits past int()'s limit
+        (png_bytes(), {pin: b"\xff\xfe"}),  # a header value that is not UTF-8
+        (png_bytes(), {pin: "L0\x7f"}),
+        (png_bytes(), {pin: "-1"}),
+    ]
+    good = [png_bytes(12 + i, 12) for i in range(len(bad))]
+    jobs = [(body, headers, False) for body, headers in bad]
+    jobs += [(body, {}, True) for body in good]
+    random.Random(17).shuffle(jobs)
+
+    def send(job: tuple[bytes, dict[str, str | bytes], bool]) -> tuple[httpx.Response, bool]:
+        body, headers, ok = job
+        raw = [(k.encode(), v if isinstance(v, bytes) else v.encode())
+               for k, v in {**served.auth, **headers}.items()]
+        response = httpx.post(served.predict_url, content=body, headers=raw, timeout=30)
+        return response, ok
+
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(send, jobs))
+    for response, ok in responses:
+        if ok:
+            assert response.status_code == 200, response.text
+        else:
+            assert 400 <= response.status_code < 500, response.text
+            assert len(response.reason_phrase) <= 200
+            assert all(0x20 <= ord(c) < 0x7F for c in response.reason_phrase)
+    workers = served.server.describe_model("elastic")[0]["workers"]
+    assert [w["status"] for w in workers] == ["READY", "READY"]
+    assert {w["pid"] for w in workers} == before  # no worker died and came back

@@ -17,6 +17,13 @@ inode, mtime or size changed (a rename always yields a new inode, so two writes 
 tick are still seen). That is a microsecond-scale syscall against milliseconds of inference, which
 is why the reader checks on every batch instead of polling on a timer.
 
+Hostile files: the file is read through :func:`.safe_files.read_small_file` (no link followed,
+no blocking on a FIFO, a regular file of at most :data:`MAX_CONTROL_BYTES`), and anything in
+it that is not a valid state (invalid UTF-8, numbers Python refuses to convert, deep nesting)
+is a :class:`ControlFileError`. A reader never raises: it keeps the last good state and reports
+each new problem once (:attr:`ControlFileReader.on_problem`), so the worker says so in its log
+and metrics and never crash-loops on a bad file.
+
 Level: an integer index into the bundle's ordered levels (0 = narrowest) or a level name. The
 operator decides indexes (``status.activeLevel``) and the level agent writes the index as it is:
 the agent then needs no copy of the bundle's names, which it used to get wrong (the CR knew
@@ -30,10 +37,19 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .safe_files import UnsafeFileError, read_small_file
+
 MAX_CONTROL_BYTES = 4096
+PIN_HEADER = "x-elastiserve-level"
+"""The request header that pins a level (and the response header naming the level that
+answered); here, with no torch import, so that the gateway can share it."""
+MAX_INDEX_DIGITS = 6
+"""A level index written as a string is at most this many ASCII digits (no bundle has a
+million levels); longer digit strings are refused before ``int()``, which refuses past 4300."""
 
 
 class ControlFileError(ValueError):
@@ -58,14 +74,33 @@ class ControlState:
         return json.dumps(body, separators=(",", ":")).encode() + b"\n"
 
 
+def level_index(names: Sequence[str], ref: int | str) -> int:
+    """The position in ``names`` that ``ref`` designates: a name, else an index (0 = narrowest).
+
+    A string of ASCII digits that is not itself a name reads as an index (so ``--level 2``
+    works from a shell); anything else, including digits Python's ``int()`` would choke on
+    (``"²"``, thousands of them), raises ``KeyError``.
+    """
+    if isinstance(ref, str):
+        if ref in names:
+            return list(names).index(ref)
+        if not (ref.isascii() and ref.isdigit()) or len(ref) > MAX_INDEX_DIGITS:
+            raise KeyError(ref)
+        ref = int(ref)
+    if isinstance(ref, bool) or not isinstance(ref, int) or not 0 <= ref < len(names):
+        raise KeyError(ref)
+    return ref
+
+
 def parse_control(data: bytes) -> ControlState:
     """Validate the file's bytes; raise :class:`ControlFileError` on anything unexpected."""
     if len(data) > MAX_CONTROL_BYTES:
         raise ControlFileError(f"control file larger than {MAX_CONTROL_BYTES} bytes")
     try:
         body = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ControlFileError(f"control file is not JSON: {err}") from err
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        # ValueError also covers integers past Python's digit limit, RecursionError deep nesting.
+        raise ControlFileError(f"control file is not JSON: {type(err).__name__}") from None
     if not isinstance(body, dict):
         raise ControlFileError("control file must hold a JSON object")
     level = body.get("level")
@@ -83,7 +118,11 @@ def parse_control(data: bytes) -> ControlState:
 
 
 def write_control_file(path: Path, state: ControlState) -> None:
-    """Replace ``path`` atomically with ``state`` (readers never see a partial file)."""
+    """Replace ``path`` atomically with ``state`` (readers never see a partial file).
+
+    ``rename`` replaces whatever is at ``path`` (a link or a FIFO someone put there included)
+    without following it.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -97,53 +136,86 @@ def write_control_file(path: Path, state: ControlState) -> None:
 
 
 def read_control_file(path: Path) -> ControlState | None:
-    """One-shot read; ``None`` when the file does not exist."""
+    """One-shot read; ``None`` when the file does not exist.
+
+    Raises :class:`ControlFileError` for a link, a FIFO, an oversized or an invalid file.
+    """
     try:
-        data = path.read_bytes()
+        data = read_small_file(path, MAX_CONTROL_BYTES)
     except FileNotFoundError:
         return None
+    except UnsafeFileError as err:
+        raise ControlFileError(str(err)) from None
     return parse_control(data)
 
 
-class ControlFileReader:
-    """Cached reader: a ``stat`` per call, a read only when the file was replaced.
+ProblemHook = Callable[[str, str], None]
+"""Called with (kind, message) once per new problem; kinds: ``missing``, ``unsafe``,
+``unreadable``, ``invalid``, ``stale``."""
 
-    On any problem (file missing, unreadable, invalid) it keeps returning the last good state and
-    remembers the error in :attr:`last_error`, so the control path failing never changes what is
-    being served.
+
+class ControlFileReader:
+    """Cached reader: an ``lstat`` per call, a read only when the file was replaced.
+
+    On any problem (file missing, a link or FIFO, unreadable, invalid, an older generation) it
+    keeps returning the last good state, remembers the error in :attr:`last_error` and calls
+    :attr:`on_problem` once for that version of the file, so the control path failing never
+    changes what is being served and a broken file costs one log line, not one per batch.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, on_problem: ProblemHook | None = None) -> None:
         self.path = path
-        self._signature: tuple[int, int, int] | None = None
+        self.on_problem = on_problem
+        self._signature: tuple[int, ...] | None = None
         self._state: ControlState | None = None
         self.last_error: str | None = None
+        self.problems = 0
+        self.healthy = False
+        """Whether the file as it is now held a state that was taken."""
+
+    def _problem(self, kind: str, message: str) -> ControlState | None:
+        self.last_error = message
+        self.healthy = False
+        self.problems += 1
+        if self.on_problem is not None:
+            self.on_problem(kind, message)
+        return self._state
 
     def current(self) -> ControlState | None:
         try:
-            st = os.stat(self.path)
+            st = os.lstat(self.path)
         except FileNotFoundError:
-            self.last_error = f"{self.path} does not exist"
-            return self._state
+            if self._signature == (-1,):
+                return self._state
+            self._signature = (-1,)
+            return self._problem("missing", f"{self.path} does not exist")
         except OSError as err:
-            self.last_error = f"cannot stat {self.path}: {err}"
-            return self._state
-        signature = (st.st_ino, st.st_mtime_ns, st.st_size)
+            failed: tuple[int, ...] = (-2, err.errno or 0)
+            if self._signature == failed:
+                return self._state
+            self._signature = failed
+            return self._problem("unreadable", f"cannot stat {self.path}: {err.strerror}")
+        # ctime too: a chmod that makes an unreadable file readable changes only that.
+        signature = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size,
+                     st.st_mode)
         if signature == self._signature:
             return self._state
-        try:
-            with open(self.path, "rb") as handle:
-                data = handle.read(MAX_CONTROL_BYTES + 1)
-            state = parse_control(data)
-        except (OSError, ControlFileError) as err:
-            self.last_error = str(err)
-            return self._state
         self._signature = signature
-        if self._state is None or state.generation >= self._state.generation:
-            self._state = state
-            self.last_error = None
-        else:
-            self.last_error = (
-                f"ignored generation {state.generation} older than {self._state.generation}"
+        try:
+            data = read_small_file(self.path, MAX_CONTROL_BYTES)
+            state = parse_control(data)
+        except UnsafeFileError as err:
+            return self._problem("unsafe", str(err))
+        except ControlFileError as err:
+            return self._problem("invalid", str(err))
+        except OSError as err:
+            return self._problem("unreadable", f"cannot read {self.path}: {err.strerror}")
+        if self._state is not None and state.generation < self._state.generation:
+            return self._problem(
+                "stale",
+                f"ignored generation {state.generation} older than {self._state.generation}",
             )
+        self._state = state
+        self.last_error = None
+        self.healthy = True
         return self._state

@@ -8,6 +8,12 @@ batch costs a 4xx for that request and nothing for its neighbours or the worker.
 The format is sniffed from the leading bytes, not trusted from ``Content-Type``: clients (and
 TorchServe's multipart handling) label bodies inconsistently, and magic numbers cannot lie about
 which parser runs.
+
+Limits follow the model (:func:`limits_for`): an image may have at most
+:data:`IMAGE_AREA_MARGIN` times the pixels of the model's input, a JSON tensor exactly the
+elements of ``max_samples`` inputs, and the body at most what either of those can take; the
+body size, the JSON nesting depth and an upper bound on the element count are checked on the
+raw bytes, before any parser runs.
 """
 
 from __future__ import annotations
@@ -26,6 +32,17 @@ from PIL import Image, UnidentifiedImageError
 from .levels import InputSpec, Normalisation
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+IMAGE_AREA_MARGIN = 16
+"""An image may have 16x the pixels of the model's input (4x per side) before it is resized
+down: a client's photo is usually larger than a 32x32 or 224x224 input, a bomb much larger."""
+IMAGE_BYTES_PER_PIXEL = 8
+"""Most bytes a PNG can spend per pixel uncompressed (16-bit RGBA)."""
+IMAGE_METADATA_BYTES = 1 << 20
+"""Room for the ancillary chunks a camera or editor adds (ICC profile, EXIF)."""
+JSON_BYTES_PER_ELEMENT = 40
+"""Longest plausible spelling of one float with its separator and spaces."""
+MAX_JSON_DEPTH = 5
+"""``{"data": [n][C][H][W]}``: an object and four lists, the deepest tensor accepted."""
 JPEG_MAGIC = b"\xff\xd8\xff"
 
 
@@ -51,6 +68,22 @@ class DecodeLimits:
             raise ValueError("decode limits must be positive")
 
 
+def limits_for(limits: DecodeLimits, spec: InputSpec) -> DecodeLimits:
+    """``limits`` tightened to what a model with input ``spec`` can use (never loosened).
+
+    Pixels: :data:`IMAGE_AREA_MARGIN` times the input's area. Body: the larger of the biggest
+    image so bounded (raw pixels plus metadata room) and the biggest JSON tensor of
+    ``max_samples`` inputs, so that a body neither format could need is refused unread.
+    """
+    area = spec.height * spec.width
+    pixels = min(limits.max_image_pixels, area * IMAGE_AREA_MARGIN)
+    image_bytes = pixels * IMAGE_BYTES_PER_PIXEL + IMAGE_METADATA_BYTES
+    json_bytes = limits.max_samples * area * spec.channels * JSON_BYTES_PER_ELEMENT + 4096
+    body = min(limits.max_body_bytes, max(image_bytes, json_bytes))
+    return DecodeLimits(max_body_bytes=body, max_image_pixels=pixels,
+                        max_samples=limits.max_samples)
+
+
 def decode(
     body: bytes | bytearray | str,
     spec: InputSpec,
@@ -58,7 +91,10 @@ def decode(
     limits: DecodeLimits,
 ) -> torch.Tensor:
     """Decode one request body to a float tensor of shape ``[n, C, H, W]`` (n >= 1)."""
-    data = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+    try:
+        data = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+    except UnicodeEncodeError:  # lone surrogates in a text body
+        raise BadRequest(400, "request body is not valid UTF-8 text") from None
     if not data:
         raise BadRequest(400, "empty request body")
     if len(data) > limits.max_body_bytes:
@@ -118,20 +154,31 @@ def decode_json_tensor(data: bytes, spec: InputSpec, limits: DecodeLimits) -> np
     one sample or ``[n, C, H, W]`` for a client-side batch (single-channel models also take
     ``[H, W]``). JSON has no resize semantics, so the geometry must match exactly.
     """
+    max_elements = limits.max_samples * spec.channels * spec.height * spec.width
+    # Bounded before parsing: every element but the last is followed by a comma, and so is
+    # each list but the last, so a body with more commas than twice the elements is too big.
+    if data.count(b",") > 2 * max_elements:
+        raise BadRequest(413, f"JSON tensor has more than {max_elements} elements")
+    depth = _max_depth(data)
+    if depth > MAX_JSON_DEPTH:
+        raise BadRequest(400, f"JSON nested {depth} deep; a tensor needs at most "
+                              f"{MAX_JSON_DEPTH}")
     try:
         document = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        # RecursionError: the C scanner recurses per nesting level and stops at the
-        # interpreter's limit, which is the bound on depth that costs nothing to check.
-        raise BadRequest(400, f"invalid JSON: {err}") from err
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        # ValueError also covers integers longer than Python converts (4300 digits).
+        raise BadRequest(400, f"invalid JSON: {type(err).__name__}") from None
     if isinstance(document, dict):
         if set(document) != {"data"}:
             raise BadRequest(400, 'a JSON object body must have exactly one key, "data"')
         document = document["data"]
     if not isinstance(document, list):
         raise BadRequest(400, "JSON tensor must be a nested list of numbers")
-    if not _numbers_only(document):
+    count = _count_numbers(document)
+    if count is None:
         raise BadRequest(400, "JSON tensor must contain only numbers")
+    if count > max_elements:
+        raise BadRequest(413, f"JSON tensor has {count} elements, more than {max_elements}")
     try:
         with np.errstate(over="ignore"):  # overflow to inf is caught by the finiteness check
             array = np.asarray(document, dtype=np.float32)
@@ -180,16 +227,30 @@ def _affine(mean: tuple[float, ...], std: tuple[float, ...],
     return std_t * scale, mean_t / std_t
 
 
-def _numbers_only(value: object) -> bool:
-    """True when every leaf is an int or float (not a bool, string, null or object).
-
-    Finiteness is checked after conversion, where float32 overflow also shows up.
-    """
+def _count_numbers(value: object) -> int | None:
+    """How many leaves, when every one is an int or float (not a bool, string, null or
+    object); ``None`` otherwise. Finiteness is checked after conversion, where float32
+    overflow also shows up."""
     stack = [value]
+    count = 0
     while stack:
         item = stack.pop()
         if isinstance(item, list):
             stack.extend(item)
         elif isinstance(item, bool) or not isinstance(item, (int, float)):
-            return False
-    return True
+            return None
+        else:
+            count += 1
+    return count
+
+
+def _max_depth(data: bytes) -> int:
+    """Deepest nesting of ``[``/``{`` in ``data`` (brackets inside strings count too: a tensor
+    holds no strings but its one key, so that only makes a bad body fail sooner)."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    steps = (np.isin(raw, _OPENERS).astype(np.int32) - np.isin(raw, _CLOSERS).astype(np.int32))
+    return int(np.cumsum(steps).max(initial=0))
+
+
+_OPENERS = np.frombuffer(b"[{", dtype=np.uint8)
+_CLOSERS = np.frombuffer(b"]}", dtype=np.uint8)

@@ -8,10 +8,13 @@ torch modules and lets another store format plug in with one adapter function.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torch import nn
+
+from .control import level_index
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,8 @@ class Normalisation:
             raise ValueError(
                 f"normalisation has {len(self.mean)}/{len(self.std)} values for {channels} channels"
             )
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std)):
+            raise ValueError("normalisation values must be finite")
         if any(s <= 0 for s in self.std):
             raise ValueError("normalisation std must be positive")
 
@@ -82,19 +87,13 @@ class LevelSet:
     def resolve(self, ref: int | str) -> str:
         """The name of the level ``ref`` designates: an index (0 = narrowest) or a name.
 
-        Indexes are what the operator decides; names are what people type. A string of digits
-        that is not itself a level name is read as an index (so ``--level 2`` works from a
-        shell). Raises ``KeyError`` for anything that designates no level.
+        Indexes are what the operator decides; names are what people type. A string of ASCII
+        digits that is not itself a level name is read as an index (so ``--level 2`` works
+        from a shell). Raises ``KeyError`` for anything that designates no level, never
+        another error, whatever a request or the control file holds
+        (:func:`.control.level_index`).
         """
-        if isinstance(ref, str):
-            if ref in self.names:
-                return ref
-            if not ref.isdigit():
-                raise KeyError(ref)
-            ref = int(ref)
-        if isinstance(ref, bool) or not 0 <= ref < len(self.names):
-            raise KeyError(ref)
-        return self.names[ref]
+        return self.names[level_index(self.names, ref)]
 
     def module(self, name: str) -> nn.Module:
         return self.modules[self.index(name)]

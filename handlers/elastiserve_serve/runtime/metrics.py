@@ -1,8 +1,12 @@
 """The metrics seam: what the runtime reports, independent of where it is exported.
 
-The runtime calls three methods; the TorchServe adapter forwards them to TorchServe's metrics
+The runtime calls these methods; the TorchServe adapter forwards them to TorchServe's metrics
 cache (so they appear on its Prometheus endpoint), tests use :class:`RecordingMetrics`, and a
 different host runtime can plug in prometheus-client directly.
+
+Pinned requests are reported with ``pinned=True`` so that an exporter can keep them out of the
+latency the operator acts on: a client pinning the widest level while the operator narrowed the
+model would otherwise hold the p95 up and keep the model narrow.
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ from typing import Protocol
 
 
 class MetricsSink(Protocol):
-    def request_served(self, level: str, seconds: float) -> None:
-        """One request answered by ``level``; ``seconds`` from decode start to its result."""
+    def request_served(self, level: str, seconds: float, *, pinned: bool = False) -> None:
+        """One request answered by ``level``; ``seconds`` from batch start to its result;
+        ``pinned`` when the client chose the level (not the controller)."""
 
     def request_rejected(self, status: int) -> None:
         """One request refused with an HTTP ``status`` before reaching a model."""
@@ -21,17 +26,30 @@ class MetricsSink(Protocol):
     def active_level(self, level: str, index: int) -> None:
         """The level the control path currently selects (``index`` 0 is the narrowest)."""
 
+    def control_problem(self, kind: str) -> None:
+        """The control file could not be followed (``missing``, ``unsafe``, ``unreadable``,
+        ``invalid``, ``stale``, ``unknown_level``); the level was kept. Once per problem."""
+
+    def control_file_ok(self, ok: bool) -> None:
+        """Whether the control file as it is now was taken (reported on change)."""
+
 
 class NullMetrics:
     """Discards everything (the default when nobody is listening)."""
 
-    def request_served(self, level: str, seconds: float) -> None:
+    def request_served(self, level: str, seconds: float, *, pinned: bool = False) -> None:
         pass
 
     def request_rejected(self, status: int) -> None:
         pass
 
     def active_level(self, level: str, index: int) -> None:
+        pass
+
+    def control_problem(self, kind: str) -> None:
+        pass
+
+    def control_file_ok(self, ok: bool) -> None:
         pass
 
 
@@ -40,14 +58,23 @@ class RecordingMetrics:
     """Keeps every call, for tests and for the in-process benchmark."""
 
     served: list[tuple[str, float]] = field(default_factory=list)
+    pinned: list[tuple[str, float]] = field(default_factory=list)
     rejected: list[int] = field(default_factory=list)
     active: list[tuple[str, int]] = field(default_factory=list)
+    control_problems: list[str] = field(default_factory=list)
+    control_ok: list[bool] = field(default_factory=list)
 
-    def request_served(self, level: str, seconds: float) -> None:
-        self.served.append((level, seconds))
+    def request_served(self, level: str, seconds: float, *, pinned: bool = False) -> None:
+        (self.pinned if pinned else self.served).append((level, seconds))
 
     def request_rejected(self, status: int) -> None:
         self.rejected.append(status)
 
     def active_level(self, level: str, index: int) -> None:
         self.active.append((level, index))
+
+    def control_problem(self, kind: str) -> None:
+        self.control_problems.append(kind)
+
+    def control_file_ok(self, ok: bool) -> None:
+        self.control_ok.append(ok)

@@ -10,10 +10,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .control import PIN_HEADER
 from .decode import DecodeLimits
 
+__all__ = ["DEFAULT_CONTROL_FILE", "PIN_HEADER", "RuntimeSettings", "settings_from_mapping"]
+
 DEFAULT_CONTROL_FILE = Path("/dev/shm/elastiserve/level.json")
-PIN_HEADER = "x-elastiserve-level"
 
 
 @dataclass(frozen=True)
