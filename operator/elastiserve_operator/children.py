@@ -42,9 +42,11 @@ torch write only under ``/tmp`` (an ``emptyDir``, also ``HOME``).
 
 Ownership: every applied child carries this CR as its controller (``ownerReferences``), and
 the operator applies only children that carry it (``reconcile``); everything it applies is
-what it must own, with one exception by design: ``spec.replicas`` of the Deployment is left
-out when the CR says an autoscaler owns it (``AUTOSCALER_ANNOTATION``), so that a forced
-apply never takes the replica count back from an HPA/KEDA.
+what it must own, with one exception by design: ``spec.replicas`` of the Deployment, which
+the caller sets or leaves out (``replicas``/``autoscaled``) as ``replica_owner`` decides,
+so that a forced apply never takes the replica count back from an HPA/KEDA. The Deployment
+records the model's ``spec.replicas`` it was applied against (``SPEC_REPLICAS_ANNOTATION``):
+a change of it is what takes the count back from an autoscaler.
 
 Defaults: the CR's ``spec.serving`` fields it leaves out (batching, workers, resources,
 placement) arrive already filled from the operator's settings (``spec.ServingDefaults``, the
@@ -72,6 +74,7 @@ __all__ = [
     "KIND",
     "METRICS_PORT",
     "MODEL_LABEL",
+    "SPEC_REPLICAS_ANNOTATION",
     "Names",
     "Owner",
     "build_children",
@@ -112,6 +115,8 @@ WRITABLE_HOME = "/tmp"
 AUTOSCALER_ANNOTATION = "elastiserve.io/replicas-managed-by"
 """On the ElasticModel: who owns the Deployment's replica count (an HPA, KEDA). Non-empty:
 the operator applies the Deployment without ``spec.replicas`` (see the module docstring)."""
+SPEC_REPLICAS_ANNOTATION = "elastiserve.io/spec-replicas"
+"""On the Deployment: the model's ``spec.replicas`` it was last applied against."""
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 """The label every namespace carries with its own name (set by the API server)."""
 
@@ -337,9 +342,11 @@ def _model_volume(
 
 
 def build_deployment(
-    owner: Owner, spec: ElasticModelSpec, settings: OperatorSettings, *, autoscaled: bool = False
+    owner: Owner, spec: ElasticModelSpec, settings: OperatorSettings, *,
+    autoscaled: bool = False, replicas: int | None = None,
 ) -> dict[str, Any]:
-    """The serving Deployment; ``autoscaled`` leaves ``spec.replicas`` to an autoscaler."""
+    """The serving Deployment; ``autoscaled`` leaves ``spec.replicas`` out (an autoscaler or
+    the joint policy's scale writes own it), ``replicas`` replaces the spec's count."""
     names = names_for(owner.name)
     image = spec.serving.image or settings.serving_image
     pull = settings.serving_pull_policy
@@ -420,9 +427,22 @@ def build_deployment(
         ],
         # The node's name (downward API): the agent serves min(level, status.nodeCaps[node]).
         "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
+        # The kubernetes client's imports alone peak near 45 MB, and the liveness probe runs
+        # a second interpreter in the same cgroup.
         "resources": {
-            "requests": {"cpu": "10m", "memory": "32Mi"},
-            "limits": {"memory": "64Mi"},
+            "requests": {"cpu": "10m", "memory": "64Mi"},
+            "limits": {"memory": "160Mi"},
+        },
+        # Fails when the agent has not synced with the API server for too long (its heartbeat
+        # file beside the control file), so a wedged watch restarts the agent, not the pod.
+        "livenessProbe": {
+            "exec": {"command": [
+                "python", "-m", "elastiserve_serve.level_source_k8s", "--check-alive",
+                "--control-file", CONTROL_FILE,
+            ]},
+            "periodSeconds": 30,
+            "timeoutSeconds": 10,
+            "failureThreshold": 3,
         },
         "volumeMounts": [
             {"name": "control", "mountPath": CONTROL_DIR},
@@ -485,13 +505,15 @@ def build_deployment(
     if serving.runtime_class_name:
         pod_spec["runtimeClassName"] = serving.runtime_class_name
     selector = {MODEL_LABEL: _fit(owner.name, "")}
-    replicas = {} if autoscaled else {"replicas": spec.replicas}
+    count = {} if autoscaled else {
+        "replicas": spec.replicas if replicas is None else replicas}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _meta(owner, names.deployment),
+        "metadata": _meta(owner, names.deployment,
+                          annotations={SPEC_REPLICAS_ANNOTATION: str(spec.replicas)}),
         "spec": {
-            **replicas,
+            **count,
             "selector": {"matchLabels": selector},
             "template": {
                 "metadata": {
@@ -539,7 +561,8 @@ def build_network_policy(owner: Owner, network: NetworkPolicySettings) -> dict[s
 
 
 def build_children(
-    owner: Owner, spec: ElasticModelSpec, settings: OperatorSettings, *, autoscaled: bool = False
+    owner: Owner, spec: ElasticModelSpec, settings: OperatorSettings, *,
+    autoscaled: bool = False, replicas: int | None = None,
 ) -> list[dict[str, Any]]:
     """Every applied child, in the order to apply them (the pods' dependencies first).
 
@@ -552,5 +575,5 @@ def build_children(
         build_configmap(owner, spec),
         build_service(owner),
         *network,
-        build_deployment(owner, spec, settings, autoscaled=autoscaled),
+        build_deployment(owner, spec, settings, autoscaled=autoscaled, replicas=replicas),
     ]

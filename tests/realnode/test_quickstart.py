@@ -69,13 +69,14 @@ RESULTS = REPO_ROOT / "benchmarks" / "results" / "real_node.json"
 
 
 def page_commands() -> list[str]:
-    """Every command line of the page's ``sh`` blocks (continuations joined)."""
+    """Every command line of the page's ``sh`` blocks as written (continuations joined,
+    comments dropped, quoting kept)."""
     lines: list[str] = []
     for body in blocks("sh"):
         for line in body.replace("\\\n", " ").splitlines():
             words = shlex.split(line, comments=True)
             if words:
-                lines.append(" ".join(words))
+                lines.append(shlex.join(words))
     return lines
 
 
@@ -323,7 +324,7 @@ def test_quickstart_on_the_real_node(
     forward = page_command("kubectl", "-n", NS, "port-forward")
     forward = [word for word in forward if word != "&"]
     curls = [shlex.split(line) for line in page_commands() if line.startswith("curl ")
-             and "127.0.0.1:8080" in line]
+             and "127.0.0.1:8080/predictions/fmnist" in line]
     assert len(curls) >= 2
     with port_forward(real_cluster, forward[1:]):
         for argv in curls:
