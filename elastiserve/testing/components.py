@@ -48,8 +48,12 @@ CONTROLLERS = (
     "node-lifecycle-controller",
     "disruption-controller",
     "service-cidr-controller",
-    # PersistentVolumeClaims bind to the PersistentVolumes the real-node tests create.
+    # PersistentVolumeClaims bind to the PersistentVolumes the real-node tests create, and the
+    # protection controllers remove the finalizers every claim and volume is created with
+    # (without them, deleting a namespace that holds a claim never completes).
     "persistentvolume-binder-controller",
+    "persistentvolumeclaim-protection-controller",
+    "persistentvolume-protection-controller",
 )
 
 

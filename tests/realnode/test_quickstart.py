@@ -433,14 +433,6 @@ def test_quickstart_on_the_real_node(
     assert not failed, f"{len(failed)} failed requests, statuses {statuses}"
     assert max(switches) <= SWITCH_LIMIT_S, switches
 
-    # Clean-up as the page says: the model, the release, the namespaces; each must finish.
-    plane.kubectl(*page_command("kubectl", "-n", NS, "delete", "elasticmodel")[1:],
-                  "--timeout=120s", timeout_s=130)
-    plane.helm(*page_command("helm", "uninstall")[1:], "--wait", "--timeout=120s",
-               timeout_s=150)
-    plane.kubectl("delete", "namespace", NS, SYSTEM_NS, "--timeout=180s", timeout_s=190)
-    plane.kubectl("delete", "persistentvolume", "models-pv", "--timeout=60s", timeout_s=70)
-
     numbers["images"] = {
         name: {
             "ref": image.ref,
@@ -452,8 +444,18 @@ def test_quickstart_on_the_real_node(
         }
         for name, image in product_images_on_node.items()
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(numbers, indent=2) + "\n", encoding="utf-8")
+    write_results(numbers)
+
+    # Clean-up as the page says: the model, the release, the namespaces; each must finish.
+    cleanup_started = time.monotonic()
+    plane.kubectl(*page_command("kubectl", "-n", NS, "delete", "elasticmodel")[1:],
+                  "--timeout=120s", timeout_s=130)
+    plane.helm(*page_command("helm", "uninstall")[1:], "--wait", "--timeout=120s",
+               timeout_s=150)
+    plane.kubectl("delete", "namespace", NS, SYSTEM_NS, "--timeout=180s", timeout_s=190)
+    plane.kubectl("delete", "persistentvolume", "models-pv", "--timeout=60s", timeout_s=70)
+    numbers["cleanup_s"] = round(time.monotonic() - cleanup_started, 2)
+    write_results(numbers)
 
 
 def diagnostics(cluster: Any) -> str:
@@ -468,6 +470,11 @@ def diagnostics(cluster: Any) -> str:
         done = plane.kubectl(*args, check=False)
         parts.append(f"--- kubectl {' '.join(args)}\n{done.stdout[-4000:]}{done.stderr[-1000:]}")
     return "\n" + "\n".join(parts)
+
+
+def write_results(numbers: dict[str, Any]) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(numbers, indent=2) + "\n", encoding="utf-8")
 
 
 @contextlib.contextmanager
