@@ -4,12 +4,14 @@ Kept thin on purpose: each handler fetches the per-process ``Runtime`` from kopf
 and calls one coroutine of ``reconcile``. Importing this module registers the handlers in
 kopf's default registry (what ``kopf.operator()`` and ``kopf run`` use).
 
-* create/update/resume of an ``ElasticModel`` -> ensure its children and status;
+* create/update/resume of an ``ElasticModel`` (an update of its spec, or of the annotation
+  ``elastiserve.io/replicas-managed-by``) -> ensure its children and status;
 * an event on any child the operator manages (server-side label-selected watches) ->
   re-apply it when it was deleted or edited by another field manager (the reconcile skips
   children it applied and nobody touched since: ``applied``); for a Deployment also
-  refresh its owner's ``Ready`` when ``readyReplicas`` moved. The owner comes from an
-  in-memory index of the ElasticModels (``elasticmodels``), not from a GET;
+  refresh its owner's ``Ready``, ``replicas`` and ``replicasOwner`` when its readiness, its
+  pods, its count or the owners of its count moved. The owner comes from an in-memory index
+  of the ElasticModels (``elasticmodels``), not from a GET;
 * one daemon per ``ElasticModel`` -> evaluate the policy every
   ``spec.policy.evaluationIntervalSeconds`` (a daemon rather than a kopf timer because the
   interval is per object and may change with the spec). One model's evaluation can fail
@@ -39,7 +41,7 @@ import logging
 import os
 import random
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -57,10 +59,11 @@ from .reconcile import (
     refresh_ready,
     remember_deployment,
 )
+from .replica_owner import live_replicas, replicas_managers, spec_replicas_seen
 from .settings import OperatorSettings, settings_from_env
 from .signals.prometheus import PrometheusClient
 from .spec import SpecError, parse_spec
-from .status import ready_count
+from .status import pod_count, ready_count
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,23 @@ CHILD_RESOURCES = (
 """What ``build_children`` creates, watched for drift with a server-side label selector."""
 
 
+class ProgressStorage(kopf.AnnotationsProgressStorage):
+    """kopf's annotation storage, except that the essence it diffs keeps
+    ``AUTOSCALER_ANNOTATION``: kopf drops every annotation under its own prefix
+    (``elastiserve.io/``) from it, which would hide an edit of that annotation from the
+    update handler that reacts to it (``ensure``)."""
+
+    def clear(self, *, essence: kopf.BodyEssence) -> kopf.BodyEssence:
+        annotations = (essence.get("metadata") or {}).get("annotations") or {}
+        kept = annotations.get(AUTOSCALER_ANNOTATION)
+        cleared = super().clear(essence=essence)
+        if kept is not None:
+            raw = cast(dict[str, Any], cleared)
+            raw.setdefault("metadata", {}).setdefault("annotations", {})[
+                AUTOSCALER_ANNOTATION] = kept
+        return cleared
+
+
 def _runtime(memo: Any) -> Runtime:
     runtime: Runtime = memo.runtime
     return runtime
@@ -94,7 +114,7 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
             op = settings_from_env(os.environ)
         except ValueError as error:
             raise kopf.PermanentError(f"invalid setting: {error}") from error
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.progress_storage = ProgressStorage(prefix=PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=PREFIX, key="last-handled-configuration"
     )
@@ -174,6 +194,8 @@ async def cleanup(memo: Any, **_: Any) -> None:
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+@kopf.on.update(GROUP, VERSION, PLURAL, id="replicas-managed-by",
+                field=("metadata", "annotations", AUTOSCALER_ANNOTATION))
 async def ensure(body: kopf.Body, memo: Any, **_: Any) -> None:
     await reconcile(_runtime(memo), body)
 
@@ -276,7 +298,7 @@ async def child_deployment(event: kopf.RawEvent, memo: Any, **kwargs: Any) -> No
         return
     meta = body.get("metadata") or {}
     known = runtime.deployments.get((meta.get("namespace", ""), meta.get("name", "")))
-    if known is not None and ready_count(known) == ready_count(body):
+    if known is not None and replica_summary(known) == replica_summary(body):
         remember_deployment(runtime, body)
         return  # the owner's status already says this (most events: rollout bookkeeping)
     try:
@@ -285,6 +307,13 @@ async def child_deployment(event: kopf.RawEvent, memo: Any, **kwargs: Any) -> No
     except (ApiError, kopf.TemporaryError) as error:
         runtime.metrics.errors.labels("deployment").inc()
         log.warning("deployment event not handled: %s", error)
+
+
+def replica_summary(deployment: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What of a Deployment its owner's reconcile status is built from: ready pods, pods,
+    the count, who owns the count, the spec count it was applied against."""
+    return (ready_count(deployment), pod_count(deployment), live_replicas(deployment),
+            replicas_managers(deployment), spec_replicas_seen(deployment))
 
 
 @kopf.on.event("", "v1", "configmaps", labels=MANAGED)

@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import ssl
 import tempfile
 import time
@@ -35,6 +36,7 @@ __all__ = [
     "ApiTransient",
     "KubeApi",
     "NotFound",
+    "conflicting_managers",
     "connection_info",
     "resource_path",
 ]
@@ -88,6 +90,17 @@ def resource_path(
     ns = f"/namespaces/{quote(namespace)}" if namespace else ""
     tail = f"/{quote(name)}" if name else ""
     return f"{root}{ns}/{plural}{tail}"
+
+
+_CONFLICT = re.compile(r'conflict with "([^"]+)"')
+
+
+def conflicting_managers(error: ApiError) -> tuple[str, ...]:
+    """The field managers a refused (409) non-forced apply names, in order, once each:
+    ``Apply failed with 1 conflict: conflict with "kubectl" with subresource "scale" ...``."""
+    if error.status != 409:
+        return ()
+    return tuple(dict.fromkeys(_CONFLICT.findall(str(error))))
 
 
 def in_cluster_server(environ: Mapping[str, str]) -> str | None:
@@ -239,7 +252,8 @@ class KubeApi:
         return [item for item in items if isinstance(item, dict)]
 
     async def apply(
-        self, obj: Mapping[str, Any], *, manager: str = FIELD_MANAGER, subresource: str = ""
+        self, obj: Mapping[str, Any], *, manager: str = FIELD_MANAGER, subresource: str = "",
+        force: bool = True,
     ) -> dict[str, Any]:
         """Server-side apply ``obj`` as the operator's field manager (idempotent).
 
@@ -247,12 +261,12 @@ class KubeApi:
         field (an HPA or a human editing another field is not fought), and an unchanged
         object is not written at all, so re-applying every reconcile costs a round trip only.
 
-        Always forced: the caller sends only fields the operator must own (``children``
-        leaves out what it cedes, such as an autoscaled replica count), and applies only to
-        objects it controls (``reconcile``), so a conflict is drift to repair, not a field of
-        someone else's. Preconditions ride in ``obj``'s metadata: ``uid`` (apply to exactly
-        that object: 409 when it is gone, 422 when it was replaced) or ``resourceVersion``
-        (``CREATE_ONLY``: create, or 409 when the name is taken).
+        Forced unless ``force=False``: the caller sends only fields the operator must own
+        (``children`` leaves out what it cedes, such as a replica count an autoscaler owns),
+        and applies only to objects it controls (``reconcile``), so a conflict is drift to
+        repair, not a field of someone else's. Preconditions ride in ``obj``'s metadata:
+        ``uid`` (apply to exactly that object: 409 when it is gone, 422 when it was replaced)
+        or ``resourceVersion`` (``CREATE_ONLY``: create, or 409 when the name is taken).
         """
         meta = obj["metadata"]
         path = resource_path(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
@@ -262,7 +276,31 @@ class KubeApi:
             "PATCH",
             path,
             body=obj,
-            params={"fieldManager": manager, "force": "true"},
+            params={"fieldManager": manager, "force": "true" if force else "false"},
+            content_type="application/apply-patch+yaml",
+        )
+
+    async def apply_scale(
+        self, api_version: str, kind: str, namespace: str, name: str, replicas: int, *,
+        manager: str, force: bool = False,
+    ) -> dict[str, Any]:
+        """Server-side apply ``spec.replicas`` through the object's ``scale`` subresource.
+
+        Not forced by default: a replica count that another field manager owns (an HPA, a
+        person's ``kubectl scale``) answers 409 naming it (``conflicting_managers``) instead
+        of being taken. The answer is the ``autoscaling/v1`` Scale.
+        """
+        scale = {
+            "apiVersion": "autoscaling/v1",
+            "kind": "Scale",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"replicas": replicas},
+        }
+        return await self.request(
+            "PATCH",
+            resource_path(api_version, kind, namespace, name) + "/scale",
+            body=scale,
+            params={"fieldManager": manager, "force": "true" if force else "false"},
             content_type="application/apply-patch+yaml",
         )
 

@@ -127,6 +127,26 @@ class OperatorMetrics:
             ["namespace", "name", "direction"],
             registry=r,
         )
+        self.desired_replicas = Gauge(
+            "elastiserve_operator_desired_replicas",
+            "Replica count the joint policy asked of each ElasticModel's Deployment (no series: "
+            "the policy is off or another party owns the count).",
+            ["namespace", "name"],
+            registry=r,
+        )
+        self.replica_changes = Counter(
+            "elastiserve_operator_replica_changes",
+            "Replica counts the joint policy changed, by direction (out, in) and cause.",
+            ["namespace", "name", "direction", "cause"],
+            registry=r,
+        )
+        self.pod_start = Gauge(
+            "elastiserve_operator_pod_start_seconds",
+            "Pod start time (creation to Ready, p90 of the model's recent pods) the joint "
+            "policy plans with: measured, or the model's podStartSeconds until measured.",
+            ["namespace", "name"],
+            registry=r,
+        )
         self._capped: dict[tuple[str, str], set[str]] = {}
 
     def observe_request(self, method: str, seconds: float) -> None:
@@ -152,11 +172,18 @@ class OperatorMetrics:
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop a deleted model's series so that the exposition does not grow forever."""
+        self.forget_replicas(namespace, name)
         for gauge in (self.level, self.objective):
             with contextlib.suppress(KeyError):
                 gauge.remove(namespace, name)
         self.set_node_caps(namespace, name, {})
         self._capped.pop((namespace, name), None)
+
+    def forget_replicas(self, namespace: str, name: str) -> None:
+        """Drop the joint policy's series of a model (deleted, or its policy off)."""
+        for gauge in (self.desired_replicas, self.pod_start):
+            with contextlib.suppress(KeyError):
+                gauge.remove(namespace, name)
 
     def serve(self, port: int, address: str = "0.0.0.0") -> None:
         """Expose ``/metrics`` on ``port`` from a background thread."""

@@ -4,9 +4,11 @@
 creates the model's inference key Secret once: it is never applied, see ``children``) and
 rebuilds the reconcile part of the status; ``refresh_ready`` does the latter when a child
 Deployment changes; ``evaluate`` (the per-model policy loop) gathers an ``Observation``,
-calls ``decide`` and applies the policy part of the status, then posts an Event when the
-level moved. Everything pure lives in ``children``, ``status``, ``policy``; this module
-only sequences calls and maps failures onto kopf's retry semantics:
+calls ``decide`` (``decide_joint`` when the joint replica policy owns the count) and applies
+the policy part of the status, then posts an Event when the level or the count moved.
+Everything pure lives in ``children``, ``status``, ``policy``, ``joint_policy``,
+``replica_owner``, ``pod_start``; this module only sequences calls and maps failures onto
+kopf's retry semantics:
 
 * an invalid spec -> ``Degraded=True`` + ``kopf.PermanentError`` (retrying cannot fix it);
 * a spec that asks for more than the operator's settings allow (``tenancy``) ->
@@ -31,14 +33,23 @@ and the RoleBinding and the Deployment are withheld while any child is foreign.
 Crash safety: a level switch is one status apply (levels, policy state and last switch
 together), so an operator killed mid-switch leaves either the old or the new state,
 never half; the Event follows the apply and may be lost, never duplicated for one switch.
+
+Replicas (``replica_owner``): the Deployment's apply carries ``spec.replicas`` only while
+the spec (or, until its own writes own the field, the joint policy) owns the count; an
+autoscaler's count is never forced. The joint policy's count is written status first
+(``desiredReplicas`` and its state), then through the Deployment's ``scale`` subresource as
+``SCALE_MANAGER``, not forced: a count another manager owns answers 409 and is left alone.
+An operator killed between the two writes finds the Deployment behind its state and writes
+it again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from secrets import token_urlsafe
 from typing import Any, cast
@@ -53,9 +64,17 @@ from .children import (
     MODEL_LABEL,
     Owner,
     build_children,
+    build_deployment,
     build_key_secret,
     model_name,
     names_for,
+)
+from .joint_policy import (
+    JointState,
+    ReplicaDecision,
+    ReplicaObservation,
+    ReplicaState,
+    decide_joint,
 )
 from .kube import (
     CREATE_ONLY,
@@ -64,14 +83,29 @@ from .kube import (
     ApiTransient,
     KubeApi,
     NotFound,
+    conflicting_managers,
     resource_path,
 )
 from .metrics import OperatorMetrics
 from .node_caps import CapsDecision, caps_from_status, caps_status, decide_caps
 from .observation import NodePressure
+from .pod_start import pod_start_seconds
 from .policy import Decision, decide
 from .profile import profile_from_spec
 from .promql_guard import QueryRefused
+from .replica_owner import (
+    CONDITION as OWNERSHIP_CONDITION,
+)
+from .replica_owner import (
+    SCALE_MANAGER,
+    ReplicaOwnership,
+    decide_ownership,
+    deployment_view,
+    foreign_managers,
+    live_replicas,
+    replicas_managers,
+)
+from .replica_spec import ReplicaPolicy, replica_policy_from_spec
 from .settings import OperatorSettings
 from .signals.node_readings import NodeReadings, hosting_nodes
 from .signals.prometheus import MetricsSource, VectorSource, gather_observation, render_query
@@ -82,6 +116,8 @@ from .status import (
     readiness_drifted,
     ready_count,
     reconcile_patch,
+    replica_patch,
+    restore_replica_state,
     restore_state,
     status_holds,
 )
@@ -115,6 +151,19 @@ watches that object: it may carry none of the operator's labels)."""
 KEY_BYTES = 32
 """Entropy of a generated inference key (``secrets.token_urlsafe``: 43 characters)."""
 
+POD_START_REFRESH_S = 60.0
+"""How long a model's measured pod start time is reused (one pod list per refresh; sooner
+when the ready count moved: new pods are what there is to measure)."""
+
+
+@dataclass(frozen=True)
+class PodStartReading:
+    """A model's pod start time as last measured (``None``: no Ready pod to measure)."""
+
+    at: float
+    ready: int | None
+    seconds: float | None
+
 
 @dataclass
 class Runtime:
@@ -135,6 +184,11 @@ class Runtime:
     key_secrets: set[tuple[str, str, str]] = field(default_factory=set)
     """(namespace, name, uid) of the models whose key Secret this process created or found:
     their reconciles send no create (it starts empty, so one 409 per model after a start)."""
+    pod_starts: dict[tuple[str, str], PodStartReading] = field(default_factory=dict)
+    """Per model: its pods' start time as last measured (``pod_start_s``)."""
+    owner_conflicts: dict[tuple[str, str], str] = field(default_factory=dict)
+    """Per model: the replica-owner conflict this process last posted a Warning for (the
+    reconcile and the Deployment events see it in turn, with statuses of different ages)."""
 
     def __post_init__(self) -> None:
         if self.nodes is None:
@@ -149,6 +203,30 @@ class Runtime:
 def _owner(body: Mapping[str, Any]) -> Owner:
     meta = body["metadata"]
     return Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
+
+
+def selector_for(owner: Owner) -> str:
+    """The serving pods' label selector, as ``status.selector`` gives it to an HPA."""
+    return f"{MODEL_LABEL}={names_for(owner.name).service}"
+
+
+def ownership_of(
+    body: Mapping[str, Any], spec: ElasticModelSpec, policy: ReplicaPolicy,
+    deployment: Mapping[str, Any] | None,
+) -> ReplicaOwnership:
+    """``replica_owner.decide_ownership`` for ``body`` and its Deployment as last seen."""
+    annotations = (body.get("metadata") or {}).get("annotations") or {}
+    return decide_ownership(
+        annotation=str(annotations.get(AUTOSCALER_ANNOTATION) or ""),
+        policy=policy,
+        spec_replicas=spec.replicas,
+        deployment=deployment,
+        desired=(body.get("status") or {}).get("desiredReplicas"),
+    )
+
+
+def _deployment_key(owner: Owner) -> tuple[str, str]:
+    return (owner.namespace, names_for(owner.name).deployment)
 
 
 @dataclass(frozen=True)
@@ -243,10 +321,12 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any]) -> None:
     key_secret = names_for(owner.name).key_secret
     try:
         spec = parse_spec(body.get("spec"), rt.settings.spec_defaults)
+        replica_policy = replica_policy_from_spec(body.get("spec"), rt.settings.spec_defaults)
     except SpecError as error:
         rt.metrics.errors.labels("spec").inc()
         await _apply_status(rt, owner, reconcile_patch(status, generation, None, None,
-                                                       str(error), time.time()))
+                                                       str(error), time.time(),
+                                                       selector=selector_for(owner)))
         raise kopf.PermanentError(f"invalid spec: {error}") from error
     refused = violations(rt, owner, spec)
     if refused:
@@ -254,15 +334,34 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any]) -> None:
         await _refuse(rt, body, spec, refused)
         raise kopf.PermanentError(f"policy violation: {'; '.join(map(str, refused))}")
     rt.metrics.objective.labels(owner.namespace, owner.name).set(spec.objective.p95_s)
-    autoscaled = bool((body["metadata"].get("annotations") or {}).get(AUTOSCALER_ANNOTATION))
-    built = build_children(owner, spec, rt.settings, autoscaled=autoscaled)
+    deployment_key = _deployment_key(owner)
+    ownership = ownership_of(body, spec, replica_policy, rt.deployments.get(deployment_key))
+    built = build_children(owner, spec, rt.settings, autoscaled=ownership.send is None,
+                           replicas=ownership.send)
     children = [c for c in built if rt.applied.needs_apply(c)]
-    deployment_key = (owner.namespace, names_for(owner.name).deployment)
     seen_deployment = rt.deployments.get(deployment_key)
     if seen_deployment is None and any(c["kind"] == "Deployment" for c in children):
         seen_deployment = {"status": {}}  # about to be applied: a new one has nothing ready
     hopeful = reconcile_patch(status, generation, spec, seen_deployment, None, time.time(),
-                              key_secret=key_secret)
+                              key_secret=key_secret, ownership=ownership,
+                              replica_policy=replica_policy, selector=selector_for(owner))
+
+    async def replan(live: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The Deployment to apply, decided again on the Deployment as it is now (read
+        after a 409, or as last seen), after handing the count over where it is to be
+        dropped (``replica_owner``)."""
+        if live is not None:
+            remember_deployment(rt, live)
+        elif deployment_key not in rt.deployments:
+            found = await _deployment(rt, owner)
+            if found is not None:
+                remember_deployment(rt, found)
+        plan = ownership_of(body, spec, replica_policy, rt.deployments.get(deployment_key))
+        if plan.hand_over is not None:
+            await _hand_over(rt, owner, plan.hand_over)
+        return build_deployment(owner, spec, rt.settings, autoscaled=plan.send is None,
+                                replicas=plan.send)
+
     status_write = None
     if not status_holds(status, hopeful, RECONCILE_OPTIONAL):
         status_write = asyncio.ensure_future(_apply_status(rt, owner, hopeful))
@@ -287,7 +386,9 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any]) -> None:
                 continue  # a foreign child: nothing that would depend on it is applied
             wave_started = time.perf_counter()
             outcomes += await asyncio.gather(
-                *(_ensure_child(rt, owner, child) for child in wave), return_exceptions=True
+                *(_ensure_child(rt, owner, child,
+                                replan if child["kind"] == "Deployment" else None)
+                  for child in wave), return_exceptions=True
             )
             waves_ms.append((time.perf_counter() - wave_started) * 1000.0)
     except BaseException:  # cancelled (kopf stopping): do not leave the writes behind
@@ -318,8 +419,11 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any]) -> None:
     # Deployment watch listed it, finds ready replicas): then, and after a failure, one
     # more write corrects it.
     seen = {**status, **hopeful} if status_write is not None else dict(status)
-    final = reconcile_patch(seen, generation, spec, rt.deployments.get(deployment_key),
-                            problem, time.time(), key_secret=key_secret, reason=reason)
+    deployment_now = rt.deployments.get(deployment_key)
+    final = reconcile_patch(seen, generation, spec, deployment_now, problem, time.time(),
+                            key_secret=key_secret, reason=reason,
+                            ownership=ownership_of(body, spec, replica_policy, deployment_now),
+                            replica_policy=replica_policy, selector=selector_for(owner))
     corrected = problem is not None or not status_holds(seen, final, RECONCILE_OPTIONAL)
     if corrected:
         await _apply_status(rt, owner, final)
@@ -327,6 +431,7 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any]) -> None:
         raise status_error
     if foreign and _degraded_changed(status, final):
         await post_event(rt, body, "OwnershipConflict", problem or "", kind="Warning")
+    await _report_owner_conflict(rt, body, status, final)
     elapsed = time.perf_counter() - started
     rt.metrics.reconcile.observe(elapsed)
     log.info("reconciled %s/%s in %.1f ms: %d of %d children applied (waves %s ms), status %s",
@@ -345,15 +450,42 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any]) -> None:
                                   delay=OWNERSHIP_RETRY_S)
 
 
-def _degraded_changed(status: Mapping[str, Any], patch: Mapping[str, Any]) -> bool:
-    """Whether ``patch``'s Degraded condition says something ``status``'s did not (one
+def _condition_changed(
+    status: Mapping[str, Any], patch: Mapping[str, Any], kind: str = "Degraded"
+) -> bool:
+    """Whether ``patch``'s condition ``kind`` says something ``status``'s did not (one
     Warning event per new verdict, not one per retry)."""
-    def degraded(conditions: Any) -> tuple[Any, ...]:
+    def said(conditions: Any) -> tuple[Any, ...]:
         for c in conditions or []:
-            if isinstance(c, Mapping) and c.get("type") == "Degraded":
+            if isinstance(c, Mapping) and c.get("type") == kind:
                 return (c.get("status"), c.get("reason"), c.get("message"))
         return ()
-    return degraded(status.get("conditions")) != degraded(patch.get("conditions"))
+    return said(status.get("conditions")) != said(patch.get("conditions"))
+
+
+def _degraded_changed(status: Mapping[str, Any], patch: Mapping[str, Any]) -> bool:
+    return _condition_changed(status, patch, "Degraded")
+
+
+async def _report_owner_conflict(
+    rt: Runtime, body: Mapping[str, Any], status: Mapping[str, Any], patch: Mapping[str, Any]
+) -> None:
+    """A Warning event when the ``ReplicaOwnership`` condition newly says two parties
+    want the count (the joint policy and an autoscaler): once per verdict, whichever of the
+    reconcile and the Deployment events writes it first."""
+    owner = _owner(body)
+    key = (owner.namespace, owner.name)
+    for condition in patch.get("conditions") or []:
+        if condition.get("type") != OWNERSHIP_CONDITION:
+            continue
+        if condition.get("status") != "False":
+            rt.owner_conflicts.pop(key, None)
+            return
+        message = str(condition.get("message"))
+        if (rt.owner_conflicts.get(key) != message
+                and _condition_changed(status, patch, OWNERSHIP_CONDITION)):
+            rt.owner_conflicts[key] = message
+            await post_event(rt, body, str(condition.get("reason")), message, kind="Warning")
 
 
 async def _refuse(
@@ -367,7 +499,7 @@ async def _refuse(
     message = "not applied: " + "; ".join(str(v) for v in refused)
     deployment = rt.deployments.get((owner.namespace, names_for(owner.name).deployment))
     patch = reconcile_patch(status, generation, spec, deployment, message, time.time(),
-                            reason="PolicyViolation")
+                            reason="PolicyViolation", selector=selector_for(owner))
     # No key was handed out for a model that is not served: no InferenceAuth to claim.
     patch["conditions"] = [c for c in patch["conditions"] if c["type"] != "InferenceAuth"]
     log.warning("%s/%s refused: %s", owner.namespace, owner.name, message)
@@ -386,8 +518,13 @@ def _child_path(child: Mapping[str, Any]) -> str:
     return resource_path(child["apiVersion"], child["kind"], meta["namespace"], meta["name"])
 
 
+Replan = Callable[[Mapping[str, Any] | None], Awaitable[Mapping[str, Any]]]
+"""Builds a child again for the object as it is now (read live, or ``None``: as last seen),
+just before it is written to an existing object (the Deployment's replica count)."""
+
+
 async def _ensure_child(
-    rt: Runtime, owner: Owner, child: Mapping[str, Any]
+    rt: Runtime, owner: Owner, child: Mapping[str, Any], replan: Replan | None = None
 ) -> dict[str, Any] | Foreign:
     """Apply one child where this model controls it (see "Ownership" in the module
     docstring); a foreign holder of its name comes back as ``Foreign``, untouched. A failed
@@ -395,7 +532,7 @@ async def _ensure_child(
     key = key_of(child)
     rt.applied.started(child)
     try:
-        response = await _write_child(rt, owner, child)
+        response, written = await _write_child(rt, owner, child, replan)
     except BaseException:
         rt.applied.forget(key)
         raise
@@ -403,26 +540,29 @@ async def _ensure_child(
         rt.applied.forget(key)
         return response
     rt.owners.saw(response)
-    rt.applied.applied(child, response)
+    rt.applied.applied(written, response)
     if child["kind"] == "Deployment":
         remember_deployment(rt, response)
     return response
 
 
 async def _write_child(
-    rt: Runtime, owner: Owner, child: Mapping[str, Any]
-) -> dict[str, Any] | Foreign:
+    rt: Runtime, owner: Owner, child: Mapping[str, Any], replan: Replan | None = None
+) -> tuple[dict[str, Any] | Foreign, Mapping[str, Any]]:
+    """The answer, and the child as written (``replan`` may have changed it)."""
     key = key_of(child)
     uid = rt.owners.ours(key, owner.uid)
     if uid is not None:
+        if replan is not None:
+            child = await replan(None)
         try:
-            return await rt.api.apply(_with_meta(child, uid=uid))
+            return await rt.api.apply(_with_meta(child, uid=uid)), child
         except ApiError as error:
             if error.status not in (409, 422):
                 raise
             rt.owners.forget(key)  # gone (409) or replaced (422) since: look again
     try:
-        return await rt.api.apply(_with_meta(child, resourceVersion=CREATE_ONLY))
+        return await rt.api.apply(_with_meta(child, resourceVersion=CREATE_ONLY)), child
     except ApiTransient as error:
         if error.status != 409:
             raise
@@ -433,20 +573,35 @@ async def _write_child(
     if ref is None or (ref.get("apiVersion"), ref.get("kind"), ref.get("uid")) != (
             API_VERSION, KIND, owner.uid):
         rt.owners.forget(key)
-        return Foreign(str(child["kind"]), key[2], describe_controller(live))
+        return Foreign(str(child["kind"]), key[2], describe_controller(live)), child
+    if replan is not None:
+        child = await replan(live)
     live_uid = str((live.get("metadata") or {}).get("uid") or "")
-    return await rt.api.apply(_with_meta(child, uid=live_uid))
+    return await rt.api.apply(_with_meta(child, uid=live_uid)), child
+
+
+async def _hand_over(rt: Runtime, owner: Owner, replicas: int) -> None:
+    """Apply the live count, unchanged, through the Deployment's ``scale`` subresource as
+    ``SCALE_MANAGER`` (not forced), so that the Deployment's apply can drop ``spec.replicas``
+    without deleting it (``replica_owner``: "Handing over"). A 409 means another manager
+    changed it meanwhile: it owns the field, which is as good."""
+    try:
+        await _scale(rt, owner, replicas, retry_ours=False)
+    except ApiTransient as error:
+        if error.status != 409:
+            raise
 
 
 def remember_deployment(rt: Runtime, deployment: Mapping[str, Any]) -> None:
-    """Keep the part of a child Deployment that ``Ready`` is built from (its status).
+    """Keep the part of a child Deployment that ``Ready`` and the replica owner are built
+    from (its status, its count, who owns the count: ``replica_owner.deployment_view``).
 
     Fed by apply responses and by the Deployment watch, so a reconcile that skips the
     Deployment still reports its current readiness without reading it.
     """
     meta = deployment.get("metadata") or {}
     key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
-    rt.deployments[key] = {"status": dict(deployment.get("status") or {})}
+    rt.deployments[key] = deployment_view(deployment)
 
 
 def forget_model(rt: Runtime, namespace: str, name: str) -> None:
@@ -458,6 +613,8 @@ def forget_model(rt: Runtime, namespace: str, name: str) -> None:
     rt.owners.forget_owner(namespace, children)
     rt.deployments.pop((namespace, names.deployment), None)
     rt.key_secrets -= {k for k in rt.key_secrets if k[:2] == (namespace, name)}
+    rt.pod_starts.pop((namespace, name), None)
+    rt.owner_conflicts.pop((namespace, name), None)
 
 
 OwnerLookup = Callable[[str, str], Mapping[str, Any] | None]
@@ -500,28 +657,35 @@ async def refresh_ready(
         return
     try:
         spec = parse_spec(body.get("spec"), rt.settings.spec_defaults)
+        policy = replica_policy_from_spec(body.get("spec"), rt.settings.spec_defaults)
     except SpecError:
         return  # the reconcile handler owns the InvalidSpec report
-    await _write_ready(rt, body, spec, deployment)
+    await _write_ready(rt, body, spec, policy, deployment)
 
 
 async def _write_ready(
-    rt: Runtime, body: Mapping[str, Any], spec: ElasticModelSpec, deployment: Mapping[str, Any]
+    rt: Runtime, body: Mapping[str, Any], spec: ElasticModelSpec, policy: ReplicaPolicy,
+    deployment: Mapping[str, Any],
 ) -> dict[str, Any]:
     """Rebuild and apply the reconcile part of the status from ``deployment`` (the last
-    reconcile's Degraded verdict kept); returns what was applied."""
+    reconcile's Degraded verdict kept); returns what it says (not written when the status
+    says it already)."""
     owner = _owner(body)
     status = body.get("status") or {}
     patch = reconcile_patch(status, int(body["metadata"].get("generation") or 0), spec,
                             deployment, None, time.time(),
-                            key_secret=names_for(owner.name).key_secret)
+                            key_secret=names_for(owner.name).key_secret,
+                            ownership=ownership_of(body, spec, policy, deployment),
+                            replica_policy=policy, selector=selector_for(owner))
     # Keep the Degraded verdict of the last reconcile: a Deployment event knows nothing of it.
     for condition in status.get("conditions") or []:
         if condition.get("type") == "Degraded":
             patch["conditions"] = [
                 c if c["type"] != "Degraded" else dict(condition) for c in patch["conditions"]
             ]
-    await _apply_status(rt, owner, patch)
+    if not status_holds(status, patch, RECONCILE_OPTIONAL):
+        await _apply_status(rt, owner, patch)
+        await _report_owner_conflict(rt, body, status, patch)
     return patch
 
 
@@ -552,6 +716,7 @@ async def evaluate(rt: Runtime, body: Mapping[str, Any]) -> Decision | None:
     owner = _owner(body)
     try:
         spec = parse_spec(body.get("spec"), rt.settings.spec_defaults)
+        replica_policy = replica_policy_from_spec(body.get("spec"), rt.settings.spec_defaults)
     except SpecError:
         return None  # reported by the reconcile handler as Degraded
     if violations(rt, owner, spec):
@@ -559,8 +724,10 @@ async def evaluate(rt: Runtime, body: Mapping[str, Any]) -> Decision | None:
     status = body.get("status") or {}
     now = time.time()
     generation = int(body["metadata"].get("generation") or 0)
-    remembered = rt.deployments.get((owner.namespace, names_for(owner.name).deployment))
-    if remembered is not None and readiness_drifted(status, spec, remembered, generation):
+    remembered = rt.deployments.get(_deployment_key(owner))
+    ownership = ownership_of(body, spec, replica_policy, remembered)
+    if remembered is not None and readiness_drifted(status, spec, remembered, generation,
+                                                    ownership):
         # Two status writes of one manager raced (a reconcile's correction and a Deployment
         # event's refresh) and the older one landed last: no further Deployment event
         # would fix it, so the loop does.
@@ -568,7 +735,7 @@ async def evaluate(rt: Runtime, body: Mapping[str, Any]) -> Decision | None:
         log.info("%s/%s: readyReplicas %s in status, %d in the Deployment: corrected",
                  owner.namespace, owner.name, status.get("readyReplicas"),
                  ready_count(remembered))
-        status = {**status, **await _write_ready(rt, body, spec, remembered)}
+        status = {**status, **await _write_ready(rt, body, spec, replica_policy, remembered)}
     state = restore_state(status, spec, now)
     ready = status.get("readyReplicas")
     readings = None  # unknown: every cap holds
@@ -594,12 +761,32 @@ async def evaluate(rt: Runtime, body: Mapping[str, Any]) -> Decision | None:
     )
     if gathered.errors:
         rt.metrics.errors.labels("prometheus").inc()
-    decision = decide(gathered.observation, spec, profile_from_spec(spec.model.profile), state, now)
+    profile = profile_from_spec(spec.model.profile)
+    count: ReplicaDecision | None = None
+    if ownership.joint:
+        ready_now = int(ready) if isinstance(ready, int) and ready >= 0 else None
+        pod_start = await _pod_start(rt, owner, ready_now, now)
+        joint = decide_joint(
+            gathered.observation, ReplicaObservation(ready_now, pod_start), spec,
+            replica_policy, profile,
+            JointState(state, _replica_state(status, replica_policy, spec, remembered, now)),
+            now)
+        decision, count = joint.level, joint.replicas
+    else:
+        decision = decide(gathered.observation, spec, profile, state, now)
+        pod_start = None
     patch = evaluation_patch(status, generation, decision, gathered.observation,
                              gathered.errors, now)
     patch.update(caps_status(caps))
-    if decision.changed or not status_holds(status, patch, POLICY_OPTIONAL):
+    if count is not None:
+        patch.update(replica_patch(status, count, pod_start is not None, now))
+    if (decision.changed or (count is not None and count.changed)
+            or not status_holds(status, patch, POLICY_OPTIONAL)):
         await _apply_status(rt, owner, patch, POLICY_MANAGER)
+    if count is not None:
+        await _apply_count(rt, body, count, remembered)
+    else:
+        rt.metrics.forget_replicas(owner.namespace, owner.name)
     rt.metrics.decisions.labels(decision.cause.value).inc()
     rt.metrics.level.labels(owner.namespace, owner.name).set(decision.level)
     rt.metrics.evaluation.observe(time.perf_counter() - started)
@@ -636,8 +823,104 @@ def model_queries(rt: Runtime, owner: Owner, spec: ElasticModelSpec) -> tuple[st
 
 
 POLICY_OPTIONAL = ("p95Ms", "requestRate", "lastSwitchTime", "lastSwitchReason", "nodeCaps",
-                   "nodeCapState")
-"""Status fields the policy's apply leaves out to remove them (see ``evaluation_patch``)."""
+                   "nodeCapState", "desiredReplicas", "replicaState", "replicaDecision",
+                   "lastScaleTime", "lastScaleReason")
+"""Status fields the policy's apply leaves out to remove them (see ``evaluation_patch``; the
+replica fields go when the joint policy does not own the count)."""
+
+
+def _replica_state(
+    status: Mapping[str, Any], policy: ReplicaPolicy, spec: ElasticModelSpec,
+    deployment: Mapping[str, Any] | None, now: float,
+) -> ReplicaState:
+    """The joint policy's replica state: the one in the status, except that a count the
+    joint policy's own writes do not own (set at creation, or taken back by a change of
+    ``spec.replicas``: ``replica_owner``) is where it starts from. A count its writes own
+    but that differs from the state is the state's to restore (an operator killed between
+    the status write and the scale write)."""
+    live = live_replicas(deployment)
+    state = restore_replica_state(status, live if live is not None
+                                  else policy.clamp(spec.replicas), now)
+    if live is not None and SCALE_MANAGER not in replicas_managers(deployment):
+        state = dataclasses.replace(state, replicas=live)
+    return state
+
+
+async def _apply_count(
+    rt: Runtime, body: Mapping[str, Any], count: ReplicaDecision,
+    deployment: Mapping[str, Any] | None,
+) -> None:
+    """Write the joint policy's count to the Deployment (after the status said it), and
+    report a change: a gauge, a counter, a log line and an Event."""
+    owner = _owner(body)
+    rt.metrics.desired_replicas.labels(owner.namespace, owner.name).set(count.replicas)
+    rt.metrics.pod_start.labels(owner.namespace, owner.name).set(count.horizon_s)
+    live = live_replicas(deployment)
+    if deployment is not None and (live != count.replicas
+                                   or SCALE_MANAGER not in replicas_managers(deployment)):
+        try:
+            await _scale(rt, owner, count.replicas)
+        except ApiError as error:
+            rt.metrics.errors.labels("scale").inc()
+            log.warning("%s/%s: replicas %d not written: %s", owner.namespace, owner.name,
+                        count.replicas, error)
+    if count.changed:
+        direction = "out" if count.replicas > count.previous_replicas else "in"
+        rt.metrics.replica_changes.labels(owner.namespace, owner.name, direction,
+                                          count.cause.value).inc()
+        log.info("%s/%s: replicas %d -> %d: %s", owner.namespace, owner.name,
+                 count.previous_replicas, count.replicas, count.reason)
+        await post_event(rt, body, count.cause.value, count.reason)
+
+
+async def _scale(rt: Runtime, owner: Owner, replicas: int, *, retry_ours: bool = True) -> None:
+    """Apply ``replicas`` through the Deployment's ``scale`` subresource as ``SCALE_MANAGER``.
+
+    Not forced: a count that another manager owns answers 409 (``ApiTransient``) and stays.
+    When the conflict names only the operator's own apply (it set the count at creation or
+    on a change of ``spec.replicas``), the write is repeated forced (``retry_ours``).
+    """
+    name = names_for(owner.name).deployment
+    try:
+        answer = await rt.api.apply_scale("apps/v1", "Deployment", owner.namespace, name,
+                                          replicas, manager=SCALE_MANAGER)
+    except ApiTransient as error:
+        managers = conflicting_managers(error)
+        if not (retry_ours and managers and not foreign_managers(managers)):
+            raise
+        answer = await rt.api.apply_scale("apps/v1", "Deployment", owner.namespace, name,
+                                          replicas, manager=SCALE_MANAGER, force=True)
+    key = (owner.namespace, name)
+    seen = rt.deployments.get(key)
+    if seen is not None:
+        # What the watch will say shortly: the count, now owned by SCALE_MANAGER too.
+        fields = [e for e in seen["metadata"].get("managedFields") or []
+                  if e.get("manager") != SCALE_MANAGER]
+        fields.append({"manager": SCALE_MANAGER, "operation": "Apply", "subresource": "scale",
+                       "fieldsV1": {"f:spec": {"f:replicas": {}}}})
+        seen["metadata"]["managedFields"] = fields
+        seen["spec"] = {"replicas": int((answer.get("spec") or {}).get("replicas", replicas))}
+
+
+async def _pod_start(rt: Runtime, owner: Owner, ready: int | None, now: float) -> float | None:
+    """The model's pod start time (``pod_start``), measured again every
+    ``POD_START_REFRESH_S`` or when the ready count moved; ``None`` until a pod is Ready."""
+    key = (owner.namespace, owner.name)
+    last = rt.pod_starts.get(key)
+    if last is not None and last.ready == ready and now - last.at < POD_START_REFRESH_S:
+        return last.seconds
+    try:
+        pods = await rt.api.list(resource_path("v1", "Pod", owner.namespace),
+                                 labelSelector=selector_for(owner))
+    except ApiError as error:
+        rt.metrics.errors.labels("pods").inc()
+        log.warning("pods of %s/%s not listed: %s", owner.namespace, owner.name, error)
+        return last.seconds if last is not None else None
+    seconds = pod_start_seconds(pods)
+    if seconds is None and last is not None:
+        seconds = last.seconds  # the pods measured before are gone (scaled in): keep it
+    rt.pod_starts[key] = PodStartReading(now, ready, seconds)
+    return seconds
 
 
 async def post_event(

@@ -25,8 +25,12 @@ The fields (``spec.policy.replicas``), with the defaults the API server would ap
   the replicas asked for: narrowing can no longer carry the load.
 * ``tolerance`` (0.1): the HPA's band; no width scaling while the per-replica rate is
   within this fraction of the target.
-* ``podStartSeconds`` (60): the pod start time assumed until the model's own pods have
-  been measured (creation to Ready); the measured value replaces it.
+* ``podStartSeconds`` (the operator's default, 60 unless the chart's
+  ``policy.replicas.podStartSeconds`` says otherwise): the pod start time assumed until the
+  model's own pods have been measured (creation to Ready); the measured value replaces it.
+  The only *chart-defaulted* field here (``CHART_DEFAULTED_REPLICAS``: the CRD injects no
+  default for it): how long a pod takes to start is a property of the cluster (image
+  pulls, node provisioning), not of one model.
 """
 
 from __future__ import annotations
@@ -35,9 +39,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .spec import SpecError, _Reader
+from .spec import SpecDefaults, SpecError, _Reader
 
 __all__ = [
+    "CHART_DEFAULTED_REPLICAS",
     "MAX_REPLICAS",
     "REPLICA_DEFAULTS",
     "ReplicaPolicy",
@@ -57,8 +62,14 @@ REPLICA_DEFAULTS: Mapping[str, Any] = {
     "tolerance": 0.1,
     "podStartSeconds": 60,
 }
-"""The defaults of ``spec.policy.replicas`` (for the CRD's ``default:`` values; ``max`` has
-none and is required when ``enabled``)."""
+"""The built-in defaults of ``spec.policy.replicas``: the CRD's ``default:`` values, except
+for ``CHART_DEFAULTED_REPLICAS`` (the operator's settings supply those; this is the chart's
+own value). ``max`` has none and is required when ``enabled``."""
+
+CHART_DEFAULTED_REPLICAS: tuple[str, ...] = ("podStartSeconds",)
+"""Fields of ``spec.policy.replicas`` without a CRD default: a model that leaves them out
+gets the operator's (``SpecDefaults.pod_start_s``, the chart's
+``policy.replicas.podStartSeconds``)."""
 
 
 @dataclass(frozen=True)
@@ -74,19 +85,25 @@ class ReplicaPolicy:
     target_share_of_narrowest: float = 0.8
     tolerance: float = 0.1
     pod_start_s: int = 60
+    pod_start_defaulted: bool = True
+    """Whether ``pod_start_s`` is the operator's default (the spec left it out)."""
 
     def clamp(self, replicas: int) -> int:
         """``replicas`` within ``[min, max]``."""
         return min(max(replicas, self.min_replicas), self.max_replicas)
 
 
-def parse_replica_policy(raw: object, path: str = "spec.policy.replicas") -> ReplicaPolicy:
+def parse_replica_policy(
+    raw: object, path: str = "spec.policy.replicas", *,
+    pod_start_s: int = REPLICA_DEFAULTS["podStartSeconds"],
+) -> ReplicaPolicy:
     """Default and validate ``raw`` (the ``spec.policy.replicas`` object, or None).
 
-    Raises ``SpecError`` with the field's path and a message worded like the CRD's rules.
+    ``pod_start_s``: the operator's default for ``podStartSeconds`` (its settings). Raises
+    ``SpecError`` with the field's path and a message worded like the CRD's rules.
     """
     if raw is None:
-        return ReplicaPolicy()
+        return ReplicaPolicy(pod_start_s=pod_start_s)
     r = _Reader(raw, path)
     known = set(REPLICA_DEFAULTS) | {"max"}
     unknown = sorted(str(key) for key in r.raw if key not in known)
@@ -116,17 +133,20 @@ def parse_replica_policy(raw: object, path: str = "spec.policy.replicas") -> Rep
             lo_exclusive=True,
         ),
         tolerance=r.number("tolerance", REPLICA_DEFAULTS["tolerance"], 0.0, 0.5),
-        pod_start_s=r.integer("podStartSeconds", REPLICA_DEFAULTS["podStartSeconds"], 1, 3600),
+        pod_start_s=r.integer("podStartSeconds", pod_start_s, 1, 3600),
+        pod_start_defaulted=not r.has("podStartSeconds"),
     )
 
 
-def replica_policy_from_spec(spec: object) -> ReplicaPolicy:
-    """Read ``policy.replicas`` of a whole ``spec`` mapping (absent: the defaults, off)."""
+def replica_policy_from_spec(spec: object, defaults: SpecDefaults | None = None) -> ReplicaPolicy:
+    """Read ``policy.replicas`` of a whole ``spec`` mapping (absent: the defaults, off);
+    ``defaults`` are the operator's (``settings.spec_defaults``), for ``podStartSeconds``."""
+    pod_start_s = (defaults or SpecDefaults()).pod_start_s
     if not isinstance(spec, Mapping):
         raise SpecError("spec", f"must be an object, got {type(spec).__name__}")
     policy = spec.get("policy")
     if policy is None:
-        return ReplicaPolicy()
+        return ReplicaPolicy(pod_start_s=pod_start_s)
     if not isinstance(policy, Mapping):
         raise SpecError("spec.policy", f"must be an object, got {type(policy).__name__}")
-    return parse_replica_policy(policy.get("replicas"))
+    return parse_replica_policy(policy.get("replicas"), pod_start_s=pod_start_s)

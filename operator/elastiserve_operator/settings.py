@@ -89,6 +89,7 @@ DEFAULTS_ENV: Mapping[str, tuple[str, Callable[[str], Any]]] = {
         "policy.widenStabilizationSeconds", _integer),
     "ELASTISERVE_DEFAULT_SETTLE_SECONDS": ("policy.settleSeconds", _integer),
     "ELASTISERVE_DEFAULT_STALE_AFTER_SECONDS": ("policy.staleAfterSeconds", _integer),
+    "ELASTISERVE_DEFAULT_POD_START_SECONDS": ("policy.replicas.podStartSeconds", _integer),
     "ELASTISERVE_NODE_PRESSURE_CPU_FRACTION": ("nodePressure.cpuFraction", float),
     "ELASTISERVE_NODE_PRESSURE_MEMORY_FRACTION": ("nodePressure.memoryFraction", float),
     "ELASTISERVE_NODE_PRESSURE_TEMPERATURE_CELSIUS": ("nodePressure.temperatureCelsius", float),
@@ -121,18 +122,21 @@ def defaults_from_env(env: Mapping[str, str]) -> SpecDefaults:
     default no CR could set is refused. Raises ``ValueError`` naming the variable, so that
     the operator refuses to start instead of failing every model later.
     """
-    raw: dict[str, dict[str, Any]] = {}
+    raw: dict[str, Any] = {}
     for var, (path, parse) in DEFAULTS_ENV.items():
         text = env.get(var)
         if not text or not text.strip():
             continue
-        section, key = path.split(".")
+        *sections, key = path.split(".")
         try:
             value = parse(text)
         except ValueError as error:
             raise ValueError(f"{var}: {error}") from error
         if value is not None and value != "":
-            raw.setdefault(section, {})[key] = value
+            node = raw
+            for section in sections:
+                node = node.setdefault(section, {})
+            node[key] = value
     try:
         return parse_defaults(raw)
     except SpecError as error:

@@ -313,6 +313,10 @@ class SpecDefaults:
     policy: PolicySettings = PolicySettings()
     node_pressure: NodePressureThresholds = NodePressureThresholds()
     serving: ServingDefaults = field(default_factory=ServingDefaults)
+    pod_start_s: int = 60
+    """``spec.policy.replicas.podStartSeconds`` for a model that leaves it out: the pod
+    start time the joint replica policy assumes until it has measured the model's own pods
+    (a property of the cluster: image pulls, node provisioning). Read by ``replica_spec``."""
 
 
 # --------------------------------------------------------------------------- reading helpers
@@ -712,8 +716,9 @@ _DELAY_RULE = "maxBatchDelayMs must be < objective.p95Ms (a batch wait alone wou
 def parse_defaults(raw: Mapping[str, Any]) -> SpecDefaults:
     """Validate operator defaults given in the spec's own shape, with the spec's rules.
 
-    ``raw`` holds ``objective`` (``p95Ms``, queries), ``policy``, ``nodePressure`` and
-    ``serving`` sections; what it leaves out keeps the built-in value. The same ranges and relations
+    ``raw`` holds ``objective`` (``p95Ms``, queries), ``policy`` (with
+    ``replicas.podStartSeconds``), ``nodePressure`` and ``serving`` sections; what it leaves
+    out keeps the built-in value. The same ranges and relations
     as a CR's apply (a default that no CR could set is refused), and a ``SpecError`` path
     is relative to ``raw`` (``policy.tolerance``) so the caller can name its own source.
     """
@@ -727,8 +732,11 @@ def parse_defaults(raw: Mapping[str, Any]) -> SpecDefaults:
         raise SpecError("serving.maxBatchDelayMs",
                         f"{_DELAY_RULE} (objective.p95Ms={p95}, "
                         f"serving.maxBatchDelayMs={serving.max_batch_delay_ms})")
+    pod_start_s = r.sub("policy").sub("replicas").integer(
+        "podStartSeconds", builtin.pod_start_s, 1, 3600)
     return SpecDefaults(
         objective_p95_ms=p95,
+        pod_start_s=pod_start_s,
         latency_query=objective.optional_string("latencyQuery"),
         request_rate_query=objective.optional_string("requestRateQuery"),
         policy=policy,

@@ -7,12 +7,17 @@ status through server-side apply with distinct field managers, so neither needs 
 and re-send what the other owns (``conditions`` is a map-list keyed by ``type``):
 
 * ``reconcile_patch`` (create/update/resume and Deployment changes): ``observedGeneration``,
-  ``readyReplicas``, ``effectivePolicy`` (the objective, policy, node-pressure and serving
-  values the model runs with, and for each chart-defaulted one whether the spec or the
-  operator's default supplied it), ``inferenceKeySecret`` (where clients find the key) and
-  the ``Ready``/``Degraded``/``InferenceAuth`` conditions;
+  ``readyReplicas``, ``replicas`` and ``selector`` (what the model's ``scale`` subresource
+  reports to an HPA: the serving pods that exist, and the label selector that finds them),
+  ``replicasOwner`` (``replica_owner``), ``effectivePolicy`` (the objective, policy,
+  node-pressure and serving values the model runs with, and for each chart-defaulted one
+  whether the spec or the operator's default supplied it), ``inferenceKeySecret`` (where
+  clients find the key) and the ``Ready``/``Degraded``/``InferenceAuth``/``ReplicaOwnership``
+  conditions;
 * ``evaluation_patch`` (the policy loop): the levels, the latency readings, the policy
-  state, the last switch and the ``MetricsAvailable`` condition.
+  state, the last switch and the ``MetricsAvailable`` condition; with the joint replica
+  policy also ``replica_patch``: ``desiredReplicas``, ``replicaState``, ``replicaDecision``
+  and the last scale.
 
 Each always sends its whole set: with apply, a field a manager stops sending is removed,
 which is how a stale ``p95Ms`` disappears when the metrics do. A condition's
@@ -27,9 +32,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .joint_policy import ReplicaDecision, ReplicaState
 from .observation import Observation
 from .policy import Decision
 from .policy_state import PolicyState
+from .replica_owner import CONDITION as OWNERSHIP_CONDITION
+from .replica_owner import SPEC_OWNER, ReplicaOwnership, live_replicas
+from .replica_spec import ReplicaPolicy
 from .spec import CHART_DEFAULTED, ElasticModelSpec
 
 KEY_SECRET_ITEM = "key"
@@ -47,8 +56,11 @@ __all__ = [
     "ready_condition",
     "ready_count",
     "reconcile_patch",
+    "replica_patch",
+    "restore_replica_state",
     "restore_state",
     "status_holds",
+    "wanted_replicas",
 ]
 
 
@@ -114,9 +126,28 @@ def ready_count(deployment: Mapping[str, Any]) -> int:
     return int((deployment.get("status") or {}).get("readyReplicas") or 0)
 
 
+def pod_count(deployment: Mapping[str, Any] | None) -> int:
+    """How many pods ``deployment`` has (its ``status.replicas``: what ``scale`` reports)."""
+    if deployment is None:
+        return 0
+    return int((deployment.get("status") or {}).get("replicas") or 0)
+
+
+def wanted_replicas(
+    spec: ElasticModelSpec, deployment: Mapping[str, Any] | None,
+    ownership: ReplicaOwnership | None,
+) -> int:
+    """How many replicas ``Ready`` waits for: ``spec.replicas`` while the spec owns the
+    count, the Deployment's own count while an autoscaler or the joint policy does."""
+    if ownership is None or ownership.owner == SPEC_OWNER:
+        return spec.replicas
+    live = live_replicas(deployment)
+    return live if live is not None else spec.replicas
+
+
 def readiness_drifted(
     status: Mapping[str, Any], spec: ElasticModelSpec, deployment: Mapping[str, Any],
-    generation: int,
+    generation: int, ownership: ReplicaOwnership | None = None,
 ) -> bool:
     """Whether ``status.readyReplicas`` disagrees with the Deployment as last seen.
 
@@ -126,7 +157,8 @@ def readiness_drifted(
     recorded = status.get("readyReplicas")
     if not isinstance(recorded, int):
         return False  # nothing reported yet: the reconcile's first write owns that
-    _, expected = ready_condition(deployment, spec.replicas, generation)
+    _, expected = ready_condition(deployment, wanted_replicas(spec, deployment, ownership),
+                                  generation)
     return recorded != expected
 
 
@@ -148,14 +180,17 @@ def inference_auth_condition(
                      f"rotate it, no restart", generation)
 
 
-def effective_policy(spec: ElasticModelSpec) -> dict[str, Any]:
+def effective_policy(
+    spec: ElasticModelSpec, replicas: ReplicaPolicy | None = None
+) -> dict[str, Any]:
     """``status.effectivePolicy``: what the policy runs with, and where each value came from.
 
     The CRD leaves the chart-defaulted fields unset, so the spec alone no longer says which
     objective, windows or batching a model has; this does (``kubectl get em`` prints the
     objective from here). ``sources`` maps each chart-defaulted field (spec-relative path) to
     ``spec`` or ``chartDefault``; the serving pods' resources and placement are listed there
-    too, their values are in the Deployment.
+    too, their values are in the Deployment. ``replicas``: the joint replica policy, listed
+    (with the source of its ``podStartSeconds``) while it is enabled.
     """
     o, p, n, s = spec.objective, spec.policy, spec.node_pressure, spec.serving
     objective: dict[str, Any] = {"p95Ms": o.p95_ms}
@@ -195,6 +230,18 @@ def effective_policy(spec: ElasticModelSpec) -> dict[str, Any]:
         section, key = path.split(".")
         if key in values[section] or section == "serving":
             sources[path] = "chartDefault" if path in spec.defaulted else "spec"
+    if replicas is not None and replicas.enabled:
+        values["replicas"] = {
+            "min": replicas.min_replicas,
+            "max": replicas.max_replicas,
+            "scaleUpStabilizationSeconds": replicas.scale_up_stabilization_s,
+            "scaleDownStabilizationSeconds": replicas.scale_down_stabilization_s,
+            "targetShareOfNarrowest": replicas.target_share_of_narrowest,
+            "tolerance": replicas.tolerance,
+            "podStartSeconds": replicas.pod_start_s,
+        }
+        sources["policy.replicas.podStartSeconds"] = (
+            "chartDefault" if replicas.pod_start_defaulted else "spec")
     return {**values, "sources": sources}
 
 
@@ -207,6 +254,10 @@ def reconcile_patch(
     now: float,
     key_secret: str = "",
     reason: str | None = None,
+    *,
+    ownership: ReplicaOwnership | None = None,
+    replica_policy: ReplicaPolicy | None = None,
+    selector: str = "",
 ) -> dict[str, Any]:
     """Status after a reconcile; ``error`` (an invalid spec, a refused apply) -> Degraded.
 
@@ -214,9 +265,11 @@ def reconcile_patch(
     written to ``inferenceKeySecret`` while the pods check it. ``reason``: the Degraded
     reason when it is not the default one (``PolicyViolation``: the spec asks for more than
     the operator allows; ``OwnershipConflict``: a child's name is held by an object the
-    model does not control).
+    model does not control). ``ownership`` (``replica_owner.decide_ownership``):
+    ``replicasOwner`` and the ``ReplicaOwnership`` condition; ``selector``: the serving
+    pods' label selector (``status.selector``, read by an HPA through ``scale``).
     """
-    replicas = spec.replicas if spec is not None else 0
+    replicas = wanted_replicas(spec, deployment, ownership) if spec is not None else 0
     ready, ready_count = ready_condition(deployment, replicas, generation)
     if error is not None:
         reason = reason or ("InvalidSpec" if spec is None else "ReconcileFailed")
@@ -227,21 +280,30 @@ def reconcile_patch(
     updates = [ready, degraded]
     if spec is not None:
         updates.append(inference_auth_condition(spec, key_secret, generation))
+    if ownership is not None:
+        updates.append(Condition(OWNERSHIP_CONDITION, ownership.status, ownership.reason,
+                                 ownership.message, generation))
     patch: dict[str, Any] = {
         "observedGeneration": generation,
         "readyReplicas": ready_count,
+        "replicas": pod_count(deployment),
         "conditions": merge_conditions(status.get("conditions") or [], updates, now),
     }
+    if selector:
+        patch["selector"] = selector
+    if ownership is not None:
+        patch["replicasOwner"] = ownership.owner
     if spec is not None:
-        patch["effectivePolicy"] = effective_policy(spec)
+        patch["effectivePolicy"] = effective_policy(spec, replica_policy)
         if spec.serving.token_authorization and key_secret:
             patch["inferenceKeySecret"] = key_secret
     return patch
 
 
-RECONCILE_OPTIONAL = ("effectivePolicy", "inferenceKeySecret")
+RECONCILE_OPTIONAL = ("effectivePolicy", "inferenceKeySecret", "replicasOwner")
 """Status fields ``reconcile_patch`` leaves out to remove them (an invalid spec has no
-effective policy; pods that check no key have no key Secret to point to)."""
+effective policy nor a known owner of its count; pods that check no key have no key Secret
+to point to)."""
 
 
 def restore_state(status: Mapping[str, Any], spec: ElasticModelSpec, now: float) -> PolicyState:
@@ -259,6 +321,54 @@ def restore_state(status: Mapping[str, Any], spec: ElasticModelSpec, now: float)
     active = status.get("activeLevel")
     level = active if isinstance(active, int) else spec.levels.initial_level
     return PolicyState.initial(level, now)
+
+
+def restore_replica_state(
+    status: Mapping[str, Any], replicas: int, now: float
+) -> ReplicaState:
+    """The joint policy's replica state kept in ``status.replicaState``, or a fresh one at
+    ``replicas`` (the count it starts from: the Deployment's, or the spec's). A lost state
+    only delays a scale-in by one stabilisation window (``ReplicaState.initial``)."""
+    raw = status.get("replicaState")
+    if isinstance(raw, Mapping):
+        try:
+            return ReplicaState.from_dict(raw)
+        except ValueError:
+            pass
+    return ReplicaState.initial(replicas, now)
+
+
+def replica_patch(
+    status: Mapping[str, Any],
+    count: ReplicaDecision,
+    pod_start_measured: bool,
+    now: float,
+) -> dict[str, Any]:
+    """The joint policy's part of an evaluation's status: ``desiredReplicas`` (the count
+    written to the Deployment), its state, the decision (``podStartSeconds`` is the pod start
+    time it used, ``Measured`` from the model's pods or the ``Default``), and the last scale,
+    carried over from ``status`` unless this one scales."""
+    decision: dict[str, Any] = {
+        "cause": count.cause.value,
+        "reason": count.reason,
+        "podStartSeconds": round(count.horizon_s, 3),
+        "podStartSource": "Measured" if pod_start_measured else "Default",
+    }
+    if count.forecast_rps is not None:
+        decision["forecastRps"] = round(count.forecast_rps, 3)
+    patch: dict[str, Any] = {
+        "desiredReplicas": count.replicas,
+        "replicaState": count.state.to_dict(),
+        "replicaDecision": decision,
+    }
+    if count.changed:
+        patch["lastScaleTime"] = iso(now)
+        patch["lastScaleReason"] = count.reason
+    else:
+        for key in ("lastScaleTime", "lastScaleReason"):
+            if status.get(key):
+                patch[key] = status[key]
+    return patch
 
 
 def metrics_condition(

@@ -8,6 +8,8 @@
 - Every ``.venv/bin/elastiserve`` line parses with the CLI's own parser.
 - The knob table names CR fields that exist in the CRD and chart values that exist in
   ``values.yaml``, with the default the chart (or, for CR-only fields, the CRD) holds.
+- The HPA the page shows targets the example ``ElasticModel``, and that model's ``scale``
+  subresource (what an HPA reads and writes) answers with its count.
 """
 
 from __future__ import annotations
@@ -85,10 +87,23 @@ def ticked(cell: str) -> list[str]:
 def test_page_has_the_promised_examples() -> None:
     kinds = [doc["kind"] for doc in yaml_documents()]
     assert kinds.count("ElasticModel") == 1
-    assert {"PersistentVolumeClaim", "Pod"} <= set(kinds)
+    assert {"PersistentVolumeClaim", "Pod", "HorizontalPodAutoscaler"} <= set(kinds)
     programs = {words[0] for words in shell_commands()}
     assert {"helm", "kubectl", "curl", ".venv/bin/elastiserve", "docker"} <= programs
     assert len(knob_rows()) >= 20
+
+
+def test_the_hpa_targets_the_example_model_through_its_scale_subresource() -> None:
+    (model,) = [doc for doc in yaml_documents() if doc["kind"] == "ElasticModel"]
+    (hpa,) = [doc for doc in yaml_documents() if doc["kind"] == "HorizontalPodAutoscaler"]
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": model["apiVersion"],
+                                             "kind": "ElasticModel",
+                                             "name": model["metadata"]["name"]}
+    scale = yaml.safe_load(CRD.read_text(encoding="utf-8"))["spec"]["versions"][0][
+        "subresources"]["scale"]
+    assert scale["specReplicasPath"] == ".spec.replicas"
+    assert scale["labelSelectorPath"] == ".status.selector"
 
 
 # ----------------------------------------------------------------------- the CLI lines
@@ -245,6 +260,13 @@ def test_yaml_blocks_are_accepted_and_the_example_is_created(
     # The CRD fills its own defaults; the policy's come from the chart (the operator), not here.
     assert stored["spec"]["levels"]["minLevel"] == 0
     assert stored["spec"]["policy"] == model["spec"]["policy"]
+
+    # What an HPA aimed at the model reads (and writes) through its scale subresource.
+    scale = json.loads(control_plane.kubectl(
+        "get", "--raw", f"/apis/elastiserve.io/v1alpha1/namespaces/{ns}/elasticmodels/"
+                        f"{model['metadata']['name']}/scale").stdout)
+    assert scale["kind"] == "Scale"
+    assert scale["spec"]["replicas"] == model["spec"]["replicas"]
 
     printed = control_plane.kubectl("get", "em", "-n", ns).stdout.splitlines()[0]
     (documented,) = [body.strip() for body in blocks("text") if body.startswith("NAME")]

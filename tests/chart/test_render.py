@@ -267,6 +267,7 @@ class TestRbac:
             ("elastiserve.io", "elasticmodels"): {"get", "list", "watch", "patch"},
             ("elastiserve.io", "elasticmodels/status"): {"get", "patch"},
             ("apps", "deployments"): applied,
+            ("apps", "deployments/scale"): {"patch"},  # the joint policy's replica count
             ("", "services"): applied,
             ("", "configmaps"): applied,
             ("", "serviceaccounts"): applied,
@@ -391,6 +392,7 @@ POLICY_DEFAULTS = {
     "ELASTISERVE_DEFAULT_WIDEN_STABILIZATION_SECONDS": "300",
     "ELASTISERVE_DEFAULT_SETTLE_SECONDS": "30",
     "ELASTISERVE_DEFAULT_STALE_AFTER_SECONDS": "60",
+    "ELASTISERVE_DEFAULT_POD_START_SECONDS": "60",
     "ELASTISERVE_NODE_PRESSURE_CPU_FRACTION": "0.9",
     "ELASTISERVE_NODE_PRESSURE_MEMORY_FRACTION": "0.9",
     "ELASTISERVE_NODE_PRESSURE_TEMPERATURE_CELSIUS": "85",

@@ -1,7 +1,8 @@
 """ElasticModel specs the API server must refuse, with the message it should give.
 
 Data only, shared by two tests: ``test_spec.py`` checks that the Python mirror
-(``elastiserve_operator.spec.parse_spec``) refuses each one at ``field``, and a later
+(``elastiserve_operator.spec.parse_spec``, and ``replica_spec.replica_policy_from_spec`` for
+``spec.policy.replicas``) refuses each one at ``field``, and a later
 control-plane test applies ``as_object(case)`` to a real kube-apiserver with the CRD
 installed and checks that the error contains ``message``.
 
@@ -154,6 +155,24 @@ INVALID_SPECS: tuple[InvalidSpec, ...] = (
                 _with("policy", {"staleAfterSeconds": 2, "evaluationIntervalSeconds": 5}),
                 "staleAfterSeconds must be >= evaluationIntervalSeconds",
                 "spec.policy.staleAfterSeconds", "cel"),
+    # --- the joint replica policy
+    InvalidSpec("replicas-enabled-without-max",
+                _with("policy", {"replicas": {"enabled": True, "min": 2}}),
+                "is required when enabled (it is the cost ceiling)", "spec.policy.replicas.max",
+                "cel"),
+    InvalidSpec("replicas-min-above-max", _with("policy", {"replicas": {"min": 5, "max": 3}}),
+                "min must be <= max", "spec.policy.replicas.min", "cel"),
+    InvalidSpec("replicas-max-beyond-limit",
+                _with("policy", {"replicas": {"enabled": True, "max": 1001}}),
+                "should be less than or equal to 1000", "spec.policy.replicas.max", "schema"),
+    InvalidSpec("replicas-share-zero",
+                _with("policy", {"replicas": {"max": 3, "targetShareOfNarrowest": 0}}),
+                "should be greater than 0", "spec.policy.replicas.targetShareOfNarrowest",
+                "schema"),
+    InvalidSpec("replicas-pod-start-zero",
+                _with("policy", {"replicas": {"max": 3, "podStartSeconds": 0}}),
+                "should be greater than or equal to 1", "spec.policy.replicas.podStartSeconds",
+                "schema"),
     # --- node pressure
     InvalidSpec("cpu-fraction-above-one", _with("nodePressure", {"cpuFraction": 1.5}),
                 "should be less than or equal to 1", "spec.nodePressure.cpuFraction", "schema"),

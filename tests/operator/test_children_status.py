@@ -372,6 +372,7 @@ class TestDefaultsFromEnv:
             "ELASTISERVE_DEFAULT_WIDEN_STABILIZATION_SECONDS": "600",
             "ELASTISERVE_DEFAULT_SETTLE_SECONDS": "20",
             "ELASTISERVE_DEFAULT_STALE_AFTER_SECONDS": "30",
+            "ELASTISERVE_DEFAULT_POD_START_SECONDS": "90",
             "ELASTISERVE_NODE_PRESSURE_CPU_FRACTION": "0.8",
             "ELASTISERVE_NODE_PRESSURE_MEMORY_FRACTION": "0.7",
             "ELASTISERVE_NODE_PRESSURE_TEMPERATURE_CELSIUS": "75",
@@ -397,6 +398,7 @@ class TestDefaultsFromEnv:
         assert (p.widen_stabilization_s, p.settle_s, p.stale_after_s) == (600, 20, 30)
         assert (n.cpu_fraction, n.memory_fraction) == (0.8, 0.7)
         assert (n.temperature_c, n.gpu_load_percent) == (75.0, 90.0)
+        assert got.pod_start_s == 90  # policy.replicas.podStartSeconds
 
     @pytest.mark.parametrize("empty", ["{}", "[]", "null", " "])
     def test_an_empty_structured_value_means_no_default(self, empty: str) -> None:
@@ -417,6 +419,8 @@ class TestDefaultsFromEnv:
             ({"ELASTISERVE_DEFAULT_STABLE_WINDOW_SECONDS": "7.5"}, "STABLE_WINDOW_SECONDS"),
             ({"ELASTISERVE_DEFAULT_POLICY_MODE": "Random"}, "POLICY_MODE"),
             ({"ELASTISERVE_DEFAULT_TOLERANCE": "0.9"}, "TOLERANCE"),
+            ({"ELASTISERVE_DEFAULT_POD_START_SECONDS": "0"}, "POD_START_SECONDS"),
+            ({"ELASTISERVE_DEFAULT_POD_START_SECONDS": "1.5"}, "POD_START_SECONDS"),
             ({"ELASTISERVE_NODE_PRESSURE_CPU_FRACTION": "1.5"}, "NODE_PRESSURE_CPU_FRACTION"),
             # Relations between defaults: the same rules as a CR's.
             ({"ELASTISERVE_DEFAULT_PANIC_WINDOW_SECONDS": "120"}, "PANIC_WINDOW_SECONDS"),

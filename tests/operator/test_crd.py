@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 import elastiserve_operator
+from elastiserve_operator.replica_spec import CHART_DEFAULTED_REPLICAS, REPLICA_DEFAULTS
 from elastiserve_operator.spec import CHART_DEFAULTED, DEFAULTS
 
 from .invalid_specs import INVALID_SPECS
@@ -54,7 +55,12 @@ class TestShape:
         assert "em" in crd["spec"]["names"]["shortNames"]
         version = _version(crd)
         assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
-        assert version["subresources"] == {"status": {}}
+        # scale: kubectl scale, an HPA or a KEDA ScaledObject may target the model.
+        assert version["subresources"] == {"status": {}, "scale": {
+            "specReplicasPath": ".spec.replicas",
+            "statusReplicasPath": ".status.replicas",
+            "labelSelectorPath": ".status.selector",
+        }}
 
     def test_printer_columns(self, crd: dict[str, Any]) -> None:
         columns = {c["name"]: c["jsonPath"] for c in _version(crd)["additionalPrinterColumns"]}
@@ -64,6 +70,9 @@ class TestShape:
         assert columns["Objective ms"] == ".status.effectivePolicy.objective.p95Ms"
         assert columns["Ready"] == ".status.readyReplicas"
         assert columns["Age"] == ".metadata.creationTimestamp"
+        assert columns["Replicas Owner"] == ".status.replicasOwner"
+        wide = {c["name"] for c in _version(crd)["additionalPrinterColumns"] if c.get("priority")}
+        assert "Replicas Owner" in wide  # -o wide only: the default header stays as documented
 
     def test_every_field_has_a_description(self, crd: dict[str, Any]) -> None:
         root = _version(crd)["schema"]["openAPIV3Schema"]
@@ -138,6 +147,30 @@ class TestInStepWithPython:
         columns = {c["name"]: c for c in _version(crd)["additionalPrinterColumns"]}
         assert columns["Key Secret"]["jsonPath"] == ".status.inferenceKeySecret"
         assert columns["Key Secret"]["priority"] == 1  # -o wide only
+
+    def test_the_scale_subresource_paths_exist(self, crd: dict[str, Any]) -> None:
+        root = _version(crd)["schema"]["openAPIV3Schema"]
+        scale = _version(crd)["subresources"]["scale"]
+        for key, kind in (("specReplicasPath", "integer"), ("statusReplicasPath", "integer"),
+                          ("labelSelectorPath", "string")):
+            assert _schema_at(root, scale[key].lstrip("."))["type"] == kind
+
+    @pytest.mark.parametrize("key", sorted(REPLICA_DEFAULTS))
+    def test_replica_policy_defaults_match(self, crd: dict[str, Any], key: str) -> None:
+        root = _version(crd)["schema"]["openAPIV3Schema"]
+        field = _schema_at(root, f"spec.policy.replicas.{key}")
+        if key in CHART_DEFAULTED_REPLICAS:
+            assert "default" not in field  # the operator's (the chart's) default
+        else:
+            assert field["default"] == REPLICA_DEFAULTS[key]
+
+    def test_replica_policy_fields_are_the_pythons(self, crd: dict[str, Any]) -> None:
+        root = _version(crd)["schema"]["openAPIV3Schema"]
+        fields = set(_schema_at(root, "spec.policy.replicas")["properties"])
+        assert fields == set(REPLICA_DEFAULTS) | {"max"}
+        assert "default" not in _schema_at(root, "spec.policy.replicas.max")
+        # No `default: {}` on the section: a model without it has no replica policy at all.
+        assert "default" not in _schema_at(root, "spec.policy.replicas")
 
     @pytest.mark.parametrize(
         "case", [c for c in INVALID_SPECS if c.kind == "cel"], ids=lambda c: c.name

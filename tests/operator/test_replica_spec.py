@@ -7,13 +7,14 @@ from typing import Any
 import pytest
 
 from elastiserve_operator.replica_spec import (
+    CHART_DEFAULTED_REPLICAS,
     MAX_REPLICAS,
     REPLICA_DEFAULTS,
     ReplicaPolicy,
     parse_replica_policy,
     replica_policy_from_spec,
 )
-from elastiserve_operator.spec import SpecError, parse_spec
+from elastiserve_operator.spec import SpecDefaults, SpecError, parse_spec
 
 
 class TestDefaults:
@@ -47,7 +48,21 @@ class TestDefaults:
             "scaleDownStabilizationSeconds": 600, "targetShareOfNarrowest": 0.7,
             "tolerance": 0.05, "podStartSeconds": 90,
         })
-        assert policy == ReplicaPolicy(True, 3, 40, 30, 600, 0.7, 0.05, 90)
+        assert policy == ReplicaPolicy(True, 3, 40, 30, 600, 0.7, 0.05, 90,
+                                       pod_start_defaulted=False)
+
+    def test_the_pod_start_time_defaults_to_the_operators(self) -> None:
+        """``podStartSeconds`` is chart-defaulted: the CRD has no default for it."""
+        assert CHART_DEFAULTED_REPLICAS == ("podStartSeconds",)
+        policy = parse_replica_policy({"enabled": True, "max": 4}, pod_start_s=150)
+        assert (policy.pod_start_s, policy.pod_start_defaulted) == (150, True)
+        own = parse_replica_policy({"enabled": True, "max": 4, "podStartSeconds": 20},
+                                   pod_start_s=150)
+        assert (own.pod_start_s, own.pod_start_defaulted) == (20, False)
+        assert parse_replica_policy(None, pod_start_s=150).pod_start_s == 150
+        spec = {"policy": {"replicas": {"enabled": True, "max": 4}}}
+        assert replica_policy_from_spec(spec, SpecDefaults(pod_start_s=75)).pod_start_s == 75
+        assert replica_policy_from_spec({}, SpecDefaults(pod_start_s=75)).pod_start_s == 75
 
     def test_disabled_may_leave_max_out(self) -> None:
         assert parse_replica_policy({"min": 2}).max_replicas == MAX_REPLICAS

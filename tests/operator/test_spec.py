@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from elastiserve_operator.replica_spec import replica_policy_from_spec
 from elastiserve_operator.spec import (
     CHART_DEFAULTED,
     LocalPathSource,
@@ -213,6 +214,7 @@ class TestRefusals:
         with pytest.raises(SpecError) as caught:
             if case.old is None:
                 parse_spec(case.spec)
+                replica_policy_from_spec(case.spec)  # spec.policy.replicas: its own mirror
             else:
                 check_update(case.old, case.spec)
         assert caught.value.path == case.field

@@ -7,7 +7,9 @@ least-privilege account (``rbac/operator-clusterrole.yaml``) and its default set
   ``resourceVersion`` stays), the model is ``Degraded``/``OwnershipConflict`` naming it, and
   deleting the model leaves it; once its owner removes it the operator creates its own;
 * the operator's forced apply takes back what it must own (a pod template edited by hand)
-  but not the replica count of a model whose annotation says an autoscaler owns it;
+  but not a replica count that another field manager set on the Deployment, nor that of a
+  model whose annotation says an autoscaler owns it (``test_replicas_cluster.py`` has the
+  rest of the replica rules);
 * the NetworkPolicy exists with its two rules, and metrics have a Service port of their own;
 * no finalizer is put on a model, and one left by an older operator is removed.
 """
@@ -241,7 +243,11 @@ def test_forced_fields_are_the_operators_and_an_autoscaled_replica_count_is_not(
                     and args[args.index("--workers") + 1] == "2")
 
     wait_for(settled, "the template taken back", WAIT_S, show=lambda: operator.log_tail())
-    assert deployment_replicas(plane, kube_namespace, name) == (3 if autoscaled else 1)
+    # The count someone else set stays, annotated or not: kubectl owns it now.
+    assert deployment_replicas(plane, kube_namespace, name) == 3
+    expected = "autoscaler:keda" if autoscaled else "autoscaler:kubectl"
+    wait_for(lambda: kubectl_json(plane, "get", "elasticmodel", name, "-n", kube_namespace)[
+        "status"].get("replicasOwner") == expected, f"replicasOwner {expected}", WAIT_S)
 
 
 def test_no_finalizer_and_an_old_one_is_removed(
