@@ -171,6 +171,17 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (one we may not signal counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def read_sysctls(keys: Iterable[str]) -> dict[str, str]:
     """Current values of ``/proc/sys`` keys (written ``vm/overcommit_memory``)."""
     values: dict[str, str] = {}

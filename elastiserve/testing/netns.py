@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from elastiserve.testing import host_state
 from elastiserve.testing.errors import ControlPlaneError
 
 NETNS_DIR = Path("/run/netns")
@@ -153,16 +154,6 @@ def outside_argv(argv: Sequence[str]) -> list[str]:
     return [nsenter, f"--net=/proc/{os.getpid()}/fd/{_host_fd}", "--", *argv]
 
 
-def _owner_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def stale_names() -> list[str]:
     """Test-bed namespaces whose owning process is gone."""
     if not NETNS_DIR.is_dir():
@@ -170,7 +161,7 @@ def stale_names() -> list[str]:
     found: list[str] = []
     for entry in sorted(NETNS_DIR.iterdir()):
         match = _NAME.match(entry.name)
-        if match and not _owner_alive(int(match.group(1))):
+        if match and not host_state.pid_alive(int(match.group(1))):
             found.append(entry.name)
     return found
 

@@ -369,19 +369,10 @@ def sweep_stale() -> list[str]:
         except (OSError, ValueError, KeyError, TypeError):
             entry.unlink(missing_ok=True)
             continue
-        if _pid_alive(pid):
+        if host_state.pid_alive(pid):
             continue  # a live harness (this one included) owns it
         cleanup_root(root, sysctls, cgroup_root)
         entry.unlink(missing_ok=True)
         swept.append(str(root))
     return swept
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
