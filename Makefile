@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 EXTRAS := train,serve,operator,dev
-DEBIAN_PACKAGES := prometheus dataset-fashion-mnist openssl containerd runc containernetworking-plugins iptables conntrack podman mmdebstrap
+DEBIAN_PACKAGES := prometheus dataset-fashion-mnist openssl containerd runc containernetworking-plugins iptables conntrack podman mmdebstrap iproute2 curl
 PYTEST_ARGS ?=
 
 .PHONY: test demo venv system-deps assets images lint typecheck pytest clean
