@@ -165,6 +165,16 @@ def ready_serving_pods(cluster: Any) -> list[dict[str, Any]]:
     ]
 
 
+def all_answer_at_current_level(
+    results: list[tuple[str, Result]], timeline: Timeline, pods: dict[str, str]
+) -> bool:
+    """Whether every replica has answered at the level of the last status change, since it."""
+    changed_at, level = timeline.changes[-1]
+    answered = {pod for pod, r in list(results)
+                if r.level == LEVELS[level] and r.received >= changed_at}
+    return answered >= set(pods.values())
+
+
 def switch_times(results: list[tuple[str, Result]], timeline: Timeline) -> list[float]:
     """Per status change and replica: seconds until that replica first answered at it."""
     times: list[float] = []
@@ -394,7 +404,9 @@ def test_quickstart_on_the_real_node(
                    timeout_s=60.0, interval_s=0.2,
                    detail=lambda: f" (prometheus p95 s: {p95_now(prometheus)})")
         narrowed_to = timeline.level()
-        time.sleep(SWITCH_LIMIT_S + 1)  # the replicas' answers at the new level (measured below)
+        wait_until(lambda: all_answer_at_current_level(results_by_pod, timeline, pods),
+                   what="every replica to answer at the narrowed level", timeout_s=30.0,
+                   interval_s=0.1)
         stop_high.set()
         loader.join(timeout=120)
         service_results += high
@@ -408,7 +420,9 @@ def test_quickstart_on_the_real_node(
         wait_until(lambda: timeline.level() == FULL, what="the model to widen when load fell",
                    timeout_s=180.0, interval_s=0.5,
                    detail=lambda: f" (levels {timeline.changes}, p95 s {p95_now(prometheus)})")
-        time.sleep(SWITCH_LIMIT_S + 1)
+        wait_until(lambda: all_answer_at_current_level(results_by_pod, timeline, pods),
+                   what="every replica to answer at the full level again", timeout_s=30.0,
+                   interval_s=0.1)
         low_stop.set()
         low_loader.join(timeout=60)
         service_results += low
