@@ -60,6 +60,7 @@ from .reconcile import (
     remember_deployment,
 )
 from .replica_owner import live_replicas, replicas_managers, spec_replicas_seen
+from .schedule import next_slot
 from .settings import OperatorSettings, settings_from_env
 from .signals.prometheus import PrometheusClient
 from .spec import SpecError, parse_spec
@@ -336,7 +337,9 @@ async def _reensure_owner(
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0)
 async def policy_loop(body: kopf.Body, memo: Any, stopped: kopf.DaemonStopped, **_: Any) -> None:
-    """Evaluate every interval (read live: a spec change applies from the next round).
+    """Evaluate every interval (read live: a spec change applies from the next round), on
+    a fixed grid (``schedule``): how late each round starts is measured, and a loop a whole
+    interval behind skips to the present instead of catching up.
 
     The first evaluation waits a random fraction of the interval. Models created together
     (or resumed together at start) would otherwise evaluate in lockstep, and the first
@@ -347,11 +350,19 @@ async def policy_loop(body: kopf.Body, memo: Any, stopped: kopf.DaemonStopped, *
     runtime = _runtime(memo)
     gone: set[str] = memo.gone
     uid = str(body["metadata"].get("uid") or "")
-    await stopped.wait(random.random() * _interval(runtime, body))
+    loop = asyncio.get_running_loop()
+    due = loop.time() + random.random() * _interval(runtime, body)
     try:
-        while not stopped and uid not in gone:
+        while True:
+            await stopped.wait(max(0.0, due - loop.time()))
+            if stopped or uid in gone:
+                break
+            runtime.metrics.evaluation_lag.observe(max(0.0, loop.time() - due))
             await _evaluate_once(runtime, body)
-            await stopped.wait(_interval(runtime, body))
+            slot = next_slot(due, _interval(runtime, body), loop.time())
+            if slot.skipped:
+                runtime.metrics.evaluations_skipped.inc(slot.skipped)
+            due = slot.due
     finally:
         gone.discard(uid)
 

@@ -75,6 +75,18 @@ class OperatorMetrics:
             buckets=RECONCILE_BUCKETS,
             registry=r,
         )
+        self.evaluation_lag = Histogram(
+            "elastiserve_operator_evaluation_lag_seconds",
+            "How late each policy evaluation starts against its schedule (a fixed grid of "
+            "the model's interval): whether every model keeps its interval.",
+            buckets=RECONCILE_BUCKETS,
+            registry=r,
+        )
+        self.evaluations_skipped = Counter(
+            "elastiserve_operator_evaluations_skipped",
+            "Evaluation rounds skipped because a model's loop fell a whole interval behind.",
+            registry=r,
+        )
         self.api_requests = Histogram(
             "elastiserve_operator_api_request_duration_seconds",
             "Round trip of the operator's own API server requests (kopf's excluded), by "
