@@ -57,7 +57,7 @@ class ElastiserveHandler:
         levels = load_levels(model_dir, share_storage=share_storage)
         metrics = TorchServeMetrics(context.metrics, context.model_name)
         self.runtime = ElasticRuntime(levels, settings, metrics)
-        self.runtime.warm_up()
+        self.runtime.warm_up(_batch_size(context))
         self.initialized = True
         log.info("elastiserve: levels %s, active %s", levels.names, self.runtime.active)
 
@@ -77,6 +77,13 @@ class ElastiserveHandler:
             log.exception("elastiserve: the runtime failed on a batch of %d", len(requests))
             outcomes = [Failure(500, "internal error") for _ in requests]
         return [_respond(outcome, context, idx) for idx, outcome in enumerate(outcomes)]
+
+
+def _batch_size(context: Any) -> int:
+    """TorchServe's ``batchSize`` for this model (the most requests a batch can hold), which
+    bounds the batch sizes worth profiling; 1 when TorchServe does not say."""
+    value = (getattr(context, "system_properties", None) or {}).get("batch_size")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
 
 
 def _request(row: Any, context: Any, idx: int) -> RawRequest | Failure:

@@ -8,7 +8,8 @@ that: the agent is the only holder of (read-only) credentials, every TorchServe 
 same file, and a missing or broken file simply means "keep what you have".
 
 Format: one small JSON object, ``{"level": <index or "name">, "generation": <int>, "allow_pin":
-<bool>}``, written atomically (temporary file in the same directory, then ``rename``), so a
+<bool>, "floor": <index or "name">, "objective_ms": <number>}`` (``floor`` and ``objective_ms``
+optional), written atomically (temporary file in the same directory, then ``rename``), so a
 reader sees the old file or the new one and never a torn write. JSON rather than packed bytes
 because it costs nothing measurable at a few dozen bytes and an operator can ``cat`` it.
 
@@ -30,6 +31,13 @@ the agent then needs no copy of the bundle's names, which it used to get wrong (
 ``L<k>``, training wrote ``L<k>-<pct>pct``). The runtime resolves the index against the levels it
 loaded, the only place that knows them for sure. Names stay accepted for people
 (``elastiserve level set L2-100pct``) and for the local loop.
+
+Bounds for the per-batch choice (:mod:`.batch_level`): ``level`` is the *ceiling* (the
+operator's decision, lowered by node caps), ``floor`` the narrowest level a worker may pick on
+its own and ``objective_ms`` the latency objective it picks against. A file without ``floor``
+or without ``objective_ms`` (written by an older agent, by ``elastiserve level set`` or for a
+model whose ``spec.policy.loops`` is ``Operator``) means floor = ceiling: every unpinned request
+gets exactly ``level``, as before.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeGuard
 
 from .safe_files import UnsafeFileError, read_small_file
 
@@ -50,6 +59,12 @@ answered); here, with no torch import, so that the gateway can share it."""
 MAX_INDEX_DIGITS = 6
 """A level index written as a string is at most this many ASCII digits (no bundle has a
 million levels); longer digit strings are refused before ``int()``, which refuses past 4300."""
+ARRIVAL_HEADER = "x-elastiserve-arrival-ns"
+"""The request header holding when the request entered the pod (``time.time_ns()`` as decimal
+digits), stamped by the gateway in front of TorchServe: TorchServe's frontend passes client
+headers to its workers but no arrival or queue time, and the per-batch choice needs how long a
+request waited before it reached the worker. The gateway replaces whatever a client sent."""
+MAX_OBJECTIVE_MS = 600_000.0
 
 
 class ControlFileError(ValueError):
@@ -66,11 +81,17 @@ class ControlState:
     level: int | str
     generation: int
     allow_pin: bool | None = None  # None: leave it to the handler's configuration
+    floor: int | str | None = None  # None: no per-batch choice (floor = level)
+    objective_ms: float | None = None  # None: no per-batch choice
 
     def to_json(self) -> bytes:
         body: dict[str, object] = {"level": self.level, "generation": self.generation}
         if self.allow_pin is not None:
             body["allow_pin"] = self.allow_pin
+        if self.floor is not None:
+            body["floor"] = self.floor
+        if self.objective_ms is not None:
+            body["objective_ms"] = self.objective_ms
         return json.dumps(body, separators=(",", ":")).encode() + b"\n"
 
 
@@ -106,15 +127,29 @@ def parse_control(data: bytes) -> ControlState:
     level = body.get("level")
     generation = body.get("generation", 0)
     allow_pin = body.get("allow_pin")
-    if isinstance(level, bool) or not isinstance(level, (int, str)) or level in ("", None):
+    if not _is_level_ref(level):
         raise ControlFileError("control file needs 'level': an index or a non-empty name")
     if isinstance(level, int) and level < 0:
         raise ControlFileError("a level index must not be negative")
+    floor = body.get("floor")
+    if floor is not None and (not _is_level_ref(floor) or (isinstance(floor, int) and floor < 0)):
+        raise ControlFileError("'floor' must be a non-negative index or a non-empty name")
+    objective = body.get("objective_ms")
+    if objective is not None and (
+        isinstance(objective, bool) or not isinstance(objective, (int, float))
+        or not 0 < objective <= MAX_OBJECTIVE_MS  # NaN fails this too
+    ):
+        raise ControlFileError(f"'objective_ms' must be a number in (0, {MAX_OBJECTIVE_MS:g}]")
     if isinstance(generation, bool) or not isinstance(generation, int) or generation < 0:
         raise ControlFileError("'generation' must be a non-negative integer")
     if allow_pin is not None and not isinstance(allow_pin, bool):
         raise ControlFileError("'allow_pin' must be a boolean when present")
-    return ControlState(level, generation, allow_pin)
+    return ControlState(level, generation, allow_pin, floor,
+                        float(objective) if objective is not None else None)
+
+
+def _is_level_ref(value: object) -> TypeGuard[int | str]:
+    return not isinstance(value, bool) and isinstance(value, (int, str)) and value != ""
 
 
 def write_control_file(path: Path, state: ControlState) -> None:

@@ -14,6 +14,13 @@ level's group. Nothing a request holds can make :meth:`ElasticRuntime.handle` ra
 Pinned requests do not feed the latency signal the operator acts on: they are reported apart
 (``pinned=True``) and their level's forward pass runs after the active level's, so a pin to a
 slow level never lengthens what the unpinned requests of the batch are measured at.
+
+Per-batch level (the fast loop, :mod:`.batch_level`): when the control file gives a floor and an
+objective besides the level (the ceiling), the unpinned requests of each batch are served at the
+widest level in ``[floor, ceiling]`` predicted to answer the batch's oldest request within the
+objective, from how long it waited before reaching the worker (the gateway's arrival stamp,
+:data:`.control.ARRIVAL_HEADER`) and the service times profiled at load (:mod:`.service_times`).
+Pinned requests neither take part in nor feed that choice.
 """
 
 from __future__ import annotations
@@ -25,18 +32,25 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .control import ControlFileReader, ControlState
+from .batch_level import BatchChoice, ChoiceReason, choose_batch_level
+from .control import ARRIVAL_HEADER, ControlFileReader, ControlState
 from .decode import BadRequest, decode, limits_for
 from .graph import trace_levels
 from .heap import trim_heap
 from .levels import LevelSet
 from .metrics import MetricsSink, NullMetrics
+from .service_times import ServiceTimes, profile_levels, profile_sizes
 from .settings import PIN_HEADER, RuntimeSettings
 from .text import plain
 
 log = logging.getLogger(__name__)
 
 Prediction = list[dict[str, object]]
+
+MAX_STAMP_DIGITS = 20
+"""``time.time_ns()`` has 19 digits until the year 2286."""
+MAX_WAIT_S = 3600.0
+"""A stamp older than this is not a wait but a wrong clock: it counts as no stamp."""
 
 
 @dataclass(frozen=True)
@@ -85,10 +99,16 @@ class ElasticRuntime:
         settings: RuntimeSettings,
         metrics: MetricsSink | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        wall_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self.settings = settings
         self.metrics: MetricsSink = metrics or NullMetrics()
         self._clock = clock
+        self._wall_ns = wall_ns
+        self.service_times: ServiceTimes | None = None
+        """Per-level service times, profiled by :meth:`warm_up`; ``None``: no per-batch choice."""
+        self.last_choice: BatchChoice | None = None
+        """The per-batch choice of the last batch with unpinned requests (for tests, logs)."""
         if settings.threads:
             torch.set_num_threads(settings.threads)
         # Traced graphs replace eager levels where that is safe (see runtime.graph).
@@ -110,6 +130,8 @@ class ElasticRuntime:
         self._control_state: ControlState | None = None
         self._control_ok: bool | None = None
         self._level_known = True
+        self._floor: int | None = None  # None: no per-batch choice (floor = ceiling)
+        self._objective_s: float | None = None
         self._refresh_active()
 
     @property
@@ -117,33 +139,63 @@ class ElasticRuntime:
         """The level served to requests that do not pin one (as of the last batch)."""
         return self._active
 
-    def warm_up(self) -> None:
-        """Run every level once so that the first real request pays no lazy-init cost."""
-        if self.settings.warmup_batch == 0:
-            return
-        sample = torch.zeros((self.settings.warmup_batch, *self.levels.input_spec.shape))
-        with torch.inference_mode():
-            for module in self.levels.modules:
-                module(sample)
-        del sample
+    def warm_up(self, max_batch_samples: int = 1) -> None:
+        """Run every level once so that the first real request pays no lazy-init cost, then
+        profile each level's service time up to ``max_batch_samples`` (the host's batch size;
+        ``settings.profile_max_samples`` overrides it) for the per-batch choice."""
+        if self.settings.warmup_batch > 0:
+            sample = torch.zeros((self.settings.warmup_batch, *self.levels.input_spec.shape))
+            with torch.inference_mode():
+                for module in self.levels.modules:
+                    module(sample)
+            del sample
+        if self.settings.worker_choice:
+            self.service_times = self._profile(
+                self.settings.profile_max_samples or max(1, max_batch_samples)
+            )
         trim_heap()  # the levels' warm-up activations are freed; give the pages back
+
+    def _profile(self, max_samples: int) -> ServiceTimes:
+        shape = self.levels.input_spec.shape
+        inputs = {n: torch.zeros((n, *shape)) for n in profile_sizes(max_samples)}
+
+        def run(level: int, samples: int) -> None:
+            with torch.inference_mode():
+                torch.softmax(self.levels.modules[level](inputs[samples]).float(), dim=1)
+
+        times = profile_levels(run, len(self.levels.names), tuple(inputs),
+                               repeats=self.settings.profile_repeats, clock=self._clock)
+        log.info("service times (ms) at batch sizes %s: %s", times.sizes, {
+            name: [round(t * 1000, 2) for t in row]
+            for name, row in zip(self.levels.names, times.seconds, strict=True)
+        })
+        return times
 
     def handle(self, requests: Sequence[RawRequest]) -> list[Outcome]:
         """Serve one batch; the result has one outcome per request, in order."""
         start = self._clock()
+        received_ns = self._wall_ns()
         self._refresh_active()
         outcomes: list[Outcome | None] = [None] * len(requests)
-        groups: dict[str, list[tuple[int, torch.Tensor, bool]]] = {}
+        routed: list[tuple[int, str, torch.Tensor, bool]] = []
+        oldest_wait_s = 0.0
         for idx, request in enumerate(requests):
             try:
                 level, tensor, pinned = self._route(request)
             except BadRequest as err:
                 outcomes[idx] = self._reject(err.status, err.reason)
                 continue
-            groups.setdefault(level, []).append((idx, tensor, pinned))
-        # The active level first: a pinned group's forward pass must not lengthen the
+            routed.append((idx, level, tensor, pinned))
+            if not pinned:
+                oldest_wait_s = max(oldest_wait_s, _waited_s(request.headers, received_ns))
+        unpinned_samples = sum(t.shape[0] for _, _, t, pinned in routed if not pinned)
+        served = self._batch_level(unpinned_samples, oldest_wait_s, self._clock() - start)
+        groups: dict[str, list[tuple[int, torch.Tensor, bool]]] = {}
+        for idx, level, tensor, pinned in routed:
+            groups.setdefault(level if pinned else served, []).append((idx, tensor, pinned))
+        # The controller's level first: a pinned group's forward pass must not lengthen the
         # latency the unpinned requests are measured at.
-        order = sorted(groups, key=lambda name: name != self._active)
+        order = sorted(groups, key=lambda name: name != served)
         for level in order:
             members = groups[level]
             self._run_group(level, [(idx, tensor) for idx, tensor, _ in members], outcomes)
@@ -152,6 +204,26 @@ class ElasticRuntime:
                 if isinstance(outcomes[idx], Success):
                     self.metrics.request_served(level, elapsed, pinned=was_pinned)
         return [o if o is not None else Failure(500, "internal error") for o in outcomes]
+
+    def _batch_level(self, samples: int, oldest_wait_s: float, elapsed_s: float) -> str:
+        """The level for this batch's unpinned requests: the ceiling, or the per-batch choice
+        within ``[floor, ceiling]`` where the control file and a profile allow one."""
+        times, floor, objective = self.service_times, self._floor, self._objective_s
+        if samples == 0 or times is None or floor is None or objective is None:
+            return self._active
+        choice = choose_batch_level(
+            floor=floor,
+            ceiling=self.levels.index(self._active),
+            oldest_wait_s=oldest_wait_s,
+            elapsed_s=elapsed_s,
+            service_s=times.predict_all(samples),
+            budget_s=objective * self.settings.worker_target,
+        )
+        self.last_choice = choice
+        if choice.reason is ChoiceReason.NONE_FITS:
+            log.debug("no level fits: oldest waited %.1f ms; serving %s",
+                      oldest_wait_s * 1000, self.levels.names[choice.level])
+        return self.levels.names[choice.level]
 
     def _route(self, request: RawRequest) -> tuple[str, torch.Tensor, bool]:
         """Level and decoded input of one request; every failure is a :class:`BadRequest`.
@@ -187,8 +259,12 @@ class ElasticRuntime:
     ) -> None:
         try:
             batch = torch.cat([tensor for _, tensor in members])
+            began = self._clock()
             with torch.inference_mode():
                 probabilities = torch.softmax(self.levels.module(level)(batch).float(), dim=1)
+            if self.service_times is not None:
+                self.service_times.observe(self.levels.index(level), batch.shape[0],
+                                           self._clock() - began)
         except Exception:  # a model failure is ours, not the client's: 500, keep serving
             log.exception("level %s failed on a batch of %d requests", level, len(members))
             for idx, _ in members:
@@ -230,11 +306,27 @@ class ElasticRuntime:
                     log.info("active level %s -> %s (generation %d)",
                              self._active, wanted, state.generation)
                 self._active = wanted
+                self._take_bounds(state)
         healthy = self._control.healthy and self._level_known
         if healthy != self._control_ok:
             self._control_ok = healthy
             self.metrics.control_file_ok(healthy)
         self.metrics.active_level(self._active, self.levels.index(self._active))
+
+    def _take_bounds(self, state: ControlState) -> None:
+        """The floor and objective of the per-batch choice from a state whose level was taken;
+        a floor naming no level turns the choice off (the ceiling is served) and says so."""
+        self._floor, self._objective_s = None, None
+        if state.floor is None or state.objective_ms is None:
+            return
+        try:
+            self._floor = self.levels.index(self.levels.resolve(state.floor))
+        except KeyError:
+            self._control_problem(
+                "unknown_level", f"names floor {plain(repr(state.floor), 60)}, not one of "
+                                 f"{len(self.levels.names)} levels")
+            return
+        self._objective_s = state.objective_ms / 1000.0
 
     def _control_problem(self, kind: str, message: str) -> None:
         """The control file cannot be followed: keep the level, say so once per new problem."""
@@ -267,6 +359,16 @@ class ElasticRuntime:
                 400, f"unknown level {plain(repr(pinned), 40)}; levels are "
                      f"{', '.join(self.levels.names)}"
             ) from None
+
+
+def _waited_s(headers: Mapping[str, str], received_ns: int) -> float:
+    """How long a request waited before its batch reached the worker, from the gateway's
+    arrival stamp; 0 without a usable stamp (absent, not digits, in the future, absurdly old)."""
+    stamp = _header(headers, ARRIVAL_HEADER)
+    if not stamp or len(stamp) > MAX_STAMP_DIGITS or not (stamp.isascii() and stamp.isdigit()):
+        return 0.0
+    waited = (received_ns - int(stamp)) / 1e9
+    return waited if 0.0 < waited <= MAX_WAIT_S else 0.0
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

@@ -30,12 +30,20 @@ class RuntimeSettings:
     warmup_batch: int = 2
     threads: int = 0  # torch intra-op threads per worker; 0 leaves torch's default
     trace_levels: bool = False  # run levels as traced graphs (see runtime.graph)
+    worker_choice: bool = True  # per-batch level choice within the control file's bounds
+    worker_target: float = 0.8  # share of the objective a batch's oldest request may use
+    profile_max_samples: int = 0  # largest batch profiled at load; 0: the host's batch size
+    profile_repeats: int = 3  # timed runs per level and batch size at load (median)
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
             raise ValueError("top_k must be at least 1")
         if self.warmup_batch < 0 or self.threads < 0:
             raise ValueError("warmup_batch and threads must not be negative")
+        if not 0 < self.worker_target <= 1:
+            raise ValueError("worker_target must be in (0, 1]")
+        if self.profile_max_samples < 0 or self.profile_repeats < 1:
+            raise ValueError("profile_max_samples must be >= 0 and profile_repeats >= 1")
 
 
 def settings_from_mapping(raw: Mapping[str, object]) -> RuntimeSettings:
@@ -43,7 +51,8 @@ def settings_from_mapping(raw: Mapping[str, object]) -> RuntimeSettings:
 
     Keys: ``control_file`` (path, or empty for none), ``default_level``, ``allow_pin``,
     ``top_k``, ``max_body_bytes``, ``max_image_pixels``, ``max_samples``, ``warmup_batch``,
-    ``threads``, ``trace_levels``.
+    ``threads``, ``trace_levels``, ``worker_choice``, ``worker_target``,
+    ``profile_max_samples``, ``profile_repeats``.
     """
     known = {
         "control_file",
@@ -56,6 +65,10 @@ def settings_from_mapping(raw: Mapping[str, object]) -> RuntimeSettings:
         "warmup_batch",
         "threads",
         "trace_levels",
+        "worker_choice",
+        "worker_target",
+        "profile_max_samples",
+        "profile_repeats",
     }
     unknown = set(raw) - known
     if unknown:
@@ -76,6 +89,12 @@ def settings_from_mapping(raw: Mapping[str, object]) -> RuntimeSettings:
     trace = raw.get("trace_levels", defaults.trace_levels)
     if not isinstance(trace, bool):
         raise ValueError("trace_levels must be a boolean")
+    worker_choice = raw.get("worker_choice", defaults.worker_choice)
+    if not isinstance(worker_choice, bool):
+        raise ValueError("worker_choice must be a boolean")
+    target = raw.get("worker_target", defaults.worker_target)
+    if isinstance(target, bool) or not isinstance(target, (int, float)):
+        raise ValueError("worker_target must be a number")
     return RuntimeSettings(
         control_file=Path(str(control)) if control else None,
         default_level=default_level,
@@ -85,6 +104,10 @@ def settings_from_mapping(raw: Mapping[str, object]) -> RuntimeSettings:
         warmup_batch=_int(raw, "warmup_batch", defaults.warmup_batch),
         threads=_int(raw, "threads", defaults.threads),
         trace_levels=trace,
+        worker_choice=worker_choice,
+        worker_target=float(target),
+        profile_max_samples=_int(raw, "profile_max_samples", defaults.profile_max_samples),
+        profile_repeats=_int(raw, "profile_repeats", defaults.profile_repeats),
     )
 
 
