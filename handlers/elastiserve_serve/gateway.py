@@ -22,7 +22,10 @@ Routes (the health ones carry no credential, as KServe's do, because probes carr
   body, its ``Content-Type`` and the level pin header go to TorchServe (never the client's
   credential: the handler sees request headers); the answer's status, body, content type and
   level header come back, with ``X-Elastiserve-Replica`` naming the pod. TorchServe
-  unreachable: 503.
+  unreachable: 503;
+* the Open Inference Protocol v2 (``GET /v2``, ``GET /v2/models/{model}[/versions/{v}]``,
+  ``.../ready``, ``POST .../infer``): :mod:`.oip_routes`, on this same port, key and limits;
+  its model metadata comes from the served archives (:attr:`GatewayConfig.model_archives`).
 
 Hostile requests: the model and version path segments, the pin header and the content type
 must be short printable ASCII (a model name's characters), else 400 before anything is
@@ -38,8 +41,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +50,7 @@ import aiohttp
 from aiohttp import web
 
 from .gateway_keys import KeyFile, check_bearer
+from .oip_routes import OipRoutes, Upstreamed, UpstreamUnreachable, load_models
 from .runtime.control import PIN_HEADER, ControlFileError, level_index, read_control_file
 from .runtime.text import MAX_HEADER_VALUE, plain
 
@@ -86,6 +90,10 @@ class GatewayConfig:
     """The level control file; when set, ready also needs it to exist and be valid."""
     level_names: Sequence[str] = ()
     """The served bundle's levels (narrowest first): the control file's level must be one."""
+    model_archives: Mapping[str, Path] = field(default_factory=dict)
+    """Model name -> the ``.mar`` TorchServe serves it from: where the v2 model metadata
+    (input shape, classes, levels, version) is read; a model left out is described by its
+    name and :attr:`level_names` alone."""
 
 
 def json_error(status: int, kind: str, message: str) -> web.Response:
@@ -190,6 +198,11 @@ class Gateway:
         self._session: aiohttp.ClientSession | None = None
         self.readiness = Readiness(self._describe, config.models, config.ready_cache_s,
                                    _monotonic, config.control_file, config.level_names)
+        self.oip = OipRoutes(
+            load_models(config.models, config.model_archives, config.level_names), keys,
+            self._ready_state, self._upstream, config.max_request_size, config.replica,
+            config.control_file,
+        )
 
     def app(self) -> web.Application:
         # client_max_size bounds a body whose length was not announced (chunked); an
@@ -201,6 +214,7 @@ class Gateway:
         app.router.add_get("/v2/health/ready", self._ready)
         app.router.add_post("/predictions/{model}", self._predict)
         app.router.add_post("/predictions/{model}/{version}", self._predict)
+        self.oip.register(app)
         return app
 
     async def _client(self, _app: web.Application) -> AsyncIterator[None]:
@@ -226,6 +240,25 @@ class Gateway:
                 raise ValueError(f"HTTP {response.status} for {model!r}")
             return await response.json(content_type=None)
 
+    async def _ready_state(self) -> tuple[bool, str]:
+        state = await self.readiness.check()
+        return state.ready, state.reason
+
+    async def _upstream(self, path: str, body: bytes,
+                        headers: Mapping[str, str]) -> Upstreamed:
+        """POST ``body`` to TorchServe's inference API; :class:`UpstreamUnreachable` when it
+        does not answer."""
+        try:
+            async with self._client_session().post(
+                f"{self.config.inference_url}{path}", data=body, headers=dict(headers),
+            ) as upstream:
+                return Upstreamed(status=upstream.status, body=await upstream.read(),
+                                  content_type=upstream.headers.get("Content-Type"),
+                                  level=upstream.headers.get(LEVEL_HEADER))
+        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+            log.warning("TorchServe unreachable for %s: %r", path, error)
+            raise UpstreamUnreachable(path) from error
+
     async def _ping(self, _request: web.Request) -> web.Response:
         state = await self.readiness.check()
         if state.ready:
@@ -239,7 +272,9 @@ class Gateway:
         state = await self.readiness.check()
         if state.ready:
             return web.json_response({"ready": True})
-        return web.json_response({"ready": False, "reason": state.reason}, status=503)
+        # "reason" for people and probes' logs; "error" is the v2 error object's key.
+        return web.json_response({"ready": False, "reason": state.reason,
+                                  "error": f"Server is not ready. {state.reason}"}, status=503)
 
     async def _predict(self, request: web.Request) -> web.Response:
         if self.keys is not None:
@@ -262,21 +297,14 @@ class Gateway:
         except web.HTTPRequestEntityTooLarge:
             return json_error(413, "RequestEntityTooLarge", f"body exceeds {limit} bytes")
         try:
-            async with self._client_session().post(
-                f"{self.config.inference_url}{path}", data=body, headers=headers,
-            ) as upstream:
-                answer = await upstream.read()
-                status = upstream.status
-                content_type = upstream.headers.get("Content-Type")
-                level = upstream.headers.get(LEVEL_HEADER)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
-            log.warning("TorchServe unreachable for %s: %r", path, error)
+            upstream = await self._upstream(path, body, headers)
+        except UpstreamUnreachable:
             return json_error(503, "ServiceUnavailable", "the model server is unreachable")
-        response = web.Response(status=status, body=answer)
-        if content_type is not None:
-            response.headers["Content-Type"] = plain(content_type, MAX_HEADER_VALUE)
-        if level is not None:
-            response.headers[LEVEL_HEADER] = plain(level, MAX_HEADER_VALUE)
+        response = web.Response(status=upstream.status, body=upstream.body)
+        if upstream.content_type is not None:
+            response.headers["Content-Type"] = plain(upstream.content_type, MAX_HEADER_VALUE)
+        if upstream.level is not None:
+            response.headers[LEVEL_HEADER] = plain(upstream.level, MAX_HEADER_VALUE)
         if self.config.replica:
             response.headers[REPLICA_HEADER] = plain(self.config.replica, MAX_HEADER_VALUE)
         return response
