@@ -159,7 +159,15 @@ class OperatorMetrics:
             ["namespace", "name"],
             registry=r,
         )
+        self.served_share = Gauge(
+            "elastiserve_operator_served_share",
+            "Share of a model's unpinned requests its workers answered at each level over the "
+            "last minute (no series: nothing answered, or no reading).",
+            ["namespace", "name", "level"],
+            registry=r,
+        )
         self._capped: dict[tuple[str, str], set[str]] = {}
+        self._served: dict[tuple[str, str], set[str]] = {}
 
     def observe_request(self, method: str, seconds: float) -> None:
         self.api_requests.labels(method).observe(seconds)
@@ -182,6 +190,16 @@ class OperatorMetrics:
             self.node_caps.labels(namespace, name, node).set(level)
         self._capped[(namespace, name)] = set(caps)
 
+    def set_served_share(self, namespace: str, name: str, shares: Mapping[str, float]) -> None:
+        """One series per level served in the window; a level no longer served goes away."""
+        known = self._served.setdefault((namespace, name), set())
+        for level in known - set(shares):
+            with contextlib.suppress(KeyError):
+                self.served_share.remove(namespace, name, level)
+        for level, share in shares.items():
+            self.served_share.labels(namespace, name, level).set(share)
+        self._served[(namespace, name)] = set(shares)
+
     def forget(self, namespace: str, name: str) -> None:
         """Drop a deleted model's series so that the exposition does not grow forever."""
         self.forget_replicas(namespace, name)
@@ -190,6 +208,8 @@ class OperatorMetrics:
                 gauge.remove(namespace, name)
         self.set_node_caps(namespace, name, {})
         self._capped.pop((namespace, name), None)
+        self.set_served_share(namespace, name, {})
+        self._served.pop((namespace, name), None)
 
     def forget_replicas(self, namespace: str, name: str) -> None:
         """Drop the joint policy's series of a model (deleted, or its policy off)."""

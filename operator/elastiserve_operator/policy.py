@@ -45,6 +45,13 @@ gives capacity, "widen" gives accuracy):
    measured p95 is under that line). Narrowings record their target. The level widens to
    the *minimum* recommendation over ``widenStabilizationSeconds`` (HPA's scale-down
    stabilisation), so one bad minute blocks widening for the whole window.
+
+``spec.policy.loops``: with ``Both`` (the default) and ``Operator`` the rules above set the
+level, which is the ceiling the workers choose under (``Both``) or exactly what they serve
+(``Operator``). With ``Worker`` the workers alone follow latency, per batch, so the operator
+neither reads latency nor narrows on it: after the bounds, only node pressure (rule 6, which
+needs no Prometheus reading) narrows the ceiling, and once the node is cool again for a stable
+window the ceiling goes back to ``maxLevel``.
 """
 
 from __future__ import annotations
@@ -58,7 +65,7 @@ from .observation import NodePressure, Observation, finite_or_none
 from .policy_state import PolicyState, Sample
 from .profile import LevelProfile
 from .queueing import p95_latency_s
-from .spec import ElasticModelSpec, NodePressureThresholds, PolicyMode
+from .spec import ElasticModelSpec, Loops, NodePressureThresholds, PolicyMode
 
 __all__ = ["Cause", "Decision", "decide", "predict_p95_s", "pressure_reasons"]
 
@@ -80,6 +87,7 @@ class Cause(str, Enum):
     HEADROOM = "Headroom"
     STABILIZING = "Stabilizing"
     STEADY = "Steady"
+    WORKER_LOOP = "WorkerLoop"
 
 
 @dataclass(frozen=True)
@@ -227,6 +235,9 @@ def decide(
             state.switched_to(target, now, now + policy.settle_s if target < current else None),
             metrics_available=True,
         )
+
+    if policy.loops is Loops.WORKER:
+        return _worker_ceiling(observation, spec, state, now)
 
     # 2. Metrics present, finite, fresh.
     p95 = finite_or_none(observation.p95_s)
@@ -414,6 +425,33 @@ def decide(
         state,
         predictions=ctx.predictions,
     )
+
+
+def _worker_ceiling(
+    observation: Observation, spec: ElasticModelSpec, state: PolicyState, now: float
+) -> Decision:
+    """``loops: Worker``: the ceiling is ``maxLevel``, lowered one level per stable window
+    while node pressure lasts and raised back to ``maxLevel`` a stable window after the last
+    change once the node is cool; latency is the workers' business."""
+    current, lo, hi = state.level, spec.levels.min_level, spec.levels.max_level
+    window = spec.policy.stable_window_s
+    since = state.last_change_at if state.last_change_at is not None else -math.inf
+    pressure = pressure_reasons(observation.node, spec.node_pressure)
+    if pressure:
+        what = "node pressure (" + ", ".join(pressure) + ")"
+        if current > lo and now - since >= window:
+            target = current - 1
+            return Decision(target, current, Cause.NODE_PRESSURE,
+                            f"{what}; lowering the workers' ceiling {current} -> {target}",
+                            state.switched_to(target, now))
+        return Decision(current, current, Cause.NODE_PRESSURE_HOLD,
+                        f"{what}; holding the workers' ceiling at {current}", state)
+    if current < hi and now - since >= window:
+        return Decision(hi, current, Cause.WORKER_LOOP,
+                        f"nodes cool for {window} s; workers choose up to level {hi} again",
+                        state.switched_to(hi, now))
+    return Decision(current, current, Cause.WORKER_LOOP,
+                    f"workers choose the level per batch in [{lo}, {current}]", state)
 
 
 def _switch(

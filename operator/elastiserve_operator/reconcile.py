@@ -106,6 +106,7 @@ from .replica_owner import (
     replicas_managers,
 )
 from .replica_spec import ReplicaPolicy, replica_policy_from_spec
+from .served_share import SERVED_SHARE_QUERY, read_served_shares
 from .settings import OperatorSettings
 from .signals.node_readings import NodeReadings, hosting_nodes
 from .signals.prometheus import MetricsSource, VectorSource, gather_observation, render_query
@@ -190,12 +191,18 @@ class Runtime:
     """Per model: the replica-owner conflict this process last posted a Warning for (the
     reconcile and the Deployment events see it in turn, with statuses of different ages)."""
 
+    @property
+    def vectors(self) -> VectorSource | None:
+        """The Prometheus client's per-series queries, when it answers them (the real one
+        does; a latency-only fake does not): node exporter series, served shares."""
+        return (cast(VectorSource, self.prometheus)
+                if hasattr(self.prometheus, "query_vector") else None)
+
     def __post_init__(self) -> None:
         if self.nodes is None:
             # The exporter series come through the same Prometheus client when it can
             # answer per-series queries (the real one can; a latency-only fake cannot).
-            vectors = (cast(VectorSource, self.prometheus)
-                       if hasattr(self.prometheus, "query_vector") else None)
+            vectors = self.vectors
             self.nodes = NodeReadings(self.api, vectors, self.settings.node_exporter,
                                       cache_s=NODE_CACHE_S)
 
@@ -755,9 +762,15 @@ async def evaluate(rt: Runtime, body: Mapping[str, Any]) -> Decision | None:
         latency_q, rate_q = model_queries(rt, owner, spec)
     except QueryRefused:
         return None  # cannot happen once ``violations`` passed; never run it unconfined
-    gathered = await gather_observation(
-        rt.prometheus, latency_q, rate_q, node=node,
-        ready_replicas=int(ready) if isinstance(ready, int) and ready > 0 else None,
+    # What the workers served is read beside the latency (one more query, run concurrently).
+    gathered, shares = await asyncio.gather(
+        gather_observation(
+            rt.prometheus, latency_q, rate_q, node=node,
+            ready_replicas=int(ready) if isinstance(ready, int) and ready > 0 else None,
+        ),
+        read_served_shares(rt.vectors, render_query(
+            SERVED_SHARE_QUERY, namespace=owner.namespace, name=owner.name,
+            model=model_name(owner, spec))),
     )
     if gathered.errors:
         rt.metrics.errors.labels("prometheus").inc()
@@ -775,8 +788,9 @@ async def evaluate(rt: Runtime, body: Mapping[str, Any]) -> Decision | None:
     else:
         decision = decide(gathered.observation, spec, profile, state, now)
         pod_start = None
+    rt.metrics.set_served_share(owner.namespace, owner.name, shares)
     patch = evaluation_patch(status, generation, decision, gathered.observation,
-                             gathered.errors, now)
+                             gathered.errors, now, shares)
     patch.update(caps_status(caps))
     if count is not None:
         patch.update(replica_patch(status, count, pod_start is not None, now))
@@ -822,8 +836,8 @@ def model_queries(rt: Runtime, owner: Owner, spec: ElasticModelSpec) -> tuple[st
     return out[0], out[1]
 
 
-POLICY_OPTIONAL = ("p95Ms", "requestRate", "lastSwitchTime", "lastSwitchReason", "nodeCaps",
-                   "nodeCapState", "desiredReplicas", "replicaState", "replicaDecision",
+POLICY_OPTIONAL = ("p95Ms", "requestRate", "servedShare", "lastSwitchTime", "lastSwitchReason",
+                   "nodeCaps", "nodeCapState", "desiredReplicas", "replicaState", "replicaDecision",
                    "lastScaleTime", "lastScaleReason")
 """Status fields the policy's apply leaves out to remove them (see ``evaluation_patch``; the
 replica fields go when the joint policy does not own the count)."""

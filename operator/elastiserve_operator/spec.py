@@ -92,11 +92,30 @@ class PolicyMode(str, Enum):
     STEP = "Step"
 
 
+class Loops(str, Enum):
+    """Which loops choose the level (``spec.policy.loops``).
+
+    ``Both``: the operator's decision is the ceiling and each worker picks, per batch, within
+    ``[minLevel, ceiling]`` (the fast loop absorbs a burst before any metric moves; the slow
+    one sets the bounds). ``Operator``: replicas serve exactly the operator's decision.
+    ``Worker``: the operator only caps (``maxLevel``, node pressure) and workers choose.
+    """
+
+    BOTH = "Both"
+    OPERATOR = "Operator"
+    WORKER = "Worker"
+
+    @property
+    def worker_chooses(self) -> bool:
+        return self is not Loops.OPERATOR
+
+
 # --- Defaults the API server applies: mirrored in crd/elasticmodels.yaml (test_crd.py). ---
 DEFAULTS: Mapping[str, Any] = {
     "replicas": 1,
     "allowRequestPinning": False,
     "levels.minLevel": 0,
+    "policy.loops": "Both",
     "nodePressure.enabled": True,
     "serving.tokenAuthorization": "Enabled",
 }
@@ -221,6 +240,7 @@ class PolicySettings:
     """Windows and thresholds of the level policy (see ``policy.py`` for their use)."""
 
     mode: PolicyMode = PolicyMode.PREDICTIVE
+    loops: Loops = Loops.BOTH
     evaluation_interval_s: int = 5
     stable_window_s: int = 60
     panic_window_s: int = 6
@@ -538,8 +558,15 @@ def _parse_policy(r: _Reader, d: PolicySettings) -> PolicySettings:
     except ValueError:
         allowed = ", ".join(m.value for m in PolicyMode)
         raise SpecError(r.at("mode"), f"must be one of {allowed}, got {mode_raw!r}") from None
+    loops_raw = r.raw.get("loops", DEFAULTS["policy.loops"])
+    try:
+        loops = Loops(loops_raw)
+    except ValueError:
+        allowed = ", ".join(m.value for m in Loops)
+        raise SpecError(r.at("loops"), f"must be one of {allowed}, got {loops_raw!r}") from None
     p = PolicySettings(
         mode=mode,
+        loops=loops,
         evaluation_interval_s=r.integer(
             "evaluationIntervalSeconds", d.evaluation_interval_s, 1, 60
         ),

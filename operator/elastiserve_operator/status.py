@@ -61,6 +61,7 @@ __all__ = [
     "restore_state",
     "status_holds",
     "wanted_replicas",
+    "worker_bounds",
 ]
 
 
@@ -202,6 +203,7 @@ def effective_policy(
         "objective": objective,
         "policy": {
             "mode": p.mode.value,
+            "loops": p.loops.value,
             "evaluationIntervalSeconds": p.evaluation_interval_s,
             "stableWindowSeconds": p.stable_window_s,
             "panicWindowSeconds": p.panic_window_s,
@@ -295,12 +297,24 @@ def reconcile_patch(
         patch["replicasOwner"] = ownership.owner
     if spec is not None:
         patch["effectivePolicy"] = effective_policy(spec, replica_policy)
+        bounds = worker_bounds(spec)
+        if bounds is not None:
+            patch["workerBounds"] = bounds
         if spec.serving.token_authorization and key_secret:
             patch["inferenceKeySecret"] = key_secret
     return patch
 
 
-RECONCILE_OPTIONAL = ("effectivePolicy", "inferenceKeySecret", "replicasOwner")
+def worker_bounds(spec: ElasticModelSpec) -> dict[str, Any] | None:
+    """``status.workerBounds``: the floor and objective each worker picks its per-batch level
+    against (the level agent copies them into the control file beside the ceiling), or
+    ``None`` when ``spec.policy.loops`` leaves the level to the operator alone."""
+    if not spec.policy.loops.worker_chooses:
+        return None
+    return {"floor": spec.levels.min_level, "objectiveMs": spec.objective.p95_ms}
+
+
+RECONCILE_OPTIONAL = ("effectivePolicy", "inferenceKeySecret", "replicasOwner", "workerBounds")
 """Status fields ``reconcile_patch`` leaves out to remove them (an invalid spec has no
 effective policy nor a known owner of its count; pods that check no key have no key Secret
 to point to)."""
@@ -388,9 +402,11 @@ def evaluation_patch(
     observation: Observation,
     errors: Sequence[str],
     now: float,
+    served_share: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """Status after one policy evaluation; readings that are not usable are left out (and
-    so removed), the last switch is carried over from ``status`` unless this one switches."""
+    so removed), the last switch is carried over from ``status`` unless this one switches.
+    ``served_share``: what the workers answered per level (``served_share.py``), when known."""
     p95 = observation.p95_s
     rate = observation.request_rate_rps
     patch: dict[str, Any] = {
@@ -401,6 +417,8 @@ def evaluation_patch(
             status.get("conditions") or [], [metrics_condition(decision, errors, generation)], now
         ),
     }
+    if served_share:
+        patch["servedShare"] = dict(served_share)
     if decision.metrics_available and p95 is not None and rate is not None:
         patch["p95Ms"] = round(p95 * 1000.0, 3)
         patch["requestRate"] = round(rate, 3)

@@ -232,6 +232,12 @@ ROWS = (
     Row("step-mode-needs-measured-headroom", make_state(1, recs=((290.0, 2),)), obs(0.09, 30.0),
         1, Cause.STEADY, {"policy": {"mode": "Step"}}),
     Row("steady-at-max", make_state(3), obs(0.03, 30.0), 3, Cause.STEADY),
+    # spec.policy.loops: Worker -- latency is the workers' business (test_policy_mode.py)
+    Row("worker-loops-ignore-a-panic-p95", make_state(3), obs(0.9, 300.0), 3, Cause.WORKER_LOOP,
+        {"policy": {"loops": "Worker"}}),
+    Row("worker-loops-node-pressure-lowers-the-ceiling", make_state(3),
+        obs(None, node=NodePressure(0.95)), 2, Cause.NODE_PRESSURE,
+        {"policy": {"loops": "Worker"}}),
 )
 
 
