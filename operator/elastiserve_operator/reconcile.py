@@ -108,6 +108,7 @@ from .replica_owner import (
 from .replica_spec import ReplicaPolicy, replica_policy_from_spec
 from .served_share import SERVED_SHARE_QUERY, read_served_shares
 from .settings import OperatorSettings
+from .shared_pods import SharedPods
 from .signals.node_readings import NodeReadings, hosting_nodes
 from .signals.prometheus import MetricsSource, VectorSource, gather_observation, render_query
 from .spec import ElasticModelSpec, SpecError, parse_spec
@@ -190,6 +191,8 @@ class Runtime:
     owner_conflicts: dict[tuple[str, str], str] = field(default_factory=dict)
     """Per model: the replica-owner conflict this process last posted a Warning for (the
     reconcile and the Deployment events see it in turn, with statuses of different ages)."""
+    pods: SharedPods | None = None
+    """The serving pods, one LIST per namespace shared by every model's evaluation."""
 
     @property
     def vectors(self) -> VectorSource | None:
@@ -199,6 +202,8 @@ class Runtime:
                 if hasattr(self.prometheus, "query_vector") else None)
 
     def __post_init__(self) -> None:
+        if self.pods is None:
+            self.pods = SharedPods(self.api, max_age_s=NODE_CACHE_S)
         if self.nodes is None:
             # The exporter series come through the same Prometheus client when it can
             # answer per-series queries (the real one can; a latency-only fake cannot).
@@ -698,11 +703,8 @@ async def _write_ready(
 
 async def _node_readings(rt: Runtime, owner: Owner) -> dict[str, NodePressure]:
     """One reading per node that runs this model's pods (cached a few seconds)."""
-    assert rt.nodes is not None
-    pods = await rt.api.list(
-        resource_path("v1", "Pod", owner.namespace),
-        labelSelector=f"{MODEL_LABEL}={names_for(owner.name).service}",
-    )
+    assert rt.nodes is not None and rt.pods is not None
+    pods = await rt.pods.of_model(owner.namespace, names_for(owner.name).service)
     return await rt.nodes.read(hosting_nodes(pods))
 
 
@@ -923,9 +925,11 @@ async def _pod_start(rt: Runtime, owner: Owner, ready: int | None, now: float) -
     last = rt.pod_starts.get(key)
     if last is not None and last.ready == ready and now - last.at < POD_START_REFRESH_S:
         return last.seconds
+    assert rt.pods is not None
     try:
-        pods = await rt.api.list(resource_path("v1", "Pod", owner.namespace),
-                                 labelSelector=selector_for(owner))
+        # The namespace's shared listing (up to NODE_CACHE_S old): a pod that just became
+        # Ready may be counted from the next refresh on.
+        pods = await rt.pods.of_model(owner.namespace, names_for(owner.name).service)
     except ApiError as error:
         rt.metrics.errors.labels("pods").inc()
         log.warning("pods of %s/%s not listed: %s", owner.namespace, owner.name, error)

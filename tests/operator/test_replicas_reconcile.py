@@ -275,7 +275,8 @@ def test_the_annotation_and_the_joint_policy_conflict() -> None:
 
 
 def ready_pod(created: str, ready: str) -> dict[str, Any]:
-    return {"metadata": {"creationTimestamp": created},
+    return {"metadata": {"creationTimestamp": created,
+                         "labels": {"elastiserve.io/model": "resnet"}},
             "status": {"conditions": [{"type": "Ready", "status": "True",
                                        "lastTransitionTime": ready}]}}
 

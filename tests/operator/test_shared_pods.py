@@ -1,0 +1,160 @@
+"""One pod LIST per namespace shared by every model's evaluation: grouping, slimming,
+the cache's age, one request for concurrent callers, failures not kept."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from elastiserve_operator.children import MODEL_LABEL
+from elastiserve_operator.shared_pods import SELECTOR, SharedPods, by_model, slim
+
+
+def pod(model: str | None, node: str = "n1", *, ready: bool = True) -> dict[str, Any]:
+    labels = {"app.kubernetes.io/managed-by": "elastiserve-operator"}
+    if model is not None:
+        labels[MODEL_LABEL] = model
+    return {
+        "metadata": {"name": f"{model}-x", "labels": labels,
+                     "creationTimestamp": "2026-03-01T10:00:00Z",
+                     "managedFields": [{"manager": "kube-controller-manager"}]},
+        "spec": {"nodeName": node, "containers": [{"name": "torchserve", "image": "i"}]},
+        "status": {"phase": "Running", "conditions": [
+            {"type": "PodScheduled", "status": "True"},
+            {"type": "Ready", "status": "True" if ready else "False",
+             "lastTransitionTime": "2026-03-01T10:00:12Z"}]},
+    }
+
+
+class Lister:
+    """The API's ``list``; each call waits for ``gate`` (when set) so tests can hold a
+    LIST in flight; ``fail`` makes the next call raise."""
+
+    def __init__(self, pods: list[dict[str, Any]]) -> None:
+        self.pods = pods
+        self.calls: list[tuple[str, dict[str, str]]] = []
+        self.gate: asyncio.Event | None = None
+        self.fail: Exception | None = None
+
+    async def list(self, path: str, **params: str) -> list[dict[str, Any]]:
+        self.calls.append((path, params))
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail is not None:
+            error, self.fail = self.fail, None
+            raise error
+        return list(self.pods)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_pods_are_grouped_by_model_and_unlabelled_ones_left_out() -> None:
+    grouped = by_model([pod("a"), pod("b", "n2"), pod("a", "n3"), pod(None)])
+    assert sorted(grouped) == ["a", "b"]
+    assert [p["spec"]["nodeName"] for p in grouped["a"]] == ["n1", "n3"]
+
+
+def test_slim_keeps_what_node_pressure_and_pod_start_read() -> None:
+    kept = slim(pod("a"))
+    assert kept == {
+        "metadata": {"creationTimestamp": "2026-03-01T10:00:00Z"},
+        "spec": {"nodeName": "n1"},
+        "status": {"phase": "Running", "conditions": [
+            {"type": "Ready", "status": "True", "lastTransitionTime": "2026-03-01T10:00:12Z"}]},
+    }
+
+
+def test_what_the_readers_compute_is_the_same_on_slim_pods() -> None:
+    from elastiserve_operator.pod_start import pod_start_seconds
+    from elastiserve_operator.signals.node_readings import hosting_nodes
+
+    full = [pod("a", "n1"), pod("a", "n2", ready=False)]
+    slimmed = by_model(full)["a"]
+    assert hosting_nodes(slimmed) == hosting_nodes(full) == ["n1", "n2"]
+    assert pod_start_seconds(slimmed) == pod_start_seconds(full) == 12.0
+
+
+def test_one_list_per_namespace_answers_every_model_until_it_is_too_old() -> None:
+    api, clock = Lister([pod("a"), pod("b")]), Clock()
+    shared = SharedPods(api, max_age_s=5.0, clock=clock)
+
+    async def run() -> None:
+        assert len(await shared.of_model("ml", "a")) == 1
+        assert len(await shared.of_model("ml", "b")) == 1
+        assert await shared.of_model("ml", "c") == []
+        assert api.calls == [("/api/v1/namespaces/ml/pods", {"labelSelector": SELECTOR})]
+        clock.now += 5.0
+        await shared.of_model("ml", "a")
+        assert len(api.calls) == 1  # 5 s old: still fresh enough
+        clock.now += 0.1
+        await shared.of_model("ml", "a")
+        assert len(api.calls) == 2
+        await shared.of_model("other", "a")  # another namespace, its own listing
+        assert api.calls[-1][0] == "/api/v1/namespaces/other/pods"
+
+    asyncio.run(run())
+
+
+def test_concurrent_callers_share_the_list_in_flight() -> None:
+    api = Lister([pod(f"m{i}") for i in range(50)])
+    shared = SharedPods(api, clock=Clock())
+
+    async def run() -> list[list[dict[str, Any]]]:
+        api.gate = asyncio.Event()
+        waiting = [asyncio.ensure_future(shared.of_model("ml", f"m{i}")) for i in range(50)]
+        await asyncio.sleep(0)
+        api.gate.set()
+        return await asyncio.gather(*waiting)
+
+    answers = asyncio.run(run())
+    assert len(api.calls) == 1
+    assert all(len(found) == 1 for found in answers)
+
+
+def test_a_failed_list_reaches_every_waiter_and_is_not_kept() -> None:
+    api = Lister([pod("a")])
+    shared = SharedPods(api, clock=Clock())
+
+    async def run() -> list[Any]:
+        api.gate = asyncio.Event()
+        api.fail = RuntimeError("API server unavailable")
+        waiting = [asyncio.ensure_future(shared.of_model("ml", "a")) for _ in range(3)]
+        await asyncio.sleep(0)
+        api.gate.set()
+        outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+        api.gate = None
+        outcomes.append(await shared.of_model("ml", "a"))  # the next call lists again
+        return outcomes
+
+    *failed, after = asyncio.run(run())
+    assert [str(e) for e in failed] == ["API server unavailable"] * 3
+    assert len(after) == 1 and len(api.calls) == 2
+
+
+def test_a_cancelled_caller_does_not_cancel_the_others() -> None:
+    api = Lister([pod("a")])
+    shared = SharedPods(api, clock=Clock())
+
+    async def run() -> list[dict[str, Any]]:
+        api.gate = asyncio.Event()
+        first = asyncio.ensure_future(shared.of_model("ml", "a"))  # it runs the LIST
+        await asyncio.sleep(0)
+        second = asyncio.ensure_future(shared.of_model("ml", "a"))  # it joins
+        await asyncio.sleep(0)
+        first.cancel()  # e.g. its evaluation timed out
+        await asyncio.sleep(0)
+        api.gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        return await second
+
+    assert len(asyncio.run(run())) == 1
+    assert len(api.calls) == 2  # the joiner listed again for itself
