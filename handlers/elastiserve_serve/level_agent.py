@@ -23,10 +23,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Decision:
-    """What the source says should be served: a level index (0 = narrowest) or a level name."""
+    """What the source says should be served: a level index (0 = narrowest) or a level name.
+
+    With ``floor`` and ``objective_ms`` the level is a ceiling: each worker picks per batch
+    within ``[floor, level]`` against the objective (``runtime.batch_level``)."""
 
     level: int | str
     allow_pin: bool | None = None
+    floor: int | str | None = None
+    objective_ms: float | None = None
 
 
 class LevelSource(Protocol):
@@ -63,12 +68,13 @@ class LevelAgent:
         if decision is None:
             return self._last
         last = self._last
-        if last is not None and (last.level, last.allow_pin) == (
-            decision.level, decision.allow_pin
+        if last is not None and (last.level, last.allow_pin, last.floor, last.objective_ms) == (
+            decision.level, decision.allow_pin, decision.floor, decision.objective_ms
         ):
             return last
         state = ControlState(
-            decision.level, (last.generation + 1) if last else 1, decision.allow_pin
+            decision.level, (last.generation + 1) if last else 1, decision.allow_pin,
+            decision.floor, decision.objective_ms,
         )
         write_control_file(self.path, state)
         self._last = state

@@ -30,6 +30,11 @@ Per-node caps: the operator may cap the level of the replicas on a hot node
 ``min(status.activeLevel, status.nodeCaps[node])``; a malformed cap, or one for another node,
 changes nothing. Without a node name the agent serves the model-wide level.
 
+Worker bounds: with ``spec.policy.loops`` Both or Worker the operator writes
+``status.workerBounds`` (``floor``, ``objectiveMs``); the agent copies them into the control
+file beside the level, which then is the ceiling each worker picks under, per batch
+(``runtime.batch_level``). Without them (Operator) the file holds the level alone.
+
 Levels: the CR speaks indexes (0 = narrowest) and so does the control file: the source writes
 ``status.activeLevel`` as it is and the serving runtime resolves it against the bundle it
 loaded. An index past the last level is refused by the runtime, which keeps serving the level
@@ -58,6 +63,7 @@ from typing import Any
 from .agent_heartbeat import DEFAULT_MAX_STALE_S, Heartbeat, check_alive, heartbeat_file_for
 from .backoff import Backoff
 from .level_agent import Decision, LevelAgent
+from .runtime.control import MAX_OBJECTIVE_MS
 
 __all__ = [
     "NODE_NAME_ENV",
@@ -161,10 +167,28 @@ def decision_from_object(obj: Mapping[str, Any], node: str | None = None) -> Dec
     cap = node_cap(status, node)
     spec = obj.get("spec") or {}
     pin = spec.get("allowRequestPinning") if isinstance(spec, Mapping) else None
+    floor, objective_ms = worker_bounds(status)
     return Decision(
         level=level if cap is None else min(level, cap),
         allow_pin=pin if isinstance(pin, bool) else None,
+        floor=floor,
+        objective_ms=objective_ms,
     )
+
+
+def worker_bounds(status: Mapping[str, Any]) -> tuple[int | None, float | None]:
+    """``status.workerBounds`` (floor, objective in ms) for the workers' per-batch choice, or
+    ``(None, None)`` (absent: ``spec.policy.loops`` is Operator; malformed: the same, so a
+    broken field makes replicas serve the ceiling exactly, as before the choice existed)."""
+    bounds = status.get("workerBounds")
+    if not isinstance(bounds, Mapping):
+        return None, None
+    floor = _level(bounds.get("floor"))
+    objective = bounds.get("objectiveMs")
+    if (floor is None or isinstance(objective, bool) or not isinstance(objective, (int, float))
+            or not 0 < objective <= MAX_OBJECTIVE_MS):
+        return None, None
+    return floor, float(objective)
 
 
 class K8sLevelSource:
