@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the local Kubernetes test bed binaries (etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl, kwok, helm, and for the real node kubelet, kube-proxy and the sandbox
-# program elastiserve-pause) from the Go module proxy into a cache outside the repo.
+# kube-scheduler, kubectl, kwok, helm, and for the real node kubelet, kube-proxy, the sandbox
+# program elastiserve-pause and metrics-server, which the Horizontal Pod Autoscaler reads) from
+# the Go module proxy into a cache outside the repo.
 #
 # Why build instead of download: the only network this project may rely on is the package
 # registries, and the Go module proxy is one of them. Each tool is pinned by a scratch module
@@ -36,8 +37,9 @@ KUBE_VERSION="$(module_version kube k8s.io/kubernetes)"
 ETCD_VERSION="$(module_version etcd go.etcd.io/etcd/server/v3)"
 KWOK_VERSION="$(module_version kwok sigs.k8s.io/kwok)"
 HELM_VERSION="$(module_version helm helm.sh/helm/v3)"
-readonly KUBE_VERSION ETCD_VERSION KWOK_VERSION HELM_VERSION
-for v in KUBE_VERSION ETCD_VERSION KWOK_VERSION HELM_VERSION; do
+METRICS_SERVER_VERSION="$(module_version metrics-server sigs.k8s.io/metrics-server)"
+readonly KUBE_VERSION ETCD_VERSION KWOK_VERSION HELM_VERSION METRICS_SERVER_VERSION
+for v in KUBE_VERSION ETCD_VERSION KWOK_VERSION HELM_VERSION METRICS_SERVER_VERSION; do
   if [[ -z "${!v}" ]]; then
     echo "build-k8s-assets: could not read ${v} from ${MODULES}/*/go.mod" >&2
     exit 2
@@ -140,6 +142,11 @@ for pkg in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
   HELM_LDFLAGS+=" -X ${pkg}.k8sVersionMajor=1 -X ${pkg}.k8sVersionMinor=${HELM_KUBE_MINOR}"
 done
 build helm helm helm.sh/helm/v3/cmd/helm "${HELM_LDFLAGS}"
+# The resource metrics API (metrics.k8s.io) for the HPA tests on the real node: it scrapes the
+# kubelet's /metrics/resource and is served through the API server's aggregation layer
+# (elastiserve.testing.metrics_server). Its own version variables, as its Makefile sets them.
+build metrics-server metrics-server sigs.k8s.io/metrics-server/cmd/metrics-server \
+  "-s -w -X sigs.k8s.io/metrics-server/pkg/version.gitVersion=${METRICS_SERVER_VERSION}"
 
 # The VERSIONS file is what the harness and a human read to know what they are running.
 versions_tmp="${DEST}/VERSIONS.tmp"
@@ -165,6 +172,8 @@ version_line() {
     elastiserve.local/k8s-assets/pause
   version_line kwok "${KWOK_VERSION}" sigs.k8s.io/kwok/cmd/kwok
   version_line helm "${HELM_VERSION}" helm.sh/helm/v3/cmd/helm
+  version_line metrics-server "${METRICS_SERVER_VERSION}" \
+    sigs.k8s.io/metrics-server/cmd/metrics-server
 } >"${versions_tmp}"
 if ! cmp -s "${versions_tmp}" "${DEST}/VERSIONS" 2>/dev/null; then
   mv -f "${versions_tmp}" "${DEST}/VERSIONS"
