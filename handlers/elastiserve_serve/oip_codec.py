@@ -217,6 +217,9 @@ def _tensor_call(tensor: RequestInput, raw: bytes | None, model: OipModel,
         raise OipError(400, f"input {tensor.name}: shape {list(tensor.shape)} does not match "
                             f"[-1, {', '.join(map(str, expected))}]")
     n = _samples(shape[0], model)
+    if 0 in shape[1:]:
+        raise OipError(400, f"input {tensor.name}: shape {list(tensor.shape)} has an empty "
+                            "dimension")
     total = math.prod(shape)
     if raw is not None:
         width = struct.calcsize(FLOAT_TYPES[tensor.datatype])

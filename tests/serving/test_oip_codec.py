@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from elastiserve_serve.oip_codec import (
     InferPlan,
@@ -204,6 +206,12 @@ def test_a_shape_larger_than_the_body_is_refused_before_the_data_is_walked() -> 
         parse_infer(body, None, unknown)
 
 
+def test_an_empty_dimension_is_refused_when_the_geometry_is_unknown() -> None:
+    unknown = oip_model_of_names("m", ("L0",))
+    with pytest.raises(OipError, match="has an empty dimension"):
+        parse_infer(request([fp32([], [1, 1, 0, 2])]), None, unknown)
+
+
 def test_data_nested_deeper_than_any_shape_is_refused() -> None:
     deep: Any = [0.0]
     for _ in range(20):
@@ -365,3 +373,48 @@ def test_an_archive_that_cannot_describe_its_model_is_refused(
         fake_mar(path, {"schema_version": 99}, {})
     with pytest.raises(OipModelError, match=says):
         oip_model_of_mar(path, "m")
+
+
+# --------------------------------------------------------------------------- hostile bodies
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                 max_size=4),
+    max_leaves=20,
+)
+INPUTS = st.fixed_dictionaries(
+    {"name": st.text(max_size=4), "datatype": st.sampled_from(["FP32", "FP64", "BYTES", "X"]),
+     "shape": st.lists(st.integers(-2, 5), max_size=5), "data": JSON_VALUES},
+    optional={"parameters": st.dictionaries(st.sampled_from(["binary_data_size", "x"]),
+                                            JSON_VALUES, max_size=2)},
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.binary(max_size=200), length=st.none() | st.text(max_size=4))
+def test_arbitrary_bytes_are_refused_with_a_reason_never_a_crash(body: bytes,
+                                                                 length: str | None) -> None:
+    try:
+        parse_infer(body, length, MODEL)
+    except OipError as refused:
+        assert 400 <= refused.status < 500 and refused.message
+
+
+@settings(max_examples=300, deadline=None)
+@given(inputs=st.lists(INPUTS, min_size=1, max_size=2), extra=st.dictionaries(
+    st.sampled_from(["id", "parameters", "outputs"]), JSON_VALUES, max_size=3),
+    tail=st.binary(max_size=16))
+def test_arbitrary_v2_shaped_requests_are_planned_or_refused(
+    inputs: list[dict[str, Any]], extra: dict[str, Any], tail: bytes,
+) -> None:
+    header = json.dumps({"inputs": inputs, **extra}).encode()
+    unknown = oip_model_of_names("m", ("L0",))  # no geometry: every shape gets further
+    for model in (MODEL, unknown):
+        for body, length in ((header, None), (header + tail, str(len(header)))):
+            try:
+                plan = parse_infer(body, length, model)
+            except OipError as refused:
+                assert 400 <= refused.status < 500 and refused.message
+            else:
+                assert 1 <= plan.samples <= model.max_samples
