@@ -210,10 +210,15 @@ def spread(models: int, changes: int) -> list[int]:
     return sorted({i * models // count for i in range(count)})
 
 
+LINE_NUMBER = re.compile(r":\d+\)$")
+"""py-spy names a frame ``func (file:line)``: summed per function, not per line."""
+
+
 def profile_summary(collapsed: Path, top: int = 12) -> dict[str, Any]:
     """What py-spy's samples (collapsed stacks, ``frame;frame;... count``) say: the
-    functions with the most samples on the stack (inclusive), the leaves (own time), and
-    the share of samples per package, by the innermost frame from a package we name."""
+    operator's own functions with the most samples on the stack (inclusive), the leaves
+    (own time), the share of samples waiting in ``select`` (nothing to do), and the share
+    per package, by the innermost frame from a package we name."""
     inclusive: dict[str, int] = {}
     own: dict[str, int] = {}
     packages: dict[str, int] = {}
@@ -226,7 +231,7 @@ def profile_summary(collapsed: Path, top: int = 12) -> dict[str, Any]:
             continue
         count = int(count_text)
         total += count
-        frames = stack.split(";")
+        frames = [LINE_NUMBER.sub(")", frame) for frame in stack.split(";")]
         for frame in set(frames):
             inclusive[frame] = inclusive.get(frame, 0) + count
         own[frames[-1]] = own.get(frames[-1], 0) + count
@@ -243,7 +248,13 @@ def profile_summary(collapsed: Path, top: int = 12) -> dict[str, Any]:
         ranked = sorted(table.items(), key=lambda kv: -kv[1])[:top]
         return [(name, round(100.0 * n / total, 1)) for name, n in ranked] if total else []
 
-    return {"samples": total, "inclusive_pct": share(inclusive), "own_pct": share(own),
+    ours = {name: n for name, n in inclusive.items()
+            if "elastiserve_operator/" in name and "cli.py" not in name
+            and "__main__" not in name}
+    idle = sum(n for name, n in own.items() if "select (selectors.py" in name)
+    return {"samples": total,
+            "idle_in_select_pct": round(100.0 * idle / total, 1) if total else None,
+            "operator_functions_inclusive_pct": share(ours), "own_pct": share(own),
             "innermost_package_pct": share(packages)}
 
 
