@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import constructors, external
 from .slots import Widths, tag
 
 ArchArgs = Mapping[str, Any]
@@ -353,18 +354,26 @@ def _lookup(arch: str) -> Architecture:
 
 
 def full_widths(arch: str, arch_args: ArchArgs) -> Widths:
-    """The unpruned width configuration (``arch_args['width_mult']`` scales it, default 1)."""
+    """The unpruned width configuration (``arch_args['width_mult']`` scales it, default 1).
+
+    A constructor reference (``torchvision:resnet18``, ``pkg.mod:factory``) is built by
+    :mod:`.external` from its allow-listed constructor and recorded layout.
+    """
+    if constructors.is_external(arch):
+        return external.full_widths(arch, arch_args)
     return _lookup(arch).full_widths(arch_args)
 
 
 def blocks(arch: str) -> tuple[Block, ...]:
     """The residual blocks of ``arch`` (empty for architectures without them)."""
+    if constructors.is_external(arch):
+        return ()
     return _lookup(arch).blocks
 
 
 def check_skipped(arch: str, skipped: Collection[str]) -> frozenset[str]:
     """Validate a set of blocks to skip; raises :class:`BlockSkipError` naming the culprit."""
-    known = {b.name: b for b in _lookup(arch).blocks}
+    known = {b.name: b for b in blocks(arch)}
     for name in skipped:
         block = known.get(name)
         if block is None:
@@ -390,8 +399,12 @@ def build(arch: str, arch_args: ArchArgs, widths: Mapping[str, int] | None = Non
     """Build ``arch`` at ``widths`` (default: full) without ``skipped_blocks`` (default: none).
 
     ``arch_args`` holds in_channels, num_classes and optionally width_mult. ``widths`` names
-    every slot, a skipped block's hidden slot too (its value is then unused).
+    every slot, a skipped block's hidden slot too (its value is then unused). A constructor
+    reference is built by :func:`.external.build` (``arch_args``: its kwargs and layout).
     """
+    if constructors.is_external(arch):
+        check_skipped(arch, skipped_blocks)
+        return external.build(arch, arch_args, widths)
     spec = _lookup(arch)
     skip = check_skipped(arch, skipped_blocks)
     full = spec.full_widths(arch_args)

@@ -1,5 +1,10 @@
 """The nested bundle: ``manifest.json`` + ``weights.safetensors`` in one directory.
 
+The model is one of the in-project architectures or (schema 3) a constructor the serving side
+allows (:mod:`.constructors`: torchvision's classification models, user factories listed in
+``ELASTISERVE_ALLOWED_FACTORIES``), tagged with the dependency-group layout the manifest records
+(:mod:`.external`). The allow-list is checked on the manifest's name before anything is built.
+
 Layout of the weights file:
 
 * ``shared.<tensor>``: every tensor the levels share (conv and hidden linear weights), stored
@@ -36,7 +41,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from . import architectures, integrity, profile
+from . import architectures, constructors, external, integrity, profile
 from .errors import CorruptWeightsError, ManifestError, ShapeMismatchError
 from .manifest import (
     MANIFEST_NAME,
@@ -193,7 +198,7 @@ def write_bundle(
             dtypes={k: _dtype_name(v) for k, v in tensors.items()},
         ),
         training=dict(training or {}),
-        schema_version=schema_version_for(levels),
+        schema_version=schema_version_for(levels, architecture),
     )
     write_manifest(directory, manifest)
     return manifest
@@ -290,6 +295,8 @@ class NestedBundle:
 def _check_levels(manifest: Manifest) -> list[Widths]:
     try:
         full = architectures.full_widths(manifest.architecture, manifest.arch_args)
+    except ManifestError:
+        raise
     except Exception as err:  # any argument the architecture cannot take: a bad manifest
         raise ManifestError(f"architecture {manifest.architecture[:60]!r} refuses its "
                             f"arguments: {type(err).__name__}: {str(err)[:200]}") from None
@@ -327,6 +334,9 @@ def load_bundle(directory: str | Path) -> NestedBundle:
     """Verify and load a bundle. Every refusal is raised before any tensor is read."""
     directory = Path(directory)
     manifest = Manifest.read(directory)
+    if constructors.is_external(manifest.architecture):
+        # Before anything is built: the serving side decides which code a bundle may run.
+        constructors.check_allowed(manifest.architecture)
     widths = _check_levels(manifest)
     path = directory / manifest.weights.file
     header = integrity.verify_weights(path, manifest.weights.sha256)
@@ -339,12 +349,18 @@ def load_bundle(directory: str | Path) -> NestedBundle:
     try:
         expected = expected_tensors(manifest.architecture, manifest.arch_args, widths,
                                     [lv.skipped_blocks for lv in manifest.levels])
+    except ManifestError:
+        raise
     except Exception as err:  # arguments the architecture cannot be built with
         raise ManifestError(f"architecture {manifest.architecture[:60]!r} cannot be built from "
                             f"the manifest: {type(err).__name__}") from None
     if found != expected:
         raise ShapeMismatchError(f"{path}: tensors disagree with {manifest.architecture} at the "
                                  f"manifest's level widths: {_diff(expected, found)}")
+    if constructors.is_external(manifest.architecture):
+        inp = manifest.input
+        external.check_runs(manifest.architecture, manifest.arch_args, widths,
+                            (inp.channels, inp.height, inp.width))
     return NestedBundle(manifest=manifest, directory=directory, tensors=load_file(str(path)))
 
 

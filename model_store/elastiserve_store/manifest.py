@@ -9,7 +9,12 @@ Schema versions: 1 is a bundle whose levels differ only in width; 2 adds the opt
 ``skipped_blocks`` (residual blocks a level runs as the identity, so levels may differ in depth).
 A writer uses 2 only when some level skips a block, so depth-uniform bundles stay readable by
 loaders that only know 1, and a version-1 loader refuses a depth-varying bundle by its version
-instead of failing on shapes. This loader reads both.
+instead of failing on shapes. Version 3 names a *constructor* instead of an in-project
+architecture (``torchvision:resnet18``, ``package.module:factory``; see :mod:`.external` and
+:mod:`.constructors`): ``architecture.args`` then holds the constructor's ``kwargs`` and the
+``layout`` (each layer's dependency-group slots), and each level's ``widths`` are channels per
+group. Writers use 3 only for such bundles, so older loaders refuse them by version; this loader
+reads all three (versions 1 and 2 need no migration: their fields mean the same in 3).
 
 A bundle may come from someone who should not be trusted (a tenant's model), so everything the
 serving side sizes itself by is bounded here: the manifest's own size, the input geometry
@@ -29,12 +34,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from . import constructors, external
 from .errors import ManifestError, UnknownSchemaVersionError
 
 SCHEMA_VERSION = 1
 DEPTH_SCHEMA_VERSION = 2
 """The version that introduced per-level ``skipped_blocks``."""
-SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2})
+CONSTRUCTOR_SCHEMA_VERSION = 3
+"""The version that introduced constructor-built models (``architecture.args.layout``)."""
+SUPPORTED_SCHEMA_VERSIONS = frozenset({1, 2, 3})
 MANIFEST_NAME = "manifest.json"
 WEIGHTS_NAME = "weights.safetensors"
 
@@ -87,8 +95,10 @@ class LevelInfo:
         return out
 
 
-def schema_version_for(levels: Sequence[LevelInfo]) -> int:
-    """The lowest schema version that can describe ``levels``."""
+def schema_version_for(levels: Sequence[LevelInfo], architecture: str = "") -> int:
+    """The lowest schema version that can describe ``levels`` of ``architecture``."""
+    if constructors.is_external(architecture):
+        return CONSTRUCTOR_SCHEMA_VERSION
     return DEPTH_SCHEMA_VERSION if any(lv.skipped_blocks for lv in levels) else SCHEMA_VERSION
 
 
@@ -187,6 +197,15 @@ class Manifest:
         if version < DEPTH_SCHEMA_VERSION and any(lv.skipped_blocks for lv in levels):
             raise ManifestError(f"manifest field 'levels[].skipped_blocks' needs schema_version "
                                 f"{DEPTH_SCHEMA_VERSION}, the manifest says {version}")
+        arch_name = _get(arch, "name", str, "architecture.")
+        arch_args = _get(arch, "args", dict, "architecture.")
+        if constructors.is_external(arch_name):
+            if version < CONSTRUCTOR_SCHEMA_VERSION:
+                raise ManifestError(f"manifest field 'architecture.name' names a constructor, "
+                                    f"which needs schema_version {CONSTRUCTOR_SCHEMA_VERSION}, "
+                                    f"the manifest says {version}")
+            constructors.check_name(arch_name)
+            external.split_args(arch_args)
         inp = _get(data, "input", dict, "")
         norm = _get(data, "normalisation", dict, "")
         weights = _get(data, "weights", dict, "")
@@ -198,8 +217,8 @@ class Manifest:
         shapes = {str(k): _shape(v, f"weights.tensors.{k}") for k, v in tensors.items()}
         return cls(
             schema_version=version,
-            architecture=_get(arch, "name", str, "architecture."),
-            arch_args=_get(arch, "args", dict, "architecture."),
+            architecture=arch_name,
+            arch_args=arch_args,
             levels=levels,
             input=input_spec,
             normalisation=_normalisation(norm, input_spec.channels),

@@ -6,6 +6,10 @@ seed 3) live in their own subpackages, each exposing ``add_arguments(group)`` an
 ``run(args, data, rank) -> int``. All of them share the data and output arguments below and write
 the same bundle format.
 
+``--model torchvision:<name>`` or ``--model package.module:factory`` (prune-and-grow only) takes
+a model this project did not write: :mod:`.model_analysis` derives its dependency groups with
+Torch-Pruning's DependencyGraph, or refuses it with the reason, before any training.
+
 Runs plain (one process) or under ``torchrun --nproc_per_node N`` (DDP, gloo on CPU, NCCL on
 GPU is not used here). Interrupt it at any time: rerunning the same command in the same
 ``--out`` directory skips the stages already finished.
@@ -18,14 +22,17 @@ import importlib
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from elastiserve_store import ARCHITECTURES, load_bundle
+from elastiserve_store import ARCHITECTURES, constructors, load_bundle
+from elastiserve_store.errors import ManifestError
 
 from .data import DatasetError, load_dataset
 from .importance import IMPORTANCES
+from .model_analysis import analyse, parse_model_args
 from .pipeline import FULL_LOSS_LEVELS, SCHEDULES, Pipeline, PipelineConfig
 from .progress import stage_bar
 from .report import write_report
@@ -52,6 +59,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default="prune-grow",
                         help="prune-grow (seed 1, default), regrowth (seed 2), discovery (seed 3)")
     parser.add_argument("--arch", choices=ARCHITECTURES, default="resnet20")
+    parser.add_argument("--model", default=None, metavar="torchvision:NAME|PKG.MOD:FACTORY",
+                        help="prune-grow: instead of --arch, a torchvision classification model "
+                             "or your own factory returning an nn.Module (the serving side must "
+                             f"list it in {constructors.ALLOW_ENV}); refused up front with the "
+                             "reason when its structure cannot be nested")
+    parser.add_argument("--model-arg", action="append", default=[], metavar="NAME=VALUE",
+                        help="keyword argument for --model's constructor (JSON value or string; "
+                             "repeatable); torchvision's num_classes defaults to the data's")
+    parser.add_argument("--weights", type=Path, default=None, metavar="FILE",
+                        help="prune-grow with --model: your trained full model, safetensors or "
+                             "a PyTorch state dict (read with weights_only=True); --epochs is "
+                             "then unused")
     parser.add_argument("--width-mult", type=float, default=1.0,
                         help="scale every layer's full width (default 1.0)")
     parser.add_argument("--dataset", default="fashion-mnist",
@@ -118,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     rank = dist.get_rank() if distributed else 0
     try:
         return _run(args, rank)
-    except (DatasetError, ValueError) as err:
+    except (DatasetError, ValueError, ManifestError) as err:
         print(f"elastiserve train: {err}", file=sys.stderr)
         return 2
     finally:
@@ -126,23 +145,46 @@ def run(args: argparse.Namespace) -> int:
             dist.destroy_process_group()
 
 
+def _architecture(args: argparse.Namespace, input_shape: tuple[int, int, int],
+                  num_classes: int) -> tuple[str, dict[str, Any]]:
+    """``--arch`` with its width, or ``--model`` analysed into a dependency-group layout."""
+    if args.model is None:
+        return args.arch, {"in_channels": input_shape[0], "num_classes": num_classes,
+                           "width_mult": args.width_mult}
+    name = str(args.model)
+    constructors.check_name(name)
+    if not name.startswith(f"{constructors.TORCHVISION}:"):
+        constructors.trust_factory(name)  # named by this CLI's own user
+    constructors.check_allowed(name)
+    kwargs = parse_model_args(args.model_arg)
+    if name.startswith(f"{constructors.TORCHVISION}:"):
+        kwargs.setdefault("num_classes", num_classes)
+    return name, analyse(name, kwargs, input_shape, num_classes)
+
+
 def _run(args: argparse.Namespace, rank: int) -> int:
     data = load_dataset(args.dataset, args.data_path, image_size=args.image_size,
                         channels=3).limit(args.train_subset, args.test_subset, args.seed)
+    if args.model is not None and args.strategy in STRATEGY_MODULES:
+        raise ValueError(f"--model works with --strategy prune-grow only; {args.strategy} needs "
+                         f"one of the in-project architectures (--arch)")
+    if args.weights is not None and args.model is None:
+        raise ValueError("--weights goes with --model (use --baseline-weights with --arch)")
     if args.strategy in STRATEGY_MODULES:
         strategy_run = importlib.import_module(STRATEGY_MODULES[args.strategy]).run
         return int(strategy_run(args, data, rank))
+    arch, arch_args = _architecture(args, data.input_shape, len(data.class_names))
+    weights = args.weights if args.weights is not None else args.baseline_weights
     cfg = PipelineConfig(
-        arch=args.arch,
-        arch_args={"in_channels": data.input_shape[0], "num_classes": len(data.class_names),
-                   "width_mult": args.width_mult},
+        arch=arch,
+        arch_args=arch_args,
         levels=args.levels, importance=args.importance, schedule=args.schedule,
         steps_per_level=args.steps_per_level, baseline_epochs=args.epochs,
         prune_epochs=args.prune_epochs, core_epochs=args.core_epochs,
         grow_epochs=args.grow_epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
         distill=args.distill, anchor=args.anchor, anchor_fisher=args.anchor_fisher,
         full_loss=args.full_loss, full_loss_levels=args.full_loss_levels,
-        baseline_weights=None if args.baseline_weights is None else str(args.baseline_weights))
+        baseline_weights=None if weights is None else str(weights))
     with stage_bar(rank == 0 and not args.no_progress) as progress:
         pipeline = Pipeline(cfg, data, args.out, progress)
         skipped = [s for s in pipeline.stages if pipeline.done(s)]

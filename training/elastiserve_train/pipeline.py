@@ -118,12 +118,30 @@ class PipelineConfig:
                                 or anchored_level >= self.levels - 1 else self.full_loss)
 
 
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A user's trained weights: safetensors, or a PyTorch state dict read with
+    ``torch.load(weights_only=True)`` (never a pickle that may run code)."""
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except SafetensorError as err:  # a pickle, a truncated or a foreign file
+            raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
+    try:
+        data = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # not a state dict, or one that needs arbitrary unpickling
+        raise ValueError(f"{path}: not a safetensors file nor a PyTorch state dict loadable "
+                         f"with weights_only=True ({type(err).__name__})") from None
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items()):
+        raise ValueError(f"{path}: holds no state dict (a mapping of names to tensors)")
+    return dict(data)
+
+
 def _load_baseline(model: nn.Module, path: Path) -> None:
     """Load a user's trained full model, refusing one that is not this architecture's."""
-    try:
-        tensors = load_file(str(path))
-    except SafetensorError as err:  # a pickle, a truncated or a foreign file
-        raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
+    tensors = read_state_dict(path)
     own = model.state_dict()
     missing = sorted(set(own) - set(tensors))
     extra = sorted(set(tensors) - set(own))
