@@ -391,7 +391,7 @@ INPUTS = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(body=st.binary(max_size=200), length=st.none() | st.text(max_size=4))
 def test_arbitrary_bytes_are_refused_with_a_reason_never_a_crash(body: bytes,
                                                                  length: str | None) -> None:
@@ -401,7 +401,7 @@ def test_arbitrary_bytes_are_refused_with_a_reason_never_a_crash(body: bytes,
         assert 400 <= refused.status < 500 and refused.message
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(inputs=st.lists(INPUTS, min_size=1, max_size=2), extra=st.dictionaries(
     st.sampled_from(["id", "parameters", "outputs"]), JSON_VALUES, max_size=3),
     tail=st.binary(max_size=16))
