@@ -316,11 +316,17 @@ def fake_mar(path: Path, manifest: dict[str, Any], config: dict[str, Any]) -> Pa
     return path
 
 
-def test_metadata_comes_from_the_archive(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A real bundle's manifest (built once: a bundle costs seconds of a loaded CPU)."""
     from .bundles import make_bundle
 
-    bundle = make_bundle(tmp_path / "bundle", size=16)
-    manifest = json.loads((bundle / "manifest.json").read_text())
+    bundle = make_bundle(tmp_path_factory.mktemp("bundle"), size=16)
+    loaded: dict[str, Any] = json.loads((bundle / "manifest.json").read_text())
+    return loaded
+
+
+def test_metadata_comes_from_the_archive(tmp_path: Path, manifest: dict[str, Any]) -> None:
     mar = fake_mar(tmp_path / "m.mar", manifest, {"handler": {"top_k": 3, "max_samples": 8}})
     model = oip_model_of_mar(mar, "served")
     metadata = model.metadata("L1").model_dump(exclude_none=True)
@@ -356,7 +362,7 @@ def test_without_an_archive_unknown_dimensions_are_minus_one() -> None:
     ],
 )
 def test_an_archive_that_cannot_describe_its_model_is_refused(
-    tmp_path: Path, content: bytes | str, says: str,
+    tmp_path: Path, content: bytes | str, says: str, manifest: dict[str, Any],
 ) -> None:
     path = tmp_path / "m.mar"
     if isinstance(content, bytes):
@@ -365,9 +371,6 @@ def test_an_archive_that_cannot_describe_its_model_is_refused(
         with zipfile.ZipFile(path, "w") as archive:
             archive.writestr("model-config.yaml", "{}")
     elif content == "bad-top-k":
-        from .bundles import make_bundle
-
-        manifest = json.loads((make_bundle(tmp_path / "b") / "manifest.json").read_text())
         fake_mar(path, manifest, {"handler": {"top_k": 0}})
     else:
         fake_mar(path, {"schema_version": 99}, {})
