@@ -30,6 +30,8 @@ entry.
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -80,9 +82,16 @@ def level_prefix(k: int) -> str:
 def _layout(arch: str, arch_args: Mapping[str, Any], skipped: Sequence[str] = ()
             ) -> tuple[dict[str, TensorSlots], dict[str, tuple[int, ...]]]:
     """Slot axes and full-width shapes of every tensor of ``arch`` without the ``skipped``
-    blocks (built on the meta device)."""
+    blocks (built on the meta device; cached and read-only, as building a constructor's model
+    costs time even there and each level asks again)."""
+    return _layout_cached(arch, json.dumps(arch_args, sort_keys=True), tuple(skipped))
+
+
+@functools.lru_cache(maxsize=32)
+def _layout_cached(arch: str, args_json: str, skipped: tuple[str, ...]
+                   ) -> tuple[dict[str, TensorSlots], dict[str, tuple[int, ...]]]:
     with torch.device("meta"):
-        model = architectures.build(arch, arch_args, skipped_blocks=skipped)
+        model = architectures.build(arch, json.loads(args_json), skipped_blocks=skipped)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     return tensor_slots(model), shapes
 

@@ -14,6 +14,7 @@ untouched. Each level owns its batch norms and head (``level_own``), trained at 
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,8 +33,16 @@ from .pruning import Kept
 
 
 def _layout(arch: str, arch_args: Mapping[str, Any]) -> dict[str, TensorSlots]:
+    """The slot layout of ``arch``: read-only, cached, since a constructor-built model
+    (torchvision's EfficientNet) takes a noticeable time to build even on the meta device and
+    the layout is consulted once per tensor in the loops below."""
+    return _layout_cached(arch, json.dumps(arch_args, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=16)
+def _layout_cached(arch: str, args_json: str) -> dict[str, TensorSlots]:
     with torch.device("meta"):
-        return tensor_slots(architectures.build(arch, arch_args))
+        return tensor_slots(architectures.build(arch, json.loads(args_json)))
 
 
 def positions(small: torch.Tensor, big: torch.Tensor) -> torch.Tensor:
