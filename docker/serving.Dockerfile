@@ -77,7 +77,7 @@ COPY training/ training/
 RUN python3 -m pip install \
       "pyyaml>=6" "safetensors>=0.4" "numpy>=1.26" "pillow>=10" \
       "torchserve==0.12.0" "torch-model-archiver==0.12.0" "prometheus-client>=0.20" \
-      "httpx>=0.27" "aiohttp>=3.9" "kubernetes>=30" \
+      "httpx>=0.27" "aiohttp>=3.9" "kubernetes>=30" "pydantic>=2.6" \
  && python3 -m pip install --no-deps . \
  && rm -rf /src \
  && python3 -c "import torch; print('torch', torch.__version__, 'cuda build', torch.version.cuda)"

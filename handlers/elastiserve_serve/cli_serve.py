@@ -285,6 +285,8 @@ def _serve_behind_gateway(
         # the model is narrowed must serve that level from its first request.
         control_file=args.control_file,
         level_names=names,
+        # The v2 model metadata (input shape, classes, levels, version) is read from here.
+        model_archives={name: store / file for name, file in (m.split("=", 1) for m in models)},
     )
     gateway = GatewayServer(Gateway(config, keys), args.bind, args.port)
     port = gateway.start()

@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +52,13 @@ from aiohttp import web
 
 from .gateway_keys import KeyFile, check_bearer
 from .oip_routes import OipRoutes, Upstreamed, UpstreamUnreachable, load_models
-from .runtime.control import PIN_HEADER, ControlFileError, level_index, read_control_file
+from .runtime.control import (
+    ARRIVAL_HEADER,
+    PIN_HEADER,
+    ControlFileError,
+    level_index,
+    read_control_file,
+)
 from .runtime.text import MAX_HEADER_VALUE, plain
 
 __all__ = ["Gateway", "GatewayConfig", "Readiness", "json_error"]
@@ -247,10 +254,16 @@ class Gateway:
     async def _upstream(self, path: str, body: bytes,
                         headers: Mapping[str, str]) -> Upstreamed:
         """POST ``body`` to TorchServe's inference API; :class:`UpstreamUnreachable` when it
-        does not answer."""
+        does not answer.
+
+        Every forwarded request carries :data:`ARRIVAL_HEADER` (now, as ``time.time_ns()``):
+        TorchServe tells its workers nothing of how long a request queued in its frontend, and
+        the worker's per-batch level choice needs exactly that. :func:`forwarded` never passes a
+        client's own stamp, so only this one reaches the worker."""
+        sent = {**headers, ARRIVAL_HEADER: str(time.time_ns())}
         try:
             async with self._client_session().post(
-                f"{self.config.inference_url}{path}", data=body, headers=dict(headers),
+                f"{self.config.inference_url}{path}", data=body, headers=sent,
             ) as upstream:
                 return Upstreamed(status=upstream.status, body=await upstream.read(),
                                   content_type=upstream.headers.get("Content-Type"),

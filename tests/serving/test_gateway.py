@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from elastiserve_serve.gateway import (
     ready_workers,
 )
 from elastiserve_serve.gateway_keys import KeyFile, KeyFileError, check_bearer
-from elastiserve_serve.runtime.control import ControlState, write_control_file
+from elastiserve_serve.runtime.control import ARRIVAL_HEADER, ControlState, write_control_file
 
 KEY = "k" * 43
 
@@ -240,6 +241,22 @@ def test_headers_travel_both_ways_but_never_the_credential(keys: KeyFile) -> Non
         assert seen["path"] == "/predictions/m/2.0"
         assert sent["content-type"] == "image/png" and sent["x-elastiserve-level"] == "0"
         assert "authorization" not in sent and "cookie" not in sent
+
+    run(scenario, keys)
+
+
+def test_the_gateway_stamps_the_arrival_and_a_clients_own_stamp_never_passes(
+        keys: KeyFile) -> None:
+    async def scenario(client: TestClient[Any, Any], upstream: Upstream) -> None:
+        before = time.time_ns()
+        answer = await client.post(
+            "/predictions/m", data=b"img",
+            headers={**AUTH, "X-Elastiserve-Arrival-Ns": "1", "x-elastiserve-arrival-ns": "2"})
+        after = time.time_ns()
+        assert answer.status == 200
+        (seen,) = upstream.seen
+        stamps = [v for k, v in seen["headers"].items() if k.lower() == ARRIVAL_HEADER]
+        assert len(stamps) == 1 and before <= int(stamps[0]) <= after
 
     run(scenario, keys)
 
