@@ -278,6 +278,18 @@ def lag_summary(text: str, before: dict[float, float]) -> dict[str, float | int]
             "evaluation_lag_samples": count}
 
 
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) each named process has used; gone ones left out."""
+    used: dict[str, float] = {}
+    for name, pid in pids.items():
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        used[name] = times.user + times.system
+    return used
+
+
 def run_once(models: int, args: argparse.Namespace) -> dict[str, Any]:
     """One fresh control plane, Prometheus and operator; ``models`` models; the numbers."""
     from kubernetes import client as k8s
@@ -347,9 +359,16 @@ def run_once(models: int, args: argparse.Namespace) -> dict[str, Any]:
                 profile = tmp / "idle.txt"
                 profiler = (start_profile(proc.pid, args.idle_seconds, profile)
                             if args.profile else None)
+                components = {p.name: p.popen.pid for p in plane.processes}
+                components["prometheus"] = prom.process.pid
+                others0 = cpu_seconds(components)
                 cpu0, t0 = proc.cpu_times(), time.monotonic()
                 time.sleep(args.idle_seconds)
                 cpu1, t1 = proc.cpu_times(), time.monotonic()
+                others1 = cpu_seconds(components)
+                component_cpu = {name: round(100.0 * (others1[name] - others0[name])
+                                             / (t1 - t0), 1)
+                                 for name in others0 if name in others1}
                 loads["idle_end"] = load()
                 busy = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
                 idle_cpu = 100.0 * busy / (t1 - t0)
@@ -441,7 +460,8 @@ def run_once(models: int, args: argparse.Namespace) -> dict[str, Any]:
         "evaluation_lag_p50_bound_ms": steady_lag["evaluation_lag_p50_bound_ms"],
         "evaluation_lag_samples": steady_lag["evaluation_lag_samples"],
         "evaluations_skipped": int(skipped),
-        "idle": {**idle_lag, "api_requests_per_s": idle_requests},
+        "idle": {**idle_lag, "api_requests_per_s": idle_requests,
+                 "component_cpu_pct": component_cpu},
         "create_burst_reconcile_p50_ms": round(quantile(burst, 0.5), 1),
         "create_burst_reconcile_p99_ms": round(quantile(burst, 0.99), 1),
         "create_burst_reconciles": len(burst),
@@ -477,7 +497,9 @@ NOTE = (
     "queue behind each other). joint_policy: spec.policy.replicas enabled (min 1, max 3) on "
     "every model, each with one replica on kwok fake nodes; Prometheus has no serving "
     "targets, so every evaluation runs its queries and holds both knobs. api_requests_per_s: "
-    "the operator's own requests by method with nothing changing (policy loops only). "
+    "the operator's own requests by method with nothing changing (policy loops only); "
+    "component_cpu_pct: CPU % of one core of each control-plane process and Prometheus over "
+    "the idle window (the operator's is idle_cpu_pct). "
     "idle_profile: py-spy samples of the operator over the idle window (50 Hz). The API "
     "server, etcd, the controller manager, kwok, Prometheus and the operator share the "
     "machine's cores, and other work ran on it: see load_avg_1m."
@@ -505,6 +527,7 @@ def growth_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "reconcile_p99_ms": run["reconcile_p99_ms"],
             "create_burst_all_reconciled_s": run["create_burst_all_reconciled_s"],
             "idle_api_requests_per_s": run["idle"]["api_requests_per_s"],
+            "idle_component_cpu_pct": run["idle"].get("component_cpu_pct"),
             "load_avg_1m_idle_start": run["load_avg_1m"].get("idle_start"),
         })
     return rows
