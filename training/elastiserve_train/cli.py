@@ -165,6 +165,8 @@ def _architecture(args: argparse.Namespace, input_shape: tuple[int, int, int],
 def _run(args: argparse.Namespace, rank: int) -> int:
     data = load_dataset(args.dataset, args.data_path, image_size=args.image_size,
                         channels=3).limit(args.train_subset, args.test_subset, args.seed)
+    if args.model is not None:
+        data = data.rgb()  # a constructor's model takes three channels
     if args.model is not None and args.strategy in STRATEGY_MODULES:
         raise ValueError(f"--model works with --strategy prune-grow only; {args.strategy} needs "
                          f"one of the in-project architectures (--arch)")

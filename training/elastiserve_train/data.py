@@ -86,6 +86,16 @@ class Dataset:
         return _make(f"{self.name}-{size}px", self.train.resized(size), self.test.resized(size),
                      self.class_names)
 
+    def rgb(self) -> Dataset:
+        """Grey images repeated on three channels (as PIL's ``convert("RGB")`` does): models
+        built by a constructor (torchvision's) take three-channel input."""
+        if self.input_shape[0] != 1:
+            return self
+        def three(s: ImageSet) -> ImageSet:
+            return ImageSet(s.images.expand(-1, 3, -1, -1).contiguous(), s.labels)
+        return Dataset(self.name, three(self.train), three(self.test), self.class_names,
+                       self.mean * 3, self.std * 3)
+
 
 def _stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     x = images.float() / 255.0
@@ -328,7 +338,7 @@ def load_dataset(name: str, path: str | Path | None = None, *, image_size: int |
         fashion = load_fashion_mnist(path or FASHION_MNIST_DIR)
         return fashion if image_size is None else fashion.resized(image_size)
     if name == "generated":
-        return generated()
+        return generated() if image_size is None else generated(size=image_size)
     if path is None:
         raise DatasetError(f"dataset {name!r} needs --data-path")
     if name == "cifar10":
