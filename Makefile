@@ -6,8 +6,17 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
+# What is slow to fetch or build lives outside the checkout, so that a fresh clone (CI) reuses it:
+# uv's wheel cache (torch alone is gigabytes: uv links it from the cache in seconds where pip
+# unpacks it again), mypy's cache (valid across clones: mypy compares source hashes), and the
+# Go-built assets and images (see their scripts).
+CACHE ?= $(HOME)/.cache/elastiserve
+UV_VERSION := 0.13.9
+UV_HOME := $(CACHE)/tools/uv-$(UV_VERSION)
+UV := $(UV_HOME)/bin/uv
+export UV_CACHE_DIR ?= $(CACHE)/uv
+MYPY_CACHE ?= $(CACHE)/mypy
 EXTRAS := train,serve,operator,dev
 DEBIAN_PACKAGES := prometheus dataset-fashion-mnist openssl containerd runc containernetworking-plugins iptables conntrack podman mmdebstrap iproute2 curl
 PYTEST_ARGS ?=
@@ -18,10 +27,15 @@ test: venv system-deps assets images lint typecheck pytest
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip setuptools wheel
-	$(PIP) install --quiet --progress-bar off -e '.[$(EXTRAS)]'
+# uv itself, pinned, in a virtualenv of its own under the cache (PyPI is the only source).
+$(UV):
+	$(PYTHON) -m venv $(UV_HOME)
+	$(UV_HOME)/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+# --seed puts pip in the virtualenv too, for users who install into it by hand.
+$(STAMP): pyproject.toml | $(UV)
+	@test -x $(PY) || $(UV) venv --quiet --seed --python $(PYTHON) $(VENV)
+	$(UV) pip install --quiet --python $(PY) -e '.[$(EXTRAS)]'
 	@touch $(STAMP)
 
 # The whole loop on this machine (see elastiserve/local/demo.py): writes runs/demo/timeline.png.
@@ -44,7 +58,7 @@ lint: venv
 	$(VENV)/bin/ruff check .
 
 typecheck: venv
-	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --cache-dir $(MYPY_CACHE)
 
 pytest: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
