@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from elastiserve.testing.aggregation import FrontProxyPki, apiserver_flags
 from elastiserve.testing.certs import Pki
 from elastiserve.testing.ports import LOOPBACK
 
@@ -56,6 +57,12 @@ CONTROLLERS = (
     "persistentvolume-protection-controller",
 )
 
+# With a real node only: the HPA controller, syncing every few seconds instead of 15 so that a
+# test of an HPA takes tens of seconds. The kwok plane leaves it out: its tests write what an
+# HPA would, and an HPA with no metrics there would still enforce its minReplicas.
+AUTOSCALING_CONTROLLERS = ("horizontal-pod-autoscaler-controller",)
+HPA_SYNC_PERIOD = "3s"
+
 
 @dataclass(frozen=True)
 class Ports:
@@ -76,6 +83,9 @@ class Layout:
     pki: Pki
     node_ip: str | None = None
     """The real node's address: set when a kubelet joins, so that pods reach the API server."""
+    front_proxy: FrontProxyPki | None = None
+    """The aggregation layer's certificates (:mod:`elastiserve.testing.aggregation`): set with
+    a real node, where metrics-server serves the HPA through the API server."""
 
     @property
     def etcd_url(self) -> str:
@@ -150,6 +160,7 @@ def apiserver_argv(binary: Path, lay: Layout) -> list[str]:
         f"--service-account-signing-key-file={pki.sa_key}",
         f"--service-cluster-ip-range={SERVICE_CIDR}",
         "--allow-privileged=true",
+        *(apiserver_flags(lay.front_proxy) if lay.front_proxy is not None else []),
         "--profiling=false",
         "--v=1",
     ]
@@ -170,10 +181,14 @@ def _client_component_args(lay: Layout, port: int, cert_dir: str) -> list[str]:
 
 
 def controller_manager_argv(binary: Path, lay: Layout) -> list[str]:
+    autoscaling = lay.node_ip is not None
+    controllers = (*CONTROLLERS, *AUTOSCALING_CONTROLLERS) if autoscaling else CONTROLLERS
+    hpa = [f"--horizontal-pod-autoscaler-sync-period={HPA_SYNC_PERIOD}"] if autoscaling else []
     return [
         str(binary),
         *_client_component_args(lay, lay.ports.controller_manager, "kcm"),
-        f"--controllers={','.join(CONTROLLERS)}",
+        f"--controllers={','.join(controllers)}",
+        *hpa,
         f"--service-account-private-key-file={lay.pki.sa_key}",
         f"--root-ca-file={lay.pki.ca_cert}",
         f"--service-cluster-ip-range={SERVICE_CIDR}",

@@ -32,6 +32,7 @@ from typing import Any
 import psutil
 
 from elastiserve.testing import components as comp
+from elastiserve.testing.aggregation import make_front_proxy_pki
 from elastiserve.testing.apiclient import ApiClient, http_ok
 from elastiserve.testing.assets import ASSETS_ENV, Assets
 from elastiserve.testing.certs import make_pki
@@ -111,7 +112,10 @@ class ControlPlane:
         try:
             extra_ips = (node_ip,) if node_ip else ()
             pki = make_pki(run.path / "pki", comp.SERVICE_IP, extra_ips)
-            layout = comp.Layout(run_dir=run.path, ports=ports, pki=pki, node_ip=node_ip)
+            # With a real node, the aggregation layer too (metrics-server for the HPA).
+            front = make_front_proxy_pki(run.path / "pki" / "front-proxy") if node_ip else None
+            layout = comp.Layout(run_dir=run.path, ports=ports, pki=pki, node_ip=node_ip,
+                                 front_proxy=front)
             write_kubeconfig(layout.kubeconfig, layout.api_url, pki)
         except BaseException:
             run.release()
