@@ -44,7 +44,9 @@ Reduced, and why (say so wherever these numbers are quoted):
 * the operator's loop is the local one (no API server, no level agent: the control file is
   written directly, as ``elastic_vs_static`` does);
 * the machine is shared (2 cores, other sessions running): the 1-minute load average is
-  recorded with every run.
+  recorded with every run; at load averages of 10-27 a 100 ms objective sat inside the
+  machine's own scheduling noise (even the narrowest level at half load broke it in some
+  seconds), so the objective defaults to 250 ms (``--objective-ms``).
 
     nice python benchmarks/reaction.py
 
@@ -76,7 +78,7 @@ ACCURACY_SOURCE = ROOT / "benchmarks" / "results" / "elastic_vs_static.json"
 NAMESPACE = "bench"
 MODEL = "elastic"
 MAX_IN_FLIGHT = 128
-OBJECTIVE_MS = 100
+DEFAULT_OBJECTIVE_MS = 250
 CONFIGS = ("static_full", "static_narrowest", "operator_15s", "operator_1s", "worker", "both")
 # (seconds, from, to) as multiples of C; a 1 s ramp is the "step within one second".
 TRACES: dict[str, tuple[tuple[float, float, float], ...]] = {
@@ -123,7 +125,7 @@ def recovery_s(p95_per_second: Sequence[float | None], objective_s: float,
 
 def policy_spec(levels: int, capacities: Sequence[float], names: Sequence[str],
                 accuracies: Sequence[float], signals: dict[str, float], loops: str,
-                offered_metric: str) -> dict[str, Any]:
+                offered_metric: str, objective_ms: int) -> dict[str, Any]:
     """The CR the local loop plays, its windows scaled to the scrape interval."""
     from elastiserve_operator.signals.prometheus import end_to_end_latency_query
 
@@ -137,7 +139,7 @@ def policy_spec(levels: int, capacities: Sequence[float], names: Sequence[str],
                         for n, c, a in zip(names, capacities, accuracies, strict=True)],
         },
         "objective": {
-            "p95Ms": OBJECTIVE_MS,
+            "p95Ms": objective_ms,
             "latencyQuery": end_to_end_latency_query(f"{window}s"),
             "requestRateQuery": (f'sum(rate({offered_metric}{{namespace="$namespace",'
                                  f'model_name="$model"}}[{window}s]))'),
@@ -275,10 +277,9 @@ def run_trace(url: str, headers: dict[str, str], body: bytes, offsets: Sequence[
 
 def summarise(answers: Sequence[Answer], start: float, duration: float,
               accuracy: dict[str, float], trace: Sequence[tuple[float, float, float]],
-              peak_over_narrowest: float) -> dict[str, Any]:
+              peak_over_narrowest: float, objective_s: float) -> dict[str, Any]:
     from elastiserve_serve.loadgen import percentile
 
-    objective_s = OBJECTIVE_MS / 1000
     ok = [a for a in answers if a.status == 200]
     within = sum(1 for a in ok if a.latency_s <= objective_s)
     credited = [accuracy[a.level] for a in ok if a.level in accuracy]
@@ -337,6 +338,8 @@ def _load() -> float:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--objective-ms", type=int, default=DEFAULT_OBJECTIVE_MS,
+                        help="p95 objective (above this shared machine's scheduling noise)")
     parser.add_argument("--configs", default=",".join(CONFIGS),
                         help=f"comma-separated subset of {', '.join(CONFIGS)}")
     parser.add_argument("--traces", default=",".join(TRACES),
@@ -347,6 +350,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     bad = [c for c in configs if c not in CONFIGS] + [t for t in traces if t not in TRACES]
     if bad or not configs or not traces:
         parser.error(f"unknown or no configuration/trace: {bad}")
+    if args.objective_ms <= 0:
+        parser.error(f"--objective-ms must be > 0 (got {args.objective_ms})")
+    objective_ms = args.objective_ms
     sys.path.insert(0, str(ROOT))
     evs = _evs()
 
@@ -396,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if ceiling <= 0:
                     raise SystemExit(f"level {names[k]} answered nothing in 4 s closed loop: "
                                      f"statuses {statuses}")
-                rate, probes = evs.slo_rate(url, headers, body, OBJECTIVE_MS / 1000,
+                rate, probes = evs.slo_rate(url, headers, body, objective_ms / 1000,
                                             0.3 * ceiling, 1.5 * ceiling, steps=4, seconds=3.0)
                 slo_rates.append(rate)
                 closed.append({"closed_loop_rps": round(ceiling, 1), "statuses": statuses,
@@ -404,8 +410,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"level {names[k]}: SLO rate {rate:.1f} rps (closed loop {ceiling:.1f}, "
                       f"statuses {statuses})", flush=True)
             full, narrowest = slo_rates[-1], slo_rates[0]
-            profile_caps = [evs.model_capacity(r, OBJECTIVE_MS / 1000) for r in slo_rates]
-            bounds = {"floor": 0, "objectiveMs": OBJECTIVE_MS}
+            profile_caps = [evs.model_capacity(r, objective_ms / 1000) for r in slo_rates]
+            bounds = {"floor": 0, "objectiveMs": objective_ms}
             results: dict[str, dict[str, Any]] = {}
             moves: dict[str, dict[str, Any]] = {}
             for trace_name in traces:
@@ -421,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         loop = OperatorLoop(
                             policy_spec(levels, profile_caps, names, list(accuracy.values()),
                                         signals, "Both" if config == "both" else "Operator",
-                                        evs.OFFERED_METRIC),
+                                        evs.OFFERED_METRIC, objective_ms),
                             prom.url, control)
                     elif config == "worker":
                         write_state(control, levels - 1, bounds)
@@ -439,7 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     if loop is not None:
                         loop.stop()
                     row = summarise(answers, start, duration, accuracy, TRACES[trace_name],
-                                    peak)
+                                    peak, objective_ms / 1000)
                     row["load_average_1m"] = [before, _load()]
                     results.setdefault(trace_name, {})[config] = row
                     if loop is not None:
@@ -467,7 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "elastic_vs_static.json; one run per configuration and trace; 20-30 s "
                     "traces; 4-step capacity bisection; operator loop run locally (no API "
                     "server); shared 2-core machine"),
-        "objective_ms": OBJECTIVE_MS,
+        "objective_ms": objective_ms,
         "levels": list(names),
         "accuracy": accuracy,
         "slo_rate_rps": [round(r, 1) for r in slo_rates],
