@@ -5,8 +5,9 @@ joint replica policy, how long they took to start. Listed per model, that is one
 model per evaluation: with 1,000 models on a 5 s interval, 200 LISTs a second, which kept the
 API server and the operator's connection pool busy with answers of one pod each. Here one
 LIST of the operator's pods per namespace (the ``app.kubernetes.io/managed-by`` label every
-serving pod carries) answers every model in it for ``max_age_s``; concurrent callers share
-the one request in flight, and a failed LIST is raised to each of them and not kept.
+serving pod carries) answers every model in it for ``max_age_s``; callers meanwhile share the
+one request in flight (single flight: on a slow API server, a LIST per caller would pile up
+behind each other), and a failed LIST is raised to each of them and not kept.
 
 Only what the readers use is kept of each pod (``slim``): a 1,000-pod listing would otherwise
 stay in memory whole between refreshes. ``by_model`` and ``slim`` are pure.
@@ -68,51 +69,38 @@ class SharedPods:
         default_factory=dict)
     _pending: dict[str, asyncio.Future[tuple[float, dict[str, list[dict[str, Any]]]]]] = field(
         default_factory=dict)
+    """The LIST in flight per namespace: every caller meanwhile waits for it."""
 
     async def of_model(self, namespace: str, model: str) -> list[dict[str, Any]]:
         """The pods of ``model`` (its ``MODEL_LABEL`` value) in ``namespace``, from a
-        listing started at most ``max_age_s`` before this call."""
-        limit = self.max_age_s
-        asked = self.clock()
+        listing started at most ``max_age_s`` ago, or the one in flight."""
         listed = self._listed.get(namespace)
-        if listed is None or asked - listed[0] > limit:
-            pending = self._pending.get(namespace)
-            if pending is not None:
-                try:
-                    listed = await asyncio.shield(pending)
-                except asyncio.CancelledError:
-                    if not pending.cancelled():
-                        raise  # this caller was cancelled, not the LIST it joined
-                    listed = None  # the LIST's own caller was: list again
-            if listed is None or asked - listed[0] > limit:
-                listed = await self._list(namespace)
+        if listed is None or self.clock() - listed[0] > self.max_age_s:
+            task = self._pending.get(namespace)
+            if task is None:
+                # Its own task: a caller cancelled meanwhile (its evaluation timed out)
+                # does not cancel the LIST the others are waiting for.
+                task = asyncio.ensure_future(self._list(namespace))
+                self._pending[namespace] = task
+                task.add_done_callback(lambda done: self._done(namespace, done))
+            listed = await asyncio.shield(task)
         return list(listed[1].get(model, ()))
 
     async def _list(self, namespace: str) -> tuple[float, dict[str, list[dict[str, Any]]]]:
         from .kube import resource_path  # kube imports kopf; keep this module light
 
-        future: asyncio.Future[tuple[float, dict[str, list[dict[str, Any]]]]] = (
-            asyncio.get_running_loop().create_future())
-        self._pending[namespace] = future
         started = self.clock()
-        try:
-            pods = await self.api.list(resource_path("v1", "Pod", namespace),
-                                       labelSelector=SELECTOR)
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
-        except Exception as error:
-            future.set_exception(error)
-            future.exception()  # retrieved: no "never retrieved" warning without waiters
-            raise
-        finally:
-            if self._pending.get(namespace) is future:
-                del self._pending[namespace]
+        pods = await self.api.list(resource_path("v1", "Pod", namespace),
+                                   labelSelector=SELECTOR)
         listed = (started, by_model(pods))
-        if started >= self._listed.get(namespace, (float("-inf"), {}))[0]:
-            self._listed[namespace] = listed  # not over a newer one that finished first
-        future.set_result(listed)
+        self._listed[namespace] = listed
         return listed
+
+    def _done(self, namespace: str, task: asyncio.Future[Any]) -> None:
+        if self._pending.get(namespace) is task:
+            del self._pending[namespace]
+        if not task.cancelled():
+            task.exception()  # retrieved: raised to the waiters, if any, not logged as lost
 
     def forget(self, namespace: str) -> None:
         """Drop a namespace's listing (tests; a namespace with no models left)."""

@@ -139,22 +139,40 @@ def test_a_failed_list_reaches_every_waiter_and_is_not_kept() -> None:
     assert len(after) == 1 and len(api.calls) == 2
 
 
-def test_a_cancelled_caller_does_not_cancel_the_others() -> None:
+def test_a_cancelled_caller_does_not_cancel_the_list_the_others_wait_for() -> None:
     api = Lister([pod("a")])
     shared = SharedPods(api, clock=Clock())
 
     async def run() -> list[dict[str, Any]]:
         api.gate = asyncio.Event()
-        first = asyncio.ensure_future(shared.of_model("ml", "a"))  # it runs the LIST
+        first = asyncio.ensure_future(shared.of_model("ml", "a"))  # it starts the LIST
         await asyncio.sleep(0)
         second = asyncio.ensure_future(shared.of_model("ml", "a"))  # it joins
         await asyncio.sleep(0)
         first.cancel()  # e.g. its evaluation timed out
-        await asyncio.sleep(0)
-        api.gate.set()
         with pytest.raises(asyncio.CancelledError):
             await first
+        api.gate.set()
         return await second
 
     assert len(asyncio.run(run())) == 1
-    assert len(api.calls) == 2  # the joiner listed again for itself
+    assert len(api.calls) == 1
+
+
+def test_a_slow_list_is_joined_not_repeated() -> None:
+    """Callers that arrive while a LIST runs longer than the cache's age wait for it."""
+    api, clock = Lister([pod("a")]), Clock()
+    shared = SharedPods(api, max_age_s=5.0, clock=clock)
+
+    async def run() -> None:
+        api.gate = asyncio.Event()
+        first = asyncio.ensure_future(shared.of_model("ml", "a"))
+        await asyncio.sleep(0)
+        clock.now += 30.0  # the API server takes 30 s to answer
+        later = [asyncio.ensure_future(shared.of_model("ml", "a")) for _ in range(10)]
+        await asyncio.sleep(0)
+        api.gate.set()
+        await asyncio.gather(first, *later)
+
+    asyncio.run(run())
+    assert len(api.calls) == 1
