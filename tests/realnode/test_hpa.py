@@ -30,10 +30,12 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -42,7 +44,7 @@ from elastiserve.testing.pod_discovery import discover_pods
 from elastiserve.testing.processes import wait_until
 from elastiserve.testing.prometheus import PrometheusServer, file_sd_job, run_prometheus
 from elastiserve_operator.signals.prometheus import end_to_end_latency_query
-from elastiserve_serve.loadgen import Result, Target, piecewise_arrivals, run_schedule
+from elastiserve_serve.loadgen import Result, Target
 from tests.operator.cluster_harness import CLUSTER_ROLE, CRD, PEERING_CRD, OperatorProcess
 from tests.serving.bundles import make_bundle
 from tests.serving.tiny import png_bytes
@@ -121,6 +123,38 @@ def watch_field(cluster: Any, stop: threading.Event, kind: str, name: str, path:
     threading.Thread(target=run, daemon=True).start()
     threading.Thread(target=stop_when_told, daemon=True).start()
     return series
+
+
+def open_loop(target: Target, body: bytes, rate_rps: float, stop: threading.Event,
+              results: list[Result], max_in_flight: int = 48) -> None:
+    """Arrivals at ``rate_rps`` until ``stop``; an arrival that finds ``max_in_flight``
+    requests outstanding is shed (status -1) instead of queued, so that stopping waits for at
+    most ``max_in_flight`` answers, not for a backlog the overload has built."""
+    slots = threading.BoundedSemaphore(max_in_flight)
+    limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight)
+    with httpx.Client(timeout=30.0, limits=limits) as client, \
+            ThreadPoolExecutor(max_in_flight) as pool:
+
+        def send(due: float) -> None:
+            try:
+                reply = client.post(target.url, content=body, headers=dict(target.headers))
+                status, level = reply.status_code, reply.headers.get("x-elastiserve-level")
+            except httpx.HTTPError:
+                status, level = 0, None
+            finally:
+                slots.release()
+            results.append(Result(due, time.monotonic(), status, level))
+
+        start = time.monotonic()
+        arrival = 0
+        while not stop.is_set():
+            due = start + arrival / rate_rps
+            arrival += 1
+            stop.wait(max(0.0, due - time.monotonic()))
+            if slots.acquire(blocking=False):
+                pool.submit(send, due)
+            else:
+                results.append(Result(due, due, -1, None))
 
 
 def kubectl_json(cluster: Any, *args: str) -> Any:
@@ -347,11 +381,8 @@ def test_an_hpa_on_the_model_and_the_operator_meet_a_load_step_without_fighting(
         target = Target(f"http://{service['spec']['clusterIP']}:8080/predictions/{MODEL}",
                         {"Authorization": f"Bearer {key}", "Content-Type": "image/png"})
         load_started = time.time()
-        loader = threading.Thread(target=run_schedule, kwargs={
-            "targets": [target], "body": png_bytes(28, 28), "results": results,
-            "stop": loader_stop, "max_in_flight": 48,
-            "due_offsets": piecewise_arrivals([(240.0, LOAD_RPS, LOAD_RPS)]),
-        }, daemon=True)
+        loader = threading.Thread(target=open_loop, args=(
+            target, png_bytes(28, 28), LOAD_RPS, loader_stop, results), daemon=True)
         loader.start()
         wait_until(lambda: spec_replicas.last() == "2", what="the HPA to scale the model to 2",
                    timeout_s=150.0, interval_s=0.5, detail=state)
@@ -394,8 +425,45 @@ def test_an_hpa_on_the_model_and_the_operator_meet_a_load_step_without_fighting(
     rescales = [e["message"] for e in events if e["reason"] == "SuccessfulRescale"]
     assert len(rescales) == 1 and rescales[0].startswith("New size: 2"), rescales
     answered = [r for r in results if r.status == 200]
+    failed = [r for r in results if r.status not in (200, -1)]
     assert answered, "the load step got no answer"
+    assert not failed, f"{len(failed)} requests failed: {sorted({r.status for r in failed})}"
     print(f"load started at +0 s; narrowed to {level.distinct()} at "
           f"+{narrowed_at - load_started:.1f} s; HPA wrote 2 at +{scaled_at - load_started:.1f} s"
-          f" ({rescales[0]}); {len(answered)}/{len(results)} requests answered; "
+          f" ({rescales[0]}); {len(answered)} requests answered, "
+          f"{len(results) - len(answered)} shed at the client's in-flight cap; "
           f"test body {time.monotonic() - started:.1f} s")
+
+
+def test_only_the_real_node_plane_runs_the_hpa_controller_and_the_aggregation_layer(
+    tmp_path: Path,
+) -> None:
+    """The kwok plane's tests write what an HPA would, and an HPA controller there (no
+    metrics) would still enforce minReplicas: it must stay off there."""
+    from elastiserve.testing import components as comp
+    from elastiserve.testing.aggregation import FrontProxyPki
+    from elastiserve.testing.certs import Pki
+
+    pki = Pki(*(tmp_path / name for name in "abcdefgh"))
+    ports = comp.Ports(1, 2, 3, 4, 5, 6)
+    front = FrontProxyPki(tmp_path / "fp-ca", tmp_path / "fp-crt", tmp_path / "fp-key")
+    kwok = comp.Layout(run_dir=tmp_path, ports=ports, pki=pki)
+    real = comp.Layout(run_dir=tmp_path, ports=ports, pki=pki, node_ip="10.213.0.2",
+                       front_proxy=front)
+    binary = tmp_path / "bin"
+
+    def controllers(lay: comp.Layout) -> list[str]:
+        argv = comp.controller_manager_argv(binary, lay)
+        flag = next(a for a in argv if a.startswith("--controllers="))
+        return flag.split("=", 1)[1].split(",")
+
+    assert "horizontal-pod-autoscaler-controller" not in controllers(kwok)
+    assert "horizontal-pod-autoscaler-controller" in controllers(real)
+    assert not any("horizontal-pod-autoscaler" in a
+                   for a in comp.controller_manager_argv(binary, kwok))
+    assert not any(a.startswith("--requestheader") or a.startswith("--proxy-client")
+                   for a in comp.apiserver_argv(binary, kwok))
+    real_api = comp.apiserver_argv(binary, real)
+    assert f"--requestheader-client-ca-file={front.ca_cert}" in real_api
+    assert f"--proxy-client-cert-file={front.client_cert}" in real_api
+    assert "--requestheader-allowed-names=front-proxy-client" in real_api
