@@ -151,6 +151,11 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         settings=op,
         metrics=metrics,
     )
+    # The policy loops get their own connection pool (same caches, other session): with
+    # 1,000 models their reads and status writes can fill a pool, and a spec change's
+    # reconcile should never wait for a connection behind them.
+    memo.policy_runtime = dataclasses.replace(
+        memo.runtime, api=KubeApi(connection_info(settings), observe=metrics.observe_request))
     _tune_gc()
 
 
@@ -184,6 +189,9 @@ async def cleanup(memo: Any, **_: Any) -> None:
     lag_task = getattr(memo, "lag_task", None)
     if lag_task is not None:
         lag_task.cancel()
+    policy_runtime = getattr(memo, "policy_runtime", None)
+    if policy_runtime is not None:
+        await policy_runtime.api.close()
     runtime = getattr(memo, "runtime", None)
     if runtime is not None:
         await runtime.api.close()
@@ -347,7 +355,7 @@ async def policy_loop(body: kopf.Body, memo: Any, stopped: kopf.DaemonStopped, *
     the one event loop. A random phase spreads them evenly over the interval, and costs
     at most one interval before a new model's first decision.
     """
-    runtime = _runtime(memo)
+    runtime: Runtime = getattr(memo, "policy_runtime", None) or _runtime(memo)
     gone: set[str] = memo.gone
     uid = str(body["metadata"].get("uid") or "")
     loop = asyncio.get_running_loop()
