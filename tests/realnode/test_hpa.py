@@ -343,6 +343,11 @@ def test_an_hpa_on_the_model_and_the_operator_meet_a_load_step_without_fighting(
 ) -> None:
     cluster, plane = real_cluster, real_cluster.plane
     started = time.monotonic()
+    phases: dict[str, float] = {}
+
+    def mark(phase: str) -> None:
+        phases[phase] = round(time.monotonic() - started, 1)
+
     stop = threading.Event()
     level = watch_field(cluster, stop, "elasticmodel", MODEL, ".status.activeLevel")
     spec_replicas = watch_field(cluster, stop, "elasticmodel", MODEL, ".spec.replicas")
@@ -361,6 +366,7 @@ def test_an_hpa_on_the_model_and_the_operator_meet_a_load_step_without_fighting(
         wait_until(lambda: len(ready_pods(cluster)) == 1,
                    what="the serving pod Ready through its probes", timeout_s=180.0,
                    interval_s=0.5, detail=lambda: f"\n{operator.log_tail()}")
+        mark("first replica Ready")
         wait_until(lambda: level.last() == str(FULL), what="the full level in status",
                    timeout_s=60.0)
         # The HPA once metrics-server has a window of the pod, Ready: it must hold the count.
@@ -371,6 +377,7 @@ def test_an_hpa_on_the_model_and_the_operator_meet_a_load_step_without_fighting(
                    and bool(hpa_status(cluster).get("currentMetrics")),
                    what="the HPA to read the container's CPU", timeout_s=60.0, interval_s=0.5,
                    detail=state)
+        mark("HPA reading CPU")
         idle = hpa_status(cluster)
         assert idle.get("desiredReplicas") == 1, idle
 
@@ -381,6 +388,7 @@ def test_an_hpa_on_the_model_and_the_operator_meet_a_load_step_without_fighting(
         target = Target(f"http://{service['spec']['clusterIP']}:8080/predictions/{MODEL}",
                         {"Authorization": f"Bearer {key}", "Content-Type": "image/png"})
         load_started = time.time()
+        mark("load step")
         loader = threading.Thread(target=open_loop, args=(
             target, png_bytes(28, 28), LOAD_RPS, loader_stop, results), daemon=True)
         loader.start()
@@ -394,12 +402,14 @@ def test_an_hpa_on_the_model_and_the_operator_meet_a_load_step_without_fighting(
         assert narrowed_at < scaled_at, state()
         loader_stop.set()
         loader.join(timeout=60)
+        mark("HPA wrote 2, load stopped")
         wait_until(lambda: len(ready_pods(cluster)) == 2, what="the second replica Ready",
                    timeout_s=180.0, interval_s=0.5, detail=state)
         wait_until(lambda: (kubectl_json(cluster, "-n", NS, "get", "elasticmodel", MODEL)
                             .get("status") or {}).get("replicas") == 2,
                    what="the model's scale status to count both replicas", timeout_s=60.0,
                    detail=state)
+        mark("second replica Ready")
     finally:
         loader_stop.set()
         if loader is not None:
@@ -432,7 +442,7 @@ def test_an_hpa_on_the_model_and_the_operator_meet_a_load_step_without_fighting(
           f"+{narrowed_at - load_started:.1f} s; HPA wrote 2 at +{scaled_at - load_started:.1f} s"
           f" ({rescales[0]}); {len(answered)} requests answered, "
           f"{len(results) - len(answered)} shed at the client's in-flight cap; "
-          f"test body {time.monotonic() - started:.1f} s")
+          f"test body {time.monotonic() - started:.1f} s; phases at s: {phases}")
 
 
 def test_only_the_real_node_plane_runs_the_hpa_controller_and_the_aggregation_layer(
