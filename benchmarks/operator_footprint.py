@@ -316,8 +316,9 @@ def run_once(models: int, args: argparse.Namespace) -> dict[str, Any]:
                 loads["burst_start"] = load()
                 created = time.monotonic()
                 for first in range(0, models, 250):  # one kubectl per 250: its own timeout
-                    plane.kubectl("apply", "-f", "-", timeout_s=300, input=yaml.safe_dump(
-                        {"apiVersion": "v1", "kind": "List", "items": items[first:first + 250]}))
+                    chunk = {"apiVersion": "v1", "kind": "List", "items": items[first:first + 250]}
+                    plane.kubectl("apply", "-f", "-", timeout_s=args.settle_timeout,
+                                  input=yaml.safe_dump(chunk))
 
                 def listed() -> list[dict[str, Any]]:
                     found = crs.list_namespaced_custom_object(
