@@ -558,6 +558,12 @@ def main() -> int:
     parser.add_argument("--keep-profile", type=Path, default=None)
     parser.add_argument("--keep-log", type=Path, default=None,
                         help="copy the operator's log here (.N.log per size)")
+    parser.add_argument("--growth-with", type=Path, nargs="*", default=[],
+                        help="earlier results of this script (other sizes, run the same "
+                        "way) to put in the growth table beside this run's")
+    parser.add_argument("--table-only", action="store_true",
+                        help="run nothing: write the growth table of the --growth-with "
+                        "files into the largest one's")
     parser.add_argument("--out", type=Path, default=None,
                         help="result JSON (one size only; default by size)")
     args = parser.parse_args()
@@ -571,11 +577,28 @@ def main() -> int:
         print("operator_footprint: --models must be >= 1, and --out takes one size",
               file=sys.stderr)
         return 2
-    runs: list[dict[str, Any]] = []
+    try:
+        runs: list[dict[str, Any]] = [json.loads(path.read_text())
+                                      for path in args.growth_with]
+    except (OSError, ValueError) as error:
+        print(f"operator_footprint: --growth-with: {error}", file=sys.stderr)
+        return 2
+    if args.table_only:  # the growth table of earlier results, into the largest one's file
+        if len(runs) < 2:
+            print("operator_footprint: --table-only needs two or more --growth-with files",
+                  file=sys.stderr)
+            return 2
+        largest = max(range(len(runs)), key=lambda i: int(runs[i]["models"]))
+        rows = growth_rows(sorted(runs, key=lambda run: int(run["models"])))
+        runs[largest]["growth"] = rows
+        args.growth_with[largest].write_text(json.dumps(runs[largest], indent=2) + "\n")
+        print_growth(rows)
+        return 0
     for models in sizes:
         result = run_once(models, args)
         runs.append(result)
         if len(runs) > 1 and models == sizes[-1]:
+            runs.sort(key=lambda run: int(run["models"]))
             result["growth"] = growth_rows(runs)
         out = args.out or default_out(models)
         out.parent.mkdir(parents=True, exist_ok=True)
