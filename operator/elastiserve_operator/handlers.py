@@ -359,7 +359,18 @@ async def policy_loop(body: kopf.Body, memo: Any, stopped: kopf.DaemonStopped, *
     gone: set[str] = memo.gone
     uid = str(body["metadata"].get("uid") or "")
     loop = asyncio.get_running_loop()
-    due = loop.time() + random.random() * _interval(runtime, body)
+    seen: tuple[object, float] | None = None
+
+    def interval() -> float:
+        """The interval, parsed again only when the spec changed (its generation moved):
+        a full spec parse per round is ~0.2 ms, 40 ms a second at 1,000 models."""
+        nonlocal seen
+        generation = body["metadata"].get("generation")
+        if seen is None or seen[0] != generation:
+            seen = (generation, _interval(runtime, body))
+        return seen[1]
+
+    due = loop.time() + random.random() * interval()
     try:
         while True:
             await stopped.wait(max(0.0, due - loop.time()))
@@ -367,7 +378,7 @@ async def policy_loop(body: kopf.Body, memo: Any, stopped: kopf.DaemonStopped, *
                 break
             runtime.metrics.evaluation_lag.observe(max(0.0, loop.time() - due))
             await _evaluate_once(runtime, body)
-            slot = next_slot(due, _interval(runtime, body), loop.time())
+            slot = next_slot(due, interval(), loop.time())
             if slot.skipped:
                 runtime.metrics.evaluations_skipped.inc(slot.skipped)
             due = slot.due
