@@ -244,43 +244,48 @@ def operator(real_cluster: Any, product_images_on_node: Any, mar: Path,
                      "name": ACCOUNT},
          "subjects": [{"kind": "ServiceAccount", "name": ACCOUNT, "namespace": OPERATOR_NS}]},
     ]
-    plane.kubectl("apply", "--server-side", "-f", str(CRD), "-f", str(PEERING_CRD))
-    plane.kubectl("wait", "--for=condition=Established", "--timeout=30s",
-                  "crd/elasticmodels.elastiserve.io")
-    plane.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(account))
-    wait_until(lambda: plane.kubectl("-n", OPERATOR_NS, "get", "sa", ACCOUNT, check=False)
-               .returncode == 0, what="the operator's ServiceAccount", timeout_s=30.0)
-    token = plane.kubectl("-n", OPERATOR_NS, "create", "token", ACCOUNT,
-                          "--duration=2h").stdout.strip()
-    admin = yaml.safe_load(plane.kubeconfig_path.read_text(encoding="utf-8"))
-    kubeconfig = work / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": admin["clusters"],
-        "users": [{"name": ACCOUNT, "user": {"token": token}}],
-        "contexts": [{"name": "ctx", "context": {"cluster": admin["clusters"][0]["name"],
-                                                 "user": ACCOUNT}}],
-        "current-context": "ctx",
-    }), encoding="utf-8")
-    kubeconfig.chmod(0o600)
-    process = OperatorProcess(kubeconfig, work / "operator.log", prometheus.url,
-                              namespaces=(NS,), extra_env={
-                                  "ELASTISERVE_SERVING_IMAGE":
-                                      product_images_on_node["serving"].ref,
-                                  "ELASTISERVE_SERVING_IMAGE_PULL_POLICY": "Never",
-                                  "ELASTISERVE_ALLOWED_HOST_PATHS": json.dumps([str(mar.parent)]),
-                              }).start()
+    process: OperatorProcess | None = None
     try:
+        plane.kubectl("apply", "--server-side", "-f", str(CRD), "-f", str(PEERING_CRD))
+        plane.kubectl("wait", "--for=condition=Established", "--timeout=30s",
+                      "crd/elasticmodels.elastiserve.io")
+        plane.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(account))
+        wait_until(lambda: plane.kubectl("-n", OPERATOR_NS, "get", "sa", ACCOUNT, check=False)
+                   .returncode == 0, what="the operator's ServiceAccount", timeout_s=30.0)
+        token = plane.kubectl("-n", OPERATOR_NS, "create", "token", ACCOUNT,
+                              "--duration=2h").stdout.strip()
+        admin = yaml.safe_load(plane.kubeconfig_path.read_text(encoding="utf-8"))
+        kubeconfig = work / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": admin["clusters"],
+            "users": [{"name": ACCOUNT, "user": {"token": token}}],
+            "contexts": [{"name": "ctx", "context": {"cluster": admin["clusters"][0]["name"],
+                                                     "user": ACCOUNT}}],
+            "current-context": "ctx",
+        }), encoding="utf-8")
+        kubeconfig.chmod(0o600)
+        settings = {
+            "ELASTISERVE_SERVING_IMAGE": product_images_on_node["serving"].ref,
+            "ELASTISERVE_SERVING_IMAGE_PULL_POLICY": "Never",
+            "ELASTISERVE_ALLOWED_HOST_PATHS": json.dumps([str(mar.parent)]),
+        }
+        process = OperatorProcess(kubeconfig, work / "operator.log", prometheus.url,
+                                  namespaces=(NS,), extra_env=settings).start()
         yield process
     finally:
         plane.kubectl("-n", NS, "delete", "hpa,elasticmodel", "--all", "--wait=true",
                       "--timeout=120s", check=False, timeout_s=130)
-        process.stop()
-        print("operator log tail:\n" + process.log_tail())
+        if process is not None:
+            process.stop()
+            print("operator log tail:\n" + process.log_tail())
         plane.kubectl("delete", "namespace", NS, OPERATOR_NS, "--ignore-not-found",
                       "--timeout=120s", check=False, timeout_s=130)
         plane.kubectl("delete", "clusterrolebinding,clusterrole", ACCOUNT,
                       "--ignore-not-found", check=False)
+        # The quick-start test that follows on this cluster installs them with the chart.
+        plane.kubectl("delete", "-f", str(CRD), "-f", str(PEERING_CRD), "--ignore-not-found",
+                      "--timeout=60s", check=False, timeout_s=70)
 
 
 # ----------------------------------------------------------------------- the test
