@@ -1,6 +1,6 @@
 """Prune-and-grow on torchvision models, end to end to a loaded bundle (issue 19, item 4).
 
-Tiny inputs (3x32x32, 8 generated images, one optimiser step per stage) on the real
+Tiny inputs (3x16x16, 8 generated images, one optimiser step per stage) on the real
 torchvision builders: DependencyGraph derives the slots, the pipeline prunes, tunes the core,
 grows each level with the core frozen and exports; the bundle (schema 3: constructor + layout)
 must rebuild every level to the trained level's output within 1e-5.
@@ -17,7 +17,7 @@ import torch
 from elastiserve_store import load_bundle
 from elastiserve_store.bundle import split_nested
 from elastiserve_store.manifest import CONSTRUCTOR_SCHEMA_VERSION
-from elastiserve_store.slots import prefix, tensor_slots
+from elastiserve_store.slots import gather, prefix, tensor_slots
 from elastiserve_train.data import generated
 from elastiserve_train.model_analysis import analyse
 from elastiserve_train.nested import NestedState, check_nested
@@ -29,13 +29,13 @@ torch.set_num_threads(1)
 
 MODELS = ("torchvision:resnet18", "torchvision:mobilenet_v3_small",
           "torchvision:efficientnet_b0")
-SHAPE = (3, 32, 32)
+SHAPE = (3, 16, 16)
 CLASSES = 4
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_torchvision_prune_and_grow(tmp_path: Path, name: str) -> None:
-    data = generated(n_train=8, n_test=4, channels=3, size=32, classes=CLASSES)
+    data = generated(n_train=8, n_test=4, channels=3, size=16, classes=CLASSES)
     args = analyse(name, {"num_classes": CLASSES}, SHAPE, CLASSES)
     cfg = PipelineConfig(arch=name, arch_args=args, importance="l1", baseline_epochs=1.0,
                          core_epochs=1.0, grow_epochs=1.0, batch_size=8, lr=0.001)
@@ -52,7 +52,6 @@ def test_torchvision_prune_and_grow(tmp_path: Path, name: str) -> None:
         layout = before.layout
         for name_, tensor in before.master.items():  # the level below, not only level 0
             if not layout[name_].per_level:
-                from elastiserve_store.slots import gather
                 assert torch.equal(gather(tensor, layout[name_].axes, before.kept[k - 1]),
                                    gather(after.master[name_], layout[name_].axes,
                                           after.kept[k - 1])), f"{name_} changed at grow{k}"
@@ -68,7 +67,7 @@ def test_torchvision_prune_and_grow(tmp_path: Path, name: str) -> None:
     assert manifest["schema_version"] == CONSTRUCTOR_SCHEMA_VERSION
     assert manifest["architecture"]["name"] == name
     widths = [lv.widths for lv in bundle.manifest.levels]
-    assert all(widths[k][s] < widths[k + 1][s] or widths[k][s] == widths[k + 1][s]
+    assert all(widths[k][s] <= widths[k + 1][s]
                for k in range(len(widths) - 1) for s in widths[k])
     assert any(widths[0][s] < widths[-1][s] for s in widths[0])
     x = torch.randn(2, *SHAPE)
