@@ -146,10 +146,6 @@ POLICY_MANAGER = "elastiserve-policy"
 NODE_CACHE_S = 5.0
 """How long node readings (Node objects, NodeMetrics, exporter series) are reused."""
 
-OWNERSHIP_RETRY_S = 60
-"""How soon a model with a foreign object in a child's place is reconciled again (nothing
-watches that object: it may carry none of the operator's labels)."""
-
 KEY_BYTES = 32
 """Entropy of a generated inference key (``secrets.token_urlsafe``: 43 characters)."""
 
@@ -459,7 +455,7 @@ async def reconcile(rt: Runtime, body: Mapping[str, Any]) -> None:
     if foreign:
         rt.metrics.errors.labels("ownership").inc()
         raise kopf.TemporaryError(f"children held by others: {problem}",
-                                  delay=OWNERSHIP_RETRY_S)
+                                  delay=rt.settings.ownership_retry_s)
 
 
 def _condition_changed(

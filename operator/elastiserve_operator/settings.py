@@ -46,6 +46,7 @@ ENV = {
     "prometheus_max_bytes": "ELASTISERVE_PROMETHEUS_MAX_RESPONSE_BYTES",
     "prometheus_max_series": "ELASTISERVE_PROMETHEUS_MAX_SERIES",
     "node_pressure": "ELASTISERVE_NODE_PRESSURE",
+    "ownership_retry": "ELASTISERVE_OWNERSHIP_RETRY_SECONDS",
 }
 """Setting -> env var name (the chart's contract; the README of the chart lists them)."""
 
@@ -361,6 +362,10 @@ class OperatorSettings:
     prometheus_max_series: int = 1000
     """Most series a model's query may return (a model's p95 or rate reduces to one value)."""
     node_pressure: bool = True
+    ownership_retry_s: float = 60.0
+    """How soon a model with a foreign object in a child's place is reconciled again: nothing
+    watches that object (it may carry none of the operator's labels), so only a retry sees it
+    go. A minute keeps a conflict that lasts cheap; tests shorten it."""
     defaults: SpecDefaults = field(default_factory=SpecDefaults)
     node_exporter: ExporterNames = field(default_factory=ExporterNames)
     """Per-node exporter series (Jetson temperature/GPU load...); env names in
@@ -376,6 +381,14 @@ class OperatorSettings:
         return dataclasses.replace(
             self.defaults, latency_query=self.latency_query, request_rate_query=self.rate_query
         )
+
+
+def _seconds(key: str, text: str | None, default: float) -> float:
+    """A duration setting in seconds; a malformed one names its variable."""
+    try:
+        return float(text) if text is not None else default
+    except ValueError:
+        raise ValueError(f"{ENV[key]}: not a number of seconds: {text!r}") from None
 
 
 def _flag(value: str) -> bool:
@@ -405,6 +418,8 @@ def settings_from_env(env: Mapping[str, str]) -> OperatorSettings:
         max_bytes = _integer(get("prometheus_max_bytes") or str(base.prometheus_max_bytes))
         max_series = _integer(get("prometheus_max_series") or str(base.prometheus_max_series))
         pressure = _flag(get("node_pressure") or "true")
+        ownership_retry = _seconds("ownership_retry", get("ownership_retry"),
+                                   base.ownership_retry_s)
     except ValueError as error:
         raise ValueError(f"malformed ELASTISERVE_* setting: {error}") from error
     if not 0 <= port <= 65535:
@@ -413,6 +428,9 @@ def settings_from_env(env: Mapping[str, str]) -> OperatorSettings:
         raise ValueError(f"{ENV['prometheus_max_bytes']} must be 1024..{1 << 30}, got {max_bytes}")
     if not 1 <= max_series <= 1_000_000:
         raise ValueError(f"{ENV['prometheus_max_series']} must be 1..1000000, got {max_series}")
+    if not 1.0 <= ownership_retry <= 3600.0:
+        raise ValueError(f"{ENV['ownership_retry']} must be 1..3600 seconds, "
+                         f"got {ownership_retry}")
     pull_policy = (get("serving_pull_policy") or base.serving_pull_policy).strip()
     if pull_policy not in PULL_POLICIES:
         raise ValueError(f"{ENV['serving_pull_policy']}: must be one of "
@@ -434,6 +452,7 @@ def settings_from_env(env: Mapping[str, str]) -> OperatorSettings:
         prometheus_max_bytes=max_bytes,
         prometheus_max_series=max_series,
         node_pressure=pressure,
+        ownership_retry_s=ownership_retry,
         defaults=defaults,
         node_exporter=node_exporter,
         tenancy=tenancy_from_env(env),

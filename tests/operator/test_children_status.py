@@ -344,6 +344,13 @@ class TestSettings:
         with pytest.raises(ValueError, match="ELASTISERVE"):
             settings_from_env({ENV["metrics_port"]: "eighty"})
 
+    def test_ownership_retry(self) -> None:
+        assert settings_from_env({}).ownership_retry_s == 60.0
+        assert settings_from_env({ENV["ownership_retry"]: "5"}).ownership_retry_s == 5.0
+        for bad in ("0", "7200", "soon"):
+            with pytest.raises(ValueError, match="ELASTISERVE_OWNERSHIP_RETRY_SECONDS"):
+                settings_from_env({ENV["ownership_retry"]: bad})
+
     def test_pull_policy(self) -> None:
         assert settings_from_env({}).serving_pull_policy == "IfNotPresent"
         assert settings_from_env({ENV["serving_pull_policy"]: "Never"}).serving_pull_policy == (

@@ -25,6 +25,7 @@ import pytest
 
 from elastiserve.testing.controlplane import ControlPlane
 from elastiserve_operator.children import AUTOSCALER_ANNOTATION, INFERENCE_PORT, METRICS_PORT
+from elastiserve_operator.settings import ENV
 
 from .cluster_harness import (
     OPERATOR_NS,
@@ -42,6 +43,10 @@ MANAGED = "app.kubernetes.io/managed-by=elastiserve-operator"
 KINDS = "deployments,services,configmaps,serviceaccounts,roles,rolebindings,networkpolicies"
 
 
+OWNERSHIP_RETRY_S = 5
+OWNERSHIP_RETRY_ENV = ENV["ownership_retry"]
+
+
 @pytest.fixture(scope="module")
 def operator(
     control_plane: ControlPlane, kube_client: Any, tmp_path_factory: pytest.TempPathFactory
@@ -55,7 +60,8 @@ def operator(
                                   tmp / "kubeconfig")
     process = OperatorProcess(kubeconfig, tmp / "operator.log", "http://127.0.0.1:1",
                               extra_env={"ELASTISERVE_HOST_PATH_ENABLED": "false",
-                                         "ELASTISERVE_ALLOWED_HOST_PATHS": "[]"}).start()
+                                         "ELASTISERVE_ALLOWED_HOST_PATHS": "[]",
+                                         OWNERSHIP_RETRY_ENV: str(OWNERSHIP_RETRY_S)}).start()
     try:
         yield process
     finally:
@@ -185,9 +191,11 @@ def test_a_freed_name_is_taken_on_the_next_retry(
     wait_for(lambda: condition(plane, kube_namespace, name, "Degraded").get("reason")
              == "OwnershipConflict", "the conflict reported", WAIT_S)
     plane.kubectl("delete", "service", name, "-n", kube_namespace)
-    # Retried within a minute (nothing watches an object without the operator's labels).
+    # Nothing watches an object without the operator's labels: only the retry, every
+    # OWNERSHIP_RETRY_S here (a minute by default), sees the name freed.
     wait_for(lambda: condition(plane, kube_namespace, name, "Degraded").get("status")
-             == "False", "the model reconciled once the name is free", 90.0,
+             == "False", "the model reconciled once the name is free",
+             OWNERSHIP_RETRY_S + 30.0,
              show=lambda: operator.log_tail())
     service = kubectl_json(plane, "get", "service", name, "-n", kube_namespace)
     (ref,) = service["metadata"]["ownerReferences"]
