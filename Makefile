@@ -21,7 +21,7 @@ EXTRAS := train,serve,operator,dev
 DEBIAN_PACKAGES := prometheus dataset-fashion-mnist openssl containerd runc containernetworking-plugins iptables conntrack podman mmdebstrap iproute2 curl
 PYTEST_ARGS ?=
 
-.PHONY: test demo venv system-deps assets images lint typecheck pytest clean
+.PHONY: test demo venv system-deps assets images lint typecheck pytest pytest-cluster pytest-rest clean
 
 test: venv system-deps assets images lint typecheck pytest
 
@@ -60,8 +60,29 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy --cache-dir $(MYPY_CACHE)
 
+# The suite as two pytest sessions at once: the tests that drive a real cluster with real pods
+# (the real node's quick start and HPA tests, the e2e loop) spend most of their minutes waiting
+# on pods, probes and policy windows, which the rest of the suite can use. Each session has its
+# own network namespace and control plane (see elastiserve/testing/pytest_plugin.py); make
+# prints each session's output whole when it ends. With PYTEST_ARGS (one test, a -k filter) it
+# is one ordinary session.
+CLUSTER_TESTS := tests/realnode tests/e2e
+PYTEST_FLAGS := --durations=15
+
 pytest: venv
+ifeq ($(strip $(PYTEST_ARGS)),)
+	@$(MAKE) --no-print-directory -j2 --output-sync=target pytest-cluster pytest-rest
+else
 	$(PY) -m pytest $(PYTEST_ARGS)
+endif
+
+pytest-cluster:
+	@echo "== pytest session 1 of 2: $(CLUSTER_TESTS)"
+	$(PY) -m pytest $(PYTEST_FLAGS) $(CLUSTER_TESTS)
+
+pytest-rest:
+	@echo "== pytest session 2 of 2: everything else"
+	$(PY) -m pytest $(PYTEST_FLAGS) $(addprefix --ignore=,$(CLUSTER_TESTS))
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
