@@ -11,14 +11,17 @@
 #       --build-arg L4T_PYTORCH_IMAGE=nvcr.io/nvidia/pytorch:24.08-py3-igpu \
 #       -t ghcr.io/elastiserve/serving:0.1.0-l4t-r36 .
 #   No registry at all (the test machines): a base built from Debian packages that already has
-#   torch and Java (Debian 13's python3-torch 2.6 CPU and openjdk-21, hack/debian-base.sh) and
-#   no torch index; `python -m elastiserve.testing.images build` does this with podman:
+#   torch, torchvision and Java (Debian 13's python3-torch 2.6 CPU, its python3-torchvision
+#   built against it, openjdk-21; hack/debian-base.sh) and no torch index; `python -m elastiserve.testing.images build` does this with podman:
 #     podman build -f docker/serving.Dockerfile --build-arg PYTHON_IMAGE=<local base> \
 #       --build-arg TORCH_INDEX_URL= .
 #
 # The last stage picks serving-${TARGETARCH}, so --platform chooses the recipe. The venv sees
-# the base's site-packages, so a base that has torch (Debian's, L4T's) satisfies torch>=2.4 and
-# pip takes nothing for it; on python:*-slim there is none and pip installs it.
+# the base's site-packages, so a base that has torch and torchvision (Debian's, L4T's)
+# satisfies torch>=2.4 and torchvision>=0.19 and pip takes nothing for them; on python:*-slim
+# there are none and pip installs both from the torch index (a matching pair). torchvision
+# (bundles naming a torchvision model) must come from where torch comes from: a PyPI wheel
+# beside a base's torch would pull its own torch; the build checks both share a directory.
 ARG PYTHON_IMAGE=python:3.12.8-slim-bookworm
 # Any L4T PyTorch image with Python >= 3.10 and CUDA torch >= 2.4 (pyproject's floor) works:
 # NGC's iGPU builds (nvcr.io/nvidia/pytorch:<yy.mm>-py3-igpu) or jetson-containers'
@@ -54,6 +57,7 @@ RUN pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} ".[serv
  && rm -rf /src \
  && cd / \
  && python -c "import torch, ts, elastiserve_serve; print('torch', torch.__version__)" \
+ && python -c "import os, torch, torchvision; where = [os.path.dirname(os.path.dirname(m.__file__)) for m in (torch, torchvision)]; assert where[0] == where[1], where; print('torchvision', torchvision.__version__, 'beside torch in', where[0])" \
  && java -version
 
 # ------------------------------------------------------------------ arm64: Jetson, torch from base
@@ -71,16 +75,18 @@ COPY operator/ operator/
 COPY model_store/ model_store/
 COPY handlers/ handlers/
 COPY training/ training/
-# The serve extra minus torch (kept in step with pyproject.toml by tests/chart/test_docker.py),
-# then the package itself with --no-deps, so pip never replaces the base's CUDA torch with
-# PyPI's CPU-only aarch64 wheel.
+# The serve extra minus torch and torchvision (kept in step with pyproject.toml by
+# tests/chart/test_docker.py), then the package itself with --no-deps, so pip never replaces
+# the base's CUDA torch with PyPI's CPU-only aarch64 wheel. The NVIDIA base ships torchvision
+# built against its torch; a PyPI torchvision would pin and pull PyPI's torch.
 RUN python3 -m pip install \
       "pyyaml>=6" "safetensors>=0.4" "numpy>=1.26" "pillow>=10" \
       "torchserve==0.12.0" "torch-model-archiver==0.12.0" "prometheus-client>=0.20" \
       "httpx>=0.27" "aiohttp>=3.9" "kubernetes>=30" "pydantic>=2.6" \
  && python3 -m pip install --no-deps . \
  && rm -rf /src \
- && python3 -c "import torch; print('torch', torch.__version__, 'cuda build', torch.version.cuda)"
+ && python3 -c "import torch; print('torch', torch.__version__, 'cuda build', torch.version.cuda)" \
+ && python3 -c "import torchvision; print('torchvision', torchvision.__version__)"
 
 # ------------------------------------------------------------------ common tail
 FROM serving-${TARGETARCH}

@@ -73,5 +73,8 @@ OPERATOR_BASE = BaseRecipe("operator", "trixie", PYTHON_PACKAGES)
 SERVING_BASE = BaseRecipe(
     "serving",
     "trixie",
-    (*PYTHON_PACKAGES, "python3-torch", "python3-numpy", "openjdk-21-jre-headless"),
+    # python3-torchvision is built against the same suite's python3-torch (a bundle that
+    # names a torchvision model needs it; PyPI's wheel would bring another torch).
+    (*PYTHON_PACKAGES, "python3-torch", "python3-torchvision", "python3-numpy",
+     "openjdk-21-jre-headless"),
 )

@@ -25,6 +25,9 @@ DOCKER = REPO_ROOT / "docker"
 OPERATOR = DOCKER / "operator.Dockerfile"
 SERVING = DOCKER / "serving.Dockerfile"
 TORCH = re.compile(r"^torch\s*([<>=!~;\[]|$)")  # torch itself, not torchserve/torch-...
+# What the Jetson recipe takes from its NVIDIA base instead of pip: torch (the CUDA build for
+# the Orin iGPU) and torchvision, built against that torch (PyPI's would pin and pull PyPI's).
+FROM_JETSON_BASE = re.compile(r"^(torch|torchvision)\s*([<>=!~;\[]|$)")
 
 
 @dataclass(frozen=True)
@@ -189,16 +192,33 @@ def test_serving_jetson_keeps_the_base_torch() -> None:
     assert len(jetson) == 1
     first_install = jetson[0].split("&&")[0]
     requirements = re.findall(r'"([^"]+)"', first_install)
-    assert not any(TORCH.match(req) for req in requirements), requirements
+    assert not any(FROM_JETSON_BASE.match(req) for req in requirements), requirements
     # Everything else the serve extra needs is installed explicitly, with the same pins.
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     wanted = {
         req
         for req in project["project"]["optional-dependencies"]["serve"]
         + project["project"]["dependencies"]
-        if not TORCH.match(req)
+        if not FROM_JETSON_BASE.match(req)
     }
     assert wanted == set(requirements)
+    # ... and the base really brings both (the build imports them).
+    checks = " ".join(line for line in run_lines(SERVING) if "python3 -c" in line)
+    assert "import torch;" in checks and "import torchvision;" in checks
+
+
+def test_the_serve_extra_has_torchvision_for_bundles_naming_a_torchvision_model() -> None:
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    serve = project["project"]["optional-dependencies"]["serve"]
+    assert any(re.match(r"^torchvision\s*>=", req) for req in serve), serve
+
+
+def test_serving_amd64_checks_torchvision_sits_beside_torch() -> None:
+    """A PyPI torchvision beside a base's torch would bring a second torch: the build fails
+    unless both come from one directory (the Debian base's, or the venv's on python:slim)."""
+    install = next(line for line in run_lines(SERVING) if '".[serve]"' in line)
+    check = next(part for part in install.split("&&") if "import os, torch, torchvision" in part)
+    assert "assert where[0] == where[1]" in check
 
 
 def test_serving_arm64_base_is_an_nvidia_image_from_an_arg() -> None:

@@ -97,7 +97,9 @@ def test_operator_has_no_torch_and_runs_as_65532(built: dict[str, BuiltImage]) -
 
 def test_serving_has_torch_torchserve_and_java_as_65532(built: dict[str, BuiltImage]) -> None:
     script = ("id -u; id -g; for c in torchserve java elastiserve; do command -v $c; done; "
-              "python -c 'import torch, ts; print(torch.__version__)'; java -version 2>&1")
+              "python -c 'import torch, ts; print(torch.__version__)'; java -version 2>&1 "
+              "| head -n 1; python -c 'import torch, torchvision; print(torchvision.__file__, "
+              "torch.__file__, torchvision.models.resnet18(num_classes=3).fc.out_features)'")
     done = run(built["serving"], "-c", script, entrypoint="/bin/sh")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
@@ -105,6 +107,12 @@ def test_serving_has_torch_torchserve_and_java_as_65532(built: dict[str, BuiltIm
     assert lines[2:5] == ["/opt/venv/bin/torchserve", "/usr/bin/java", "/opt/venv/bin/elastiserve"]
     assert lines[5].startswith("2.")  # Debian's CPU torch
     assert "openjdk" in lines[6]
+    # torchvision (bundles naming a torchvision model) is Debian's, beside Debian's torch:
+    # nothing from PyPI brought a second torch into the venv.
+    vision, torch_file, classes = lines[7].split()
+    assert vision.startswith("/usr/lib/python3/dist-packages/torchvision/"), vision
+    assert torch_file.startswith("/usr/lib/python3/dist-packages/torch/"), torch_file
+    assert classes == "3"
     done = run(built["serving"], "serve", "--help")  # the image's own entrypoint
     assert done.returncode == 0 and "--bundle" in done.stdout, done.stderr
 

@@ -210,7 +210,8 @@ class TestBaseRecipes:
         assert recipe.key(script) != before
 
     def test_the_serving_base_has_torch_and_java_the_operator_base_neither(self) -> None:
-        assert {"python3-torch", "openjdk-21-jre-headless"} <= set(SERVING_BASE.packages)
+        assert {"python3-torch", "python3-torchvision",
+                "openjdk-21-jre-headless"} <= set(SERVING_BASE.packages)
         assert not any("torch" in p or "jdk" in p for p in OPERATOR_BASE.packages)
         assert SERVING_BASE.suite == OPERATOR_BASE.suite == "trixie"
 
