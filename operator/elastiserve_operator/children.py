@@ -390,7 +390,14 @@ def build_deployment(
         "args": args,
         # TorchServe, its JVM (user.home, preferences) and torch write under HOME and /tmp
         # only; both are the tmp emptyDir, so the root filesystem can stay read-only.
-        "env": [{"name": "HOME", "value": WRITABLE_HOME}],
+        "env": [
+            {"name": "HOME", "value": WRITABLE_HOME},
+            # User model factories a bundle may name (the chart's serving.allowedFactories);
+            # the loader refuses any other before importing it.
+            *([{"name": "ELASTISERVE_ALLOWED_FACTORIES",
+                "value": ",".join(settings.serving_allowed_factories)}]
+              if settings.serving_allowed_factories else []),
+        ],
         "ports": [
             {"name": "http", "containerPort": INFERENCE_PORT},
             {"name": "metrics", "containerPort": METRICS_PORT},

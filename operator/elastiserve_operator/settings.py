@@ -47,6 +47,7 @@ ENV = {
     "prometheus_max_series": "ELASTISERVE_PROMETHEUS_MAX_SERIES",
     "node_pressure": "ELASTISERVE_NODE_PRESSURE",
     "ownership_retry": "ELASTISERVE_OWNERSHIP_RETRY_SECONDS",
+    "serving_allowed_factories": "ELASTISERVE_SERVING_ALLOWED_FACTORIES",
 }
 """Setting -> env var name (the chart's contract; the README of the chart lists them)."""
 
@@ -362,6 +363,11 @@ class OperatorSettings:
     prometheus_max_series: int = 1000
     """Most series a model's query may return (a model's p95 or rate reduces to one value)."""
     node_pressure: bool = True
+    serving_allowed_factories: tuple[str, ...] = ()
+    """User model factories (``package.module:factory``) the serving pods may build a bundle
+    with: their ``ELASTISERVE_ALLOWED_FACTORIES`` (``elastiserve_store.constructors``). An
+    operator setting, not a CR field, because naming code to run is the serving side's call,
+    never a model author's; torchvision's builders need no entry."""
     ownership_retry_s: float = 60.0
     """How soon a model with a foreign object in a child's place is reconciled again: nothing
     watches that object (it may carry none of the operator's labels), so only a retry sees it
@@ -389,6 +395,27 @@ def _seconds(key: str, text: str | None, default: float) -> float:
         return float(text) if text is not None else default
     except ValueError:
         raise ValueError(f"{ENV[key]}: not a number of seconds: {text!r}") from None
+
+
+# elastiserve_store.constructors' own form (that module needs torch; the operator has none).
+_FACTORY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _factories(text: str | None) -> tuple[str, ...]:
+    """The serving pods' factory allow-list: a JSON list of ``package.module:factory``."""
+    var = ENV["serving_allowed_factories"]
+    try:
+        names = _string_list(var, text)
+    except ValueError as error:
+        message = str(error)
+        raise ValueError(message if message.startswith(var) else f"{var}: {message}") from None
+    for name in names:
+        if len(name) > 200 or not _FACTORY.fullmatch(name):
+            raise ValueError(f"{var}: {name[:80]!r} is not 'package.module:factory'")
+        if name.startswith("torchvision:"):
+            raise ValueError(f"{var}: {name!r}: torchvision's models are allowed without "
+                             "an entry; list only your own factories")
+    return names
 
 
 def _flag(value: str) -> bool:
@@ -435,6 +462,7 @@ def settings_from_env(env: Mapping[str, str]) -> OperatorSettings:
     if pull_policy not in PULL_POLICIES:
         raise ValueError(f"{ENV['serving_pull_policy']}: must be one of "
                          f"{', '.join(PULL_POLICIES)}, got {pull_policy!r}")
+    factories = _factories(get("serving_allowed_factories"))
     defaults = defaults_from_env(env)
     node_exporter = exporter_names_from_env(env)
     namespaces = tuple(n.strip() for n in (get("namespaces") or "").split(",") if n.strip())
@@ -452,6 +480,7 @@ def settings_from_env(env: Mapping[str, str]) -> OperatorSettings:
         prometheus_max_bytes=max_bytes,
         prometheus_max_series=max_series,
         node_pressure=pressure,
+        serving_allowed_factories=factories,
         ownership_retry_s=ownership_retry,
         defaults=defaults,
         node_exporter=node_exporter,
