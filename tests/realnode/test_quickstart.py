@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -78,6 +79,23 @@ def page_commands() -> list[str]:
             if words:
                 lines.append(shlex.join(words))
     return lines
+
+
+def v2_lines() -> tuple[str, str]:
+    """The page's two Open Inference Protocol lines (metadata, infer), as a shell runs them:
+    raw, because the infer line's body is built by ``$(base64 ...)``."""
+    found = [line for body in blocks("sh") for line in body.replace("\\\n", " ").splitlines()
+             if line.startswith("curl ") and "127.0.0.1:8080/v2/models/fmnist" in line]
+    assert len(found) == 2 and found[1].split()[2].endswith("/infer"), found
+    return found[0], found[1]
+
+
+def run_shell(line: str, key: str, cwd: Path) -> str:
+    """One page line through bash, with ``$TOKEN`` set as the page sets it."""
+    done = subprocess.run(["bash", "-c", line], cwd=cwd, capture_output=True, text=True,
+                          timeout=60, check=False, env={**os.environ, "TOKEN": key})
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def page_command(*start: str) -> list[str]:
@@ -346,6 +364,14 @@ def test_quickstart_on_the_real_node(
             assert done.stdout.startswith("HTTP/1.1 200"), done.stdout[:500]
             assert "x-elastiserve-level:" in done.stdout.lower()
             first_answer = first_answer or time.monotonic()
+        metadata, infer = v2_lines()
+        described = json.loads(run_shell(metadata, key, tmp_path))
+        assert described["name"] == MODEL and described["inputs"][0]["name"] == "input-0"
+        answered = run_shell(infer, key, tmp_path)
+        assert answered.startswith("HTTP/1.1 200"), answered[:500]
+        v2_body = json.loads(answered.split("\r\n\r\n", 1)[1])
+        assert v2_body["model_name"] == MODEL and v2_body["id"] == "1"
+        assert v2_body["parameters"]["level"] == LEVELS[FULL]
     service = kubectl_json(real_cluster, "-n", NS, "get", "service", MODEL)
     service_url = f"http://{service['spec']['clusterIP']}:8080/predictions/{MODEL}"
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "image/png"}
