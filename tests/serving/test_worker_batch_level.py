@@ -143,7 +143,7 @@ def test_profile_levels_takes_the_median_after_a_warm_up() -> None:
     """The clock advances by what each call 'costs'; the first (warm-up) call is slow."""
     now = [0.0]
     calls: list[tuple[int, int]] = []
-    costs = iter([9.0, 0.003, 0.001, 0.002] * 4)
+    costs = iter([0.2, 0.003, 0.001, 0.002] * 4)
 
     def run(level: int, samples: int) -> None:
         calls.append((level, samples))
@@ -152,3 +152,18 @@ def test_profile_levels_takes_the_median_after_a_warm_up() -> None:
     table = profile_levels(run, 2, (1, 2), repeats=3, clock=lambda: now[0])
     assert len(calls) == 2 * 2 * 4
     assert [list(row) for row in table.seconds] == [[pytest.approx(0.002)] * 2] * 2
+
+
+def test_profile_levels_times_a_slow_size_once() -> None:
+    """A warm-up over SLOW_RUN_S is followed by one timed run, not ``repeats``."""
+    now = [0.0]
+    calls: list[tuple[int, int]] = []
+    costs = {1: 0.01, 8: 2.0}
+
+    def run(level: int, samples: int) -> None:
+        calls.append((level, samples))
+        now[0] += costs[samples]
+
+    table = profile_levels(run, 1, (1, 8), repeats=3, clock=lambda: now[0])
+    assert calls == [(0, 1)] * 4 + [(0, 8)] * 2
+    assert list(table.seconds[0]) == pytest.approx([0.01, 2.0])

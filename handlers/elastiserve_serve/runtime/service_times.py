@@ -90,6 +90,11 @@ class ServiceTimes:
         self.corrections[level] = (1 - CORRECTION_WEIGHT) * old + CORRECTION_WEIGHT * ratio
 
 
+SLOW_RUN_S = 0.25
+"""A warm-up run slower than this is timed once more, not ``repeats`` times: a large model at
+a large batch must not hold a worker's start for minutes (its noise matters less, too)."""
+
+
 def profile_levels(
     run: Callable[[int, int], None],
     levels: int,
@@ -98,17 +103,20 @@ def profile_levels(
     repeats: int = 3,
     clock: Callable[[], float] = time.perf_counter,
 ) -> ServiceTimes:
-    """Time ``run(level, samples)`` (one warm-up, then the median of ``repeats``) for every
-    level and size. ``run`` does what serving does per group: forward pass and softmax."""
+    """Time ``run(level, samples)`` (one warm-up, then the median of ``repeats``, or a single
+    run after a warm-up slower than :data:`SLOW_RUN_S`) for every level and size. ``run`` does
+    what serving does per group: forward pass and softmax."""
     if repeats < 1:
         raise ValueError("repeats must be at least 1")
     table: list[tuple[float, ...]] = []
     for level in range(levels):
         row = []
         for size in sizes:
+            began = clock()
             run(level, size)
+            slow = clock() - began > SLOW_RUN_S
             times = []
-            for _ in range(repeats):
+            for _ in range(1 if slow else repeats):
                 start = clock()
                 run(level, size)
                 times.append(clock() - start)
