@@ -15,6 +15,7 @@ missing RBAC: retrying will not fix it quickly).
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import dataclasses
 import json
@@ -23,7 +24,7 @@ import re
 import ssl
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -250,6 +251,24 @@ class KubeApi:
         result = await self.request("GET", path, params=params or None)
         items = result.get("items") or []
         return [item for item in items if isinstance(item, dict)]
+
+    async def list_pages(
+        self, path: str, *, page_size: int, **params: str
+    ) -> AsyncIterator[builtins.list[dict[str, Any]]]:
+        """The items of a LIST, ``page_size`` at a time (the server's ``limit`` and
+        ``continue``): a caller that keeps only part of each object holds one page of
+        whole objects at a time, not the whole list (1,000 pods: ~10 MB of JSON, ~55 MB
+        decoded)."""
+        token = ""
+        while True:
+            query = {**params, "limit": str(page_size)}
+            if token:
+                query["continue"] = token
+            result = await self.request("GET", path, params=query)
+            yield [item for item in result.get("items") or [] if isinstance(item, dict)]
+            token = str((result.get("metadata") or {}).get("continue") or "")
+            if not token:
+                return
 
     async def apply(
         self, obj: Mapping[str, Any], *, manager: str = FIELD_MANAGER, subresource: str = "",

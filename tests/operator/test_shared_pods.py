@@ -176,3 +176,31 @@ def test_a_slow_list_is_joined_not_repeated() -> None:
 
     asyncio.run(run())
     assert len(api.calls) == 1
+
+
+class PagingLister(Lister):
+    """A client that pages like ``KubeApi.list_pages``."""
+
+    def __init__(self, pods: list[dict[str, Any]]) -> None:
+        super().__init__(pods)
+        self.pages: list[int] = []
+
+    async def list_pages(self, path: str, *, page_size: int, **params: str) -> Any:
+        self.calls.append((path, params))
+        for first in range(0, len(self.pods), page_size):
+            page = self.pods[first:first + page_size]
+            self.pages.append(len(page))
+            yield page
+
+
+def test_a_paging_client_is_read_page_by_page_with_the_same_answer() -> None:
+    pods = [pod(f"m{i % 7}", f"n{i}") for i in range(250)]
+    paged, whole = PagingLister(pods), Lister(pods)
+
+    async def run(api: Lister) -> dict[str, list[dict[str, Any]]]:
+        shared = SharedPods(api, clock=Clock())
+        return {f"m{k}": await shared.of_model("ml", f"m{k}") for k in range(7)}
+
+    assert asyncio.run(run(paged)) == asyncio.run(run(whole))
+    assert paged.pages == [100, 100, 50]
+    assert paged.calls == [("/api/v1/namespaces/ml/pods", {"labelSelector": SELECTOR})]
