@@ -104,6 +104,7 @@ from .replica_owner import (
     foreign_managers,
     live_replicas,
     replicas_managers,
+    scale_writer,
 )
 from .replica_spec import ReplicaPolicy, replica_policy_from_spec
 from .served_share import SERVED_SHARE_QUERY, read_served_shares
@@ -230,6 +231,7 @@ def ownership_of(
         spec_replicas=spec.replicas,
         deployment=deployment,
         desired=(body.get("status") or {}).get("desiredReplicas"),
+        model_writer=scale_writer(body),
     )
 
 

@@ -5,7 +5,12 @@ Three parties can set the count of a model's serving Deployment:
 * **the spec** (``spec.replicas`` of the ElasticModel): the default. A person, ``kubectl
   scale elasticmodel``, or an HPA / KEDA ``ScaledObject`` that targets the *model* write it
   through the model's ``scale`` subresource; the operator copies it to the Deployment with
-  its forced apply;
+  its forced apply. When the model's own ``managedFields`` show that an autoscaler's field
+  manager (one that is not ``kubectl``'s) owns ``spec.replicas`` through ``scale``
+  (:func:`scale_writer`), ``status.replicasOwner`` names it (``autoscaler:<manager>``, reason
+  ``AutoscalerOnModel``), and with the joint policy enabled too that is a conflict: two
+  deciders of one count (the joint policy then acts on the width only, and the count follows
+  the spec);
 * **an autoscaler that targets the Deployment** itself: named by the annotation
   ``elastiserve.io/replicas-managed-by`` on the model, or found in the Deployment's
   ``managedFields``: a field manager other than the operator's owns its ``spec.replicas``
@@ -70,6 +75,7 @@ __all__ = [
     "foreign_managers",
     "live_replicas",
     "replicas_managers",
+    "scale_writer",
     "spec_replicas_seen",
 ]
 
@@ -129,6 +135,17 @@ def replicas_managers(deployment: Mapping[str, Any] | None) -> tuple[str, ...]:
                          if isinstance(e, Mapping) and _replicas_owned(e)}))
 
 
+def scale_writer(model: Mapping[str, Any]) -> str:
+    """The field manager that owns the model's ``spec.replicas`` through its ``scale``
+    subresource, unless it is ``kubectl``'s (a person's ``kubectl scale``): an HPA (``kube-
+    controller-manager``, also KEDA's HPA) or another autoscaler. "" when none."""
+    entries = (model.get("metadata") or {}).get("managedFields") or []
+    writers = sorted({str(e.get("manager") or "") for e in entries
+                      if isinstance(e, Mapping) and e.get("subresource") == "scale"
+                      and _replicas_owned(e)})
+    return next((w for w in writers if w and not w.startswith("kubectl")), "")
+
+
 def live_replicas(deployment: Mapping[str, Any] | None) -> int | None:
     """The Deployment's ``spec.replicas`` (``None``: unknown)."""
     if deployment is None:
@@ -184,11 +201,13 @@ def decide_ownership(
     spec_replicas: int,
     deployment: Mapping[str, Any] | None,
     desired: object = None,
+    model_writer: str = "",
 ) -> ReplicaOwnership:
     """The rules of the module docstring. ``annotation``: the model's
     ``elastiserve.io/replicas-managed-by`` ("" when absent); ``deployment``: the serving
     Deployment as last seen (``None``: not known, about to be created); ``desired``: the
-    model's ``status.desiredReplicas`` (the joint policy's last count)."""
+    model's ``status.desiredReplicas`` (the joint policy's last count); ``model_writer``: the
+    autoscaler that writes the model's ``spec.replicas`` (:func:`scale_writer`, "" none)."""
     managers = replicas_managers(deployment)
     foreign = [m for m in managers if m not in OURS]
     live = live_replicas(deployment)
@@ -222,6 +241,13 @@ def decide_ownership(
             f"field manager {holder} set the serving Deployment's replicas: the operator "
             f"leaves them alone until this model's spec.replicas changes (kubectl scale "
             f"elasticmodel ... --replicas=N takes them back)")
+    if policy.enabled and model_writer:
+        return ReplicaOwnership(
+            autoscaler_owner(model_writer), spec_replicas, False, "False", "ConflictingOwners",
+            f"spec.policy.replicas.enabled is true but field manager {model_writer} (an HPA or "
+            f"KEDA aimed at this model) writes spec.replicas through the scale subresource: "
+            f"the count follows spec.replicas and the joint policy acts on the width only; "
+            f"remove that autoscaler or disable spec.policy.replicas")
     if policy.enabled:
         if deployment is None:
             start = _desired(desired)
@@ -236,6 +262,12 @@ def decide_ownership(
             JOINT_OWNER, send, True, "True", "JointPolicy",
             f"the joint policy sets the count within [{policy.min_replicas}, "
             f"{policy.max_replicas}] (spec.policy.replicas)")
+    if model_writer:
+        return ReplicaOwnership(
+            autoscaler_owner(model_writer), spec_replicas, False, "True", "AutoscalerOnModel",
+            f"field manager {model_writer} (an HPA or KEDA aimed at this model) sets "
+            f"spec.replicas ({spec_replicas}) through the scale subresource; the operator "
+            f"copies it to the serving Deployment and never writes it back")
     return ReplicaOwnership(
         SPEC_OWNER, spec_replicas, False, "True", "Spec",
         f"spec.replicas ({spec_replicas}) sets the count; kubectl scale elasticmodel, an HPA "

@@ -20,6 +20,7 @@ from elastiserve_operator.replica_owner import (
     foreign_managers,
     live_replicas,
     replicas_managers,
+    scale_writer,
     spec_replicas_seen,
 )
 from elastiserve_operator.replica_spec import ReplicaPolicy
@@ -193,3 +194,44 @@ def test_a_malformed_record_of_the_spec_is_no_record(raw: str) -> None:
     # No record: a foreign owner keeps the count (never overwritten on a guess).
     got = decide_ownership(annotation="", policy=OFF, spec_replicas=1, deployment=body)
     assert got.owner == "autoscaler:kubectl" and got.send is None
+
+
+def model_scaled_by(*writers: tuple[str, str | None]) -> dict[str, object]:
+    """A model whose managedFields hold, per (manager, subresource), ``spec.replicas``."""
+    entries: list[object] = [{"manager": "kubectl-client-side-apply", "operation": "Update",
+                              "fieldsV1": {"f:spec": {"f:model": {}}}}]
+    for manager, subresource in writers:
+        entry: dict[str, object] = {"manager": manager, "operation": "Update",
+                                    "fieldsV1": {"f:spec": {"f:replicas": {}}}}
+        if subresource:
+            entry["subresource"] = subresource
+        entries.append(entry)
+    return {"metadata": {"managedFields": entries}}
+
+
+def test_the_autoscaler_writing_the_models_count_is_named() -> None:
+    assert scale_writer(model_scaled_by(("kube-controller-manager", "scale"))) == (
+        "kube-controller-manager")
+    # A person's kubectl scale, a write of the main resource, nothing at all: no autoscaler.
+    assert scale_writer(model_scaled_by(("kubectl", "scale"))) == ""
+    assert scale_writer(model_scaled_by(("kubectl-scale", "scale"))) == ""
+    assert scale_writer(model_scaled_by(("kube-controller-manager", None))) == ""
+    assert scale_writer({"metadata": {"managedFields": ["junk", {"subresource": "scale"}]}}) == ""
+    assert scale_writer({}) == ""
+
+
+def test_an_hpa_on_the_model_is_the_owner_and_the_count_still_follows_the_spec() -> None:
+    got = decide_ownership(annotation="", policy=OFF, spec_replicas=2,
+                           deployment=deployment(1, FIELD_MANAGER, seen=1),
+                           model_writer="kube-controller-manager")
+    assert (got.owner, got.send, got.joint) == ("autoscaler:kube-controller-manager", 2, False)
+    assert (got.status, got.reason) == ("True", "AutoscalerOnModel")
+    assert "never writes it back" in got.message
+
+
+def test_an_hpa_on_the_model_and_the_joint_policy_conflict() -> None:
+    got = decide_ownership(annotation="", policy=JOINT, spec_replicas=3, deployment=None,
+                           model_writer="keda-operator")
+    assert (got.owner, got.send, got.joint) == ("autoscaler:keda-operator", 3, False)
+    assert (got.status, got.reason) == ("False", "ConflictingOwners")
+    assert "disable spec.policy.replicas" in got.message

@@ -214,7 +214,11 @@ def test_an_hpa_may_target_the_model_and_its_writes_are_honoured(
     wait_for(lambda: workers(plane, ns, name) == "2", "the reconcile", WAIT_S)
     held(lambda: count(plane, ns, name) == 4 and scale_of(plane, ns, name)["spec"]["replicas"]
          == 4, 4.0)
-    assert model_status(plane, ns, name)["replicasOwner"] == "spec"
+    # The status names the HPA as the count's owner (the model's managedFields say so).
+    status = model_status(plane, ns, name)
+    assert status["replicasOwner"] == "autoscaler:kube-controller-manager"
+    (owned,) = [c for c in status["conditions"] if c["type"] == "ReplicaOwnership"]
+    assert (owned["status"], owned["reason"]) == ("True", "AutoscalerOnModel")
 
 
 def test_a_count_set_on_the_deployment_is_kept_until_the_spec_changes(

@@ -14,7 +14,8 @@ What it shows, from watches on the API (wall-clock times of this process):
   ``kube-controller-manager``, subresource ``scale``) and never by the operator; the serving
   Deployment's ``spec.replicas`` takes exactly the values the HPA set, in order, with no
   value in between or back (no flapping); the operator reports ``status.replicasOwner:
-  spec`` (an HPA aimed at the *model* writes the spec: ``docs/autoscaling.md`` section 3);
+  autoscaler:kube-controller-manager`` (an HPA aimed at the *model* writes the spec through
+  its scale subresource, and the model's managedFields name it: ``docs/autoscaling.md``);
 * a load step through the model's Service is met by narrowing first (``status.activeLevel``
   drops within seconds, from the operator's p95) and by replicas after (the HPA's
   ``SuccessfulRescale`` 1 -> 2, tens of seconds later, once metrics-server has a CPU window
@@ -433,7 +434,7 @@ def test_an_hpa_on_the_model_and_the_operator_meet_a_load_step_without_fighting(
                           "--show-managed-fields")
     assert served["spec"]["replicas"] == 2
     assert {m for m, _ in replica_managers(served)} == {"elastiserve-operator"}
-    assert model["status"]["replicasOwner"] == "spec"
+    assert model["status"]["replicasOwner"] == "autoscaler:kube-controller-manager"
     events = kubectl_json(cluster, "-n", NS, "get", "events", "--field-selector",
                           f"involvedObject.kind=HorizontalPodAutoscaler,"
                           f"involvedObject.name={MODEL}")["items"]
