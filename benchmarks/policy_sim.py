@@ -1,23 +1,23 @@
-"""Compare level policies on a simulated 30-minute load trace.
+"""Compare level policies on a simulated 30-minute load trace, with a bundle's measured levels.
 
-    .venv/bin/python benchmarks/policy_sim.py                       # placeholder profile
-    .venv/bin/python benchmarks/policy_sim.py --profile manifest.json --objective-ms 50
+    .venv/bin/python benchmarks/policy_sim.py --profile BUNDLE/manifest.json --objective-ms 50
 
 Prints a table and writes ``benchmarks/results/policy_sim.json`` with keys ``policies``
 (``name, violation_pct, mean_acc, p95_ms, switches`` and ``rejected_pct``), ``trace``,
-``profile`` and ``settings``. The simulation itself is
-``elastiserve_operator.simulate`` (see its docstring for the model).
+``profile`` (which manifest, its sha256, and the levels read from it) and ``settings``. The
+simulation itself is ``elastiserve_operator.simulate`` (see its docstring for the model).
 
-The default profile is a PLACEHOLDER until the measured bundle profile exists: ResNet-20
-on Fashion-MNIST at 25/50/75/100 % channels, capacities 4.0/2.4/1.5/1.0 x the full level's,
-accuracies 90.5/92.3/93.1/93.5 %, full-level batch-1 time 8 ms. ``--profile`` takes a
-bundle manifest (or any JSON with a ``levels`` list, see
-``elastiserve_operator.profile.profile_from_manifest``).
+``--profile`` is required: a bundle manifest (or any JSON with a ``levels`` list, see
+``elastiserve_operator.profile.profile_from_manifest``) whose every level carries a measured
+``accuracy`` and a latency or capacity. Without one the script refuses (one line, exit 2): a
+comparison of delivered accuracy is only worth the accuracies it is fed, and typed-in numbers
+once stood in for a bundle that did not exist yet.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -38,16 +38,48 @@ from elastiserve_operator.spec import ElasticModelSpec, parse_spec
 
 RESULTS = Path(__file__).parent / "results" / "policy_sim.json"
 
-PLACEHOLDER_PROFILE = {
-    "placeholder": True,
-    "model": "resnet20-fashion-mnist",
-    "levels": [
-        {"name": "w25", "latency_ms_b1": 8.0 / 4.0, "accuracy": 0.905},
-        {"name": "w50", "latency_ms_b1": 8.0 / 2.4, "accuracy": 0.923},
-        {"name": "w75", "latency_ms_b1": 8.0 / 1.5, "accuracy": 0.931},
-        {"name": "w100", "latency_ms_b1": 8.0, "accuracy": 0.935},
-    ],
-}
+class ProfileRefused(ValueError):
+    """The profile cannot drive the simulation; the message is the one line the CLI prints."""
+
+
+def load_measured_profile(path: Path | None) -> tuple[tuple[LevelProfile, ...], dict[str, Any]]:
+    """Read a bundle manifest and return its levels and where they came from.
+
+    Refuses a missing path, unreadable JSON, and any level without a measured accuracy or a
+    latency/capacity: the simulator has no numbers of its own to fall back on.
+    """
+    if path is None:
+        raise ProfileRefused(
+            "--profile is required: a bundle manifest with measured per-level accuracy and "
+            "latency (typed-in numbers are not used)"
+        )
+    try:
+        data = path.read_bytes()
+        raw = json.loads(data)
+    except OSError as exc:
+        raise ProfileRefused(f"cannot read profile {path}: {exc.strerror}") from exc
+    except json.JSONDecodeError as exc:
+        raise ProfileRefused(f"profile {path} is not JSON: {exc.msg} (line {exc.lineno})") from exc
+    if not isinstance(raw, dict):
+        raise ProfileRefused(f"profile {path} is not a JSON object with a 'levels' list")
+    try:
+        profile = profile_from_manifest(raw)
+    except (ValueError, TypeError) as exc:
+        raise ProfileRefused(f"profile {path}: {exc}") from exc
+    unmeasured = [lv.name for lv in profile if lv.accuracy is None]
+    if unmeasured:
+        raise ProfileRefused(
+            f"profile {path}: no measured accuracy for level(s) {', '.join(unmeasured)}"
+        )
+    architecture = raw.get("architecture")
+    provenance = {
+        "source": str(path),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "architecture": architecture.get("name") if isinstance(architecture, dict) else None,
+        "schema_version": raw.get("schema_version"),
+        "input": raw.get("input"),
+    }
+    return profile, provenance
 
 
 def build_spec(levels: int, objective_ms: int, workers: int, mode: str) -> ElasticModelSpec:
@@ -145,10 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
-    raw: dict[str, Any] = (
-        json.loads(args.profile.read_text()) if args.profile else PLACEHOLDER_PROFILE
-    )
-    profile = profile_from_manifest(raw)
+    try:
+        profile, provenance = load_measured_profile(args.profile)
+    except ProfileRefused as exc:
+        print(f"policy_sim: {exc}", file=sys.stderr)
+        return 2
     config = SimConfig(seed=args.seed)
     runs = {
         name: run(
@@ -175,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             if name != "steps"
         ],
         "profile": {
-            "source": str(args.profile) if args.profile else "placeholder (not measured)",
+            **provenance,
             "levels": [
                 {
                     "name": lv.name,

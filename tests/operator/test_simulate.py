@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import json
 import math
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -112,3 +117,83 @@ class TestComparison:
         assert predictive.violation_pct < full.violation_pct / 4
         assert predictive.mean_acc > narrowest.mean_acc + 1.0
         assert predictive.switches >= 2
+
+
+def _policy_sim() -> Any:
+    """``benchmarks/policy_sim.py`` as a module (benchmarks/ is not a package)."""
+    root = Path(__file__).resolve().parents[2]
+    script = root / "benchmarks" / "policy_sim.py"
+    loaded = importlib.util.spec_from_file_location("policy_sim", script)
+    assert loaded is not None and loaded.loader is not None
+    module = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(module)
+    return module
+
+
+def _manifest(tmp_path: Path, accuracies: list[float | None]) -> Path:
+    levels = [
+        {"name": f"L{i}", "latency_ms_b1": 40.0 / (len(accuracies) - i), "accuracy": acc}
+        for i, acc in enumerate(accuracies)
+    ]
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps({"schema_version": 1, "architecture": {"name": "tiny"},
+                                "levels": levels}))
+    return path
+
+
+def _one_line_refusal(capsys: pytest.CaptureFixture[str], code: int) -> str:
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    return lines[0]
+
+
+def test_policy_sim_refuses_to_run_without_a_profile(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out.json"
+    line = _one_line_refusal(capsys, _policy_sim().main(["--out", str(out)]))
+    assert "--profile is required" in line
+    assert not out.exists()
+
+
+def test_policy_sim_refuses_a_profile_without_measured_accuracy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = _manifest(tmp_path, [0.6, None, 0.8])
+    out = tmp_path / "out.json"
+    code = _policy_sim().main(["--profile", str(manifest), "--out", str(out)])
+    line = _one_line_refusal(capsys, code)
+    assert "no measured accuracy for level(s) L1" in line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("content", [None, "{not json", "[1, 2]", '{"levels": []}'])
+def test_policy_sim_refuses_unreadable_profiles(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None
+) -> None:
+    path = tmp_path / "profile.json"
+    if content is not None:
+        path.write_text(content)
+    code = _policy_sim().main(["--profile", str(path), "--out", str(tmp_path / "o.json")])
+    assert str(path) in _one_line_refusal(capsys, code)
+
+
+def test_policy_sim_records_which_profile_it_used(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = _manifest(tmp_path, [0.61, 0.7, 0.74])
+    out = tmp_path / "out.json"
+    code = _policy_sim().main(
+        ["--profile", str(manifest), "--out", str(out), "--duration", "60", "--objective-ms", "250"]
+    )
+    assert code == 0
+    document = json.loads(out.read_text())
+    profile = document["profile"]
+    assert profile["source"] == str(manifest)
+    assert profile["sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
+    assert profile["architecture"] == "tiny"
+    assert [lv["accuracy"] for lv in profile["levels"]] == [0.61, 0.7, 0.74]
+    capsys.readouterr()
