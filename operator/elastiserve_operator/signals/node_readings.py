@@ -1,6 +1,7 @@
 """Gather one ``NodePressure`` per node that hosts a model's replicas (the I/O half).
 
-Three sources, each cached for ``cache_s`` and shared by every model on the same node:
+Three sources, each cached for ``cache_s`` and shared by every model on the same node, each
+read once for all the callers that ask while it is read (``_once``):
 
 * the ``Node`` object (allocatable), ``GET /api/v1/nodes/<name>``;
 * ``metrics.k8s.io`` ``NodeMetrics`` (CPU/memory usage), when metrics-server runs (a 404
@@ -15,11 +16,12 @@ exporter said), so that a node with replicas is never mistaken for one without.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 from ..observation import NodePressure
 from .node_series import NodeSeries, read_node_series
@@ -29,6 +31,7 @@ from .prometheus import VectorSource
 __all__ = ["NodeApi", "NodeReadings", "hosting_nodes"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class NodeApi(Protocol):
@@ -66,6 +69,8 @@ class NodeReadings:
         default_factory=dict
     )
     _series: tuple[float, NodeSeries] | None = None
+    _flights: dict[str, asyncio.Future[Any]] = field(default_factory=dict)
+    """Readings in flight by key (``_once``)."""
 
     async def read(self, nodes: list[str]) -> dict[str, NodePressure]:
         """``NodePressure`` of each node in ``nodes`` (every one appears)."""
@@ -76,10 +81,34 @@ class NodeReadings:
             readings[node] = node_pressure(obj or {}, usage, series.for_node(node), self.names)
         return readings
 
+    async def _once(self, key: str, read: Callable[[], Awaitable[T]]) -> T:
+        """``read()`` once for every caller that asks for ``key`` while it runs (single
+        flight): when a cached reading expires, the models evaluating at that moment would
+        otherwise each send the same queries (at 1,000 models, a burst of exporter queries
+        every ``cache_s`` that made Prometheus time out). Its own task, so a caller
+        cancelled meanwhile does not cancel it for the others."""
+        task = self._flights.get(key)
+        if task is None:
+            task = asyncio.ensure_future(read())
+            self._flights[key] = task
+
+            def done(finished: asyncio.Future[Any]) -> None:
+                if self._flights.get(key) is finished:
+                    del self._flights[key]
+                if not finished.cancelled():
+                    finished.exception()  # raised to the waiters, not logged as lost
+
+            task.add_done_callback(done)
+        return cast(T, await asyncio.shield(task))
+
     async def _exporter(self) -> NodeSeries:
         now = self.clock()
         if self._series is not None and now - self._series[0] < self.cache_s:
             return self._series[1]
+        return await self._once("series", self._read_series)
+
+    async def _read_series(self) -> NodeSeries:
+        now = self.clock()
         if self.source is None or not self.names.selectors():
             series = NodeSeries({})
         else:
@@ -90,12 +119,17 @@ class NodeReadings:
         return series
 
     async def _node(self, node: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        cached = self._nodes.get(node)
+        if cached is not None and self.clock() - cached[0] < self.cache_s:
+            return cached[1], cached[2]
+        return await self._once(f"node/{node}", lambda: self._read_node(node))
+
+    async def _read_node(
+        self, node: str
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         from ..kube import ApiError, resource_path  # kube imports kopf; keep this module light
 
         now = self.clock()
-        cached = self._nodes.get(node)
-        if cached is not None and now - cached[0] < self.cache_s:
-            return cached[1], cached[2]
         obj: dict[str, Any] | None = None
         usage: dict[str, Any] | None = None
         try:
