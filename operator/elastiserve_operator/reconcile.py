@@ -107,7 +107,7 @@ from .replica_owner import (
     scale_writer,
 )
 from .replica_spec import ReplicaPolicy, replica_policy_from_spec
-from .served_share import SERVED_SHARE_QUERY, read_served_shares
+from .served_share import SERVED_SHARE_QUERY, read_served_shares, share_for_status
 from .settings import OperatorSettings
 from .shared_pods import SharedPods
 from .signals.node_readings import NodeReadings, hosting_nodes
@@ -790,7 +790,8 @@ async def evaluate(rt: Runtime, body: Mapping[str, Any]) -> Decision | None:
         pod_start = None
     rt.metrics.set_served_share(owner.namespace, owner.name, shares)
     patch = evaluation_patch(status, generation, decision, gathered.observation,
-                             gathered.errors, now, shares)
+                             gathered.errors, now,
+                             share_for_status(status.get("servedShare"), shares))
     patch.update(caps_status(caps))
     if count is not None:
         patch.update(replica_patch(status, count, pod_start is not None, now))

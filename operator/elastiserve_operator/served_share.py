@@ -9,6 +9,11 @@ client pinning a level does not show up as the workers' choice); one vector quer
 evaluation, grouped by level, gives the rates, and :func:`served_shares` turns them into
 fractions (pure, table-tested).
 
+The status keeps the share it holds until a level's share moves by :data:`STATUS_TOLERANCE`
+or the set of levels changes (:func:`share_for_status`): shares wobble by a point from one
+evaluation to the next, and a status write per model per evaluation is what the operator
+avoids at 1,000 models. The gauge always carries the fresh values.
+
 A failed or empty answer (whatever the failure) is no share (the status field is then left
 out): nothing served in the window is not "100 % of some level".
 """
@@ -17,7 +22,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from .signals.prometheus import LabelledValue, PrometheusError, VectorSource
 
@@ -30,6 +36,7 @@ SERVED_SHARE_QUERY = (
 )
 """Requests/s answered per level (unpinned), over the same 1 m window as the latency query."""
 MAX_LEVEL_NAME = 63
+STATUS_TOLERANCE = 0.05
 
 
 def served_shares(values: Sequence[LabelledValue]) -> dict[str, float]:
@@ -63,3 +70,16 @@ async def read_served_shares(source: VectorSource | None, query: str) -> dict[st
         log.warning("served share unavailable: unexpected %s: %s", type(error).__name__, error)
         return {}
 
+
+
+def share_for_status(previous: Any, fresh: Mapping[str, float],
+                     tolerance: float = STATUS_TOLERANCE) -> dict[str, float]:
+    """``previous`` (the status's ``servedShare``) while it still says the same as ``fresh``
+    within ``tolerance`` per level, else ``fresh``; ``{}`` stays ``{}`` (no share)."""
+    if not fresh:
+        return {}
+    if (isinstance(previous, Mapping) and set(previous) == set(fresh)
+            and all(isinstance(previous[k], (int, float)) and not isinstance(previous[k], bool)
+                    and abs(previous[k] - v) < tolerance for k, v in fresh.items())):
+        return {str(k): float(v) for k, v in previous.items()}
+    return dict(fresh)

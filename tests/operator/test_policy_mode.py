@@ -17,6 +17,7 @@ from elastiserve_operator.served_share import (
     SERVED_SHARE_QUERY,
     read_served_shares,
     served_shares,
+    share_for_status,
 )
 from elastiserve_operator.signals.prometheus import LabelledValue, PrometheusError
 from elastiserve_operator.spec import Loops, SpecError, parse_spec
@@ -188,3 +189,22 @@ def test_served_share_gauge_drops_levels_no_longer_served() -> None:
     assert value("L0") is None and value("L2") == 1.0
     metrics.forget("ns", "m")
     assert value("L2") is None
+
+
+@pytest.mark.parametrize(
+    ("previous", "fresh", "written"),
+    [
+        (None, {"L0": 0.5, "L2": 0.5}, {"L0": 0.5, "L2": 0.5}),
+        ({"L0": 0.5, "L2": 0.5}, {"L0": 0.52, "L2": 0.48}, {"L0": 0.5, "L2": 0.5}),  # wobble
+        ({"L0": 0.5, "L2": 0.5}, {"L0": 0.56, "L2": 0.44}, {"L0": 0.56, "L2": 0.44}),
+        ({"L0": 0.5, "L2": 0.5}, {"L0": 0.5, "L1": 0.5}, {"L0": 0.5, "L1": 0.5}),  # new level
+        ({"L0": 0.5, "L2": 0.5}, {}, {}),  # nothing answered: the field goes
+        ({"L0": "x", "L2": 0.5}, {"L0": 0.5, "L2": 0.5}, {"L0": 0.5, "L2": 0.5}),
+        ({"L0": True, "L2": 0.5}, {"L0": 1.0, "L2": 0.5}, {"L0": 1.0, "L2": 0.5}),
+        ("garbage", {"L2": 1.0}, {"L2": 1.0}),
+    ],
+)
+def test_status_keeps_its_share_until_it_moves_five_points(
+    previous: Any, fresh: dict[str, float], written: dict[str, float]
+) -> None:
+    assert share_for_status(previous, fresh) == written
