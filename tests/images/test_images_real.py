@@ -138,6 +138,30 @@ def test_serving_answers_a_request_with_torchserve(
     assert answer["python"].startswith("3.13")
 
 
+def test_serving_answers_with_a_bundle_naming_a_torchvision_model(
+    built: dict[str, BuiltImage], tmp_path: Path
+) -> None:
+    """A bundle whose manifest names ``torchvision:resnet18`` (schema 3) is rebuilt by the
+    image's own torchvision (Debian's, beside Debian's torch) inside TorchServe."""
+    from elastiserve_serve.archive import ArchiveSpec, build_archive
+    from tests.serving.torchvision_bundles import CONSTRUCTOR, LEVELS, make_torchvision_bundle
+
+    store = tmp_path / "store"
+    make_torchvision_bundle(tmp_path / "bundle")
+    manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
+    assert manifest["architecture"]["name"] == CONSTRUCTOR
+    spec = ArchiveSpec(workers=1, batch_size=1, max_batch_delay_ms=5,
+                       handler={"control_file": "/tmp/elastiserve-smoke/level.json",
+                                "allow_pin": True, "threads": 1})
+    build_archive(tmp_path / "bundle", store, "elastic", spec)
+    store.chmod(0o755)
+    done = run(built["serving"], "/smoke/smoke_serving.py", "/store", entrypoint="python",
+               timeout_s=300, volumes=(f"{store}:/store:ro", f"{HERE}:/smoke:ro"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer["status"] == 200 and answer["level"] == LEVELS[-1]
+
+
 @contextlib.contextmanager
 def private_containerd() -> Iterator[Path]:
     """containerd on a socket of its own, CRI off; stopped and removed afterwards."""
