@@ -46,6 +46,20 @@ class ImageSet:
         idx = torch.randperm(len(self.labels), generator=torch.Generator().manual_seed(seed))[:n]
         return ImageSet(self.images[idx], self.labels[idx])
 
+    def split(self, n: int, seed: int = 0) -> tuple[ImageSet, ImageSet]:
+        """``(rest, held_out)``: a seeded random ``n`` examples held out, the rest kept.
+
+        The two are disjoint, so settings chosen on ``held_out`` (a validation split carved
+        from the training set) never see the test set.
+        """
+        if not 0 < n < len(self.labels):
+            raise DatasetError(
+                f"validation split of {n} needs 0 < n < {len(self.labels)} training examples")
+        idx = torch.randperm(len(self.labels), generator=torch.Generator().manual_seed(seed))
+        held, rest = idx[:n], idx[n:]
+        return (ImageSet(self.images[rest], self.labels[rest]),
+                ImageSet(self.images[held], self.labels[held]))
+
     def resized(self, size: int, chunk: int = 4096) -> ImageSet:
         """Images scaled to ``size`` x ``size`` with bilinear filtering, kept as uint8."""
         if self.images.shape[-2:] == (size, size):
@@ -76,6 +90,14 @@ class Dataset:
     def limit(self, train: int | None, test: int | None, seed: int = 0) -> Dataset:
         return Dataset(self.name, self.train.subset(train, seed), self.test.subset(test, seed),
                        self.class_names, self.mean, self.std)
+
+    def with_validation(self, n: int, seed: int = 0) -> tuple[Dataset, ImageSet]:
+        """This dataset without ``n`` training examples, and those examples as a validation
+        split (for every choice of settings; the test split stays for the reported numbers).
+        Normalisation statistics are kept: they were computed on the training images only."""
+        rest, held = self.train.split(n, seed)
+        return (Dataset(self.name, rest, self.test, self.class_names, self.mean, self.std),
+                held)
 
     def resized(self, size: int) -> Dataset:
         """Both splits scaled to ``size`` x ``size`` (bilinear), statistics recomputed.

@@ -60,15 +60,33 @@ def sample(theta: torch.Tensor, alive: torch.Tensor, shape: tuple[int, ...], tra
 
 @dataclass
 class Gate:
-    """θ (a leaf tensor, optimised) and the ``alive`` mask of one gated group."""
+    """θ (a leaf tensor, optimised), the ``alive`` mask of one gated group, how many
+    consecutive θ steps each variable has spent under θ_tol (``under``, the pruning
+    condition's patience) and the running mean of its θ gradient (``trend``, the settling
+    phase's direction; see :mod:`.search`)."""
 
     theta: torch.Tensor
     alive: torch.Tensor
+    under: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    trend: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+
+    def __post_init__(self) -> None:
+        n = self.theta.numel()
+        if self.under.numel() != n:
+            self.under = torch.zeros(n, dtype=torch.long)
+        if self.trend.numel() != n:
+            self.trend = torch.zeros(n)
 
     @classmethod
     def new(cls, n: int, init: float) -> Gate:
         return cls(torch.full((n,), float(init), requires_grad=True),
                    torch.ones(n, dtype=torch.bool))
+
+    def select(self, index: torch.Tensor) -> Gate:
+        """The variables at ``index`` (after a compaction), with their counters."""
+        return Gate(self.theta.detach()[index].clone().requires_grad_(True),
+                    self.alive[index].clone(), self.under[index].clone(),
+                    self.trend[index].clone())
 
     def effective(self) -> torch.Tensor:
         """θ with removed variables at exactly 0 (what the complexity model prices)."""
@@ -76,14 +94,19 @@ class Gate:
 
 
 @torch.no_grad()
-def project_and_remove(gate: Gate, tol: float, *, keep_one: bool) -> bool:
+def project_and_remove(gate: Gate, tol: float, *, keep_one: bool, patience: int = 1) -> bool:
     """Clamp θ to [0, 1], remove variables under ``tol``; True if one was removed now.
 
-    With ``keep_one`` the variable with the largest θ survives even under ``tol`` (a slot
-    needs at least one channel for the network to exist at all).
+    The pruning condition: a variable is removed once θ has been under ``tol`` for
+    ``patience`` consecutive θ steps, not at the first noisy step that takes it there (θ
+    at 0 still receives the data gradient through the straight-through sample, so a unit the
+    loss needs can climb back). With ``keep_one`` the variable with the largest θ survives
+    even under ``tol`` (a slot needs at least one channel for the network to exist at all).
     """
     gate.theta.clamp_(0.0, 1.0)
-    below = (gate.theta < tol) & gate.alive
+    low = (gate.theta < tol) & gate.alive
+    gate.under = torch.where(low, gate.under + 1, torch.zeros_like(gate.under))
+    below = low & (gate.under >= patience)
     if keep_one and bool(below.any()) and not bool((gate.alive & ~below).any()):
         best = int(torch.where(gate.alive, gate.theta, torch.tensor(-1.0)).argmax())
         below[best] = False
@@ -150,8 +173,8 @@ class ResNetGates:
         return ({s: g.effective() for s, g in self.units.items()},
                 {b: g.effective()[0] for b, g in self.layers.items()})
 
-    def remove_below(self, tol: float, on_layer_removed: Callable[[str], None] | None = None
-                     ) -> bool:
+    def remove_below(self, tol: float, on_layer_removed: Callable[[str], None] | None = None,
+                     patience: int = 1) -> bool:
         """Apply :func:`project_and_remove` everywhere; a block whose every hidden unit fell
         under ``tol`` loses its layer variable too (its branch computes nothing)."""
         changed = False
@@ -162,10 +185,11 @@ class ResNetGates:
             if starved and bool(gate.alive.all()):
                 with torch.no_grad():
                     gate.theta.zero_()
-            if project_and_remove(gate, tol, keep_one=False):
+            if project_and_remove(gate, tol, keep_one=False,
+                                  patience=1 if starved else patience):
                 changed = True
                 if on_layer_removed is not None:
                     on_layer_removed(name)
         for gate in self.units.values():
-            changed |= project_and_remove(gate, tol, keep_one=True)
+            changed |= project_and_remove(gate, tol, keep_one=True, patience=patience)
         return changed

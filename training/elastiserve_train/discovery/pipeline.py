@@ -220,7 +220,7 @@ class DiscoveryPipeline:
     def _macs(self, kept: dict[str, torch.Tensor], skipped: tuple[str, ...]) -> int:
         widths = {s: len(v) for s, v in kept.items()}
         model = architectures.build(self.cfg.arch, self.cfg.arch_args, widths, skipped)
-        return count_macs(model, self.data.input_shape)
+        return int(count_macs(model, self.data.input_shape))
 
     def _fraction(self, state: NestedState, k: int,
                   theta: tuple[dict[str, list[float]], dict[str, float]]) -> float:

@@ -59,9 +59,10 @@ from ..data import Dataset
 from ..loop import batches
 from ..nested import NestedState
 from ..schedules import cosine_lr
-from .complexity import ComplexityModel, Cost, normalised_cost, penalty
+from .complexity import ComplexityModel, Cost, normalised_cost
 from .gates import Gate, ResNetGates
 from .params import DiscoveryParameterError, DiscoveryParams
+from .variational import gate_objective
 
 StepHook = Callable[[int, int, float], None]
 
@@ -88,6 +89,12 @@ class SearchConfig:
     """Also gate the residual streams' channels (see :mod:`.gates`; off by default)."""
     budget_gain: float = 10.0
     """With a budget: how fast ν follows it (ν can move by e^gain over the run at full error)."""
+    prune_patience: int = 3
+    """Consecutive θ steps under θ_tol before a variable is removed (see :mod:`.gates`)."""
+    theta_settle: float = 0.25
+    """Fraction of the steps, at the end, in which θ takes sign steps (see the docstring)."""
+    trend_decay: float = 0.9
+    """Running-mean decay of each θ's gradient, the settling steps' direction."""
     seed: int = 0
 
 
@@ -116,6 +123,9 @@ class Discovered:
     """ν at the end (the given ν unless a budget steered it)."""
     budget_removed: tuple[str, ...] = ()
     """What the final budget projection removed (``slot[index]`` units, block names)."""
+    theta_interior: dict[str, float] = field(default_factory=dict)
+    """Share of the gate variables with 0 < θ < 1 (neither removed nor certain):
+    ``before_settle`` and ``end`` (after the last step, before the budget projection)."""
 
     @property
     def skipped(self) -> tuple[str, ...]:
@@ -142,6 +152,7 @@ class Discovered:
                                  and round(self.predicted["params"]) == self.measured["params"]),
             "nu_final": self.nu_final,
             "budget_removed": list(self.budget_removed),
+            "theta_interior": dict(self.theta_interior),
         }
 
 
@@ -176,6 +187,7 @@ class Search:
         layers = {b.name: Gate.new(1, cfg.theta_init) for b in self.blocks if b.skippable}
         self._install(model, units, layers)
         self.history: list[dict[str, Any]] = []
+        self.theta_interior: dict[str, float] = {}
         self.nu = params.nu
         self.budget_removed: list[str] = []
         if params.budget is not None:
@@ -283,6 +295,36 @@ class Search:
         self.opt_t = torch.optim.SGD([g for g in groups if g["params"]],
                                      lr=self.cfg.theta_lr)
 
+    def _gated(self) -> list[Gate]:
+        """The gates whose θ is optimised (hidden units, streams if gated, layers)."""
+        hidden = {b.name for b in self.blocks}
+        return [g for s, g in self.gates.units.items()
+                if s in hidden or self.cfg.gate_streams] + list(self.gates.layers.values())
+
+    @torch.no_grad()
+    def interior_share(self) -> float:
+        """Share of all gate variables (removed ones count, at θ = 0) with 0 < θ < 1."""
+        hidden = {b.name for b in self.blocks}
+        full = architectures.full_widths(self.arch, self.arch_args)
+        total = int(sum(n for s, n in full.items() if s in hidden or self.cfg.gate_streams))
+        total += sum(1 for b in self.blocks if b.skippable)
+        inside = sum(int(((g.theta > 0.0) & (g.theta < 1.0) & g.alive).sum())
+                     for g in self._gated())
+        return inside / max(total, 1)
+
+    @torch.no_grad()
+    def _track_trend(self) -> None:
+        for gate in self._gated():
+            if gate.theta.grad is not None:
+                gate.trend.mul_(self.cfg.trend_decay).add_(
+                    gate.theta.grad, alpha=1.0 - self.cfg.trend_decay)
+
+    @torch.no_grad()
+    def _settle_step(self, size: float) -> None:
+        """One sign step of θ against its gradient trend (the settling phase)."""
+        for gate in self._gated():
+            gate.theta.sub_(size * torch.sign(gate.trend) * gate.alive)
+
     def _record_theta(self) -> None:
         for s, gate in self.gates.units.items():
             self.theta_full[s][self.orig[s]] = gate.theta.detach()
@@ -305,8 +347,7 @@ class Search:
         model = architectures.build(self.arch, self.arch_args, widths, self.skipped)
         model.load_state_dict({n: gather(old[n], layout[n].axes, local).clone()
                                for n in model.state_dict()})
-        units = {s: Gate(g.theta.detach()[local[s]].clone().requires_grad_(True),
-                         g.alive[local[s]].clone()) for s, g in self.gates.units.items()}
+        units = {s: g.select(local[s]) for s, g in self.gates.units.items()}
         layers = {b: g for b, g in self.gates.layers.items() if b not in dead}
         self._install(model, units, layers)
 
@@ -329,6 +370,8 @@ class Search:
         total = max(1, int(per_epoch * cfg.epochs))
         every = cfg.compact_every or max(1, per_epoch // 4)
         warmup = int(total * cfg.theta_warmup)
+        settle_from = max(warmup, total - int(total * cfg.theta_settle))
+        settle_size = 2.0 / max(1, total - settle_from)
         step, epoch, pending, ce_avg = 0, 0, False, 0.0
         while step < total:
             self.model.train()
@@ -344,14 +387,21 @@ class Search:
                     self._steer_nu(units, layers, total - warmup)
                 priced = self.params if self.nu == self.params.nu else replace(
                     self.params, nu=self.nu)
-                loss = ce + penalty(self.cm, self.full_cost, units, layers, priced).float()
+                loss = ce + gate_objective(self.cm, self.full_cost, units, layers, priced)
                 self.opt_w.zero_grad(set_to_none=True)
                 self.opt_t.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]
                 self.opt_w.step()
+                if step == settle_from:
+                    self.theta_interior["before_settle"] = self.interior_share()
                 if step >= warmup and not self._budget_met():
-                    self.opt_t.step()
-                    pending |= self.gates.remove_below(self.params.theta_tol)
+                    self._track_trend()
+                    if step < settle_from:
+                        self.opt_t.step()
+                    else:
+                        self._settle_step(settle_size)
+                    pending |= self.gates.remove_below(self.params.theta_tol,
+                                                       patience=cfg.prune_patience)
                 step += 1
                 ce_now = float(ce.detach())
                 ce_avg = 0.9 * ce_avg + 0.1 * ce_now if step > 1 else ce_now
@@ -364,6 +414,7 @@ class Search:
                 if on_step is not None:
                     on_step(step, total, float(loss.detach()))
             epoch += 1
+        self.theta_interior["end"] = self.interior_share()
         self.compact()
         self.meet_budget()
         return self._result()
@@ -400,7 +451,8 @@ class Search:
                           if float(torch.nan_to_num(self.theta_full[b], nan=0.0).max())
                           < self.params.theta_tol
                           and b not in self.budget_removed),
-            nu_final=self.nu, budget_removed=tuple(self.budget_removed))
+            nu_final=self.nu, budget_removed=tuple(self.budget_removed),
+            theta_interior=dict(self.theta_interior))
 
 
 def discover(arch: str, arch_args: Mapping[str, Any], data: Dataset, params: DiscoveryParams,
