@@ -264,9 +264,10 @@ def test_yaml_blocks_are_accepted_and_the_example_is_created(
     stored = json.loads(control_plane.kubectl(
         "get", "em", model["metadata"]["name"], "-n", ns, "-o", "json").stdout)
     assert stored["spec"]["objective"]["p95Ms"] == model["spec"]["objective"]["p95Ms"]
-    # The CRD fills its own defaults; the policy's come from the chart (the operator), not here.
+    # The CRD fills its own defaults (levels.minLevel, policy.loops); the rest of the policy's
+    # come from the chart (the operator), not here.
     assert stored["spec"]["levels"]["minLevel"] == 0
-    assert stored["spec"]["policy"] == model["spec"]["policy"]
+    assert stored["spec"]["policy"] == {"loops": "Both", **model["spec"]["policy"]}
 
     # What an HPA aimed at the model reads (and writes) through its scale subresource.
     scale = json.loads(control_plane.kubectl(
