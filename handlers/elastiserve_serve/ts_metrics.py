@@ -31,6 +31,7 @@ ACTIVE = "elastiserve_active_level"
 PINNED_LATENCY = "elastiserve_pinned_request_latency_seconds"
 CONTROL_PROBLEMS = "elastiserve_control_file_problems_total"
 CONTROL_OK = "elastiserve_control_file_ok"
+LEVEL_MEMORY = "elastiserve_level_device_memory_bytes"
 LEVEL_DIMENSION = "ElasticLevel"
 
 # TorchServe's own frontend metrics, as in its default metrics.yaml (its defaults are replaced
@@ -79,6 +80,7 @@ def metrics_config() -> dict[str, Any]:
             "gauge": [
                 {"name": ACTIVE, "unit": "index", "dimensions": per_level()},
                 {"name": CONTROL_OK, "unit": "bool", "dimensions": ["ModelName"]},
+                {"name": LEVEL_MEMORY, "unit": "bytes", "dimensions": per_level()},
             ],
         },
     }
@@ -102,6 +104,7 @@ class TorchServeMetrics:
         self._pinned = cache.get_metric(PINNED_LATENCY, MetricTypes.HISTOGRAM)
         self._problems = cache.get_metric(CONTROL_PROBLEMS, MetricTypes.COUNTER)
         self._control_ok = cache.get_metric(CONTROL_OK, MetricTypes.GAUGE)
+        self._memory = cache.get_metric(LEVEL_MEMORY, MetricTypes.GAUGE)
         self._last_active: str | None = None
 
     def request_served(self, level: str, seconds: float, *, pinned: bool = False) -> None:
@@ -113,6 +116,9 @@ class TorchServeMetrics:
 
     def control_file_ok(self, ok: bool) -> None:
         self._control_ok.add_or_update(1 if ok else 0, [self._model])
+
+    def level_memory(self, level: str, nbytes: int) -> None:
+        self._memory.add_or_update(nbytes, [self._model, level])
 
     def request_rejected(self, status: int) -> None:
         self._rejected.add_or_update(1, [self._model, str(status)])

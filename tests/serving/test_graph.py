@@ -79,7 +79,7 @@ def test_unsafe_levels_stay_eager(module: nn.Module, caplog: pytest.LogCaptureFi
     assert "stays eager" in caplog.text
 
 
-@pytest.mark.parametrize(("raw", "expected"), [({}, False), ({"trace_levels": True}, True)])
+@pytest.mark.parametrize(("raw", "expected"), [({}, True), ({"trace_levels": False}, False)])
 def test_setting(raw: dict[str, object], expected: bool) -> None:
     assert settings_from_mapping(raw).trace_levels is expected
 

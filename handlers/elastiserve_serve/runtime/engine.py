@@ -35,6 +35,7 @@ import torch
 from .batch_level import BatchChoice, ChoiceReason, choose_batch_level
 from .control import ARRIVAL_HEADER, ControlFileReader, ControlState
 from .decode import BadRequest, decode, limits_for
+from .device import level_memory_bytes, levels_on, resolve_device
 from .graph import trace_levels
 from .heap import trim_heap
 from .levels import LevelSet
@@ -107,14 +108,17 @@ class ElasticRuntime:
         self._wall_ns = wall_ns
         self.service_times: ServiceTimes | None = None
         """Per-level service times, profiled by :meth:`warm_up`; ``None``: no per-batch choice."""
+        self.level_memory: dict[str, int] = {}
+        """Per level: device memory measured by :meth:`warm_up` (``device.level_memory_bytes``)."""
         self.last_choice: BatchChoice | None = None
         """The per-batch choice of the last batch with unpinned requests (for tests, logs)."""
         if settings.threads:
             torch.set_num_threads(settings.threads)
-        # Traced graphs replace eager levels where that is safe (see runtime.graph).
-        self.levels = (
-            trace_levels(levels) if settings.trace_levels else levels
-        )
+        self.device = resolve_device(settings.device)
+        """Where the levels run and every batch is moved (:mod:`.device`)."""
+        on_device = levels_on(levels, self.device)
+        # Traced graphs replace eager levels where verified equal (see runtime.graph).
+        self.levels = trace_levels(on_device) if settings.trace_levels else on_device
         try:
             default = levels.resolve(settings.default_level or levels.names[-1])
         except KeyError:
@@ -144,20 +148,25 @@ class ElasticRuntime:
         profile each level's service time up to ``max_batch_samples`` (the host's batch size;
         ``settings.profile_max_samples`` overrides it) for the per-batch choice."""
         if self.settings.warmup_batch > 0:
-            sample = torch.zeros((self.settings.warmup_batch, *self.levels.input_spec.shape))
+            sample = torch.zeros((self.settings.warmup_batch, *self.levels.input_spec.shape),
+                                 device=self.device)
             with torch.inference_mode():
                 for module in self.levels.modules:
                     module(sample)
             del sample
+        samples = self.settings.profile_max_samples or max(1, max_batch_samples)
         if self.settings.worker_choice:
-            self.service_times = self._profile(
-                self.settings.profile_max_samples or max(1, max_batch_samples)
-            )
+            self.service_times = self._profile(samples)
+        self.level_memory = level_memory_bytes(self.levels, self.device, samples)
+        for name, nbytes in self.level_memory.items():
+            self.metrics.level_memory(name, nbytes)
+        log.info("levels on %s; memory per level (bytes): %s", self.device, self.level_memory)
         trim_heap()  # the levels' warm-up activations are freed; give the pages back
 
     def _profile(self, max_samples: int) -> ServiceTimes:
         shape = self.levels.input_spec.shape
-        inputs = {n: torch.zeros((n, *shape)) for n in profile_sizes(max_samples)}
+        inputs = {n: torch.zeros((n, *shape), device=self.device)
+                  for n in profile_sizes(max_samples)}
 
         def run(level: int, samples: int) -> None:
             with torch.inference_mode():
@@ -258,10 +267,12 @@ class ElasticRuntime:
         outcomes: list[Outcome | None],
     ) -> None:
         try:
-            batch = torch.cat([tensor for _, tensor in members])
+            batch = torch.cat([tensor for _, tensor in members]).to(self.device)
             began = self._clock()
             with torch.inference_mode():
-                probabilities = torch.softmax(self.levels.module(level)(batch).float(), dim=1)
+                probabilities = torch.softmax(
+                    self.levels.module(level)(batch).float(), dim=1
+                ).cpu()
             if self.service_times is not None:
                 self.service_times.observe(self.levels.index(level), batch.shape[0],
                                            self._clock() - began)

@@ -39,6 +39,9 @@ def trace_levels(levels: LevelSet, batch: int = 1) -> LevelSet:
     """
     generator = torch.Generator().manual_seed(0)
     sample = torch.randn((max(1, batch), *levels.input_spec.shape), generator=generator)
+    first = next(iter(levels.modules[-1].parameters()), None)
+    if first is not None:  # trace on the levels' device (runtime.device moved them there)
+        sample = sample.to(first.device)
     modules = tuple(
         _traced_or_eager(name, module, sample)
         for name, module in zip(levels.names, levels.modules, strict=True)

@@ -33,6 +33,9 @@ class MetricsSink(Protocol):
     def control_file_ok(self, ok: bool) -> None:
         """Whether the control file as it is now was taken (reported on change)."""
 
+    def level_memory(self, level: str, nbytes: int) -> None:
+        """Device memory one level takes (weights, plus peak activations on CUDA), at load."""
+
 
 class NullMetrics:
     """Discards everything (the default when nobody is listening)."""
@@ -52,6 +55,9 @@ class NullMetrics:
     def control_file_ok(self, ok: bool) -> None:
         pass
 
+    def level_memory(self, level: str, nbytes: int) -> None:
+        pass
+
 
 @dataclass
 class RecordingMetrics:
@@ -63,6 +69,7 @@ class RecordingMetrics:
     active: list[tuple[str, int]] = field(default_factory=list)
     control_problems: list[str] = field(default_factory=list)
     control_ok: list[bool] = field(default_factory=list)
+    memory: dict[str, int] = field(default_factory=dict)
 
     def request_served(self, level: str, seconds: float, *, pinned: bool = False) -> None:
         (self.pinned if pinned else self.served).append((level, seconds))
@@ -78,3 +85,6 @@ class RecordingMetrics:
 
     def control_file_ok(self, ok: bool) -> None:
         self.control_ok.append(ok)
+
+    def level_memory(self, level: str, nbytes: int) -> None:
+        self.memory[level] = nbytes

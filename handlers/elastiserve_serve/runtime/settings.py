@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .control import PIN_HEADER
 from .decode import DecodeLimits
+from .device import parse_device
 
 __all__ = ["DEFAULT_CONTROL_FILE", "PIN_HEADER", "RuntimeSettings", "settings_from_mapping"]
 
@@ -29,7 +30,8 @@ class RuntimeSettings:
     limits: DecodeLimits = field(default_factory=DecodeLimits)
     warmup_batch: int = 2
     threads: int = 0  # torch intra-op threads per worker; 0 leaves torch's default
-    trace_levels: bool = False  # run levels as traced graphs (see runtime.graph)
+    trace_levels: bool = True  # run levels as traced graphs where verified equal (runtime.graph)
+    device: str = "auto"  # auto | cpu | cuda (see runtime.device)
     worker_choice: bool = True  # per-batch level choice within the control file's bounds
     worker_target: float = 0.8  # share of the objective a batch's oldest request may use
     profile_max_samples: int = 0  # largest batch profiled at load; 0: the host's batch size
@@ -42,6 +44,7 @@ class RuntimeSettings:
             raise ValueError("warmup_batch and threads must not be negative")
         if not 0 < self.worker_target <= 1:
             raise ValueError("worker_target must be in (0, 1]")
+        parse_device(self.device)
         if self.profile_max_samples < 0 or self.profile_repeats < 1:
             raise ValueError("profile_max_samples must be >= 0 and profile_repeats >= 1")
 
@@ -52,7 +55,7 @@ def settings_from_mapping(raw: Mapping[str, object]) -> RuntimeSettings:
     Keys: ``control_file`` (path, or empty for none), ``default_level``, ``allow_pin``,
     ``top_k``, ``max_body_bytes``, ``max_image_pixels``, ``max_samples``, ``warmup_batch``,
     ``threads``, ``trace_levels``, ``worker_choice``, ``worker_target``,
-    ``profile_max_samples``, ``profile_repeats``.
+    ``profile_max_samples``, ``profile_repeats``, ``device`` (``auto``/``cpu``/``cuda``).
     """
     known = {
         "control_file",
@@ -69,6 +72,7 @@ def settings_from_mapping(raw: Mapping[str, object]) -> RuntimeSettings:
         "worker_target",
         "profile_max_samples",
         "profile_repeats",
+        "device",
     }
     unknown = set(raw) - known
     if unknown:
@@ -108,6 +112,7 @@ def settings_from_mapping(raw: Mapping[str, object]) -> RuntimeSettings:
         worker_target=float(target),
         profile_max_samples=_int(raw, "profile_max_samples", defaults.profile_max_samples),
         profile_repeats=_int(raw, "profile_repeats", defaults.profile_repeats),
+        device=parse_device(raw.get("device", defaults.device)),
     )
 
 
