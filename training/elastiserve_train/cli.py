@@ -122,6 +122,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="where to train: auto takes CUDA where torch sees a device; "
+                             "cuda without one is refused (default auto)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     for name, module in STRATEGY_MODULES.items():
         group = parser.add_argument_group(f"--strategy {name}")
@@ -131,6 +134,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = _device(args.device)
+    if device is None:
+        print("elastiserve train: --device cuda but torch sees no CUDA device", file=sys.stderr)
+        return 2
+    if device == "cuda":  # tensors and modules the pipeline creates are made on the GPU
+        torch.set_default_device(device)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed and not dist.is_initialized():
         dist.init_process_group("gloo")
@@ -143,6 +152,16 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if distributed and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _device(setting: str) -> str | None:
+    """``--device`` on this host: ``auto`` is CUDA where torch sees a device, else the CPU;
+    ``None`` for ``cuda`` without a device (refused rather than trained on the CPU)."""
+    if setting == "cpu":
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    return None if setting == "cuda" else "cpu"
 
 
 def _architecture(args: argparse.Namespace, input_shape: tuple[int, int, int],
