@@ -69,6 +69,8 @@ class Gate:
     alive: torch.Tensor
     under: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
     trend: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    trend_sq: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    """Running mean of the squared gradient: with ``trend``, the gradient's noise."""
 
     def __post_init__(self) -> None:
         n = self.theta.numel()
@@ -76,6 +78,8 @@ class Gate:
             self.under = torch.zeros(n, dtype=torch.long)
         if self.trend.numel() != n:
             self.trend = torch.zeros(n)
+        if self.trend_sq.numel() != n:
+            self.trend_sq = torch.zeros(n)
 
     @classmethod
     def new(cls, n: int, init: float) -> Gate:
@@ -86,7 +90,7 @@ class Gate:
         """The variables at ``index`` (after a compaction), with their counters."""
         return Gate(self.theta.detach()[index].clone().requires_grad_(True),
                     self.alive[index].clone(), self.under[index].clone(),
-                    self.trend[index].clone())
+                    self.trend[index].clone(), self.trend_sq[index].clone())
 
     def effective(self) -> torch.Tensor:
         """θ with removed variables at exactly 0 (what the complexity model prices)."""

@@ -316,14 +316,28 @@ class Search:
     def _track_trend(self) -> None:
         for gate in self._gated():
             if gate.theta.grad is not None:
-                gate.trend.mul_(self.cfg.trend_decay).add_(
-                    gate.theta.grad, alpha=1.0 - self.cfg.trend_decay)
+                d = self.cfg.trend_decay
+                gate.trend.mul_(d).add_(gate.theta.grad, alpha=1.0 - d)
+                gate.trend_sq.mul_(d).add_(gate.theta.grad.square(), alpha=1.0 - d)
 
     @torch.no_grad()
     def _settle_step(self, size: float) -> None:
-        """One sign step of θ against its gradient trend (the settling phase)."""
+        """One step of θ towards the vertex of [0, 1] its objective prefers.
+
+        Where the running mean of θ's gradient is significant (over twice its standard
+        error over the running mean's ~(1+d)/(1-d) samples) the step goes against it: the
+        flattened objective is linear, so that sign names the better vertex. Where it is not,
+        θ keeps its leaning (towards 1 from 0.5 up, else towards 0): a sign taken from noise
+        would prune units nothing prices (α = 1) or keep ones the price removes.
+        """
+        d = self.cfg.trend_decay
+        samples = (1.0 + d) / (1.0 - d)
         for gate in self._gated():
-            gate.theta.sub_(size * torch.sign(gate.trend) * gate.alive)
+            noise = (gate.trend_sq - gate.trend.square()).clamp(min=0.0).div(samples).sqrt()
+            significant = gate.trend.abs() > 2.0 * noise
+            leaning = torch.where(gate.theta >= 0.5, -1.0, 1.0)
+            direction = torch.where(significant, torch.sign(gate.trend), leaning)
+            gate.theta.sub_(size * direction * gate.alive)
 
     def _record_theta(self) -> None:
         for s, gate in self.gates.units.items():

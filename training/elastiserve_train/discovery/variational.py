@@ -76,7 +76,10 @@ def prices(model: ComplexityModel, full: Cost, units: Mapping[str, torch.Tensor]
     """λ per unit (one per channel of each slot) and per layer: the marginal expected cost."""
     u = {k: v.detach().clone().requires_grad_(True) for k, v in units.items()}
     g = {k: v.detach().clone().requires_grad_(True) for k, v in layers.items()}
-    penalty(model, full, u, g, params).backward()  # type: ignore[no-untyped-call]
+    with torch.enable_grad():
+        total = penalty(model, full, u, g, params)
+        if total.requires_grad:  # not when every priced variable is gone
+            total.backward()  # type: ignore[no-untyped-call]
     zero = torch.tensor(0.0)
     return ({k: (v.grad if v.grad is not None else torch.zeros_like(v)).float()
              for k, v in u.items()},
