@@ -1,5 +1,7 @@
 """Structure discovery's variational objective, pruning patience, settling, validation split."""
 
+# ruff: noqa: RUF002  (Greek letters: the paper's notation for nu, alpha, beta)
+
 from __future__ import annotations
 
 import pytest
@@ -99,7 +101,7 @@ class TestValidationSplit:
         assert rest.test is data.test
         flat = {tuple(x.flatten().tolist()) for x in rest.train.images}
         assert not any(tuple(x.flatten().tolist()) in flat for x in val.images)
-        again, val_again = data.with_validation(16, seed=3)
+        _, val_again = data.with_validation(16, seed=3)
         assert torch.equal(val.images, val_again.images)
 
     @pytest.mark.parametrize("n", [0, 64, 100])
