@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,9 @@ from .ts_metrics import TorchServeMetrics
 log = logging.getLogger(__name__)
 
 LEVEL_RESPONSE_HEADER = "x-elastiserve-level"
+DEVICE_ENV = "ELASTISERVE_DEVICE"
+"""The serving container's device (the operator sets it from ``spec.serving.device``); it
+overrides the archived ``handler: device`` setting."""
 
 
 class ElastiserveHandler:
@@ -53,6 +57,8 @@ class ElastiserveHandler:
         config = dict(getattr(context, "model_yaml_config", None) or {})
         raw = dict(config.get("handler") or {})
         share_storage = bool(raw.pop("share_storage", True))
+        if os.environ.get(DEVICE_ENV):
+            raw["device"] = os.environ[DEVICE_ENV]
         settings = settings_from_mapping(raw)
         levels = load_levels(model_dir, share_storage=share_storage)
         metrics = TorchServeMetrics(context.metrics, context.model_name)

@@ -392,6 +392,8 @@ def build_deployment(
         # only; both are the tmp emptyDir, so the root filesystem can stay read-only.
         "env": [
             {"name": "HOME", "value": WRITABLE_HOME},
+            # The handler's device (spec.serving.device); TorchServe passes it to its workers.
+            {"name": "ELASTISERVE_DEVICE", "value": serving.device},
             # User model factories a bundle may name (the chart's serving.allowedFactories);
             # the loader refuses any other before importing it.
             *([{"name": "ELASTISERVE_ALLOWED_FACTORIES",

@@ -118,6 +118,7 @@ DEFAULTS: Mapping[str, Any] = {
     "policy.loops": "Both",
     "nodePressure.enabled": True,
     "serving.tokenAuthorization": "Enabled",
+    "serving.device": "Auto",
 }
 
 CHART_DEFAULTED: tuple[str, ...] = (
@@ -299,6 +300,9 @@ class ServingSettings:
     """Whether the pods' gateway checks the model's inference key (one key in a Secret,
     shared by every replica); ``Disabled`` leaves authentication to whatever fronts the
     Service (an ingress, a mesh)."""
+    device: str = "auto"
+    """Where the workers run the levels (the handler's ``device``: ``auto``/``cpu``/``cuda``),
+    from ``spec.serving.device`` (``Auto``/``CPU``/``CUDA``)."""
 
 
 @dataclass(frozen=True)
@@ -678,7 +682,18 @@ def _parse_serving(r: _Reader, d: ServingDefaults) -> ServingSettings:
         runtime_class_name=r.optional_string("runtimeClassName", max_length=253)
         or d.runtime_class_name,
         token_authorization=_token_authorization(r),
+        device=_device(r),
     )
+
+
+SERVING_DEVICES = {"Auto": "auto", "CPU": "cpu", "CUDA": "cuda"}
+
+
+def _device(r: _Reader) -> str:
+    raw = r.raw.get("device", DEFAULTS["serving.device"])
+    if not isinstance(raw, str) or raw not in SERVING_DEVICES:
+        raise SpecError(r.at("device"), f"must be Auto, CPU or CUDA, got {raw!r}")
+    return SERVING_DEVICES[raw]
 
 
 def _token_authorization(r: _Reader) -> bool:

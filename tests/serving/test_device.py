@@ -78,3 +78,30 @@ def test_memory_report_on_cpu_is_weights_only() -> None:
     report = level_memory_bytes(levels, torch.device("cpu"), samples=4)
     assert all(report[n] == weight_bytes(m) > 0
                for n, m in zip(levels.names, levels.modules, strict=True))
+
+
+
+class _Context:
+    """What the handler reads at initialize, for the environment override only."""
+
+
+def test_environment_device_overrides_the_archived_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from elastiserve_serve import torchserve_handler
+
+    seen: dict[str, object] = {}
+
+    def settings(raw: dict[str, object]) -> RuntimeSettings:
+        seen.update(raw)
+        raise RuntimeError("stop after the settings")
+
+    monkeypatch.setattr(torchserve_handler, "check_model_dir", lambda *_: None)
+    monkeypatch.setattr(torchserve_handler, "settings_from_mapping", settings)
+    monkeypatch.setenv(torchserve_handler.DEVICE_ENV, "cpu")
+    context = _Context()
+    context.system_properties = {"model_dir": "/nonexistent"}  # type: ignore[attr-defined]
+    context.model_yaml_config = {"handler": {"device": "cuda"}}  # type: ignore[attr-defined]
+    with pytest.raises(RuntimeError, match="stop after"):
+        torchserve_handler.ElastiserveHandler().initialize(context)
+    assert seen["device"] == "cpu"
