@@ -32,6 +32,7 @@ PINNED_LATENCY = "elastiserve_pinned_request_latency_seconds"
 CONTROL_PROBLEMS = "elastiserve_control_file_problems_total"
 CONTROL_OK = "elastiserve_control_file_ok"
 LEVEL_MEMORY = "elastiserve_level_device_memory_bytes"
+STAGE_SECONDS = "elastiserve_stage_seconds_total"
 LEVEL_DIMENSION = "ElasticLevel"
 
 # TorchServe's own frontend metrics, as in its default metrics.yaml (its defaults are replaced
@@ -76,6 +77,7 @@ def metrics_config() -> dict[str, Any]:
                 {"name": REQUESTS, "unit": "Count", "dimensions": per_level()},
                 {"name": REJECTED, "unit": "Count", "dimensions": ["ModelName", "Status"]},
                 {"name": CONTROL_PROBLEMS, "unit": "Count", "dimensions": ["ModelName", "Kind"]},
+                {"name": STAGE_SECONDS, "unit": "seconds", "dimensions": ["ModelName", "Stage"]},
             ],
             "gauge": [
                 {"name": ACTIVE, "unit": "index", "dimensions": per_level()},
@@ -105,6 +107,7 @@ class TorchServeMetrics:
         self._problems = cache.get_metric(CONTROL_PROBLEMS, MetricTypes.COUNTER)
         self._control_ok = cache.get_metric(CONTROL_OK, MetricTypes.GAUGE)
         self._memory = cache.get_metric(LEVEL_MEMORY, MetricTypes.GAUGE)
+        self._stages = cache.get_metric(STAGE_SECONDS, MetricTypes.COUNTER)
         self._last_active: str | None = None
 
     def request_served(self, level: str, seconds: float, *, pinned: bool = False) -> None:
@@ -116,6 +119,9 @@ class TorchServeMetrics:
 
     def control_file_ok(self, ok: bool) -> None:
         self._control_ok.add_or_update(1 if ok else 0, [self._model])
+
+    def stage_seconds(self, stage: str, seconds: float) -> None:
+        self._stages.add_or_update(seconds, [self._model, stage])
 
     def level_memory(self, level: str, nbytes: int) -> None:
         self._memory.add_or_update(nbytes, [self._model, level])

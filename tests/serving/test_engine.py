@@ -206,3 +206,32 @@ class TestControlFileProblems:
         (out,) = rt.handle([RawRequest(SAMPLE)])
         assert isinstance(out, Success) and out.level == "medium"
         assert metrics.control_problems[-1] == "unsafe"
+
+
+def test_stage_times_flush_once_per_interval_and_clear() -> None:
+    from elastiserve_serve.runtime.stages import StageTimes
+
+    stages = StageTimes(interval_s=1.0)
+    stages.add("forward", 0.25)
+    assert stages.due(10.0) == {}  # the first call starts the interval
+    stages.add("decode", 0.5)
+    assert stages.due(10.5) == {}
+    assert stages.due(11.0) == {"forward": 0.25, "decode": 0.5}
+    assert stages.due(12.0) == {}  # nothing new since
+    assert stages.totals == {"decode": 0.5, "forward": 0.25, "postprocess": 0.0}
+
+
+def test_runtime_reports_decode_forward_and_postprocess_seconds() -> None:
+    ticks = iter(float(i) for i in range(10_000))
+    metrics = RecordingMetrics()
+    rt = ElasticRuntime(tiny_levels(), RuntimeSettings(control_file=None), metrics,
+                        clock=lambda: next(ticks))
+    rt.stages.interval_s = 0.0
+    body = json.dumps(torch.rand(1, 1, 8, 8).tolist())
+    rt.handle([RawRequest(body), RawRequest(body)])
+    rt.handle([RawRequest(body)])
+    # Every stage took whole clock ticks; all three were reported, forward once per batch.
+    assert set(metrics.stages) == {"decode", "forward", "postprocess"}
+    assert all(seconds >= 1.0 for seconds in metrics.stages.values())
+    assert rt.stages.batches == 2
+    assert metrics.stages == rt.stages.totals

@@ -42,6 +42,7 @@ from .levels import LevelSet
 from .metrics import MetricsSink, NullMetrics
 from .service_times import ServiceTimes, profile_levels, profile_sizes
 from .settings import PIN_HEADER, RuntimeSettings
+from .stages import StageTimes
 from .text import plain
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,8 @@ class ElasticRuntime:
         """Per-level service times, profiled by :meth:`warm_up`; ``None``: no per-batch choice."""
         self.level_memory: dict[str, int] = {}
         """Per level: device memory measured by :meth:`warm_up` (``device.level_memory_bytes``)."""
+        self.stages = StageTimes()
+        """Decode/forward/postprocess seconds of every batch (:mod:`.stages`)."""
         self.last_choice: BatchChoice | None = None
         """The per-batch choice of the last batch with unpinned requests (for tests, logs)."""
         if settings.threads:
@@ -189,8 +192,10 @@ class ElasticRuntime:
         routed: list[tuple[int, str, torch.Tensor, bool]] = []
         oldest_wait_s = 0.0
         for idx, request in enumerate(requests):
+            began = self._clock()
             try:
                 level, tensor, pinned = self._route(request)
+                self.stages.add("decode", self._clock() - began)
             except BadRequest as err:
                 outcomes[idx] = self._reject(err.status, err.reason)
                 continue
@@ -212,6 +217,9 @@ class ElasticRuntime:
             for idx, _, was_pinned in members:
                 if isinstance(outcomes[idx], Success):
                     self.metrics.request_served(level, elapsed, pinned=was_pinned)
+        self.stages.batches += 1
+        for stage, seconds in self.stages.due(self._clock()).items():
+            self.metrics.stage_seconds(stage, seconds)
         return [o if o is not None else Failure(500, "internal error") for o in outcomes]
 
     def _batch_level(self, samples: int, oldest_wait_s: float, elapsed_s: float) -> str:
@@ -273,14 +281,16 @@ class ElasticRuntime:
                 probabilities = torch.softmax(
                     self.levels.module(level)(batch).float(), dim=1
                 ).cpu()
+            forward_s = self._clock() - began
+            self.stages.add("forward", forward_s)
             if self.service_times is not None:
-                self.service_times.observe(self.levels.index(level), batch.shape[0],
-                                           self._clock() - began)
+                self.service_times.observe(self.levels.index(level), batch.shape[0], forward_s)
         except Exception:  # a model failure is ours, not the client's: 500, keep serving
             log.exception("level %s failed on a batch of %d requests", level, len(members))
             for idx, _ in members:
                 outcomes[idx] = Failure(500, f"level {level} failed")
             return
+        began = self._clock()
         k = min(self.settings.top_k, probabilities.shape[1])
         values, indices = probabilities.topk(k, dim=1)
         names = self.levels.class_names
@@ -296,6 +306,7 @@ class ElasticRuntime:
             count = tensor.shape[0]
             outcomes[idx] = Success(level, rows[offset : offset + count])
             offset += count
+        self.stages.add("postprocess", self._clock() - began)
 
     def _refresh_active(self) -> None:
         if self._control is None:

@@ -36,6 +36,9 @@ class MetricsSink(Protocol):
     def level_memory(self, level: str, nbytes: int) -> None:
         """Device memory one level takes (weights, plus peak activations on CUDA), at load."""
 
+    def stage_seconds(self, stage: str, seconds: float) -> None:
+        """Seconds spent in ``stage`` (decode, forward, postprocess) since the last report."""
+
 
 class NullMetrics:
     """Discards everything (the default when nobody is listening)."""
@@ -58,6 +61,9 @@ class NullMetrics:
     def level_memory(self, level: str, nbytes: int) -> None:
         pass
 
+    def stage_seconds(self, stage: str, seconds: float) -> None:
+        pass
+
 
 @dataclass
 class RecordingMetrics:
@@ -70,6 +76,7 @@ class RecordingMetrics:
     control_problems: list[str] = field(default_factory=list)
     control_ok: list[bool] = field(default_factory=list)
     memory: dict[str, int] = field(default_factory=dict)
+    stages: dict[str, float] = field(default_factory=dict)
 
     def request_served(self, level: str, seconds: float, *, pinned: bool = False) -> None:
         (self.pinned if pinned else self.served).append((level, seconds))
@@ -88,3 +95,6 @@ class RecordingMetrics:
 
     def level_memory(self, level: str, nbytes: int) -> None:
         self.memory[level] = nbytes
+
+    def stage_seconds(self, stage: str, seconds: float) -> None:
+        self.stages[stage] = self.stages.get(stage, 0.0) + seconds
