@@ -33,6 +33,7 @@ CONTROL_PROBLEMS = "elastiserve_control_file_problems_total"
 CONTROL_OK = "elastiserve_control_file_ok"
 LEVEL_MEMORY = "elastiserve_level_device_memory_bytes"
 STAGE_SECONDS = "elastiserve_stage_seconds_total"
+BATCHES = "elastiserve_batches_total"
 LEVEL_DIMENSION = "ElasticLevel"
 
 # TorchServe's own frontend metrics, as in its default metrics.yaml (its defaults are replaced
@@ -78,6 +79,7 @@ def metrics_config() -> dict[str, Any]:
                 {"name": REJECTED, "unit": "Count", "dimensions": ["ModelName", "Status"]},
                 {"name": CONTROL_PROBLEMS, "unit": "Count", "dimensions": ["ModelName", "Kind"]},
                 {"name": STAGE_SECONDS, "unit": "seconds", "dimensions": ["ModelName", "Stage"]},
+                {"name": BATCHES, "unit": "Count", "dimensions": ["ModelName"]},
             ],
             "gauge": [
                 {"name": ACTIVE, "unit": "index", "dimensions": per_level()},
@@ -108,6 +110,7 @@ class TorchServeMetrics:
         self._control_ok = cache.get_metric(CONTROL_OK, MetricTypes.GAUGE)
         self._memory = cache.get_metric(LEVEL_MEMORY, MetricTypes.GAUGE)
         self._stages = cache.get_metric(STAGE_SECONDS, MetricTypes.COUNTER)
+        self._batches = cache.get_metric(BATCHES, MetricTypes.COUNTER)
         self._last_active: str | None = None
 
     def request_served(self, level: str, seconds: float, *, pinned: bool = False) -> None:
@@ -122,6 +125,9 @@ class TorchServeMetrics:
 
     def stage_seconds(self, stage: str, seconds: float) -> None:
         self._stages.add_or_update(seconds, [self._model, stage])
+
+    def batches_served(self, count: int) -> None:
+        self._batches.add_or_update(count, [self._model])
 
     def level_memory(self, level: str, nbytes: int) -> None:
         self._memory.add_or_update(nbytes, [self._model, level])

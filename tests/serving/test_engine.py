@@ -233,5 +233,5 @@ def test_runtime_reports_decode_forward_and_postprocess_seconds() -> None:
     # Every stage took whole clock ticks; all three were reported, forward once per batch.
     assert set(metrics.stages) == {"decode", "forward", "postprocess"}
     assert all(seconds >= 1.0 for seconds in metrics.stages.values())
-    assert rt.stages.batches == 2
+    assert rt.stages.batches == metrics.batches == 2
     assert metrics.stages == rt.stages.totals

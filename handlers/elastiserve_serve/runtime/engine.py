@@ -217,9 +217,12 @@ class ElasticRuntime:
             for idx, _, was_pinned in members:
                 if isinstance(outcomes[idx], Success):
                     self.metrics.request_served(level, elapsed, pinned=was_pinned)
-        self.stages.batches += 1
-        for stage, seconds in self.stages.due(self._clock()).items():
+        self.stages.batch_done()
+        flushed = self.stages.due(self._clock())
+        for stage, seconds in flushed.items():
             self.metrics.stage_seconds(stage, seconds)
+        if flushed:
+            self.metrics.batches_served(self.stages.take_batches())
         return [o if o is not None else Failure(500, "internal error") for o in outcomes]
 
     def _batch_level(self, samples: int, oldest_wait_s: float, elapsed_s: float) -> str:

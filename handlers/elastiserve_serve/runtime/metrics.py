@@ -39,6 +39,9 @@ class MetricsSink(Protocol):
     def stage_seconds(self, stage: str, seconds: float) -> None:
         """Seconds spent in ``stage`` (decode, forward, postprocess) since the last report."""
 
+    def batches_served(self, count: int) -> None:
+        """Batches handled since the last report (reported with the stage seconds)."""
+
 
 class NullMetrics:
     """Discards everything (the default when nobody is listening)."""
@@ -64,6 +67,9 @@ class NullMetrics:
     def stage_seconds(self, stage: str, seconds: float) -> None:
         pass
 
+    def batches_served(self, count: int) -> None:
+        pass
+
 
 @dataclass
 class RecordingMetrics:
@@ -77,6 +83,7 @@ class RecordingMetrics:
     control_ok: list[bool] = field(default_factory=list)
     memory: dict[str, int] = field(default_factory=dict)
     stages: dict[str, float] = field(default_factory=dict)
+    batches: int = 0
 
     def request_served(self, level: str, seconds: float, *, pinned: bool = False) -> None:
         (self.pinned if pinned else self.served).append((level, seconds))
@@ -98,3 +105,6 @@ class RecordingMetrics:
 
     def stage_seconds(self, stage: str, seconds: float) -> None:
         self.stages[stage] = self.stages.get(stage, 0.0) + seconds
+
+    def batches_served(self, count: int) -> None:
+        self.batches += count

@@ -24,7 +24,17 @@ class StageTimes:
     totals: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     pending: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     batches: int = 0
+    pending_batches: int = 0
     _last_flush: float | None = None
+
+    def batch_done(self) -> None:
+        self.batches += 1
+        self.pending_batches += 1
+
+    def take_batches(self) -> int:
+        """Batches finished since the last call (reported with each flush)."""
+        count, self.pending_batches = self.pending_batches, 0
+        return count
 
     def add(self, stage: str, seconds: float) -> None:
         self.totals[stage] += seconds
