@@ -38,7 +38,12 @@ from elastiserve_operator.signals.prometheus import (
     render_query,
 )
 from elastiserve_operator.spec import ElasticModelSpec
-from elastiserve_serve.level_agent import set_level
+from elastiserve_operator.status import worker_bounds
+from elastiserve_serve.runtime.control import (
+    ControlState,
+    read_control_file,
+    write_control_file,
+)
 
 _NAMESPACE_MATCHER = 'namespace="$namespace",'
 _OPERATOR_WINDOW = "[1m]"
@@ -128,12 +133,28 @@ class PolicyLoop:
         level = self.spec.levels.initial_level
         now = self.clock()
         self.state = PolicyState.initial(level, now)
-        written = set_level(self.control_file, self.level_names[level])
+        written = self._write(level)
         event = LoopEvent(now, level, level, self.level_names[level], "Start",
                           f"starting at level {level} ({self.level_names[level]})",
                           None, None, written.generation)
         self.events.append(event)
         return event
+
+    def _write(self, level: int) -> ControlState:
+        """The control file as the operator's level agent writes it: the level (the ceiling)
+        and, where ``spec.policy.loops`` lets the workers choose, the floor and objective
+        they pick each batch's level against (``status.workerBounds``)."""
+        try:
+            last = read_control_file(self.control_file)
+        except ValueError:
+            last = None
+        bounds = worker_bounds(self.spec)
+        state = ControlState(
+            self.level_names[level], last.generation + 1 if last else 1,
+            floor=self.level_names[bounds["floor"]] if bounds else None,
+            objective_ms=float(bounds["objectiveMs"]) if bounds else None)
+        write_control_file(self.control_file, state)
+        return state
 
     async def evaluate(self) -> LoopEvent:
         """Gather one observation, decide, and write the control file if the level moves."""
@@ -148,7 +169,7 @@ class PolicyLoop:
         self.state = decision.state
         generation = None
         if decision.changed:
-            generation = set_level(self.control_file, self.level_names[decision.level]).generation
+            generation = self._write(decision.level).generation
         observation: Observation = gathered.observation
         event = LoopEvent(
             at=now,
