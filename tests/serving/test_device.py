@@ -4,6 +4,7 @@ and the CPU path end to end (levels and batches on the device, memory reported p
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 import torch
@@ -105,3 +106,31 @@ def test_environment_device_overrides_the_archived_setting(
     with pytest.raises(RuntimeError, match="stop after"):
         torchserve_handler.ElastiserveHandler().initialize(context)
     assert seen["device"] == "cpu"
+
+
+def _gpu_check() -> Any:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_refuses_in_one_line_without_cuda(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Any,
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "gpu.json"
+    assert _gpu_check().main(["--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "no CUDA device" in err
+    assert not out.exists()
+
+
+def test_gpu_check_refuses_bad_batch_sizes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _gpu_check().main(["--batch-sizes", "0,x"]) == 2
+    assert "--batch-sizes" in capsys.readouterr().err
