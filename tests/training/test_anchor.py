@@ -145,10 +145,18 @@ def test_a_baseline_of_another_architecture_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"fc\.bias has shape \(7,\), the architecture \(4,\)"):
         pipe.baseline()
     assert not (tmp_path / "run" / "baseline.safetensors").exists()
+    # A PyTorch state dict is read with weights_only=True, then checked the same way.
     pickled = tmp_path / "model.pt"
     torch.save(other.state_dict(), pickled)
     pipe = Pipeline(_config(0.0, str(pickled)), data, tmp_path / "run2")
-    with pytest.raises(ValueError, match=r"model\.pt: not a readable safetensors file"):
+    with pytest.raises(ValueError, match=r"model\.pt: fc\.weight has shape \(7, 16\)"):
+        pipe.baseline()
+    # A pickle that is not a plain state dict is never unpickled.
+    odd = tmp_path / "object.pt"
+    torch.save({"model": Path("/x")}, odd)
+    pipe = Pipeline(_config(0.0, str(odd)), data, tmp_path / "run3")
+    with pytest.raises(ValueError, match=r"object\.pt: not a safetensors file nor a PyTorch "
+                                         r"state dict loadable with weights_only=True"):
         pipe.baseline()
 
 
