@@ -350,7 +350,8 @@ def profile_in_process(bundle: Path, stock_mar_dir: Path, body: bytes, rounds: i
 
     torch.set_num_threads(1)
     levels = load_levels(bundle)
-    runtime = ElasticRuntime(levels, RuntimeSettings(control_file=None, threads=1))
+    runtime = ElasticRuntime(levels, RuntimeSettings(control_file=None, threads=1,
+                                                     trace_levels=False))
     runtime.warm_up()
     traced_runtime = ElasticRuntime(levels, RuntimeSettings(control_file=None, threads=1,
                                                             trace_levels=True))
@@ -439,13 +440,349 @@ def interleaved_timings(steps: dict[str, Callable[[], object]], rounds: int,
     return out
 
 
+# ----------------------------------------------------------------------------- where the time goes
+
+BREAKDOWN_STAGES = ("frontend_response", "queue", "transport", "decode", "forward",
+                    "postprocess")
+
+
+def demo_bundle(root: Path) -> Path:
+    """A bundle of the ``make demo`` model's geometry (``elastiserve.local.demo``'s training
+    arguments: ResNet-20 at its width, Fashion-MNIST's 1x28x28), random weights: the time per
+    request does not depend on what the weights learned."""
+    sys.path.insert(0, str(REPO))
+    from elastiserve.local.demo import DEMO_GEOMETRY
+    from tests.serving.bundles import make_bundle
+
+    return make_bundle(root / "demo", ratios=(0.25, 0.5, 0.75, 1.0),
+                       names=("L0", "L1", "L2", "L3"), **DEMO_GEOMETRY)
+
+
+def json_body(bundle: Path) -> bytes:
+    """One sample as the demo sends it: a JSON nested list of the input's shape."""
+    import torch
+
+    from elastiserve_store.bundle import load_bundle
+
+    spec = load_bundle(bundle).manifest.input
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.rand((1, spec.channels, spec.height, spec.width), generator=generator)
+    return json.dumps(sample.tolist()).encode()
+
+
+def served_levels(bundle: Path, threads: int) -> Any:
+    """The bundle's levels as the runtime serves them (traced where verified equal)."""
+    import torch
+
+    from elastiserve_serve.bundle_levels import load_levels
+    from elastiserve_serve.runtime import ElasticRuntime, RuntimeSettings
+
+    torch.set_num_threads(threads)
+    return ElasticRuntime(load_levels(bundle), RuntimeSettings(
+        control_file=None, threads=threads, worker_choice=False)).levels
+
+
+def forward_only_rps(levels: Any, level: int, batch: int, seconds: float) -> float:
+    """Samples per second of the level's forward pass + softmax alone, at ``batch`` (threads
+    as set by :func:`served_levels`): the ceiling end to end is held to."""
+    import torch
+
+    module = levels.modules[level]
+    x = torch.zeros((batch, *levels.input_spec.shape))
+    times: list[float] = []
+    with torch.inference_mode():
+        module(x)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline or len(times) < 5:
+            began = time.perf_counter()
+            torch.softmax(module(x).float(), dim=1)
+            times.append(time.perf_counter() - began)
+    return batch / statistics.median(times)
+
+
+def scrape(address: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample on TorchServe's metrics endpoint, keyed by name and sorted labels."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://{address}/metrics", timeout=10).text
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def metric_sum(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
+               **labels: str) -> float:
+    """Sum of ``name`` over the samples whose labels include ``labels``."""
+    # prometheus_client's parser names every counter's sample ``..._total``.
+    names = {name, name if name.endswith("_total") else f"{name}_total"}
+    return sum(value for (n, lab), value in samples.items()
+               if n in names and all(dict(lab).get(k) == v for k, v in labels.items()))
+
+
+def closed_loop(target: Target, body: bytes, clients: int, seconds: float
+                ) -> tuple[int, int, float, float]:
+    """``clients`` back-to-back senders for ``seconds``: (answered, failed, elapsed s, mean
+    client latency ms). Enough clients to keep every batch full measures capacity."""
+    import httpx
+
+    answered, failed, latencies = [0], [0], []
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def sender() -> None:
+        with httpx.Client(timeout=30) as client:
+            while time.monotonic() < deadline:
+                began = time.perf_counter()
+                try:
+                    ok = client.post(target.url, content=body,
+                                     headers=target.headers).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                took = time.perf_counter() - began
+                with lock:
+                    if ok:
+                        answered[0] += 1
+                        latencies.append(took)
+                    else:
+                        failed[0] += 1
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=sender) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    mean_ms = statistics.fmean(latencies) * 1000 if latencies else float("nan")
+    return answered[0], failed[0], time.monotonic() - started, mean_ms
+
+
+def stage_table(scrapes: Sequence[tuple[dict[Any, float], dict[Any, float]]], model: str,
+                client_ms: float) -> dict[str, float]:
+    """Per request, in ms, where the time went between pairs of scrapes of one model's traffic.
+
+    TorchServe's frontend counts each request's queue wait and its whole inference time
+    (frontend receipt to response); the handler counts decode, forward and postprocess per
+    batch. Transport (frontend to worker and back, TorchServe's Python batching) is the
+    inference time less queue and handler; frontend_response is what the client saw less
+    TorchServe's inference time (HTTP, the frontend's parsing, the response write).
+    """
+    def delta(name: str, **labels: str) -> float:
+        return sum(metric_sum(after, name, **labels) - metric_sum(before, name, **labels)
+                   for before, after in scrapes)
+
+    requests = max(delta("ts_inference_requests_total", model_name=model), 1.0)
+    batches = max(delta("elastiserve_batches_total", ModelName=model), 1.0)
+    per_batch = {stage: delta("elastiserve_stage_seconds_total", ModelName=model, Stage=stage)
+                 / batches * 1000 for stage in ("decode", "forward", "postprocess")}
+    queue = delta("ts_queue_latency_microseconds", model_name=model) / requests / 1000
+    inference = delta("ts_inference_latency_microseconds", model_name=model) / requests / 1000
+    handler = sum(per_batch.values())
+    return {
+        "frontend_response": round(client_ms - inference, 3),
+        "queue": round(queue, 3),
+        "transport": round(inference - queue - handler, 3),
+        **{k: round(v, 3) for k, v in per_batch.items()},
+        "client_ms": round(client_ms, 3),
+        "ts_inference_ms": round(inference, 3),
+        "mean_batch": round(requests / batches, 2),
+    }
+
+
+def breakdown(root: Path, bundles: dict[str, tuple[Path, bytes]], *, batch: int,
+              delay_ms: int, threads: int, seconds: float, env: dict[str, str],
+              stock: Path | None) -> dict[str, Any]:
+    """Every level of every bundle: forward-only capacity in process, end-to-end
+    capacity through one TorchServe (closed loop, pinned level), and the per-request stage
+    table from TorchServe's counters and the handler's stage timers."""
+    from elastiserve_serve.archive import ArchiveSpec, build_archive
+    from elastiserve_serve.ts_server import run_torchserve
+    from elastiserve_store.bundle import load_bundle
+
+    store = root / "store-breakdown"
+    handler = {"control_file": "", "allow_pin": True, "threads": threads,
+               "worker_choice": False}
+    for name, (bundle, _) in bundles.items():
+        build_archive(bundle, store, name, ArchiveSpec(
+            workers=1, batch_size=batch, max_batch_delay_ms=delay_ms, handler=handler))
+    models = [f"{m}={m}.mar" for m in bundles]
+    if stock is not None:
+        models.append(f"{STOCK}={STOCK}.mar")
+    clients = 2 * batch
+    rounds = 2
+    with run_torchserve(root / "run-breakdown", store, models, extra_env=env) as server:
+        auth = {"Authorization": f"Bearer {server.keys.inference}"}
+        url = f"{server.inference_url}/predictions/"
+        # (model, level index or None for the stock handler) in a fixed order; each round
+        # runs them all, the order reversed every other round, so drift of this shared
+        # machine's load (and the JVM's own warm-up) lands on every target alike.
+        targets: list[tuple[str, int | None]] = []
+        names: dict[str, tuple[str, ...]] = {}
+        in_process: dict[str, Any] = {}
+        for name, (bundle, _) in bundles.items():
+            names[name] = tuple(load_bundle(bundle).manifest.level_names)
+            in_process[name] = served_levels(bundle, threads)
+            targets += [(name, i) for i in range(len(names[name]))]
+        if stock is not None:
+            targets.append((STOCK, None))
+
+        def target_of(model: str, index: int | None) -> tuple[Target, bytes]:
+            if index is None:
+                return Target(STOCK, url + STOCK, auth), bundles["serving"][1]
+            level = names[model][index]
+            return Target(level, url + model, {**auth, PIN: level}), bundles[model][1]
+
+        for model, index in targets:  # warm: JIT of the frontend, allocator, lazy init
+            target, body = target_of(model, index)
+            closed_loop(target, body, clients, 1.0)
+        acc: dict[tuple[str, int | None], dict[str, Any]] = {
+            t: {"answered": 0, "failed": 0, "elapsed": 0.0, "client": [], "scrapes": [],
+                "forward": []} for t in targets}
+        for r in range(rounds):
+            for model, index in (targets if r % 2 == 0 else targets[::-1]):
+                target, body = target_of(model, index)
+                before = scrape(server.metrics_address)
+                answered, failed, elapsed, client_ms = closed_loop(target, body, clients,
+                                                                   seconds / rounds)
+                after = scrape(server.metrics_address)
+                a = acc[(model, index)]
+                a["answered"] += answered
+                a["failed"] += failed
+                a["elapsed"] += elapsed
+                a["client"].append(client_ms)
+                a["scrapes"].append((before, after))
+                if index is not None:
+                    a["forward"].append(forward_only_rps(in_process[model], index, batch,
+                                                         min(seconds / rounds, 3.0)))
+        out: dict[str, Any] = {}
+        for name in bundles:
+            rows = []
+            for index, level in enumerate(names[name]):
+                a = acc[(name, index)]
+                forward = statistics.median(a["forward"])
+                e2e = a["answered"] / a["elapsed"]
+                rows.append({"name": level, "forward_only_rps": round(forward, 1),
+                             "end_to_end_rps": round(e2e, 1),
+                             "efficiency": round(e2e / forward, 3), "failed": a["failed"],
+                             "stages_ms": stage_table(a["scrapes"], name,
+                                                      statistics.fmean(a["client"])),
+                             "load_1m": round(os.getloadavg()[0], 2)})
+                print_stage_row(name, rows[-1])
+            out[name] = {"levels": rows, "narrowest_vs_full_end_to_end": round(
+                rows[0]["end_to_end_rps"] / rows[-1]["end_to_end_rps"], 2),
+                "narrowest_vs_full_forward_only": round(
+                rows[0]["forward_only_rps"] / rows[-1]["forward_only_rps"], 2)}
+        if stock is not None:
+            a = acc[(STOCK, None)]
+            out["stock_full"] = {"end_to_end_rps": round(a["answered"] / a["elapsed"], 1),
+                                 "failed": a["failed"],
+                                 "client_ms": round(statistics.fmean(a["client"]), 3)}
+            ours = out["serving"]["levels"][-1]["end_to_end_rps"]
+            out["stock_full"]["ours_full_over_stock"] = round(
+                ours / out["stock_full"]["end_to_end_rps"], 3)
+            print(f"  stock image_classifier, full: {out['stock_full']}", flush=True)
+    return out
+
+
+PIN = "X-Elastiserve-Level"
+
+
+def print_stage_row(model: str, row: dict[str, Any]) -> None:
+    stages = row["stages_ms"]
+    cells = "  ".join(f"{k} {stages[k]:7.2f}" for k in BREAKDOWN_STAGES)
+    print(f"  {model:>8} {row['name']:>3}: forward-only {row['forward_only_rps']:7.1f}/s  "
+          f"end-to-end {row['end_to_end_rps']:7.1f}/s  efficiency {row['efficiency']:.2f}  "
+          f"batch {stages['mean_batch']:.1f} | ms/request: {cells}  "
+          f"client {stages['client_ms']:.2f}"
+          f"  load {row['load_1m']}", flush=True)
+
+
+def run_breakdown(args: argparse.Namespace, width_mult: float, env: dict[str, str] | None,
+                  root: Path) -> dict[str, Any]:
+    """The stage table for the serving benchmark's model and the demo bundle's geometry."""
+    bundles_dir = root / "bundles-breakdown"
+    serving = write_bundles(bundles_dir, width_mult)["levels"]
+    demo = demo_bundle(bundles_dir)
+    stock = None
+    if env is not None:
+        stock = build_stock_archive(serving, root / "store-breakdown", STOCK, 1,
+                                    args.batch_size, args.max_batch_delay_ms)
+    seconds = args.breakdown_seconds
+    print(f"where the time goes (closed loop, {2 * args.batch_size} clients, {seconds} s per "
+          f"level, batch {args.batch_size}, 1 thread):", flush=True)
+    return breakdown(root, {"serving": (serving, jpeg_body()), "demo": (demo, json_body(demo))},
+                     batch=args.batch_size, delay_ms=args.max_batch_delay_ms, threads=1,
+                     seconds=seconds, env=env or {"OMP_NUM_THREADS": "1"}, stock=stock)
+
+
+
+def breakdown_basis(args: argparse.Namespace, stage_result: dict[str, Any]) -> dict[str, Any]:
+    """What the stage table's numbers mean, with the ratio targets of issue 18 item 3."""
+    serving = stage_result["serving"]["levels"]
+    stock = stage_result.get("stock_full")
+    return {
+        "targets": {
+            "min_efficiency_serving": min(r["efficiency"] for r in serving),
+            "efficiency_target": 0.5,
+            "narrowest_vs_full_end_to_end": stage_result["serving"][
+                "narrowest_vs_full_end_to_end"],
+            "narrowest_vs_full_target": 5.0,
+            "ours_full_over_stock_end_to_end": stock["ours_full_over_stock"] if stock else None,
+            "ours_full_over_stock_target": ">= 1.0 (ours at or above stock's capacity)",
+        },
+        "stock_full": stock,
+        "method": (f"end_to_end_rps: answers/s through one TorchServe, {2 * args.batch_size} "
+                   f"closed-loop clients pinning the level for {args.breakdown_seconds} s "
+                   "in 2 rounds (every target in each round, order reversed in the second, "
+                   "after a 1 s warm-up of each; batches kept full), "
+                   f"batch {args.batch_size}, delay "
+                   f"{args.max_batch_delay_ms} ms, 1 worker, 1 thread, per-batch choice off; "
+                   "forward_only_rps: the same level's forward pass + softmax in process, as "
+                   "the runtime runs it (traced where verified equal), same batch and threads, "
+                   "median; efficiency = end_to_end / forward_only. stages_ms per request: "
+                   "frontend_response = client - ts_inference_latency, queue = "
+                   "ts_queue_latency, transport = ts_inference - queue - handler; decode, "
+                   "forward, postprocess are per batch (each request of a batch waits for the "
+                   "whole batch) from elastiserve_stage_seconds_total / elastiserve_batches_total"),
+    }
+
+
+def write_breakdown_only(args: argparse.Namespace, width_mult: float, env: dict[str, str] | None,
+                         output: Path) -> int:
+    load_start = os.getloadavg()
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="elastiserve-breakdown-") as tmp:
+        stage_result = run_breakdown(args, width_mult, env, Path(tmp))
+    result = {
+        "levels": stage_result["serving"]["levels"],
+        "narrowest_vs_full_end_to_end": stage_result["serving"]["narrowest_vs_full_end_to_end"],
+        "demo_bundle": stage_result["demo"],
+        "breakdown": breakdown_basis(args, stage_result),
+        "model": {"architecture": "resnet20", "width_mult": width_mult,
+                  "input": "3x224x224, ImageNet mean/std, one 256x256 JPEG per request"},
+        "demo_model": "the make demo bundle's geometry (elastiserve.local.demo.DEMO_GEOMETRY), "
+                      "random weights, one JSON tensor per request",
+        "machine": {"cpus": os.cpu_count(), "load_avg_start": [round(x, 2) for x in load_start],
+                    "load_avg_end": [round(x, 2) for x in os.getloadavg()],
+                    "note": "2 cores shared with other engineers' jobs; compare ratios only"},
+        "duration_s": round(time.monotonic() - started, 1),
+    }
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["breakdown"]["targets"], indent=2))
+    print(f"wrote {output}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- main
 
 
 def stock_env(deps: Path) -> dict[str, str]:
     """Environment for the TorchServe that serves both models: the stock handler's imports on
     ``PYTHONPATH`` and one intra-op thread per worker (our handler sets the same itself)."""
-    if not (deps / "torchvision").is_dir() or not (deps / "captum").is_dir():
+    import importlib.util
+
+    has_torchvision = (deps / "torchvision").is_dir() or importlib.util.find_spec("torchvision")
+    if not has_torchvision or not (deps / "captum").is_dir():
         raise SystemExit(
             f"the stock handler needs torchvision and captum in {deps}:\n"
             f"  {sys.executable} -m pip install --no-deps --target {deps} torchvision captum")
@@ -540,6 +877,11 @@ def main() -> int:
     parser.add_argument("--profile-only", action="store_true",
                         help="only the in-process profile of both handlers, printed")
     parser.add_argument("--output", type=Path)
+    parser.add_argument("--breakdown-seconds", type=float, default=6.0,
+                        help="closed-loop seconds per level in the stage table (default 6)")
+    parser.add_argument("--breakdown-only", action="store_true",
+                        help="only the stage table (forward-only vs end-to-end per level, "
+                             "serving model and demo bundle); writes serving-breakdown.json")
     parser.add_argument("--plot-only", type=Path, metavar="JSON",
                         help="redraw the PNG beside a result JSON and exit")
     args = parser.parse_args()
@@ -554,6 +896,9 @@ def main() -> int:
                              if args.quick else RESULTS / "serving.json")
     env = stock_env(args.stock_deps)
     sys.path.insert(0, str(args.stock_deps))  # the in-process profile imports ts' handler
+    if args.breakdown_only:
+        return write_breakdown_only(args, width_mult, env, args.output
+                                    or RESULTS / "serving-breakdown.json")
 
     from elastiserve_serve.archive import ArchiveSpec, build_archive
     from elastiserve_serve.ts_server import run_torchserve
@@ -585,6 +930,7 @@ def main() -> int:
 
         with zipfile.ZipFile(store / f"{STOCK}.mar") as mar:  # the traced file, for the profile
             mar.extract("model.pt", root / "stock")
+        stage_result = run_breakdown(args, width_mult, env, root)
         print("in-process profile (ms):", flush=True)
         profile = profile_in_process(bundles["levels"], root / "stock", body,
                                      rounds=5 if args.quick else 15, repeats=3)
@@ -595,7 +941,7 @@ def main() -> int:
         # beside it for the paired comparison only.
         build_archive(bundles["levels"], store, OURS,
                       spec(control_file=str(control), allow_pin=True, trace_levels=True))
-        build_archive(bundles["levels"], store, EAGER, spec(control_file=""))
+        build_archive(bundles["levels"], store, EAGER, spec(control_file="", trace_levels=False))
         build_archive(bundles["levels"], store, "separate",
                       spec(control_file="", allow_pin=True, share_storage=False,
                            trace_levels=True))
@@ -661,6 +1007,7 @@ def main() -> int:
                 "steps": [asdict(s) for s in target_steps]}
 
     rows = [{"name": lv, **summary(steps[lv])} for lv in levels]
+    capacity = {r["name"]: r for r in stage_result["serving"]["levels"]}
     stock_row = summary(steps[STOCK])
     paired = paired_ratios(pairs[OURS])
     paired_eager = paired_ratios(pairs[EAGER])
@@ -670,8 +1017,12 @@ def main() -> int:
                           if s.rate <= row["max_rps"])
     paired_failed = sum(r["failed"] for r in paired["runs"] + paired_eager["runs"])
     result: dict[str, Any] = {
-        "levels": [{"name": r["name"], "max_rps": r["max_rps"], "p95_ms": r["p95_ms"]}
+        "levels": [{"name": r["name"], "max_rps": r["max_rps"], "p95_ms": r["p95_ms"],
+                    **{k: capacity[r["name"]][k] for k in
+                       ("forward_only_rps", "end_to_end_rps", "efficiency", "stages_ms")}}
                    for r in rows],
+        "demo_bundle": stage_result["demo"],
+        "breakdown": breakdown_basis(args, stage_result),
         "narrowest_vs_full_rps": round(rows[0]["max_rps"] / rows[-1]["max_rps"], 2)
         if rows[-1]["max_rps"] else None,
         "handler_overhead_ratio": paired["p50_ratio_median"],

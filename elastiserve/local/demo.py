@@ -68,6 +68,11 @@ DEFAULT_TRAIN_ARGS: tuple[str, ...] = (
 than 128 doubles the optimiser steps of so short a run for the same compute, and the second core
 epoch lifts the narrowest level from 0.33: a demo model, not a benchmark."""
 
+DEMO_GEOMETRY: dict[str, Any] = {"arch": "resnet20", "width_mult": 0.5, "size": 28,
+                                 "channels": 1}
+"""The model ``DEFAULT_TRAIN_ARGS`` trains, as the serving benchmark rebuilds it (random
+weights) to time every level of the demo's model (benchmarks/serving.py ``demo_bundle``)."""
+
 
 @dataclass(frozen=True)
 class DemoPolicy:
@@ -163,6 +168,9 @@ class Second:
     level: int  # level decided (written to the control file)
     served_level: str | None  # the level most responses in this second came from
     accuracy: float | None
+    served_by_level: dict[str, int] = field(default_factory=dict)
+    """Answers per level this second, from each response's level header: what the workers'
+    per-batch choice served under the operator's level (the ceiling)."""
 
 
 @dataclass
@@ -407,6 +415,7 @@ class Timeline:
             level=event.level if event else self.loop.spec.levels.initial_level,
             served_level=levels.most_common(1)[0][0] if levels else None,
             accuracy=sum(o.correct for o in ok) / samples if samples else None,
+            served_by_level=dict(sorted(levels.items())),
         )
 
     def event_at(self, t: float) -> LoopEvent | None:
@@ -443,6 +452,9 @@ def live_line(row: Second, names: Sequence[str], objective_s: float, phase: str,
             f"{row.served_rps:5.0f}/s failed {row.failed:3d} | p95 loop {_ms(row.loop_p95_s)} ms"
             f" client {_ms(row.client_p95_s)} ms (objective {objective_s * 1000:.0f}) | level "
             f"{row.level} {names[row.level]:<6} acc {acc}")
+    if row.served_by_level:
+        line += " | workers served " + " ".join(
+            f"{name} {row.served_by_level[name]}" for name in names if name in row.served_by_level)
     for event in events:
         arrow = "v" if event["to"] < event["from"] else "^"
         line += f"\n      {arrow} SWITCH {event['from']} -> {event['to']} ({event['cause']}): " \
@@ -558,11 +570,19 @@ def draw_timeline(
     ax_lat.set_ylabel("p95 latency (ms)")
     ax_lat.legend(loc="upper left", fontsize=8)
 
-    ax_lvl.step(t, [s.level for s in rows], where="post", color="black", label="level (control)")
-    served = [(s.t, names.index(s.served_level)) for s in rows
-              if s.served_level in names]
-    ax_lvl.scatter([p[0] for p in served], [p[1] for p in served], s=6, color="tab:green",
-                   label="level that answered")
+    ax_lvl.step(t, [s.level for s in rows], where="post", color="black",
+                label="operator's level (ceiling)")
+    # The workers' per-batch choice: every level that answered in a second, the marker's area
+    # its share of that second's answers, and the answers' mean level.
+    points = [(s.t, names.index(name), count / max(1, sum(s.served_by_level.values())))
+              for s in rows for name, count in s.served_by_level.items() if name in names]
+    ax_lvl.scatter([p[0] for p in points], [p[1] for p in points],
+                   s=[4 + 30 * p[2] for p in points], color="tab:green", alpha=0.7,
+                   label="workers served (area: share)")
+    mean_level = [sum(names.index(n) * c for n, c in s.served_by_level.items() if n in names)
+                  / max(1, sum(s.served_by_level.values())) if s.served_by_level else math.nan
+                  for s in rows]
+    ax_lvl.plot(t, mean_level, color="tab:green", lw=1, alpha=0.8)
     ax_lvl.set_yticks(range(len(names)), [f"{k} {n}" for k, n in enumerate(names)])
     ax_lvl.set_ylim(-0.5, len(names) - 0.5)
     ax_lvl.set_ylabel("level")
