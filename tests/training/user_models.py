@@ -71,3 +71,92 @@ class ConvHead(nn.Module):
 
 def with_conv_head(num_classes: int = 4) -> nn.Module:
     return ConvHead(num_classes)
+
+
+def _pooled_head(x: torch.Tensor, fc: nn.Module) -> torch.Tensor:
+    out: torch.Tensor = fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+    return out
+
+
+class DenseBlock(nn.Module):
+    """DenseNet-style: each layer's output is concatenated onto everything before it."""
+
+    def __init__(self, num_classes: int, growth: int = 4, layers: int = 2) -> None:
+        super().__init__()
+        self.stem = _conv_bn(3, 8)
+        self.layers = nn.ModuleList(
+            nn.Sequential(nn.BatchNorm2d(8 + i * growth), nn.ReLU(),
+                          nn.Conv2d(8 + i * growth, 2 * growth, 1, bias=False),
+                          nn.BatchNorm2d(2 * growth), nn.ReLU(),
+                          nn.Conv2d(2 * growth, growth, 3, padding=1, bias=False))
+            for i in range(layers))
+        self.fc = nn.Linear(8 + layers * growth, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for layer in self.layers:
+            x = torch.cat([x, layer(x)], dim=1)
+        return _pooled_head(x, self.fc)
+
+
+def dense_block(num_classes: int = 4) -> nn.Module:
+    return DenseBlock(num_classes)
+
+
+class InceptionBlock(nn.Module):
+    """Inception-style: parallel branches of different widths concatenated, then mixed."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.stem = _conv_bn(3, 8)
+        self.b1 = nn.Sequential(nn.Conv2d(8, 4, 1, bias=False), nn.BatchNorm2d(4), nn.ReLU())
+        self.b3 = nn.Sequential(_conv_bn(8, 4), _conv_bn(4, 6))
+        self.mix = nn.Sequential(nn.Conv2d(10, 8, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        return _pooled_head(self.mix(torch.cat([self.b1(x), self.b3(x)], dim=1)), self.fc)
+
+
+def inception_block(num_classes: int = 4) -> nn.Module:
+    return InceptionBlock(num_classes)
+
+
+class ResNeXtBlock(nn.Module):
+    """ResNeXt-style bottleneck: 1x1 down, a 3x3 with groups=4 (not depthwise), 1x1 up, add."""
+
+    def __init__(self, num_classes: int, groups: int = 4) -> None:
+        super().__init__()
+        self.stem = _conv_bn(3, 8)
+        self.reduce = nn.Sequential(nn.Conv2d(8, 8, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.grouped = _conv_bn(8, 8, groups=groups)
+        self.expand = nn.Sequential(nn.Conv2d(8, 8, 1, bias=False), nn.BatchNorm2d(8))
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = nn.functional.relu(x + self.expand(self.grouped(self.reduce(x))))
+        return _pooled_head(x, self.fc)
+
+
+def resnext_block(num_classes: int = 4) -> nn.Module:
+    return ResNeXtBlock(num_classes)
+
+
+class ChunkBlock(nn.Module):
+    """ShuffleNet-style split: half the channels bypass, half go through a conv."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.stem = _conv_bn(3, 8)
+        self.branch = _conv_bn(4, 4)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = torch.chunk(self.stem(x), 2, dim=1)
+        return _pooled_head(torch.cat([a, self.branch(b)], dim=1), self.fc)
+
+
+def chunk_block(num_classes: int = 4) -> nn.Module:
+    return ChunkBlock(num_classes)

@@ -12,10 +12,14 @@ What cannot become slots is refused here, before any training, with the reason:
   ``LayerNorm``/``GroupNorm`` in ConvNeXt, per-channel ``PReLU``, ``Conv1d``, attention
   projections as raw parameters): the bundle cannot cut it;
 * grouped convolutions other than depthwise (ResNeXt, RegNet): a level would have to keep
-  whole groups, which one prefix per slot cannot say;
+  channels uniformly per group (a prefix inside every group), which one prefix per slot cannot
+  say, and the slot tensors refuse such a convolution;
 * batch norms without affine parameters or running statistics;
-* concatenation or splitting of channels (DenseNet, Inception, GoogLeNet, ShuffleNet): one axis
-  fed by several groups needs more than one slot per axis;
+* concatenation or splitting of channels (DenseNet, Inception, GoogLeNet, ShuffleNet): the
+  consumer of ``torch.cat`` sees several dependency groups side by side on one axis (Torch-Pruning
+  maps them through its ``_ConcatOp`` offsets), so a level would keep each part's prefix at the
+  part's offset, not one prefix of the axis; the slot tensors (one slot per axis) cannot say
+  that yet, and neither can they say which part of a ``torch.split``/``chunk`` a layer reads;
 * a model whose output does not come straight from an ``nn.Linear`` head (the head every level
   keeps whole and owns), or whose head does not output one score per class;
 * anything DependencyGraph itself cannot trace.
@@ -79,8 +83,10 @@ def _check_layers(name: str, model: nn.Module) -> None:
         if isinstance(module, nn.Conv2d) and module.groups != 1 and not (
                 module.groups == module.in_channels == module.out_channels):
             raise _refuse(name, f"{where} is a grouped convolution (groups={module.groups}, "
-                                f"{module.in_channels}->{module.out_channels}); only plain and "
-                                f"depthwise convolutions are supported")
+                                f"{module.in_channels}->{module.out_channels}), as in ResNeXt: "
+                                f"a level would keep channels uniformly in every group, which "
+                                f"one prefix per slot cannot express; only plain and depthwise "
+                                f"convolutions are supported")
         if isinstance(module, nn.BatchNorm2d) and not (module.affine
                                                        and module.track_running_stats):
             raise _refuse(name, f"{where} is a BatchNorm2d without affine parameters or "
@@ -140,6 +146,7 @@ def analyse(name: str, kwargs: Mapping[str, Any], input_shape: Sequence[int],
     except Exception as err:  # whatever the tracer cannot follow
         raise _refuse(name, f"Torch-Pruning's DependencyGraph cannot trace it: "
                             f"{type(err).__name__}: {str(err)[:200]}") from None
+    joins = _channel_joins(graph)
     names = {id(m): n for n, m in model.named_modules()}
     sides: dict[tuple[str, str], str] = {}
     for i, group in enumerate(groups):
@@ -155,7 +162,9 @@ def analyse(name: str, kwargs: Mapping[str, Any], input_shape: Sequence[int],
                 raise _refuse(name, f"{path} sees only {len(item.idxs)} of its {size} "
                                     f"{'output' if is_out else 'input'} channels in one "
                                     f"dependency group: channels are concatenated or split "
-                                    f"there, which one slot per axis cannot express")
+                                    f"there ({joins}), and a level of such an axis keeps each "
+                                    f"part's prefix at the part's offset, which one slot per "
+                                    f"axis cannot express")
             both = isinstance(module, nn.BatchNorm2d) or _depthwise(module)
             for side in (("in", "out") if both else ("out",) if is_out else ("in",)):
                 if sides.setdefault((path, side), slot) != slot:
@@ -168,6 +177,16 @@ def analyse(name: str, kwargs: Mapping[str, Any], input_shape: Sequence[int],
     args = {"kwargs": dict(kwargs), "layout": external.layout_to_json(layout)}
     _check_cut(name, args, input_shape)
     return args
+
+
+def _channel_joins(graph: tp.DependencyGraph) -> str:
+    """Which channel-joining operations the traced graph holds, for the refusal's reason."""
+    kinds = {type(m).__name__ for m in graph.module2node}
+    found = [text for op, text in (("_ConcatOp", "torch.cat along channels"),
+                                   ("_SplitOp", "torch.split/chunk along channels"),
+                                   ("_UnbindOp", "torch.unbind along channels"))
+             if op in kinds]
+    return " and ".join(found) or "a reshape that mixes channel groups"
 
 
 def _axis_size(module: nn.Module, is_out: bool) -> int:
