@@ -470,7 +470,7 @@ def nu_sweep(args: argparse.Namespace, argv: list[str]) -> int:
     sizes = {"train": len(data.train.labels), "validation": len(val.labels),
              "test": len(data.test.labels)}
     protocol = nu_protocol(args, sizes)
-    settings = {"nu": args.nu_sweep, "theta_lr": args.theta_lr,
+    settings = {"theta_lr": args.theta_lr,
                 "layer_theta_lr": args.layer_theta_lr, "theta_warmup": args.theta_warmup,
                 "lr": args.lr}
     doc: dict[str, Any] = {"protocol": protocol, "settings": settings, "runs": [],
@@ -491,6 +491,10 @@ def nu_sweep(args: argparse.Namespace, argv: list[str]) -> int:
                 doc["runs"].append(run)
         doc["baselines"].update(part.get("baselines", {}))
     doc["command"] = "nice -n 10 python benchmarks/discovery_sweep.py " + " ".join(argv)
+    doc.setdefault("commands", [])
+    if doc["command"] not in doc["commands"]:
+        doc["commands"].append(doc["command"])
+    doc["nu_grid"] = sorted({*args.nu_sweep, *(r["nu"] for r in doc["runs"])})
     index, count = (int(x) for x in args.part.split("/")) if args.part else (0, 1)
 
     def save() -> None:
