@@ -458,15 +458,15 @@ def demo_bundle(root: Path) -> Path:
                        names=("L0", "L1", "L2", "L3"), **DEMO_GEOMETRY)
 
 
-def json_body(bundle: Path) -> bytes:
-    """One sample as the demo sends it: a JSON nested list of the input's shape."""
+def json_body(bundle: Path, samples: int) -> bytes:
+    """A request as the demo sends it: ``samples`` inputs as one JSON nested list."""
     import torch
 
     from elastiserve_store.bundle import load_bundle
 
     spec = load_bundle(bundle).manifest.input
     generator = torch.Generator().manual_seed(0)
-    sample = torch.rand((1, spec.channels, spec.height, spec.width), generator=generator)
+    sample = torch.rand((samples, spec.channels, spec.height, spec.width), generator=generator)
     return json.dumps(sample.tolist()).encode()
 
 
@@ -588,7 +588,7 @@ def stage_table(scrapes: Sequence[tuple[dict[Any, float], dict[Any, float]]], mo
     }
 
 
-def breakdown(root: Path, bundles: dict[str, tuple[Path, bytes]], *, batch: int,
+def breakdown(root: Path, bundles: dict[str, tuple[Path, bytes, int]], *, batch: int,
               delay_ms: int, threads: int, seconds: float, env: dict[str, str],
               stock: Path | None) -> dict[str, Any]:
     """Every level of every bundle: forward-only capacity in process, end-to-end
@@ -601,7 +601,7 @@ def breakdown(root: Path, bundles: dict[str, tuple[Path, bytes]], *, batch: int,
     store = root / "store-breakdown"
     handler = {"control_file": "", "allow_pin": True, "threads": threads,
                "worker_choice": False}
-    for name, (bundle, _) in bundles.items():
+    for name, (bundle, _, _) in bundles.items():
         build_archive(bundle, store, name, ArchiveSpec(
             workers=1, batch_size=batch, max_batch_delay_ms=delay_ms, handler=handler))
     models = [f"{m}={m}.mar" for m in bundles]
@@ -618,7 +618,7 @@ def breakdown(root: Path, bundles: dict[str, tuple[Path, bytes]], *, batch: int,
         targets: list[tuple[str, int | None]] = []
         names: dict[str, tuple[str, ...]] = {}
         in_process: dict[str, Any] = {}
-        for name, (bundle, _) in bundles.items():
+        for name, (bundle, _, _) in bundles.items():
             names[name] = tuple(load_bundle(bundle).manifest.level_names)
             in_process[name] = served_levels(bundle, threads)
             targets += [(name, i) for i in range(len(names[name]))]
@@ -630,6 +630,7 @@ def breakdown(root: Path, bundles: dict[str, tuple[Path, bytes]], *, batch: int,
                 return Target(STOCK, url + STOCK, auth), bundles["serving"][1]
             level = names[model][index]
             return Target(level, url + model, {**auth, PIN: level}), bundles[model][1]
+
 
         for model, index in targets:  # warm: JIT of the frontend, allocator, lazy init
             target, body = target_of(model, index)
@@ -650,9 +651,10 @@ def breakdown(root: Path, bundles: dict[str, tuple[Path, bytes]], *, batch: int,
                 a["elapsed"] += elapsed
                 a["client"].append(client_ms)
                 a["scrapes"].append((before, after))
-                if index is not None:
-                    a["forward"].append(forward_only_rps(in_process[model], index, batch,
-                                                         min(seconds / rounds, 3.0)))
+                if index is not None:  # requests/s: a batch of requests, each of its samples
+                    per = bundles[model][2]
+                    a["forward"].append(forward_only_rps(
+                        in_process[model], index, batch * per, min(seconds / rounds, 3.0)) / per)
         out: dict[str, Any] = {}
         for name in bundles:
             rows = []
@@ -709,7 +711,11 @@ def run_breakdown(args: argparse.Namespace, width_mult: float, env: dict[str, st
     seconds = args.breakdown_seconds
     print(f"where the time goes (closed loop, {2 * args.batch_size} clients, {seconds} s per "
           f"level, batch {args.batch_size}, 1 thread):", flush=True)
-    return breakdown(root, {"serving": (serving, jpeg_body()), "demo": (demo, json_body(demo))},
+    from elastiserve.local.demo import DemoConfig
+
+    per = DemoConfig(run_dir=root).images_per_request
+    return breakdown(root, {"serving": (serving, jpeg_body(), 1),
+                            "demo": (demo, json_body(demo, per), per)},
                      batch=args.batch_size, delay_ms=args.max_batch_delay_ms, threads=1,
                      seconds=seconds, env=env or {"OMP_NUM_THREADS": "1"}, stock=stock)
 
@@ -760,7 +766,9 @@ def write_breakdown_only(args: argparse.Namespace, width_mult: float, env: dict[
         "model": {"architecture": "resnet20", "width_mult": width_mult,
                   "input": "3x224x224, ImageNet mean/std, one 256x256 JPEG per request"},
         "demo_model": "the make demo bundle's geometry (elastiserve.local.demo.DEMO_GEOMETRY), "
-                      "random weights, one JSON tensor per request",
+                      "random weights, one JSON tensor of the demo's images_per_request (16) "
+                      "samples per request; forward_only_rps in requests/s (batch x 16 "
+                      "samples per forward pass)",
         "machine": {"cpus": os.cpu_count(), "load_avg_start": [round(x, 2) for x in load_start],
                     "load_avg_end": [round(x, 2) for x in os.getloadavg()],
                     "note": "2 cores shared with other engineers' jobs; compare ratios only"},
