@@ -77,6 +77,13 @@ def test_demo_narrows_under_overload_widens_after_and_cleans_up(tmp_path: Path) 
 
     document = json.loads(result.timeline_json.read_text())
     assert document["switches"] == result.switches and document["seconds"]
+    # Both loops on the timeline: per second, the answers per level the workers served, which
+    # add up to the answered requests of that second.
+    assert all(sum(row["served_by_level"].values()) == row["served_rps"]
+               for row in document["seconds"])
+    assert any(row["served_by_level"] for row in document["seconds"])
+    control = json.loads((tmp_path / "demo" / "control" / "level.json").read_text())
+    assert "floor" in control and control["objective_ms"] > 0, control
     assert result.timeline_png is not None and result.timeline_png.stat().st_size > 10_000
     assert result.timeline_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
