@@ -59,7 +59,12 @@ from .reconcile import (
     refresh_ready,
     remember_deployment,
 )
-from .replica_owner import live_replicas, replicas_managers, spec_replicas_seen
+from .replica_owner import (
+    live_replicas,
+    replicas_managers,
+    scale_entries,
+    spec_replicas_seen,
+)
 from .schedule import next_slot
 from .settings import OperatorSettings, settings_from_env
 from .signals.prometheus import PrometheusClient
@@ -228,7 +233,8 @@ async def model_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
     gone.add(str(meta.get("uid") or ""))
 
 
-INDEXED_METADATA = ("name", "namespace", "uid", "generation", "deletionTimestamp")
+INDEXED_METADATA = ("name", "namespace", "uid", "generation", "resourceVersion",
+                    "deletionTimestamp")
 """What the reconcile reads from an indexed ElasticModel's metadata."""
 KEPT_ANNOTATIONS = (AUTOSCALER_ANNOTATION,)
 """The annotations the reconcile reads (kopf's own, which copy the spec, are not kept)."""
@@ -242,11 +248,15 @@ def elasticmodels(
 
     A child event needs its owner (readiness, drift): reading it here instead of with a
     GET saves a round trip per event on an API server that is often the bottleneck. Only
-    what the reconcile reads is kept (not managedFields nor kopf's annotations, which hold
-    a copy of the spec), copied so that nothing kopf does to its body later changes it.
+    what the reconcile reads is kept (of managedFields only who writes ``spec.replicas``
+    through ``scale``, for ``status.replicasOwner``; not kopf's annotations, which hold a copy
+    of the spec), copied so that nothing kopf does to its body later changes it.
     """
     meta = body.get("metadata") or {}
     kept = {key: meta[key] for key in INDEXED_METADATA if key in meta}
+    writers = scale_entries(body)
+    if writers:
+        kept["managedFields"] = writers
     ours = {k: v for k, v in (meta.get("annotations") or {}).items() if k in KEPT_ANNOTATIONS}
     if ours:
         kept["annotations"] = ours

@@ -675,7 +675,7 @@ async def refresh_ready(
 
 async def _write_ready(
     rt: Runtime, body: Mapping[str, Any], spec: ElasticModelSpec, policy: ReplicaPolicy,
-    deployment: Mapping[str, Any],
+    deployment: Mapping[str, Any], tries: int = 3,
 ) -> dict[str, Any]:
     """Rebuild and apply the reconcile part of the status from ``deployment`` (the last
     reconcile's Degraded verdict kept); returns what it says (not written when the status
@@ -694,9 +694,51 @@ async def _write_ready(
                 c if c["type"] != "Degraded" else dict(condition) for c in patch["conditions"]
             ]
     if not status_holds(status, patch, RECONCILE_OPTIONAL):
-        await _apply_status(rt, owner, patch)
+        version = (body.get("metadata") or {}).get("resourceVersion") if tries > 1 else None
+        if not await _apply_status_at(rt, owner, patch, version):
+            # The model changed since the copy this was built from (a reconcile's status
+            # write, with a newer Degraded verdict, landed meanwhile): once more from the
+            # live object, so a stale copy never overwrites a newer verdict.
+            live = await _model(rt, owner)
+            if live is None:
+                return patch
+            return await _write_ready(rt, live, spec, policy, deployment, tries - 1)
         await _report_owner_conflict(rt, body, status, patch)
     return patch
+
+
+async def _apply_status_at(
+    rt: Runtime, owner: Owner, status: Mapping[str, Any], version: object
+) -> bool:
+    """Apply the reconcile part of the status only if the model is still at ``version``
+    (a server-side apply precondition); ``False`` when it moved on (409). Without a version
+    (a copy that never had one) the apply is unconditional."""
+    if not isinstance(version, str) or not version:
+        await _apply_status(rt, owner, status)
+        return True
+    body = _status_object(owner, status)
+    body["metadata"]["resourceVersion"] = version
+    try:
+        await rt.api.apply(body, subresource="status")
+    except ApiTransient as error:
+        if error.status == 409:
+            return False
+        rt.metrics.errors.labels("status").inc()
+        raise kopf.TemporaryError(f"status update failed: {error}", delay=2) from error
+    except ApiError as error:
+        rt.metrics.errors.labels("status").inc()
+        if error.status == 404:
+            return True  # deleted meanwhile: nothing to report on
+        raise kopf.TemporaryError(f"status update refused: {error}", delay=30) from error
+    return True
+
+
+async def _model(rt: Runtime, owner: Owner) -> dict[str, Any] | None:
+    """The live ElasticModel (``None`` once it is gone)."""
+    try:
+        return await rt.api.get(resource_path(API_VERSION, KIND, owner.namespace, owner.name))
+    except NotFound:
+        return None
 
 
 async def _node_readings(rt: Runtime, owner: Owner) -> dict[str, NodePressure]:

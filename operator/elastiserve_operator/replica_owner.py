@@ -75,6 +75,7 @@ __all__ = [
     "foreign_managers",
     "live_replicas",
     "replicas_managers",
+    "scale_entries",
     "scale_writer",
     "spec_replicas_seen",
 ]
@@ -133,6 +134,18 @@ def replicas_managers(deployment: Mapping[str, Any] | None) -> tuple[str, ...]:
     entries = (deployment.get("metadata") or {}).get("managedFields") or []
     return tuple(sorted({str(e.get("manager") or "") for e in entries
                          if isinstance(e, Mapping) and _replicas_owned(e)}))
+
+
+def scale_entries(model: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The model's ``managedFields`` entries that own ``spec.replicas`` through ``scale``,
+    cut to what :func:`scale_writer` reads: what the operator's in-memory copy of a model keeps
+    of its (large) field records, so that a status refresh from a Deployment event names the
+    same owner as the reconcile."""
+    entries = (model.get("metadata") or {}).get("managedFields") or []
+    return [{"manager": str(e.get("manager") or ""), "subresource": "scale",
+             "fieldsV1": {"f:spec": {"f:replicas": {}}}}
+            for e in entries
+            if isinstance(e, Mapping) and e.get("subresource") == "scale" and _replicas_owned(e)]
 
 
 def scale_writer(model: Mapping[str, Any]) -> str:

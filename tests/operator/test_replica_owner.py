@@ -20,6 +20,7 @@ from elastiserve_operator.replica_owner import (
     foreign_managers,
     live_replicas,
     replicas_managers,
+    scale_entries,
     scale_writer,
     spec_replicas_seen,
 )
@@ -235,3 +236,10 @@ def test_an_hpa_on_the_model_and_the_joint_policy_conflict() -> None:
     assert (got.owner, got.send, got.joint) == ("autoscaler:keda-operator", 3, False)
     assert (got.status, got.reason) == ("False", "ConflictingOwners")
     assert "disable spec.policy.replicas" in got.message
+
+
+def test_the_in_memory_copy_keeps_who_scales_the_model() -> None:
+    model = model_scaled_by(("kube-controller-manager", "scale"), ("kubectl", None))
+    kept = {"metadata": {"managedFields": scale_entries(model)}}
+    assert scale_writer(kept) == "kube-controller-manager"
+    assert scale_entries(model_scaled_by(("kubectl", None))) == []

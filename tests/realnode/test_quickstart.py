@@ -369,7 +369,8 @@ def test_quickstart_on_the_real_node(
         assert described["name"] == MODEL and described["inputs"][0]["name"] == "input-0"
         answered = run_shell(infer, key, tmp_path)
         assert answered.startswith("HTTP/1.1 200"), answered[:500]
-        v2_body = json.loads(answered.split("\r\n\r\n", 1)[1])
+        # text=True reads \r\n as \n: the body follows the first empty line.
+        v2_body = json.loads(answered.replace("\r\n", "\n").split("\n\n", 1)[1])
         assert v2_body["model_name"] == MODEL and v2_body["id"] == "1"
         assert v2_body["parameters"]["level"] == LEVELS[FULL]
     service = kubectl_json(real_cluster, "-n", NS, "get", "service", MODEL)
