@@ -372,7 +372,8 @@ def test_quickstart_on_the_real_node(
         # text=True reads \r\n as \n: the body follows the first empty line.
         v2_body = json.loads(answered.replace("\r\n", "\n").split("\n\n", 1)[1])
         assert v2_body["model_name"] == MODEL and v2_body["id"] == "1"
-        assert v2_body["parameters"]["level"] == LEVELS[FULL]
+        # Named, not necessarily the full level: the operator may already have moved.
+        assert v2_body["parameters"]["level"] in LEVELS
     service = kubectl_json(real_cluster, "-n", NS, "get", "service", MODEL)
     service_url = f"http://{service['spec']['clusterIP']}:8080/predictions/{MODEL}"
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "image/png"}
