@@ -47,6 +47,7 @@ import kopf
 
 from .applied import key_of
 from .children import AUTOSCALER_ANNOTATION
+from .grouped_queries import SharedQueries
 from .kube import ApiError, KubeApi, connection_info
 from .metrics import OperatorMetrics
 from .reconcile import (
@@ -155,6 +156,12 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
                                     max_series=op.prometheus_max_series),
         settings=op,
         metrics=metrics,
+        # The grouped queries answer every model of a namespace: the per-answer bound that
+        # keeps one model's (or one tenant's) query small would refuse them past a few
+        # thousand series, so they get their own client with a bound per model's worth.
+        grouped=SharedQueries(PrometheusClient(
+            op.prometheus_url, timeout_s=op.prometheus_timeout_s,
+            max_bytes=op.prometheus_max_bytes * GROUPED_BYTES_FACTOR, max_series=None)),
     )
     # The policy loops get their own connection pool (same caches, other session): with
     # 1,000 models their reads and status writes can fill a pool, and a spec change's
@@ -163,6 +170,10 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         memo.runtime, api=KubeApi(connection_info(settings), observe=metrics.observe_request))
     _tune_gc()
 
+
+GROUPED_BYTES_FACTOR = 64
+"""A grouped answer may be this many times larger than one model's (``grouped_queries``):
+64 MiB at the default 1 MiB, some 100,000 series."""
 
 GC_THRESHOLDS = (2000, 10, 10)
 """Python's default is (700, 10, 10): a full collection every ~70k net allocations."""
@@ -199,10 +210,14 @@ async def cleanup(memo: Any, **_: Any) -> None:
         await policy_runtime.api.close()
     runtime = getattr(memo, "runtime", None)
     if runtime is not None:
+        if runtime.pods is not None:
+            await runtime.pods.close()  # its watches use the runtime's session
         await runtime.api.close()
-        close = getattr(runtime.prometheus, "close", None)
-        if close is not None:
-            await close()
+        for client in (runtime.prometheus,
+                       runtime.grouped.source if runtime.grouped is not None else None):
+            close = getattr(client, "close", None)
+            if close is not None:
+                await close()
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)

@@ -81,6 +81,23 @@ class ApiTransient(ApiError):
     """Conflict, throttling, server error or no connection: worth a retry."""
 
 
+WATCH_READ_MARGIN_S = 30
+"""How much longer than its ``timeoutSeconds`` a watch may go without a byte (bookmarks
+arrive about once a minute) before the connection counts as dead."""
+
+
+def refusal(status: int, text: str) -> ApiError:
+    """The typed error for a non-2xx answer (the Status object's message when it has one)."""
+    message = text[:500]
+    with contextlib.suppress(ValueError, AttributeError):
+        message = json.loads(text).get("message", message)
+    if status == 404:
+        return NotFound(status, message)
+    if status in (409, 429) or status >= 500:
+        return ApiTransient(status, message)
+    return ApiError(status, message)
+
+
 def resource_path(
     api_version: str, kind: str, namespace: str | None, name: str | None = None
 ) -> str:
@@ -206,10 +223,7 @@ class KubeApi:
         content_type: str = "application/json",
     ) -> dict[str, Any]:
         """Send one request; the decoded JSON body on 2xx, a typed error otherwise."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=32)
-            )
+        session = self._open()
         url = self._server + path + (f"?{urlencode(params)}" if params else "")
         headers = dict(self._headers)
         data = None
@@ -218,7 +232,7 @@ class KubeApi:
             data = json.dumps(body)
         started = time.perf_counter()
         try:
-            async with self._session.request(
+            async with session.request(
                 method, url, data=data, headers=headers, timeout=self._timeout
             ) as response:
                 text = await response.text()
@@ -231,14 +245,49 @@ class KubeApi:
         if status // 100 == 2:
             decoded = json.loads(text) if text else {}
             return decoded if isinstance(decoded, dict) else {}
-        message = text[:500]
-        with contextlib.suppress(ValueError, AttributeError):
-            message = json.loads(text).get("message", message)
-        if status == 404:
-            raise NotFound(status, message)
-        if status in (409, 429) or status >= 500:
-            raise ApiTransient(status, message)
-        raise ApiError(status, message)
+        raise refusal(status, text)
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=32)
+            )
+        return self._session
+
+    async def watch(
+        self, path: str, *, timeout_s: int, **params: str
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The events of one WATCH of the collection at ``path`` (``{"type", "object"}``,
+        bookmarks included), until the server ends it after ``timeout_s`` or fails.
+
+        A watch sends only what changes, where a LIST every few seconds sends every object
+        again (1,000 pods: ~10 MB of JSON to decode each time). Events arrive one JSON
+        object per line; lines are split here rather than with the stream's ``readline``,
+        whose 64 KiB line limit one large object could pass. A refused request is the
+        same typed error as ``request``'s (410 Gone: the version is too old, list again);
+        a broken connection is ``ApiTransient``.
+        """
+        session = self._open()
+        query = {**params, "watch": "1", "allowWatchBookmarks": "true",
+                 "timeoutSeconds": str(timeout_s)}
+        url = f"{self._server}{path}?{urlencode(query)}"
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout.sock_connect,
+                                        sock_read=timeout_s + WATCH_READ_MARGIN_S)
+        try:
+            async with session.get(url, headers=self._headers, timeout=timeout) as response:
+                if response.status // 100 != 2:
+                    raise refusal(response.status, await response.text())
+                pending = b""
+                async for chunk in response.content.iter_any():
+                    pending += chunk
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        if line.strip():
+                            event = json.loads(line)
+                            if isinstance(event, dict):
+                                yield event
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as error:
+            raise ApiTransient(0, f"WATCH {path}: {error!r}") from error
 
     async def get(self, path: str) -> dict[str, Any] | None:
         """The object at ``path``, or ``None`` when it does not exist."""
@@ -259,14 +308,24 @@ class KubeApi:
         ``continue``): a caller that keeps only part of each object holds one page of
         whole objects at a time, not the whole list (1,000 pods: ~10 MB of JSON, ~55 MB
         decoded)."""
+        async for items, _ in self.list_versioned(path, page_size=page_size, **params):
+            yield items
+
+    async def list_versioned(
+        self, path: str, *, page_size: int, **params: str
+    ) -> AsyncIterator[tuple[builtins.list[dict[str, Any]], str]]:
+        """``list_pages``, each page with the list's ``resourceVersion`` (a watch started
+        from the last page's version misses nothing that changed after the listing)."""
         token = ""
         while True:
             query = {**params, "limit": str(page_size)}
             if token:
                 query["continue"] = token
             result = await self.request("GET", path, params=query)
-            yield [item for item in result.get("items") or [] if isinstance(item, dict)]
-            token = str((result.get("metadata") or {}).get("continue") or "")
+            meta = result.get("metadata") or {}
+            items = [item for item in result.get("items") or [] if isinstance(item, dict)]
+            yield items, str(meta.get("resourceVersion") or "")
+            token = str(meta.get("continue") or "")
             if not token:
                 return
 

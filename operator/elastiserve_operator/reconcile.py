@@ -49,7 +49,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from secrets import token_urlsafe
 from typing import Any, cast
@@ -69,6 +69,7 @@ from .children import (
     model_name,
     names_for,
 )
+from .grouped_queries import SharedQueries
 from .joint_policy import (
     JointState,
     ReplicaDecision,
@@ -190,6 +191,9 @@ class Runtime:
     reconcile and the Deployment events see it in turn, with statuses of different ages)."""
     pods: SharedPods | None = None
     """The serving pods, one LIST per namespace shared by every model's evaluation."""
+    grouped: SharedQueries | None = None
+    """The namespaces' grouped Prometheus answers (``grouped_queries``); by default over
+    ``vectors`` (none without them)."""
 
     @property
     def vectors(self) -> VectorSource | None:
@@ -201,6 +205,8 @@ class Runtime:
     def __post_init__(self) -> None:
         if self.pods is None:
             self.pods = SharedPods(self.api, max_age_s=NODE_CACHE_S)
+        if self.grouped is None and self.vectors is not None:
+            self.grouped = SharedQueries(self.vectors)
         if self.nodes is None:
             # The exporter series come through the same Prometheus client when it can
             # answer per-series queries (the real one can; a latency-only fake cannot).
@@ -801,18 +807,20 @@ async def evaluate(rt: Runtime, body: Mapping[str, Any]) -> Decision | None:
                        enabled=rt.settings.node_pressure)
     node = caps.model_pressure
     try:
-        latency_q, rate_q = model_queries(rt, owner, spec)
+        latency, rate = _model_queries(rt, owner, spec)
     except QueryRefused:
         return None  # cannot happen once ``violations`` passed; never run it unconfined
+    share_q = render_query(SERVED_SHARE_QUERY, namespace=owner.namespace, name=owner.name,
+                           model=model_name(owner, spec))
+    source, vectors = _model_source(rt, owner, spec,
+                                    (latency, rate, (share_q, SERVED_SHARE_QUERY)))
     # What the workers served is read beside the latency (one more query, run concurrently).
     gathered, shares = await asyncio.gather(
         gather_observation(
-            rt.prometheus, latency_q, rate_q, node=node,
+            source, latency[0], rate[0], node=node,
             ready_replicas=int(ready) if isinstance(ready, int) and ready > 0 else None,
         ),
-        read_served_shares(rt.vectors, render_query(
-            SERVED_SHARE_QUERY, namespace=owner.namespace, name=owner.name,
-            model=model_name(owner, spec))),
+        read_served_shares(vectors, share_q),
     )
     if gathered.errors:
         rt.metrics.errors.labels("prometheus").inc()
@@ -864,19 +872,45 @@ def model_queries(rt: Runtime, owner: Owner, spec: ElasticModelSpec) -> tuple[st
     them; a query the spec supplies goes through ``tenancy.model_query`` (confined to the
     model's namespace, or refused).
     """
+    (latency, _), (rate, _) = _model_queries(rt, owner, spec)
+    return latency, rate
+
+
+def _model_queries(
+    rt: Runtime, owner: Owner, spec: ElasticModelSpec
+) -> tuple[tuple[str, str | None], tuple[str, str | None]]:
+    """``model_queries``, each with the operator's template it was rendered from (``None``
+    for a query of the spec's own: those are never grouped)."""
     model = model_name(owner, spec)
     fill = {"namespace": owner.namespace, "name": owner.name, "model": model}
-    out = []
+    out: list[tuple[str, str | None]] = []
     for path, own, default in (
         ("objective.latencyQuery", spec.objective.latency_query, rt.settings.latency_query),
         ("objective.requestRateQuery", spec.objective.request_rate_query,
          rt.settings.rate_query),
     ):
         if own is None or path in spec.defaulted:
-            out.append(render_query(own or default, **fill))
+            template = own or default
+            out.append((render_query(template, **fill), template))
         else:
-            out.append(model_query(own, policy=rt.settings.tenancy, **fill))
+            out.append((model_query(own, policy=rt.settings.tenancy, **fill), None))
     return out[0], out[1]
+
+
+def _model_source(
+    rt: Runtime, owner: Owner, spec: ElasticModelSpec,
+    queries: Sequence[tuple[str, str | None]],
+) -> tuple[MetricsSource, VectorSource | None]:
+    """Where this model's queries go: through the namespace's grouped answers
+    (``grouped_queries``) for the operator's own templates, straight to Prometheus for
+    the rest; without a grouping source (a latency-only fake), straight."""
+    if rt.grouped is None:
+        return rt.prometheus, rt.vectors
+    source = rt.grouped.for_model(
+        rt.prometheus, rt.vectors, namespace=owner.namespace, model=model_name(owner, spec),
+        templates={rendered: template for rendered, template in queries
+                   if template is not None})
+    return source, source
 
 
 POLICY_OPTIONAL = ("p95Ms", "requestRate", "servedShare", "lastSwitchTime", "lastSwitchReason",

@@ -204,3 +204,136 @@ def test_a_paging_client_is_read_page_by_page_with_the_same_answer() -> None:
     assert asyncio.run(run(paged)) == asyncio.run(run(whole))
     assert paged.pages == [100, 100, 50]
     assert paged.calls == [("/api/v1/namespaces/ml/pods", {"labelSelector": SELECTOR})]
+
+
+def named(model: str | None, name: str, node: str = "n1") -> dict[str, Any]:
+    found = pod(model, node)
+    found["metadata"]["name"] = name
+    return found
+
+
+class Watcher:
+    """A watching client (``KubeApi.list_versioned``/``watch``): each listing answers
+    ``pods`` at version ``"10"``; each watch yields what the test puts on ``events`` until a
+    ``None`` ends it; an exception put there is raised by the watch."""
+
+    def __init__(self, pods: list[dict[str, Any]]) -> None:
+        self.pods = pods
+        self.lists = 0
+        self.watches: list[str] = []
+        self.events: asyncio.Queue[dict[str, Any] | Exception | None] = asyncio.Queue()
+        self.list_error: Exception | None = None
+        self.seen = asyncio.Event()
+
+    async def list_versioned(self, path: str, *, page_size: int, **params: str) -> Any:
+        self.lists += 1
+        if self.list_error is not None:
+            error, self.list_error = self.list_error, None
+            raise error
+        yield list(self.pods), "10"
+
+    async def watch(self, path: str, *, timeout_s: int, **params: str) -> Any:
+        assert params["labelSelector"] == SELECTOR
+        self.watches.append(params["resourceVersion"])
+        while True:
+            self.seen.set()
+            item = await self.events.get()
+            if item is None:
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+    async def list(self, path: str, **params: str) -> list[dict[str, Any]]:
+        return list(self.pods)
+
+
+def event(kind: str, body: dict[str, Any], version: str) -> dict[str, Any]:
+    body["metadata"]["resourceVersion"] = version
+    return {"type": kind, "object": body}
+
+
+async def drained(api: Watcher) -> None:
+    """Until the fake watch has handed out everything queued and waits for more."""
+    while not api.events.empty():
+        api.seen.clear()
+        await api.seen.wait()
+
+
+def test_a_watched_namespace_is_listed_once_and_kept_by_its_events() -> None:
+    api = Watcher([named("a", "a-1"), named("b", "b-1")])
+    shared = SharedPods(api)
+
+    async def run() -> None:
+        assert [p["spec"]["nodeName"] for p in await shared.of_model("ml", "a")] == ["n1"]
+        for item in (event("ADDED", named("a", "a-2", "n2"), "11"),
+                     event("MODIFIED", named("b", "b-1", "n3"), "12"),
+                     event("DELETED", named("a", "a-1"), "13"),
+                     event("MODIFIED", named("c", "b-1", "n3"), "14"),  # relabelled
+                     {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "15"}}}):
+            api.events.put_nowait(item)
+        await drained(api)
+        assert [p["spec"]["nodeName"] for p in await shared.of_model("ml", "a")] == ["n2"]
+        assert await shared.of_model("ml", "b") == []
+        assert [p["spec"]["nodeName"] for p in await shared.of_model("ml", "c")] == ["n3"]
+        api.events.put_nowait(None)  # the server ends the watch: resumed at the last version
+        await drained(api)
+        await asyncio.sleep(0)
+        await shared.close()
+
+    asyncio.run(run())
+    assert api.lists == 1
+    assert api.watches == ["10", "15"]
+
+
+def test_a_watch_too_old_to_resume_lists_again() -> None:
+    api = Watcher([named("a", "a-1")])
+    shared = SharedPods(api)
+
+    async def run() -> None:
+        await shared.of_model("ml", "a")
+        api.pods = [named("a", "a-1", "n9")]
+        api.events.put_nowait({"type": "ERROR", "object": {"code": 410, "message": "gone"}})
+        await drained(api)
+        while len(api.watches) < 2:
+            await asyncio.sleep(0)
+        assert [p["spec"]["nodeName"] for p in await shared.of_model("ml", "a")] == ["n9"]
+        await shared.close()
+
+    asyncio.run(run())
+    assert api.lists == 2
+
+
+def test_without_watch_permission_the_namespace_is_listed_instead() -> None:
+    from elastiserve_operator.kube import ApiError
+
+    api = Watcher([named("a", "a-1")])
+    shared = SharedPods(api)
+
+    async def run() -> None:
+        await shared.of_model("ml", "a")
+        api.events.put_nowait(ApiError(403, "pods is forbidden: cannot watch"))
+        while "ml" not in shared._listing_only:
+            await asyncio.sleep(0)
+        api.pods = [named("a", "a-1", "n7")]  # listed now: what a LIST says
+        assert [p["spec"]["nodeName"] for p in await shared.of_model("ml", "a")] == ["n7"]
+        await shared.close()
+
+    asyncio.run(run())
+
+
+def test_a_failed_first_listing_reaches_the_callers_and_is_tried_again() -> None:
+    from elastiserve_operator.kube import ApiTransient
+
+    api = Watcher([named("a", "a-1")])
+    api.list_error = ApiTransient(503, "unavailable")
+    shared = SharedPods(api)
+
+    async def run() -> None:
+        with pytest.raises(ApiTransient):
+            await shared.of_model("ml", "a")
+        assert len(await shared.of_model("ml", "a")) == 1
+        await shared.close()
+
+    asyncio.run(run())
+    assert api.lists == 2
