@@ -102,6 +102,19 @@ class OperatorMetrics:
             buckets=RECONCILE_BUCKETS,
             registry=r,
         )
+        self.status_writes = Counter(
+            "elastiserve_operator_status_writes",
+            "Status applies sent, by writer (reconcile: the reconcile and Deployment events; "
+            "policy: the evaluations).",
+            ["writer"], registry=r,
+        )
+        self.status_writes_skipped = Counter(
+            "elastiserve_operator_status_writes_skipped",
+            "Evaluations whose status apply was not sent: the freshest status known (kopf's "
+            "copy, or the answer to the operator's own last write) already said it all. "
+            "stale_copy: only the answer did (kopf's copy lagged behind it).",
+            ["reason"], registry=r,
+        )
         self.applies = Counter(
             "elastiserve_operator_child_applies",
             "Children sent to the API server by server-side apply.",

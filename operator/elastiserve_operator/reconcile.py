@@ -125,6 +125,7 @@ from .status import (
     restore_state,
     status_holds,
 )
+from .status_memory import StatusMemory
 from .tenancy import Violation, model_query
 from .tenancy import check as check_tenancy
 
@@ -191,6 +192,9 @@ class Runtime:
     reconcile and the Deployment events see it in turn, with statuses of different ages)."""
     pods: SharedPods | None = None
     """The serving pods, one LIST per namespace shared by every model's evaluation."""
+    statuses: StatusMemory = field(default_factory=StatusMemory)
+    """The answers to this process's status writes that kopf's copies have not caught up
+    with (``status_memory``): what an evaluation compares its patch with."""
     grouped: SharedQueries | None = None
     """The namespaces' grouped Prometheus answers (``grouped_queries``); by default over
     ``vectors`` (none without them)."""
@@ -267,6 +271,10 @@ def violations(rt: Runtime, owner: Owner, spec: ElasticModelSpec) -> tuple[Viola
     )
 
 
+def _writer(manager: str) -> str:
+    return "policy" if manager == POLICY_MANAGER else "reconcile"
+
+
 def _status_object(owner: Owner, status: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": API_VERSION,
@@ -279,8 +287,10 @@ def _status_object(owner: Owner, status: Mapping[str, Any]) -> dict[str, Any]:
 async def _apply_status(
     rt: Runtime, owner: Owner, status: Mapping[str, Any], manager: str = FIELD_MANAGER
 ) -> None:
+    rt.metrics.status_writes.labels(_writer(manager)).inc()
     try:
-        await rt.api.apply(_status_object(owner, status), manager=manager, subresource="status")
+        rt.statuses.wrote(await rt.api.apply(_status_object(owner, status), manager=manager,
+                                             subresource="status"))
     except ApiTransient as error:
         rt.metrics.errors.labels("status").inc()
         raise kopf.TemporaryError(f"status update failed: {error}", delay=2) from error
@@ -630,6 +640,7 @@ def forget_model(rt: Runtime, namespace: str, name: str) -> None:
     rt.deployments.pop((namespace, names.deployment), None)
     rt.key_secrets -= {k for k in rt.key_secrets if k[:2] == (namespace, name)}
     rt.pod_starts.pop((namespace, name), None)
+    rt.statuses.forget(namespace, name)
     rt.owner_conflicts.pop((namespace, name), None)
 
 
@@ -724,8 +735,9 @@ async def _apply_status_at(
         return True
     body = _status_object(owner, status)
     body["metadata"]["resourceVersion"] = version
+    rt.metrics.status_writes.labels(_writer(FIELD_MANAGER)).inc()
     try:
-        await rt.api.apply(body, subresource="status")
+        rt.statuses.wrote(await rt.api.apply(body, subresource="status"))
     except ApiTransient as error:
         if error.status == 409:
             return False
@@ -776,7 +788,10 @@ async def evaluate(rt: Runtime, body: Mapping[str, Any]) -> Decision | None:
         return None  # reported by the reconcile handler as Degraded
     if violations(rt, owner, spec):
         return None  # refused (PolicyViolation): not served, and its queries are not run
-    status = body.get("status") or {}
+    # kopf's copy, or the answer to the last status write when that is newer (kopf's copy
+    # lags when the loop does: ``status_memory``).
+    status = rt.statuses.status_of(body)
+    stale_copy = status is not body.get("status") and bool(status)
     now = time.time()
     generation = int(body["metadata"].get("generation") or 0)
     remembered = rt.deployments.get(_deployment_key(owner))
@@ -848,6 +863,8 @@ async def evaluate(rt: Runtime, body: Mapping[str, Any]) -> Decision | None:
     if (decision.changed or (count is not None and count.changed)
             or not status_holds(status, patch, POLICY_OPTIONAL)):
         await _apply_status(rt, owner, patch, POLICY_MANAGER)
+    else:
+        rt.metrics.status_writes_skipped.labels("stale_copy" if stale_copy else "holds").inc()
     if count is not None:
         await _apply_count(rt, body, count, remembered)
     else:
