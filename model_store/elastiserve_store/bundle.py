@@ -56,7 +56,15 @@ from .manifest import (
     WeightsRef,
     schema_version_for,
 )
-from .slots import TensorSlots, Widths, expected_shape, prefix, tensor_slots, widths_of
+from .slots import (
+    TensorSlots,
+    Widths,
+    expected_shape,
+    prefix,
+    slot_groups,
+    tensor_slots,
+    widths_of,
+)
 
 SHARED = "shared."
 COUNTER_SUFFIX = "num_batches_tracked"
@@ -126,6 +134,7 @@ def split_nested(models: Sequence[nn.Module]) -> dict[str, torch.Tensor]:
         raise ValueError("need at least one level")
     layout = tensor_slots(models[-1])
     top = models[-1].state_dict()
+    top_widths = widths_of(models[-1])
     out: dict[str, torch.Tensor] = {}
     for name, info in layout.items():
         if not info.per_level:
@@ -140,7 +149,8 @@ def split_nested(models: Sequence[nn.Module]) -> dict[str, torch.Tensor]:
             elif SHARED + name not in out:
                 raise ValueError(f"level {k}: tensor {name} belongs to a block the largest "
                                  f"level skips; levels are not nested in depth")
-            elif not torch.equal(prefix(out[SHARED + name], info.axes, widths), tensor):
+            elif not torch.equal(prefix(out[SHARED + name], info.axes, widths, top_widths),
+                                 tensor):
                 raise ValueError(f"level {k}: tensor {name} is not a prefix of the largest "
                                  f"level's; channels are not in nested order")
     return out
@@ -255,18 +265,20 @@ class NestedBundle:
         return level
 
     def state_dict(self, level: int | str) -> dict[str, torch.Tensor]:
-        """Level ``level``'s state dict; shared tensors are prefix *views* (no copy)."""
+        """Level ``level``'s state dict; shared tensors are prefix *views* (no copy), but on
+        a concatenated or grouped axis, whose level is several ranges (a copy)."""
         k = self.level_index(level)
         widths = self.manifest.levels[k].widths
         layout, _ = _layout(self.manifest.architecture, self.manifest.arch_args,
                             self.manifest.levels[k].skipped_blocks)
+        top = self.manifest.levels[-1].widths  # what the shared tensors are stored at
         own = level_prefix(k)
         state = {}
         for name, info in layout.items():
             if info.per_level:
                 state[name] = self.tensors[own + name]
             else:
-                state[name] = prefix(self.tensors[SHARED + name], info.axes, widths)
+                state[name] = prefix(self.tensors[SHARED + name], info.axes, widths, top)
         return state
 
     def build_level(self, level: int | str, *, share_storage: bool = False) -> nn.Module:
@@ -319,6 +331,13 @@ def _check_levels(manifest: Manifest) -> list[Widths]:
             raise ManifestError(f"level {k} wider than the architecture: {too_wide}")
         if k and any(w[s] < widths[k - 1][s] for s in w):
             raise ManifestError(f"level {k} is not a superset of level {k - 1}")
+    if constructors.is_external(manifest.architecture):
+        groups = slot_groups(_layout(manifest.architecture, manifest.arch_args)[0])
+        for k, w in enumerate(widths):
+            uneven = {s: v for s, v in w.items() if v % groups.get(s, 1)}
+            if uneven:
+                raise ManifestError(f"level {k} cuts grouped slots to widths that are not a "
+                                    f"multiple of their groups: {dict(list(uneven.items())[:5])}")
     _check_depth(manifest)
     return widths
 

@@ -11,11 +11,21 @@ arguments (``architecture.args.kwargs``)::
                 "fc": ["g11", null, true]}}
 
 Each entry is ``[in_slot, out_slot, per_level]`` for one ``Conv2d``, ``BatchNorm2d`` or
-``Linear``. A level is then the full model with every slotted axis cut to the level's width
-(its prefix: channels are stored in nested order), which needs torch alone: the serving side
-never imports Torch-Pruning. The layout comes from the bundle, so nothing here trusts it: every
-entry must name a supported layer of the constructed model, every tensor must be covered, a
-slot must have one size everywhere, and the loader runs each level once on the meta device
+``Linear``. A side that is not one plain slot (schema 3 layouts written since concatenations
+and grouped convolutions are supported; older ones have none) is a list of parts
+``[[slot or null, full size, groups], ...]``: a ``torch.cat`` consumer's input, slots side by
+side, or a slot in ``groups`` groups, kept alike per group (:class:`slots.Composite`)::
+
+    "features.denseblock1.denselayer2.norm1": [[["g0", 64, 1], ["g2", 32, 1]],
+                                               [["g0", 64, 1], ["g2", 32, 1]], true],
+    "layer1.0.conv2": [[["g3", 128, 32]], [["g4", 128, 32]], false]
+
+A level is then the full model with every slotted axis cut to the level's width (its prefix,
+per part and per group: channels are stored in nested order), which needs torch alone: the
+serving side never imports Torch-Pruning. The layout comes from the bundle, so nothing here
+trusts it: every entry must name a supported layer of the constructed model, every tensor must
+be covered, a slot must have one size (and one group count) everywhere, each part must record
+its slot's full size, and the loader runs each level once on the meta device
 (:func:`check_runs`) so a layout that cuts coupled axes apart is refused before a tensor is read.
 """
 
@@ -30,20 +40,69 @@ from torch import nn
 
 from . import constructors
 from .errors import ManifestError
-from .slots import SlotTag, Widths, prefix, slot_tag, tag, tensor_slots, widths_of
+from .slots import (
+    Axis,
+    Composite,
+    Part,
+    SlotTag,
+    Widths,
+    axis_width,
+    check_full_parts,
+    make_tag,
+    prefix,
+    slot_groups,
+    slot_tag,
+    tag,
+    tensor_slots,
+    widths_of,
+)
 
 Layout = dict[str, SlotTag]
 """Module name -> the slots on its two sides (and whether each level owns its tensors)."""
 
 MAX_LAYOUT = 10_000
+MAX_PARTS = 4_096
+MAX_CHANNELS = 1 << 20
 _SLOT = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _MODULE = re.compile(r"[A-Za-z0-9_.]{1,200}")
 SUPPORTED = (nn.Conv2d, nn.BatchNorm2d, nn.Linear)
 
 
+def _side_to_json(side: Axis) -> Any:
+    if isinstance(side, Composite):
+        return [[p.slot, p.size, p.groups] for p in side.parts]
+    return side
+
+
 def layout_to_json(layout: Mapping[str, SlotTag]) -> dict[str, list[Any]]:
     """The manifest form of a layout."""
-    return {name: [t.in_slot, t.out_slot, t.per_level] for name, t in layout.items()}
+    return {name: [_side_to_json(t.in_side), _side_to_json(t.out_side), t.per_level]
+            for name, t in layout.items()}
+
+
+def _is_slot(value: Any) -> bool:
+    return isinstance(value, str) and _SLOT.fullmatch(value) is not None
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_CHANNELS
+
+
+def _side_from_json(raw: Any) -> Axis | bool:
+    """A side of a layout entry, or ``False`` when it is malformed."""
+    if raw is None or _is_slot(raw):
+        return raw  # type: ignore[no-any-return]
+    if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_PARTS:
+        return False
+    parts = []
+    for item in raw:
+        if (not isinstance(item, list) or len(item) != 3
+                or not (item[0] is None or _is_slot(item[0]))
+                or not _count(item[1]) or not _count(item[2]) or item[1] % item[2]
+                or (item[0] is None and item[2] != 1)):
+            return False
+        parts.append(Part(item[0], item[1], item[2]))
+    return Composite(tuple(parts))
 
 
 def layout_from_json(raw: Any) -> Layout:
@@ -56,13 +115,15 @@ def layout_from_json(raw: Any) -> Layout:
         if not isinstance(name, str) or not _MODULE.fullmatch(name):
             raise ManifestError(f"manifest field 'architecture.args.layout' names a layer "
                                 f"{str(name)[:80]!r} that is not a module path")
-        if (not isinstance(entry, list) or len(entry) != 3
-                or not all(s is None or (isinstance(s, str) and _SLOT.fullmatch(s))
-                           for s in entry[:2])
-                or not isinstance(entry[2], bool)):
+        sides = ([_side_from_json(s) for s in entry[:2]]
+                 if isinstance(entry, list) and len(entry) == 3 else [False])
+        if any(s is False for s in sides) or not isinstance(entry[2], bool):
             raise ManifestError(f"manifest field 'architecture.args.layout.{name}' must be "
-                                f"[in_slot or null, out_slot or null, per_level]")
-        out[name] = SlotTag(entry[0], entry[1], entry[2])
+                                f"[in_side, out_side, per_level], each side a slot, null, or "
+                                f"a list of 1..{MAX_PARTS} parts [slot or null, size, groups]")
+        in_side, out_side = sides
+        assert not isinstance(in_side, bool) and not isinstance(out_side, bool)
+        out[name] = make_tag(in_side, out_side, per_level=entry[2])
     return out
 
 
@@ -101,10 +162,9 @@ def apply_layout(model: nn.Module, layout: Mapping[str, SlotTag]) -> nn.Module:
             kind = "nothing" if module is None else type(module).__name__
             raise ManifestError(f"layout entry {name!r} names {kind}, not a Conv2d, "
                                 f"BatchNorm2d or Linear of the model")
-        tag(module, info.in_slot, info.out_slot, per_level=info.per_level)
+        tag(module, info.in_side, info.out_side, per_level=info.per_level)
     try:
-        tensor_slots(model)
-        widths_of(model)
+        check_full_parts(tensor_slots(model), widths_of(model))
     except ValueError as err:
         raise ManifestError(f"layout does not fit the model: {str(err)[:300]}") from None
     return model
@@ -116,6 +176,14 @@ def full_widths(name: str, arch_args: Mapping[str, Any]) -> Widths:
     with torch.device("meta"):
         model = apply_layout(construct(name, kwargs), layout)
     return widths_of(model)
+
+
+def groups_of(name: str, arch_args: Mapping[str, Any]) -> dict[str, int]:
+    """Per slot, how many groups its channels sit in (a level's width is a multiple)."""
+    kwargs, layout = split_args(arch_args)
+    with torch.device("meta"):
+        model = apply_layout(construct(name, kwargs), layout)
+    return slot_groups(tensor_slots(model))
 
 
 def build(name: str, arch_args: Mapping[str, Any], widths: Mapping[str, int] | None = None,
@@ -141,6 +209,12 @@ def build(name: str, arch_args: Mapping[str, Any], widths: Mapping[str, int] | N
     bad = {k: v for k, v in chosen.items() if not 1 <= v <= full[k]}
     if bad:
         raise ValueError(f"widths out of range (1..full) for {name}: {dict(list(bad.items())[:5])}")
+    groups = slot_groups(tensor_slots(model))
+    uneven = {k: v for k, v in chosen.items() if v % groups.get(k, 1)}
+    if uneven:
+        raise ValueError(f"widths of grouped slots must be a multiple of their groups for "
+                         f"{name}: {dict(list(uneven.items())[:5])} (groups "
+                         f"{ {k: groups[k] for k in list(uneven)[:5]} })")
     cut(model, chosen)
     return model
 
@@ -163,20 +237,20 @@ def cut(model: nn.Module, widths: Mapping[str, int]) -> None:
 
 
 def _resize_attributes(module: nn.Module, info: SlotTag, widths: Mapping[str, int]) -> None:
-    def size(slot: str | None, current: int) -> int:
-        return current if slot is None else int(widths[slot])
+    def size(side: Axis, current: int) -> int:
+        return current if side is None else axis_width(side, widths)
 
     if isinstance(module, nn.Conv2d):
         depthwise = module.groups > 1 and module.groups == module.in_channels
-        module.in_channels = size(info.in_slot, module.in_channels)
-        module.out_channels = size(info.out_slot, module.out_channels)
-        if depthwise:
+        module.in_channels = size(info.in_side, module.in_channels)
+        module.out_channels = size(info.out_side, module.out_channels)
+        if depthwise:  # a grouped conv keeps its groups, each narrower
             module.groups = module.out_channels
     elif isinstance(module, nn.BatchNorm2d):
-        module.num_features = size(info.out_slot, module.num_features)
+        module.num_features = size(info.out_side, module.num_features)
     elif isinstance(module, nn.Linear):
-        module.in_features = size(info.in_slot, module.in_features)
-        module.out_features = size(info.out_slot, module.out_features)
+        module.in_features = size(info.in_side, module.in_features)
+        module.out_features = size(info.out_side, module.out_features)
 
 
 def check_runs(name: str, arch_args: Mapping[str, Any], level_widths: Sequence[Widths],

@@ -124,14 +124,16 @@ def inception_block(num_classes: int = 4) -> nn.Module:
 
 
 class ResNeXtBlock(nn.Module):
-    """ResNeXt-style bottleneck: 1x1 down, a 3x3 with groups=4 (not depthwise), 1x1 up, add."""
+    """ResNeXt-style bottleneck: 1x1 to 16, a 3x3 with groups=4 (not depthwise: 4 channels a
+    group, so the narrowest of 4 levels keeps one in each), 1x1 back to 8, add."""
 
     def __init__(self, num_classes: int, groups: int = 4) -> None:
         super().__init__()
         self.stem = _conv_bn(3, 8)
-        self.reduce = nn.Sequential(nn.Conv2d(8, 8, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
-        self.grouped = _conv_bn(8, 8, groups=groups)
-        self.expand = nn.Sequential(nn.Conv2d(8, 8, 1, bias=False), nn.BatchNorm2d(8))
+        self.reduce = nn.Sequential(nn.Conv2d(8, 16, 1, bias=False), nn.BatchNorm2d(16),
+                                    nn.ReLU())
+        self.grouped = _conv_bn(16, 16, groups=groups)
+        self.expand = nn.Sequential(nn.Conv2d(16, 8, 1, bias=False), nn.BatchNorm2d(8))
         self.fc = nn.Linear(8, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -160,3 +162,76 @@ class ChunkBlock(nn.Module):
 
 def chunk_block(num_classes: int = 4) -> nn.Module:
     return ChunkBlock(num_classes)
+
+
+def small_densenet(num_classes: int = 4) -> nn.Module:
+    """torchvision's own DenseNet (dense blocks: every layer's output concatenated onto its
+    input, transitions between blocks), two blocks of two layers: a few seconds to prune."""
+    from torchvision.models import DenseNet
+
+    model: nn.Module = DenseNet(growth_rate=8, block_config=(2, 2), num_init_features=16,
+                                bn_size=2, num_classes=num_classes)
+    return model
+
+
+def small_resnext(num_classes: int = 4) -> nn.Module:
+    """torchvision's own ResNeXt bottlenecks (3x3 convolutions in 8 groups of 4 channels at
+    the first stage), one block a stage."""
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    model: nn.Module = ResNet(Bottleneck, [1, 1, 1, 1], groups=8, width_per_group=4,
+                              num_classes=num_classes)
+    return model
+
+
+class ImageConcat(nn.Module):
+    """The image itself concatenated beside a conv's output: a part no level cuts."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.a = _conv_bn(3, 8)
+        self.mix = _conv_bn(11, 8)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _pooled_head(self.mix(torch.cat([x, self.a(x)], dim=1)), self.fc)
+
+
+def image_concat(num_classes: int = 4) -> nn.Module:
+    return ImageConcat(num_classes)
+
+
+class MixedGroups(nn.Module):
+    """One slot read by a conv in 2 groups and one in 4: no one cut fits both."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.stem = _conv_bn(3, 16)
+        self.two = _conv_bn(16, 16, groups=2)
+        self.four = _conv_bn(16, 16, groups=4)
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        return _pooled_head(self.two(x) + self.four(x), self.fc)
+
+
+def mixed_groups(num_classes: int = 4) -> nn.Module:
+    return MixedGroups(num_classes)
+
+
+class GroupedAfterConcat(nn.Module):
+    """A grouped conv reading a concatenation: its groups would straddle the parts."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.a, self.b = _conv_bn(3, 8), _conv_bn(3, 8)
+        self.grouped = _conv_bn(16, 16, groups=2)
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _pooled_head(self.grouped(torch.cat([self.a(x), self.b(x)], dim=1)), self.fc)
+
+
+def grouped_after_concat(num_classes: int = 4) -> nn.Module:
+    return GroupedAfterConcat(num_classes)

@@ -6,20 +6,29 @@ tags come from Torch-Pruning's DependencyGraph, which traces the forward pass an
 axis that must lose the same channels together (residual adds, depthwise convolutions,
 squeeze-and-excitation products, flatten into a linear layer). One group becomes one slot.
 
+Two structures need a side made of more than one plain slot (:class:`slots.Composite`):
+
+* **concatenation** (``torch.cat`` along channels: DenseNet, Inception, GoogLeNet): the
+  consumer of a ``cat`` sees several dependency groups side by side on one axis, each at the
+  offset Torch-Pruning's ``_ConcatOp`` maps it to; its side becomes the ordered list of those
+  groups' slots with their full sizes (channels of no group, e.g. the image itself, are a
+  part no level cuts), and a level keeps each part's prefix at the part's offset;
+* **grouped convolutions** (ResNeXt, RegNet; not depthwise): Torch-Pruning prunes the slots
+  on both sides of such a convolution alike in every group (one ranking averaged over the
+  groups), so each becomes a slot in ``groups`` groups and a level keeps the same prefix of
+  every group.
+
 What cannot become slots is refused here, before any training, with the reason:
 
 * a layer type holding tensors other than ``Conv2d``, ``BatchNorm2d`` and ``Linear`` (e.g.
   ``LayerNorm``/``GroupNorm`` in ConvNeXt, per-channel ``PReLU``, ``Conv1d``, attention
   projections as raw parameters): the bundle cannot cut it;
-* grouped convolutions other than depthwise (ResNeXt, RegNet): a level would have to keep
-  channels uniformly per group (a prefix inside every group), which one prefix per slot cannot
-  say, and the slot tensors refuse such a convolution;
 * batch norms without affine parameters or running statistics;
-* concatenation or splitting of channels (DenseNet, Inception, GoogLeNet, ShuffleNet): the
-  consumer of ``torch.cat`` sees several dependency groups side by side on one axis (Torch-Pruning
-  maps them through its ``_ConcatOp`` offsets), so a level would keep each part's prefix at the
-  part's offset, not one prefix of the axis; the slot tensors (one slot per axis) cannot say
-  that yet, and neither can they say which part of a ``torch.split``/``chunk`` a layer reads;
+* channels split apart (``torch.split``/``chunk``/``unbind``, a slice along channels:
+  ShuffleNet): the layers after the split each read part of one group, at sizes fixed in the
+  model's code (``chunk`` halves whatever width it gets), which per-slot prefixes cannot
+  follow; a slot that two grouped convolutions group differently; a grouped convolution
+  reading a concatenation;
 * a model whose output does not come straight from an ``nn.Linear`` head (the head every level
   keeps whole and owns), or whose head does not output one score per class;
 * anything DependencyGraph itself cannot trace.
@@ -40,7 +49,7 @@ from torch import nn
 
 from elastiserve_store import constructors, external
 from elastiserve_store.errors import ManifestError
-from elastiserve_store.slots import SlotTag, Widths
+from elastiserve_store.slots import Axis, Composite, Part, SlotTag, Widths, grouped, make_tag
 
 
 class UnsupportedModelError(ValueError):
@@ -80,13 +89,6 @@ def _check_layers(name: str, model: nn.Module) -> None:
             raise _refuse(name, f"{where} is a {type(module).__name__} holding tensors "
                                 f"({', '.join(own[:3])}); only Conv2d, BatchNorm2d and Linear "
                                 f"layers can be cut to a level's width")
-        if isinstance(module, nn.Conv2d) and module.groups != 1 and not (
-                module.groups == module.in_channels == module.out_channels):
-            raise _refuse(name, f"{where} is a grouped convolution (groups={module.groups}, "
-                                f"{module.in_channels}->{module.out_channels}), as in ResNeXt: "
-                                f"a level would keep channels uniformly in every group, which "
-                                f"one prefix per slot cannot express; only plain and depthwise "
-                                f"convolutions are supported")
         if isinstance(module, nn.BatchNorm2d) and not (module.affine
                                                        and module.track_running_stats):
             raise _refuse(name, f"{where} is a BatchNorm2d without affine parameters or "
@@ -146,9 +148,10 @@ def analyse(name: str, kwargs: Mapping[str, Any], input_shape: Sequence[int],
     except Exception as err:  # whatever the tracer cannot follow
         raise _refuse(name, f"Torch-Pruning's DependencyGraph cannot trace it: "
                             f"{type(err).__name__}: {str(err)[:200]}") from None
-    joins = _channel_joins(graph)
+    _refuse_splits(name, graph)
     names = {id(m): n for n, m in model.named_modules()}
-    sides: dict[tuple[str, str], str] = {}
+    seen: dict[tuple[str, str], list[tuple[str, list[int]]]] = {}
+    slot_groups: dict[str, int] = {}
     for i, group in enumerate(groups):
         slot = f"g{i}"
         for item in group:
@@ -157,36 +160,87 @@ def analyse(name: str, kwargs: Mapping[str, Any], input_shape: Sequence[int],
                 continue  # element-wise ops, reshapes: they hold no tensors
             path = names[id(module)]
             is_out = graph.is_out_channel_pruning_fn(item.dep.handler)
-            size = _axis_size(module, is_out)
-            if len(item.idxs) != size:
-                raise _refuse(name, f"{path} sees only {len(item.idxs)} of its {size} "
-                                    f"{'output' if is_out else 'input'} channels in one "
-                                    f"dependency group: channels are concatenated or split "
-                                    f"there ({joins}), and a level of such an axis keeps each "
-                                    f"part's prefix at the part's offset, which one slot per "
-                                    f"axis cannot express")
+            idxs = sorted({int(getattr(j, "idx", j)) for j in item.idxs})
             both = isinstance(module, nn.BatchNorm2d) or _depthwise(module)
             for side in (("in", "out") if both else ("out",) if is_out else ("in",)):
-                if sides.setdefault((path, side), slot) != slot:
-                    raise _refuse(name, f"the {side}put channels of {path} belong to two "
-                                        f"dependency groups")
-    layout = {
-        path: SlotTag(sides.get((path, "in")), sides.get((path, "out")),
-                      per_level=isinstance(m, nn.BatchNorm2d) or path == head_path)
-        for path, m in model.named_modules() if isinstance(m, external.SUPPORTED)}
+                entries = seen.setdefault((path, side), [])
+                if all(s != slot for s, _ in entries):
+                    entries.append((slot, idxs))
+            if _grouped(module):
+                assert isinstance(module, nn.Conv2d)
+                if slot_groups.setdefault(slot, module.groups) != module.groups:
+                    raise _refuse(name, f"{path} (groups={module.groups}) groups the channels "
+                                        f"of one dependency group that another grouped "
+                                        f"convolution splits into {slot_groups[slot]} groups")
+    layout: dict[str, SlotTag] = {}
+    for path, m in model.named_modules():
+        if isinstance(m, external.SUPPORTED):
+            sides = [_side(name, path, m, side, seen.get((path, side), []), slot_groups)
+                     for side in ("in", "out")]
+            layout[path] = make_tag(sides[0], sides[1], per_level=isinstance(m, nn.BatchNorm2d)
+                                    or path == head_path)
     args = {"kwargs": dict(kwargs), "layout": external.layout_to_json(layout)}
     _check_cut(name, args, input_shape)
     return args
 
 
-def _channel_joins(graph: tp.DependencyGraph) -> str:
-    """Which channel-joining operations the traced graph holds, for the refusal's reason."""
-    kinds = {type(m).__name__ for m in graph.module2node}
-    found = [text for op, text in (("_ConcatOp", "torch.cat along channels"),
-                                   ("_SplitOp", "torch.split/chunk along channels"),
+def _refuse_splits(name: str, graph: tp.DependencyGraph) -> None:
+    """Refuse channels split apart: after a split each consumer reads part of one group."""
+    kinds = {type(m).__name__: m for m in graph.module2node}
+    found = [text for op, text in (("_SplitOp", "torch.split/chunk along channels"),
                                    ("_UnbindOp", "torch.unbind along channels"))
              if op in kinds]
-    return " and ".join(found) or "a reshape that mixes channel groups"
+    found += ["a slice along channels" for m in graph.module2node
+              if type(m).__name__ == "_SliceOp" and getattr(m, "dim", None) == 1][:1]
+    if found:
+        raise _refuse(name, f"its channels are split apart ({' and '.join(found)}): each layer "
+                            f"after the split reads part of one dependency group, at sizes the "
+                            f"model's code fixes (chunk halves whatever width it gets), which "
+                            f"a level's prefix per part cannot follow; concatenation (torch.cat) "
+                            f"alone is supported")
+    for module, node in graph.module2node.items():
+        if type(module).__name__ != "_ConcatOp" or getattr(module, "offsets", None) is not None:
+            continue
+        joined = len(getattr(node.grad_fn, "next_functions", ()))
+        if getattr(node.grad_fn, "_saved_dim", 1) == 1 or joined != len(node.inputs):
+            raise _refuse(name, "a torch.cat along channels joins a tensor DependencyGraph does "
+                                "not trace (the input image, a constant or a buffer), so it "
+                                "cannot place each part at its offset")
+
+
+def _side(name: str, path: str, module: nn.Module, side: str,
+          entries: Sequence[tuple[str, Sequence[int]]], groups: Mapping[str, int]) -> Axis:
+    """One side of a layer: nothing, one slot (grouped or not), or slots side by side."""
+    if not entries:
+        return None
+    size = _axis_size(module, side == "out")
+    if len(entries) == 1 and list(entries[0][1]) == list(range(size)):
+        slot = entries[0][0]
+        return grouped(slot, size, groups.get(slot, 1))
+    parts: list[Part] = []
+    at = 0
+    for slot, idxs in sorted(entries, key=lambda e: e[1][0]):
+        first, count = idxs[0], len(idxs)
+        if list(idxs) != list(range(first, first + count)) or first < at:
+            raise _refuse(name, f"the {side}put channels of {path} mix dependency groups in "
+                                f"an order a concatenation does not make (a reshape or "
+                                f"shuffle across channels)")
+        if first > at:
+            parts.append(Part(None, first - at))
+        parts.append(Part(slot, count, groups.get(slot, 1)))
+        at = first + count
+    if at < size:
+        parts.append(Part(None, size - at))
+    if any(p.slot is None for p in parts):
+        raise _refuse(name, f"the {side}put channels of {path} are only partly in dependency "
+                            f"groups ({sum(p.size for p in parts if p.slot)} of {size}): "
+                            f"DependencyGraph does not map all of them")
+    if _grouped(module):
+        raise _refuse(name, f"{path} is a grouped convolution (groups="
+                            f"{getattr(module, 'groups', 1)}) whose {side}put channels are "
+                            f"concatenated from several dependency groups: a level keeps one "
+                            f"prefix per group of one slot, not of several")
+    return Composite(tuple(parts))
 
 
 def _axis_size(module: nn.Module, is_out: bool) -> int:
@@ -199,13 +253,21 @@ def _axis_size(module: nn.Module, is_out: bool) -> int:
 
 
 def _depthwise(module: nn.Module) -> bool:
-    return isinstance(module, nn.Conv2d) and module.groups > 1
+    return isinstance(module, nn.Conv2d) and 1 < module.groups == module.out_channels
+
+
+def _grouped(module: nn.Module) -> bool:
+    """A grouped convolution that is not depthwise (ResNeXt's): its sides stay separate
+    slots, each in ``groups`` groups."""
+    return isinstance(module, nn.Conv2d) and module.groups > 1 and not _depthwise(module)
 
 
 def _check_cut(name: str, args: Mapping[str, Any], input_shape: Sequence[int]) -> None:
     """Cut every slot to half width and run the model on the meta device."""
     full = external.full_widths(name, args)
-    half: Widths = {s: max(1, n // 2) for s, n in full.items()}
+    groups = external.groups_of(name, args)
+    half: Widths = {s: groups.get(s, 1) * max(1, n // groups.get(s, 1) // 2)
+                    for s, n in full.items()}
     try:
         external.check_runs(name, args, [half], input_shape)
     except ManifestError as err:

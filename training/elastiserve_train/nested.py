@@ -27,7 +27,17 @@ from torch import nn
 from torch.func import functional_call
 
 from elastiserve_store import architectures
-from elastiserve_store.slots import TensorSlots, Widths, gather, scatter, tensor_slots
+from elastiserve_store.slots import (
+    TensorSlots,
+    Widths,
+    expected_shape,
+    gather,
+    prefix_index,
+    read_widths,
+    scatter,
+    slot_groups,
+    tensor_slots,
+)
 
 from .pruning import Kept
 
@@ -107,7 +117,7 @@ class NestedState:
         elif own_from is not None and own_from in self.level_own:
             pos = {s: positions(self.kept[own_from][s], self.kept[k][s]) for s in self.kept[k]}
             for name, value in self.level_own[own_from].items():
-                state[name] = scatter(state[name], layout[name].axes, pos, value)
+                state[name] = scatter(state[name], layout[name].axes, pos, value, self.widths(k))
         model = self.build_level(k, self.widths(k))
         wanted = model.state_dict().keys()
         model.load_state_dict({n: state[n] for n in wanted}, strict=True)
@@ -128,26 +138,38 @@ class NestedState:
 
     def slot_sizes(self) -> Widths:
         """Full channel count per slot, read from the master tensors."""
-        sizes: Widths = {}
-        for name, info in self.layout.items():
-            for dim, slot in enumerate(info.axes):
-                if slot is not None:
-                    sizes.setdefault(slot, int(self.master[name].shape[dim]))
-        return sizes
+        layout = self.layout
+        return read_widths(layout, {n: tuple(self.master[n].shape) for n in layout})
 
     def nested_order(self) -> dict[str, torch.Tensor]:
-        """Per slot: level 0's channels, then those level 1 adds, ... then any never kept."""
+        """Per slot: level 0's channels, then those level 1 adds, ... then any never kept.
+
+        A grouped slot is ordered so inside each of its groups (the groups stay where they
+        are): a level keeps the same prefix of every group, as a grouped convolution needs.
+        """
         order: dict[str, torch.Tensor] = {}
+        groups = slot_groups(self.layout)
         for slot, full in self.slot_sizes().items():
-            seen = torch.zeros(full, dtype=torch.bool)
-            parts = []
-            for kept in self.kept:
-                new = kept[slot][~seen[kept[slot]]]
-                parts.append(new)
-                seen[new] = True
-            parts.append(torch.nonzero(~seen).flatten())
-            order[slot] = torch.cat(parts)
+            share = full // groups.get(slot, 1)
+            segments = []
+            for start in range(0, full, share):
+                seen = torch.zeros(full, dtype=torch.bool)
+                seen[:start] = True
+                seen[start + share:] = True
+                for kept in self.kept:
+                    new = kept[slot][~seen[kept[slot]]]
+                    segments.append(new)
+                    seen[new] = True
+                segments.append(torch.nonzero(~seen).flatten())
+            order[slot] = torch.cat(segments)
         return order
+
+    def nested_index(self, k: int, order: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Level ``k``'s channels (original indices) in nested ``order``: its prefix of every
+        slot, of every group in a grouped slot."""
+        groups = slot_groups(self.layout)
+        return {s: o[prefix_index(len(o), len(self.kept[k][s]), groups.get(s, 1))]
+                for s, o in order.items()}
 
     def nested_models(self) -> list[nn.Module]:
         """Each level (smallest first) with channels permuted so it is a prefix of the next.
@@ -160,14 +182,14 @@ class NestedState:
         models = []
         for k in range(len(self.kept)):
             w = self.widths(k)
-            idx = {s: order[s][:w[s]] for s in order}
+            idx = self.nested_index(k, order)
             pos = {s: positions(idx[s], self.kept[k][s]) for s in idx}
             own = self.level_own[k]
             state = {}
             model = self.build_level(k, w)
             for name in model.state_dict():
                 if layout[name].per_level:
-                    state[name] = gather(own[name], layout[name].axes, pos)
+                    state[name] = gather(own[name], layout[name].axes, pos, w)
                 else:
                     state[name] = gather(self.master[name], layout[name].axes, idx)
             model.load_state_dict(state, strict=True)
@@ -239,12 +261,13 @@ class WiderView:
                      if not layout[name].per_level}
         self.live = dict(level.named_parameters())
         self.pos = {s: positions(state.kept[k][s], state.kept[wider][s]) for s in state.kept[k]}
+        self.sizes = state.widths(wider)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """The wider level's logits (batch statistics in its batch norms: training mode)."""
         self.net.train()
         frozen = dict(self.net.named_parameters())
-        params = {name: scatter(frozen[name], axes, self.pos, self.live[name])
+        params = {name: scatter(frozen[name], axes, self.pos, self.live[name], self.sizes)
                   for name, axes in self.axes.items()}
         out: torch.Tensor = functional_call(self.net, params, (x,))
         return out
@@ -257,15 +280,16 @@ def core_masks(model: nn.Module, core: Kept, kept: Kept) -> dict[str, torch.Tens
     """
     layout = tensor_slots(model)
     pos = {s: positions(core[s], kept[s]) for s in kept}
+    sizes = {s: len(v) for s, v in kept.items()}
+    core_widths = {s: len(v) for s, v in core.items()}
     masks: dict[str, torch.Tensor] = {}
     for name, param in model.named_parameters():
         info = layout[name]
         if info.per_level:
             continue
-        core_shape = tuple(param.shape[d] if s is None else len(pos[s])
-                           for d, s in enumerate(info.axes))
+        core_shape = expected_shape(tuple(param.shape), info.axes, core_widths)
         masks[name] = scatter(torch.ones_like(param, device="cpu"), info.axes, pos,
-                              torch.zeros(core_shape)).to(param.device)
+                              torch.zeros(core_shape), sizes).to(param.device)
     return masks
 
 

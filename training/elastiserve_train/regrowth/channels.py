@@ -125,6 +125,8 @@ def touching(axes: Axes, shape: tuple[int, ...], inside: Kept, new: Mapping[str,
     for dim, slot in enumerate(axes):
         if slot is None:
             continue
+        if not isinstance(slot, str):  # concatenated/grouped axes: constructor-built models only
+            raise ValueError(f"regrowth takes the in-project architectures only, not {slot}")
         view = [1] * len(shape)
         view[dim] = shape[dim]
         member = torch.zeros(shape[dim], dtype=torch.bool)
