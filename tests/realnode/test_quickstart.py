@@ -418,6 +418,7 @@ def test_quickstart_on_the_real_node(
     results_by_pod: list[tuple[str, Result]] = []
     service_results: list[Result] = []
     stop = threading.Event()
+    stop_high, low_stop = threading.Event(), threading.Event()  # set in `finally` too
 
     def probe(ip: str) -> None:
         name = pods[ip]
@@ -434,7 +435,6 @@ def test_quickstart_on_the_real_node(
     try:
         run_schedule([service], body, piecewise_arrivals([(5.0, 5.0, 5.0)]), service_results)
         high: list[Result] = []
-        stop_high = threading.Event()
         loader = threading.Thread(target=run_schedule, kwargs={
             "targets": [service], "body": body, "results": high, "stop": stop_high,
             "due_offsets": piecewise_arrivals([(60.0, 400.0, 400.0)]), "max_in_flight": 48,
@@ -451,7 +451,6 @@ def test_quickstart_on_the_real_node(
         loader.join(timeout=120)
         service_results += high
         low: list[Result] = []
-        low_stop = threading.Event()
         low_loader = threading.Thread(target=run_schedule, kwargs={
             "targets": [service], "body": body, "results": low, "stop": low_stop,
             "due_offsets": piecewise_arrivals([(240.0, 5.0, 5.0)]),
@@ -467,8 +466,8 @@ def test_quickstart_on_the_real_node(
         low_loader.join(timeout=60)
         service_results += low
     finally:
-        stop.set()
-        timeline.stop.set()
+        for event in (stop, stop_high, low_stop, timeline.stop):
+            event.set()
         for thread in probes:
             thread.join(timeout=30)
         watcher.join(timeout=10)
