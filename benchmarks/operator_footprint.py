@@ -173,6 +173,17 @@ def fetch(url: str) -> str:
         return str(response.read().decode())
 
 
+def labelled(text: str, name: str) -> dict[str, float]:
+    """Each label set's value of counter ``name`` (``{writer="policy"}`` -> ``policy``)."""
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            labels = line[len(name) + 1:line.index("}")]
+            key = ",".join(part.split("=", 1)[1].strip('"') for part in labels.split(","))
+            found[key] = found.get(key, 0.0) + float(line.split()[-1])
+    return found
+
+
 def counter(text: str, name: str) -> float:
     for line in text.splitlines():
         if line.startswith(name + " "):
@@ -348,6 +359,7 @@ def run_once(models: int, args: argparse.Namespace) -> dict[str, Any]:
                     ready_in = time.monotonic() - created
                 assert operator.process is not None
                 proc = psutil.Process(operator.process.pid)
+                rss_settled_mb = proc.memory_info().rss / 2**20
                 time.sleep(args.calm_seconds)
                 url = f"http://127.0.0.1:{operator.metrics_port}/metrics"
                 text = fetch(url)
@@ -439,6 +451,8 @@ def run_once(models: int, args: argparse.Namespace) -> dict[str, Any]:
                 counters = {name: counter(text, name) for name in (
                     "elastiserve_operator_child_applies_total",
                     "elastiserve_operator_child_applies_skipped_total")}
+                status_writes = {name: labelled(text, f"elastiserve_operator_{name}_total")
+                                 for name in ("status_writes", "status_writes_skipped")}
                 rss_end_mb = proc.memory_info().rss / 2**20
             finally:
                 operator.stop()
@@ -451,6 +465,7 @@ def run_once(models: int, args: argparse.Namespace) -> dict[str, Any]:
         "rss_mb": round(max(rss_mb, rss_end_mb), 1),
         "rss_after_idle_mb": round(rss_mb, 1),
         "rss_after_changes_mb": round(rss_end_mb, 1),
+        "rss_when_settled_mb": round(rss_settled_mb, 1),
         "idle_cpu_pct": round(idle_cpu, 2),
         "reconcile_p99_ms": round(max(quantile(ms, 0.99) for ms in exact.values()), 1),
         "reconcile_p50_ms": round(quantile(steady, 0.5), 1),
@@ -475,10 +490,12 @@ def run_once(models: int, args: argparse.Namespace) -> dict[str, Any]:
         "child_applies": int(counters["elastiserve_operator_child_applies_total"]),
         "child_applies_skipped": int(
             counters["elastiserve_operator_child_applies_skipped_total"]),
+        "status_writes_whole_run": status_writes,
         "idle_window_s": args.idle_seconds,
         "evaluation_interval_s": 5,
         "idle_profile": profiled,
         "load_avg_1m": loads,
+        "load_avg_1_5_15_at_end": [round(x, 2) for x in os.getloadavg()],
         "cpu_cores": os.cpu_count(),
         "note": NOTE,
     }
@@ -501,6 +518,11 @@ NOTE = (
     "the operator's own requests by method with nothing changing (policy loops only); "
     "component_cpu_pct: CPU % of one core of each control-plane process and Prometheus over "
     "the idle window (the operator's is idle_cpu_pct). "
+    "rss_when_settled_mb: right after every model was reconciled and Ready (the create "
+    "burst's high-water mark, before the operator hands free heap back); "
+    "status_writes_whole_run: status applies by writer and evaluations that sent none "
+    "(holds: kopf's copy said it; stale_copy: only the answer to the operator's own last "
+    "write did). "
     "idle_profile: py-spy samples of the operator over the idle window (50 Hz). The API "
     "server, etcd, the controller manager, kwok, Prometheus and the operator share the "
     "machine's cores, and other work ran on it: see load_avg_1m."

@@ -48,6 +48,7 @@ import kopf
 from .applied import key_of
 from .children import AUTOSCALER_ANNOTATION
 from .grouped_queries import SharedQueries
+from .heap import malloc_trim, trim_periodically
 from .kube import ApiError, KubeApi, connection_info
 from .metrics import OperatorMetrics
 from .reconcile import (
@@ -148,6 +149,10 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         metrics.serve(op.metrics_port)
         memo.metrics_served = True
     memo.lag_task = asyncio.get_running_loop().create_task(metrics.watch_loop_lag())
+    trim = malloc_trim()
+    if trim is not None:  # hand a burst's freed heap back to the system (``heap``)
+        memo.trim_task = asyncio.get_running_loop().create_task(
+            trim_periodically(trim, metrics.heap_trim.observe))
     memo.gone = set()  # uids of models deleted while their daemon ran (``model_event``)
     memo.runtime = Runtime(
         api=KubeApi(connection_info(settings), observe=metrics.observe_request),
@@ -202,9 +207,10 @@ def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
 
 @kopf.on.cleanup()
 async def cleanup(memo: Any, **_: Any) -> None:
-    lag_task = getattr(memo, "lag_task", None)
-    if lag_task is not None:
-        lag_task.cancel()
+    for name in ("lag_task", "trim_task"):
+        task = getattr(memo, name, None)
+        if task is not None:
+            task.cancel()
     policy_runtime = getattr(memo, "policy_runtime", None)
     if policy_runtime is not None:
         await policy_runtime.api.close()

@@ -102,6 +102,12 @@ class OperatorMetrics:
             buckets=RECONCILE_BUCKETS,
             registry=r,
         )
+        self.heap_trim = Histogram(
+            "elastiserve_operator_heap_trim_seconds",
+            "Time of one hand-back of the free heap to the system (glibc malloc_trim, "
+            "every 30 s; it runs on the event loop).",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25), registry=r,
+        )
         self.status_writes = Counter(
             "elastiserve_operator_status_writes",
             "Status applies sent, by writer (reconcile: the reconcile and Deployment events; "

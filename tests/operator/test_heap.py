@@ -1,0 +1,36 @@
+"""The free heap is handed back periodically where the C library can (glibc here)."""
+
+from __future__ import annotations
+
+import asyncio
+import platform
+
+import pytest
+
+from elastiserve_operator.heap import malloc_trim, trim_periodically
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_glibc_malloc_trim_is_found_and_callable() -> None:
+    trim = malloc_trim()
+    assert trim is not None
+    blocks = [bytearray(256 * 1024) for _ in range(64)]  # 16 MiB from malloc, then freed
+    del blocks
+    assert isinstance(trim(), bool)
+
+
+def test_trim_runs_every_period_and_its_time_is_observed() -> None:
+    calls: list[float] = []
+
+    def trim() -> bool:
+        calls.append(0.0)
+        return True
+
+    async def run() -> None:
+        task = asyncio.ensure_future(trim_periodically(trim, calls.append, period_s=0.01))
+        while len(calls) < 6:
+            await asyncio.sleep(0.01)
+        task.cancel()
+
+    asyncio.run(run())
+    assert len(calls) >= 6 and all(t >= 0.0 for t in calls)
