@@ -458,16 +458,20 @@ def demo_bundle(root: Path) -> Path:
                        names=("L0", "L1", "L2", "L3"), **DEMO_GEOMETRY)
 
 
-def json_body(bundle: Path, samples: int) -> bytes:
-    """A request as the demo sends it: ``samples`` inputs as one JSON nested list."""
-    import torch
+def demo_body(bundle: Path, samples: int) -> bytes:
+    """A request as the demo sends it: ``samples`` inputs as one ``.npy`` float32 tensor."""
+    import io
+
+    import numpy as np
 
     from elastiserve_store.bundle import load_bundle
 
     spec = load_bundle(bundle).manifest.input
-    generator = torch.Generator().manual_seed(0)
-    sample = torch.rand((samples, spec.channels, spec.height, spec.width), generator=generator)
-    return json.dumps(sample.tolist()).encode()
+    pixels = np.random.default_rng(0).random((samples, spec.channels, spec.height, spec.width),
+                                             dtype=np.float32)
+    buffer = io.BytesIO()
+    np.save(buffer, pixels, allow_pickle=False)
+    return buffer.getvalue()
 
 
 def served_levels(bundle: Path, threads: int) -> Any:
@@ -715,7 +719,7 @@ def run_breakdown(args: argparse.Namespace, width_mult: float, env: dict[str, st
 
     per = DemoConfig(run_dir=root).images_per_request
     return breakdown(root, {"serving": (serving, jpeg_body(), 1),
-                            "demo": (demo, json_body(demo, per), per)},
+                            "demo": (demo, demo_body(demo, per), per)},
                      batch=args.batch_size, delay_ms=args.max_batch_delay_ms, threads=1,
                      seconds=seconds, env=env or {"OMP_NUM_THREADS": "1"}, stock=stock)
 
@@ -766,7 +770,8 @@ def write_breakdown_only(args: argparse.Namespace, width_mult: float, env: dict[
         "model": {"architecture": "resnet20", "width_mult": width_mult,
                   "input": "3x224x224, ImageNet mean/std, one 256x256 JPEG per request"},
         "demo_model": "the make demo bundle's geometry (elastiserve.local.demo.DEMO_GEOMETRY), "
-                      "random weights, one JSON tensor of the demo's images_per_request (16) "
+                      "random weights, one .npy float32 tensor of the demo's "
+                      "images_per_request (16) "
                       "samples per request; forward_only_rps in requests/s (batch x 16 "
                       "samples per forward pass)",
         "machine": {"cpus": os.cpu_count(), "load_avg_start": [round(x, 2) for x in load_start],

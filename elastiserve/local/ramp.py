@@ -80,6 +80,7 @@ class Request:
 
     body: bytes
     labels: tuple[str, ...] = ()
+    content_type: str = "application/json"
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ class RampLoad:
         if not requests:
             raise ValueError("no request bodies to send")
         self.url = url
-        self.headers = {**headers, "Content-Type": "application/json"}
+        self.headers = dict(headers)
         self.requests = tuple(requests)
         self.plan = plan
         self.max_in_flight = max_in_flight
@@ -160,7 +161,8 @@ class RampLoad:
     def _send(self, client: httpx.Client, request: Request, due: float) -> None:
         status, level, correct = 0, None, 0
         try:
-            response = client.post(self.url, content=request.body, headers=self.headers)
+            response = client.post(self.url, content=request.body,
+                                   headers={**self.headers, "Content-Type": request.content_type})
             status = response.status_code
             level = response.headers.get(PIN_HEADER)
             if status == 200 and request.labels:

@@ -102,6 +102,65 @@ class TestJson:
         assert err.value.reason
 
 
+def npy(array: np.ndarray, version: tuple[int, int] | None = None) -> bytes:
+    buffer = io.BytesIO()
+    if version is None:
+        np.save(buffer, array, allow_pickle=False)
+    else:
+        np.lib.format.write_array(buffer, array, version=version, allow_pickle=False)
+    return buffer.getvalue()
+
+
+class TestNpy:
+    """The binary twin of the JSON tensor: same shapes and values, read without pickle."""
+
+    def test_same_tensor_as_json(self) -> None:
+        values = np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)
+        from_json = decode(json.dumps({"data": values.tolist()}), SPEC, NORM, LIMITS)
+        for version in (None, (2, 0)):
+            assert torch.equal(decode(npy(values, version), SPEC, NORM, LIMITS), from_json)
+        assert decode(npy(values[0, 0].astype(np.float64)), SPEC, NORM, LIMITS).shape == (
+            1, 1, 8, 8)
+
+    def test_uint8_pixels_are_scaled_like_an_image(self) -> None:
+        pixels = np.arange(64, dtype=np.uint8).reshape(1, 1, 8, 8)
+        out = decode(npy(pixels), SPEC, NORM, LIMITS)
+        assert torch.allclose(out, torch.from_numpy(pixels.astype(np.float32) / 255.0))
+
+    def test_the_header_is_checked_before_any_data_is_read(self) -> None:
+        huge = npy(np.zeros((1, 1, 8, 8), np.float32)).replace(b"(1, 1, 8, 8)", b"(9, 1, 8, 8)")
+        with pytest.raises(BadRequest) as err:
+            decode(huge, SPEC, NORM, LIMITS)
+        assert err.value.status == 413 and "elements" in err.value.reason
+
+    @pytest.mark.parametrize(
+        ("body", "status", "words"),
+        [
+            (npy(np.zeros((1, 1, 8, 8), np.int64)), 400, "dtype"),
+            (npy(np.zeros((1, 1, 8, 8), ">f4")), 400, "dtype"),
+            (npy(np.asfortranarray(np.zeros((1, 1, 8, 8), np.float32))), 400, "C order"),
+            (npy(np.zeros((1, 1, 8, 7), np.float32)), 400, "shape"),
+            (npy(np.zeros((0, 1, 8, 8), np.float32)), 400, "empty"),
+            (npy(np.full((1, 1, 8, 8), np.inf, np.float32)), 400, "non-finite"),
+            (npy(np.zeros((1, 1, 8, 8), np.float32))[:-4], 400, "bytes"),
+            (npy(np.zeros((1, 1, 8, 8), np.float32)) + b"\0", 400, "bytes"),
+            (b"\x93NUMPY\x09\x00", 400, "header"),
+            (b"\x93NUMPY\x01\x00\xff", 400, "header"),
+        ],
+    )
+    def test_refused(self, body: bytes, status: int, words: str) -> None:
+        with pytest.raises(BadRequest) as err:
+            decode(body, SPEC, NORM, LIMITS)
+        assert err.value.status == status and words in err.value.reason, err.value.reason
+
+    def test_an_object_array_never_unpickles(self) -> None:
+        buffer = io.BytesIO()
+        np.save(buffer, np.array([None, 1], dtype=object), allow_pickle=True)
+        with pytest.raises(BadRequest) as err:
+            decode(buffer.getvalue(), SPEC, NORM, LIMITS)
+        assert err.value.status == 400 and "dtype" in err.value.reason
+
+
 class TestFuzz:
     """Whatever arrives, the decoder answers a tensor or a 4xx: never another exception."""
 
@@ -114,6 +173,14 @@ class TestFuzz:
     @given(st.binary(max_size=512), st.sampled_from([b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"]))
     def test_image_magic_with_garbage(self, tail: bytes, magic: bytes) -> None:
         _decode_or_4xx(magic + tail)
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.integers(0, 200), st.binary(min_size=1, max_size=8))
+    def test_corrupted_npy(self, position: int, patch: bytes) -> None:
+        body = bytearray(npy(np.zeros((2, 1, 8, 8), np.float32)))
+        position %= len(body)
+        body[position : position + len(patch)] = patch
+        _decode_or_4xx(bytes(body))
 
     @settings(max_examples=100, deadline=None)
     @given(st.integers(0, 400), st.binary(min_size=1, max_size=8))

@@ -1,9 +1,10 @@
 """Turn one request body into a batch of normalised input tensors, or a reason to reject it.
 
-Every request is untrusted: the decoder accepts exactly three shapes of input (a PNG, a JPEG, a
-JSON tensor), checks every size before it allocates, and reports anything else as
-:class:`BadRequest` with an HTTP status and a human-readable reason, so that one bad request in a
-batch costs a 4xx for that request and nothing for its neighbours or the worker.
+Every request is untrusted: the decoder accepts exactly four shapes of input (a PNG, a JPEG, a
+JSON tensor, a NumPy ``.npy`` tensor), checks every size before it allocates, and reports
+anything else as :class:`BadRequest` with an HTTP status and a human-readable reason, so that
+one bad request in a batch costs a 4xx for that request and nothing for its neighbours or the
+worker.
 
 The format is sniffed from the leading bytes, not trusted from ``Content-Type``: clients (and
 TorchServe's multipart handling) label bodies inconsistently, and magic numbers cannot lie about
@@ -21,6 +22,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +46,11 @@ JSON_BYTES_PER_ELEMENT = 40
 MAX_JSON_DEPTH = 5
 """``{"data": [n][C][H][W]}``: an object and four lists, the deepest tensor accepted."""
 JPEG_MAGIC = b"\xff\xd8\xff"
+NPY_MAGIC = b"\x93NUMPY"
+NPY_MAX_HEADER_BYTES = 1024
+"""A ``.npy`` header names a dtype, an order and a shape: a few dozen bytes, padded to 64."""
+NPY_DTYPES = frozenset({"<f4", "<f8", "<f2", "|u1"})
+"""Little-endian floats (pixel values in [0, 1], like a JSON tensor) and 8-bit pixels (0-255)."""
 
 
 class BadRequest(Exception):
@@ -101,9 +108,12 @@ def decode(
         raise BadRequest(413, f"body of {len(data)} bytes exceeds {limits.max_body_bytes}")
     if data.startswith(PNG_MAGIC) or data.startswith(JPEG_MAGIC):
         return normalise(decode_image(data, spec, limits)[None], norm, scale=255.0)
+    if data.startswith(NPY_MAGIC):
+        array = decode_npy_tensor(data, spec, limits)
+        return normalise(array, norm, scale=255.0 if array.dtype == np.uint8 else 1.0)
     if data.lstrip()[:1] in (b"[", b"{"):
         return normalise(decode_json_tensor(data, spec, limits), norm)
-    raise BadRequest(415, "unsupported body: expected a PNG, a JPEG or a JSON tensor")
+    raise BadRequest(415, "unsupported body: expected a PNG, a JPEG, a JSON or a .npy tensor")
 
 
 def decode_image(data: bytes, spec: InputSpec, limits: DecodeLimits) -> np.ndarray[Any, Any]:
@@ -186,6 +196,53 @@ def decode_json_tensor(data: bytes, spec: InputSpec, limits: DecodeLimits) -> np
         raise BadRequest(400, f"JSON tensor is not rectangular: {err}") from err
     if array.dtype == object:
         raise BadRequest(400, "JSON tensor is not rectangular")
+    return _checked_batch(array, spec, limits, "JSON tensor")
+
+
+def decode_npy_tensor(data: bytes, spec: InputSpec, limits: DecodeLimits) -> np.ndarray[Any, Any]:
+    """A NumPy ``.npy`` body (format 1.0 or 2.0) to ``[n, C, H, W]``, read without pickle.
+
+    The binary twin of the JSON tensor: the same shapes, float values in [0, 1] (``uint8``
+    pixels in 0-255 are scaled like an image's). A 16-image 28x28 request costs microseconds
+    here against milliseconds as JSON text, which is most of a small model's request. Checked
+    before anything is allocated: the header's size, a dtype from :data:`NPY_DTYPES` (never
+    ``object``: no pickle runs), C order, the element count against the limits, and that the
+    body holds exactly that many bytes after the header.
+    """
+    stream = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran_order, dtype = read_header(stream, max_header_size=NPY_MAX_HEADER_BYTES)
+    except Exception as err:  # numpy's header parser (tokenize, literal_eval)
+        # raises assorted errors on hostile input: every one is a bad header, never a 500.
+        raise BadRequest(400, f"invalid .npy header: {type(err).__name__}: {err}") from None
+    if dtype.str not in NPY_DTYPES:
+        raise BadRequest(400, f".npy dtype {dtype.str} is not one of {sorted(NPY_DTYPES)}")
+    if fortran_order:
+        raise BadRequest(400, ".npy tensor must be in C order")
+    max_elements = limits.max_samples * spec.channels * spec.height * spec.width
+    if any(dim < 0 for dim in shape):
+        raise BadRequest(400, f".npy shape {list(shape)} has a negative dimension")
+    count = math.prod(shape)  # Python ints: a hostile shape cannot overflow the check
+    if count > max_elements:
+        raise BadRequest(413, f".npy tensor has {count} elements, more than {max_elements}")
+    offset = stream.tell()
+    if len(data) - offset != count * dtype.itemsize:
+        raise BadRequest(400, f".npy body holds {len(data) - offset} bytes of data; its header "
+                              f"says {count * dtype.itemsize}")
+    array = np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
+    if dtype != np.uint8:
+        array = array.astype(np.float32)
+    return _checked_batch(array, spec, limits, ".npy tensor")
+
+
+def _checked_batch(array: np.ndarray[Any, Any], spec: InputSpec, limits: DecodeLimits,
+                   what: str) -> np.ndarray[Any, Any]:
+    """A parsed tensor as ``[n, C, H, W]`` of the model's geometry, or the reason it is not."""
     shape = tuple(array.shape)
     if spec.channels == 1 and shape == (spec.height, spec.width):
         array = array[None, None]
@@ -193,14 +250,14 @@ def decode_json_tensor(data: bytes, spec: InputSpec, limits: DecodeLimits) -> np
         array = array[None]
     elif len(shape) != 4 or shape[1:] != spec.shape:
         raise BadRequest(
-            400, f"JSON tensor shape {list(shape)} != [C,H,W] or [n,C,H,W] with {list(spec.shape)}"
+            400, f"{what} shape {list(shape)} != [C,H,W] or [n,C,H,W] with {list(spec.shape)}"
         )
     if array.shape[0] < 1:
-        raise BadRequest(400, "JSON tensor batch is empty")
+        raise BadRequest(400, f"{what} batch is empty")
     if array.shape[0] > limits.max_samples:
         raise BadRequest(413, f"{array.shape[0]} samples exceed {limits.max_samples} per request")
-    if not np.isfinite(array).all():
-        raise BadRequest(400, "JSON tensor contains a non-finite value")
+    if array.dtype != np.uint8 and not np.isfinite(array).all():
+        raise BadRequest(400, f"{what} contains a non-finite value")
     return np.ascontiguousarray(array)
 
 
