@@ -41,9 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--control-file", default="/dev/shm/elastiserve/level.json")
     parser.add_argument("--threads", type=non_negative, default=0,
                         help="torch threads per worker")
-    parser.add_argument("--trace-levels", action="store_true",
-                        help="run each level as a graph traced in memory at load (falls back "
-                             "to eager per level if tracing is unsafe)")
+    parser.add_argument("--trace-levels", action=argparse.BooleanOptionalAction, default=True,
+                        help="run each level as a graph traced in memory at load, checked equal "
+                             "to eager (a level that fails stays eager and the worker logs "
+                             "why); on by default, the runtime's own default")
     parser.add_argument("--force", action="store_true", help="overwrite an existing .mar")
 
 

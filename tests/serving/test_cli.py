@@ -34,6 +34,17 @@ def test_archive_contains_bundle_and_config_but_no_pickle(tmp_path: Path) -> Non
     assert config["handler"]["trace_levels"] is True
 
 
+@pytest.mark.parametrize(("flag", "expected"), [([], True), (["--no-trace-levels"], False)])
+def test_archive_traces_levels_unless_told_not_to(tmp_path: Path, flag: list[str],
+                                                  expected: bool) -> None:
+    bundle = make_bundle(tmp_path / "bundle")
+    assert main(["archive", str(bundle), "--name", "m", "--export-path", str(tmp_path / "s"),
+                 *flag]) == 0
+    with zipfile.ZipFile(tmp_path / "s" / "m.mar") as mar:
+        config = yaml.safe_load(mar.read("model-config.yaml"))
+    assert config["handler"]["trace_levels"] is expected
+
+
 def test_archive_refuses_corrupt_bundle(tmp_path: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     bundle = make_bundle(tmp_path / "bundle")
