@@ -64,7 +64,7 @@ MAX_LAYOUT = 10_000
 MAX_PARTS = 4_096
 MAX_CHANNELS = 1 << 20
 _SLOT = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_MODULE = re.compile(r"[A-Za-z0-9_.]{1,200}")
+_MODULE = re.compile(r"[A-Za-z0-9_.-]{1,200}")  # torchvision RegNet: "block1-0"
 SUPPORTED = (nn.Conv2d, nn.BatchNorm2d, nn.Linear)
 
 
@@ -143,7 +143,17 @@ def construct(name: str, kwargs: Mapping[str, Any]) -> nn.Module:
     """Call the (allow-listed) constructor; any failure becomes a :class:`ManifestError`."""
     ctor = constructors.resolve(name)
     try:
-        model = ctor(**kwargs)
+        try:
+            model = ctor(**kwargs)
+        except NotImplementedError:
+            # A constructor that reads a tensor's value (RegNet computes its block widths
+            # with torch) cannot run on the meta device: build it on the CPU, then move it.
+            if torch.empty(0).device.type != "meta":
+                raise
+            with torch.device("cpu"):
+                model = ctor(**kwargs)
+            if isinstance(model, nn.Module):
+                model = model.to("meta")
     except Exception as err:  # the constructor refuses its arguments
         raise ManifestError(f"constructor {name!r} refuses its arguments: "
                             f"{type(err).__name__}: {str(err)[:200]}") from None

@@ -10,9 +10,10 @@ MACs level by level (:func:`external_pipeline.prune_grow_and_check`).
 ResNet-18, MobileNetV3-Small and EfficientNet-B0 at 3x16x16 (residual adds, depthwise convs,
 squeeze-and-excitation); DenseNet-121 at 3x32x32, its smallest input (a ``torch.cat`` before
 every dense layer, its layout's concatenated sides up to 25 parts: the slowest case here,
-most of it in Torch-Pruning's concatenation bookkeeping while pruning). ResNeXt's grouped
-convolutions are covered on torchvision's own ResNeXt ``ResNet`` class at a small size in
-``test_model_structures.py``.
+most of it in Torch-Pruning's concatenation bookkeeping while pruning); RegNetX-400MF at
+3x32x32 (grouped 3x3 convolutions, module names such as ``block1-0``, a constructor that
+cannot run on the meta device). ResNeXt is covered on torchvision's own ResNeXt ``ResNet``
+class at a small size in ``test_model_structures.py``.
 """
 
 from __future__ import annotations
@@ -34,10 +35,15 @@ CLASSES = 4
     ("torchvision:mobilenet_v3_small", 16),
     ("torchvision:efficientnet_b0", 16),
     ("torchvision:densenet121", 32),
+    ("torchvision:regnet_x_400mf", 32),
 ])
 def test_torchvision_prune_and_grow(tmp_path: Path, name: str, size: int) -> None:
     args = prune_grow_and_check(tmp_path, name, (3, size, size), CLASSES)
+    sides = [side for entry in args["layout"].values() for side in entry[:2]]
     if name.endswith("densenet121"):  # concatenated sides, not one slot per axis
-        sides = [side for entry in args["layout"].values() for side in entry[:2]]
         # the third block's output: its input and the channels of its 24 layers side by side
         assert max(len(s) for s in sides if isinstance(s, list)) == 25
+    if name.endswith("regnet_x_400mf"):  # slots in the groups of its 3x3 convolutions
+        grouped = [s for s in sides if isinstance(s, list)]
+        assert all(len(s) == 1 for s in grouped)
+        assert {s[0][2] for s in grouped} == {2, 4, 10, 25}  # each stage's group count
