@@ -284,6 +284,7 @@ class TestInstallClusterWide:
             ("create", "events", "-n", "x"),
             ("create", "events.events.k8s.io", "-n", "x"),
             ("list", "pods", *anywhere),
+            ("watch", "pods", *anywhere),
             ("get", "nodes"),
             ("get", "nodes.metrics.k8s.io"),
             ("watch", "customresourcedefinitions.apiextensions.k8s.io"),

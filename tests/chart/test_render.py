@@ -275,7 +275,7 @@ class TestRbac:
             ("rbac.authorization.k8s.io", "rolebindings"): applied,
             ("networking.k8s.io", "networkpolicies"): applied,
             ("", "secrets"): {"create"},
-            ("", "pods"): {"list"},
+            ("", "pods"): {"list", "watch"},
             ("", "events"): {"create", "patch"},
             ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
         }

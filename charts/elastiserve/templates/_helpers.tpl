@@ -96,9 +96,10 @@ server-side apply and removed by garbage collection through owner references, so
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["create"]
+# Serving pods: one watch per namespace keeps their start times and nodes (shared_pods).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list"]
+  verbs: ["list", "watch"]
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
