@@ -11,8 +11,8 @@ Two structures need a side made of more than one plain slot (:class:`slots.Compo
 * **concatenation** (``torch.cat`` along channels: DenseNet, Inception, GoogLeNet): the
   consumer of a ``cat`` sees several dependency groups side by side on one axis, each at the
   offset Torch-Pruning's ``_ConcatOp`` maps it to; its side becomes the ordered list of those
-  groups' slots with their full sizes (channels of no group, e.g. the image itself, are a
-  part no level cuts), and a level keeps each part's prefix at the part's offset;
+  groups' slots with their full sizes, and a level keeps each part's prefix at the part's
+  offset;
 * **grouped convolutions** (ResNeXt, RegNet; not depthwise): Torch-Pruning prunes the slots
   on both sides of such a convolution alike in every group (one ranking averaged over the
   groups), so each becomes a slot in ``groups`` groups and a level keeps the same prefix of
@@ -28,7 +28,9 @@ What cannot become slots is refused here, before any training, with the reason:
   ShuffleNet): the layers after the split each read part of one group, at sizes fixed in the
   model's code (``chunk`` halves whatever width it gets), which per-slot prefixes cannot
   follow; a slot that two grouped convolutions group differently; a grouped convolution
-  reading a concatenation;
+  reading a concatenation; a ``torch.cat`` joining a tensor DependencyGraph does not trace
+  (the image itself, a constant), whose parts it cannot place; a side only partly covered by
+  dependency groups;
 * a model whose output does not come straight from an ``nn.Linear`` head (the head every level
   keeps whole and owns), or whose head does not output one score per class;
 * anything DependencyGraph itself cannot trace.
@@ -185,13 +187,18 @@ def analyse(name: str, kwargs: Mapping[str, Any], input_shape: Sequence[int],
 
 
 def _refuse_splits(name: str, graph: tp.DependencyGraph) -> None:
-    """Refuse channels split apart: after a split each consumer reads part of one group."""
-    kinds = {type(m).__name__: m for m in graph.module2node}
-    found = [text for op, text in (("_SplitOp", "torch.split/chunk along channels"),
-                                   ("_UnbindOp", "torch.unbind along channels"))
-             if op in kinds]
-    found += ["a slice along channels" for m in graph.module2node
-              if type(m).__name__ == "_SliceOp" and getattr(m, "dim", None) == 1][:1]
+    """Refuse channels split apart (after a split each consumer reads part of one group) and a
+    concatenation whose parts DependencyGraph could not place."""
+    texts = {"_SplitOp": "torch.split/chunk along channels",
+             "_UnbindOp": "torch.unbind along channels", "_SliceOp": "a slice along channels"}
+    found = []
+    for module, node in graph.module2node.items():
+        kind = type(module).__name__
+        dim = getattr(node.grad_fn, "_saved_dim", None)
+        # Along the batch or a spatial axis channels pass through whole; a negative or unknown
+        # axis may be the channels.
+        if kind in texts and dim not in (0, 2, 3) and texts[kind] not in found:
+            found.append(texts[kind])
     if found:
         raise _refuse(name, f"its channels are split apart ({' and '.join(found)}): each layer "
                             f"after the split reads part of one dependency group, at sizes the "
