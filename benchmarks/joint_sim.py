@@ -350,7 +350,7 @@ class JointController:
     causes: dict[str, int] = field(default_factory=dict)
 
     def start(self, rate_rps: float, now: float) -> tuple[int, int]:
-        target = width_target_rps(self.spec, self.profile, self.policy.tolerance)
+        target = width_target_rps(self.spec, self.profile, self.policy)
         replicas = self.policy.clamp(math.ceil(rate_rps / target))
         self.state = JointState.initial(self.spec.levels.initial_level, replicas, now)
         self.causes = {}
@@ -728,8 +728,7 @@ def main(argv: list[str] | None = None) -> int:
         "joint": {"spec.policy.replicas": {"enabled": True, "min": 1,
                                            "max": world.max_replicas},
                   "defaults": {k: v for k, v in vars(policy).items()},
-                  "width_target_rps": round(width_target_rps(spec, profile,
-                                                             policy.tolerance), 2),
+                  "width_target_rps": round(width_target_rps(spec, profile, policy), 2),
                   "level_policy": "ElasticModel defaults (Predictive, stable 60 s, panic 6 s "
                                   "x2, widen 300 s, tolerance 10 %, headroom 20 %, settle "
                                   "30 s, interval 5 s)"},

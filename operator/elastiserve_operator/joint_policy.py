@@ -21,6 +21,15 @@ serves narrow for as long as the load stays high. This layer runs the level poli
       rising) means the rate seen underestimates the load by an unknown amount: narrow to
       the narrowest allowed level at once, instead of stepping down one rate window at a
       time, and re-fit when the rate window has caught up (rule 4).
+   c. *Guard, when no replicas are wanted*: the level served must be predicted within
+      ``guardShareOfObjective`` of the objective at the same forward-moved rate per ready
+      replica; otherwise narrow now to the best level that is, and widen back as soon as
+      the level policy recommends the wider level again (rule 4). A rate() window shows
+      the load of 10-20 s ago, and minute-scale noise moves a load by several per cent in
+      that time: without the guard, a fleet inside its width band (rule 3) breaches on
+      every such swing before any measurement shows it (the HPA's violations on a smooth
+      day come from exactly this). The guard costs accuracy for seconds at a time; it is
+      what lets the fleet run as hot as an HPA's.
 
 2. **Replicas for capacity, at once.** When the request rate predicted one pod start
    ahead (the measured rate plus its rising trend times the pod start time) exceeds
@@ -30,20 +39,25 @@ serves narrow for as long as the load stays high. This layer runs the level poli
 3. **Replicas for width, when the excess lasts.** The fleet is sized HPA-style (the
    ``tolerance`` band, the highest recommendation over ``scaleDownStabilizationSeconds``
    for a scale-in) around a per-replica *width target*: the rate at which the widest
-   allowed level is predicted at the headroom line, divided by ``1 + tolerance`` so that
-   the top of the band is that line. A scale-out is judged on the forecast, a scale-in
-   on the measured rate. A scale-out for width takes the lowest
-   recommendation over ``max(scaleUpStabilizationSeconds, pod start time)``: an excess
-   that has lasted as long as a pod takes to start will likely last that much longer,
-   and a shorter one is carried by narrowing (a pod that comes up after the burst only
-   costs). So the *pod start time* (measured from the model's own pods,
+   allowed level is predicted at ``widthShareOfObjective`` of the objective (the band's
+   top), divided by ``1 + tolerance``. A scale-out is judged on the forecast, a scale-in
+   on the measured rate. A scale-out is sized like the HPA's, the measured rate at the
+   target, and at least so that the forecast stays inside the band: the trend, fitted on
+   a few minutes of a noisy rate, says when to scale and how far ahead to look, but sized
+   at the target it kept every fleet a trend's worth of noise too large (a plateau after
+   a climb stays inside the band, so the extra replicas stayed). A scale-out for width
+   takes the lowest recommendation over ``max(scaleUpStabilizationSeconds, pod start
+   time)``: an excess that has lasted as long as a pod takes to start will likely last
+   that much longer, and a shorter one is carried by narrowing (a pod that comes up after
+   the burst only costs). So the *pod start time* (measured from the model's own pods,
    ``podStartSeconds`` until then) sets both the forecast horizon and the patience.
 4. **Widen back when the cause is known.** The level policy widens only after its
    stabilisation window (300 s by default), which protects against a load that merely
    dipped. When it recommends a wider level (it would widen but for its window) and the
    headroom has a known cause, this layer widens now: more replicas are ready than at
    the last narrowing, or the narrowing was this layer's own (rule 1) and its reason is
-   gone.
+   gone. Rule 1 is applied after this one, so a widening it would undo at once is never
+   made.
 5. **Scale in only after widening has had its window**: only while the model serves its
    widest allowed level and has for the level policy's ``widenStabilizationSeconds``;
    removing replicas from a narrowed model would trade more accuracy for cost.
@@ -93,6 +107,7 @@ __all__ = [
     "rising_rate",
     "widen_back",
     "widest_fit_rps",
+    "width_band_top_rps",
     "width_target_rps",
 ]
 
@@ -268,13 +283,17 @@ def _level_p95(profile: Sequence[LevelProfile], level: int, rate: float, workers
     return p95_latency_s(rate, service_time_s=service, capacity_rps=capacity, servers=workers)
 
 
-def widest_fit_rps(spec: ElasticModelSpec, profile: Sequence[LevelProfile]) -> float:
-    """Per-replica rate at which the widest allowed level is predicted at the level
-    policy's headroom line: above it the level policy does not widen to (or keep) that
-    level, below it it does."""
+def widest_fit_rps(
+    spec: ElasticModelSpec, profile: Sequence[LevelProfile], share: float | None = None
+) -> float:
+    """Per-replica rate at which the widest allowed level is predicted at ``share`` of the
+    objective; by default the level policy's headroom line (above it the level policy
+    does not widen to that level, below it it does)."""
     level = spec.levels.max_level
     workers = spec.serving.workers
-    line = (1.0 - spec.policy.headroom) * spec.objective.p95_s
+    if share is None:
+        share = 1.0 - spec.policy.headroom
+    line = share * spec.objective.p95_s
     capacity = profile[level].service_and_capacity(workers)[1]
     if _level_p95(profile, level, 0.0, workers) > line:
         return capacity * 1e-3  # the level never fits: size for a trickle, narrowing decides
@@ -288,12 +307,20 @@ def widest_fit_rps(spec: ElasticModelSpec, profile: Sequence[LevelProfile]) -> f
     return lo
 
 
-def width_target_rps(
-    spec: ElasticModelSpec, profile: Sequence[LevelProfile], tolerance: float
+def width_band_top_rps(
+    spec: ElasticModelSpec, profile: Sequence[LevelProfile], policy: ReplicaPolicy
 ) -> float:
-    """The per-replica rate a scale-out sizes for: ``widest_fit_rps / (1 + tolerance)``,
-    so the load may rise by the tolerance before the widest level stops fitting."""
-    return widest_fit_rps(spec, profile) / (1.0 + tolerance)
+    """Per-replica rate past which (one pod start ahead) replicas are wanted for width:
+    the widest allowed level predicted at ``widthShareOfObjective`` of the objective."""
+    return widest_fit_rps(spec, profile, policy.width_share_of_objective)
+
+
+def width_target_rps(
+    spec: ElasticModelSpec, profile: Sequence[LevelProfile], policy: ReplicaPolicy
+) -> float:
+    """The per-replica rate a scale-out sizes for: the band's top over ``1 + tolerance``,
+    so the load may rise by the tolerance before replicas are wanted again."""
+    return width_band_top_rps(spec, profile, policy) / (1.0 + policy.tolerance)
 
 
 def narrowest_capacity_rps(spec: ElasticModelSpec, profile: Sequence[LevelProfile]) -> float:
@@ -418,6 +445,7 @@ def bridge(
     profile: Sequence[LevelProfile],
     now: float,
     rates: Sequence[RateSample] = (),
+    guard_share: float | None = None,
 ) -> tuple[Decision, bool]:
     """Rule 1, narrow first: ``(decision, blind)``, the level policy's decision or a
     narrower one, and whether the narrowing was blind (1b).
@@ -436,6 +464,12 @@ def bridge(
     narrow to the narrowest allowed level at once instead of stepping down one rate
     window at a time, and re-fit once the window has caught up (rule 4, after
     ``settleSeconds``, when the level policy recommends a level again).
+
+    1c. With no replicas wanted or starting, the guard (``guard_share`` of the objective;
+    ``None``: none): the level served predicted over it at the same forward-moved rate
+    per ready replica narrows now to the best level within it. The narrowing is this
+    layer's own, so it is undone as soon as the level policy recommends the wider level
+    and that level is within the guard again (rules 4 and 1c on the next evaluation).
     """
     rate = finite_or_none(observation.request_rate_rps)
     p95 = finite_or_none(observation.p95_s)
@@ -456,6 +490,7 @@ def bridge(
     line = (1.0 - policy.headroom) * spec.objective.p95_s
     blind = rising > rate and p95 >= policy.panic_threshold * spec.objective.p95_s
     waiting = count.cause in _WAITING or ready < count.replicas
+    guard = None if guard_share is None else guard_share * spec.objective.p95_s
     if blind:
         target = lo
         reason = (f"p95 {p95 * 1000.0:.0f} ms: the queue is full while the rate climbs "
@@ -468,6 +503,14 @@ def bridge(
                   f"{count.replicas} asked for) predicts level {level.level} over the "
                   f"{policy.headroom:.0%} headroom line; narrowing {level.level} -> {target} "
                   f"until the replicas are ready")
+    elif not waiting and guard is not None and predictions[level.level] > guard:
+        fit = _most_accurate_fitting(predictions, profile, lo, level.level - 1, guard)
+        target = fit if fit is not None else lo
+        reason = (f"{rising / ready:.1f} rps per ready replica ({rate / ready:.1f} measured, "
+                  f"moved forward by its rise) predicts level {level.level} at "
+                  f"{predictions[level.level] * 1000.0:.0f} ms, over the guard "
+                  f"({guard * 1000.0:.0f} ms); narrowing {level.level} -> {target} until "
+                  f"it fits again")
     else:
         return level, False
     state = level.state.with_recommendation(target, policy.widen_stabilization_s, now)
@@ -542,16 +585,18 @@ def decide_replicas(
                       f"{what}; already at max {policy.max_replicas}", state, forecast)
 
     # 3./5. Width: HPA-style around the width target, stabilised both ways.
-    fit_rps = widest_fit_rps(spec, profile)
+    fit_rps = width_band_top_rps(spec, profile, policy)
     target_rps = fit_rps / (1.0 + policy.tolerance)
     wanted = current
     if forecast > fit_rps * current:
-        wanted = policy.clamp(math.ceil(forecast / target_rps))
+        # The measured rate at the target, and the forecast inside the band.
+        wanted = policy.clamp(max(math.ceil(rate / target_rps),
+                                  math.ceil(forecast / fit_rps)))
     elif rate < target_rps * (1.0 - policy.tolerance) * current:
         wanted = policy.clamp(math.ceil(rate / target_rps))
     state = _recorded(state, wanted, policy, horizon, now)
-    per_replica = (f"{forecast / current:.1f} rps per replica{trend}, widest level fits up "
-                   f"to {fit_rps:.1f}")
+    per_replica = (f"{forecast / current:.1f} rps per replica{trend}, width band up to "
+                   f"{fit_rps:.1f} (target {target_rps:.1f})")
 
     if wanted > current:
         up_window = max(float(policy.scale_up_stabilization_s), horizon)
@@ -628,7 +673,7 @@ def decide_joint(
     count = decide_replicas(observation, replicas, spec, policy, profile, state.replicas,
                             level, now)
     bridged, _ = bridge(level, count, observation, replicas, spec, profile, now,
-                        count.state.rates)
+                        count.state.rates, policy.guard_share_of_objective)
     return JointDecision(bridged, replace(count, state=_marks(
         count.state, bridged, replicas, spec, bridged is not level)))
 

@@ -25,6 +25,20 @@ The fields (``spec.policy.replicas``), with the defaults the API server would ap
   the replicas asked for: narrowing can no longer carry the load.
 * ``tolerance`` (0.1): the HPA's band; no width scaling while the per-replica rate is
   within this fraction of the target.
+* ``widthShareOfObjective`` (0.9): where replicas for width are sized. The top of the
+  tolerance band is the per-replica rate at which the widest allowed level is predicted at
+  this share of the p95 objective; the width target is that rate divided by
+  ``1 + tolerance`` (the HPA's convention: a scale-out lands at the target, the load may
+  rise by the tolerance before the next). Higher runs the fleet hotter: fewer replicas,
+  more time served narrowed by ``guardShareOfObjective``. At 0.9 the target is about the
+  HPA's default 80 % utilisation of the widest level's capacity for a one-worker replica.
+* ``guardShareOfObjective`` (0.75): narrow ahead of a breach. When no replicas are wanted
+  and the level served is predicted above this share of the objective at the rate per
+  ready replica (moved forward by its recent rise), the model narrows at once and widens
+  back as soon as the level policy recommends the wider level again. A rate() window
+  lags the load by 10-20 s; below the width band's top this is what holds the objective
+  through that lag at the cost of some accuracy, and what lets the fleet run hotter than
+  an HPA's. 1.0 narrows only on a predicted breach.
 * ``podStartSeconds`` (the operator's default, 60 unless the chart's
   ``policy.replicas.podStartSeconds`` says otherwise): the pod start time assumed until the
   model's own pods have been measured (creation to Ready); the measured value replaces it.
@@ -60,6 +74,8 @@ REPLICA_DEFAULTS: Mapping[str, Any] = {
     "scaleDownStabilizationSeconds": 300,
     "targetShareOfNarrowest": 0.8,
     "tolerance": 0.1,
+    "widthShareOfObjective": 0.9,
+    "guardShareOfObjective": 0.75,
     "podStartSeconds": 60,
 }
 """The built-in defaults of ``spec.policy.replicas``: the CRD's ``default:`` values, except
@@ -87,6 +103,8 @@ class ReplicaPolicy:
     pod_start_s: int = 60
     pod_start_defaulted: bool = True
     """Whether ``pod_start_s`` is the operator's default (the spec left it out)."""
+    width_share_of_objective: float = 0.9
+    guard_share_of_objective: float = 0.75
 
     def clamp(self, replicas: int) -> int:
         """``replicas`` within ``[min, max]``."""
@@ -133,6 +151,14 @@ def parse_replica_policy(
             lo_exclusive=True,
         ),
         tolerance=r.number("tolerance", REPLICA_DEFAULTS["tolerance"], 0.0, 0.5),
+        width_share_of_objective=r.number(
+            "widthShareOfObjective", REPLICA_DEFAULTS["widthShareOfObjective"], 0.0, 1.0,
+            lo_exclusive=True,
+        ),
+        guard_share_of_objective=r.number(
+            "guardShareOfObjective", REPLICA_DEFAULTS["guardShareOfObjective"], 0.0, 1.0,
+            lo_exclusive=True,
+        ),
         pod_start_s=r.integer("podStartSeconds", pod_start_s, 1, 3600),
         pod_start_defaulted=not r.has("podStartSeconds"),
     )

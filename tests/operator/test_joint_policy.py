@@ -3,8 +3,10 @@
 Fixture numbers (as ``test_policy.py``): four levels served by two workers per replica,
 batch-1 service times 5/8.3/13.3/20 ms (capacities 400/240/150/100 rps per replica),
 objective 100 ms, headroom line 80 ms. So the widest level fits the headroom line up to
-78.2 rps per replica, the width target is 78.2 / 1.1 = 71.1 rps per replica (scale-out
-above 78.2, scale-in under 64.0), and the narrowest level's share (0.8) is 320 rps per
+78.2 rps per replica; the width band's top (the widest level at 90 ms,
+``widthShareOfObjective``) is 80.9 rps per replica, the width target 80.9 / 1.1 = 73.6
+(scale-out above 80.9, scale-in under 66.2); the guard (75 ms) keeps the widest level up
+to 76.5 rps per ready replica; and the narrowest level's share (0.8) is 320 rps per
 replica. The replica policy: ``min`` 2, ``max`` 20, everything else at its defaults.
 """
 
@@ -31,6 +33,7 @@ from elastiserve_operator.joint_policy import (
     narrowest_capacity_rps,
     rising_rate,
     widest_fit_rps,
+    width_band_top_rps,
     width_target_rps,
 )
 from elastiserve_operator.observation import Observation
@@ -149,22 +152,35 @@ ROWS = (
     Row("a-dip-in-the-window-blocks-the-scale-out", level_state(3),
         replica_state(4, recs=(*every(5, 60, 7), (30.0, 4))), 400.0, 4, 2, 4,
         ReplicaCause.SCALE_OUT_PENDING),
+    #    Sized on the measured rate at the target (ceil(400 / 73.6) = 6), not on the forecast
+    #    at the target (460 rps one pod start ahead would be ceil(460 / 73.6) = 7): the
+    #    forecast 460 is inside the band on 6 (up to 485).
+    Row("width-sizes-on-the-measured-rate-at-the-target", level_state(3),
+        replica_state(4, recs=every(5, 60, 8),
+                      rates=tuple((float(a), 400.0 - a) for a in range(300, 0, -30))),
+        400.0, 4, 2, 6, ReplicaCause.WIDTH),
+    #    ...but at least so that the forecast stays inside the band: 580 rps one pod start
+    #    ahead needs ceil(580 / 80.9) = 8.
+    Row("width-keeps-the-forecast-inside-the-band", level_state(3),
+        replica_state(4, recs=every(5, 60, 8),
+                      rates=tuple((float(a), 400.0 - 3.0 * a) for a in range(300, 0, -30))),
+        400.0, 4, 2, 8, ReplicaCause.WIDTH),
     # 4. Widen back as replicas become ready (the level policy would wait 300 s).
     Row("widens-back-as-replicas-become-ready",
         level_state(1, changed_ago=120, recs=((120.0, 1),)),
-        replica_state(6, ready_at_narrowing=4), 360.0, 6, 3, 6, ReplicaCause.STEADY,
+        replica_state(6, ready_at_narrowing=4), 400.0, 6, 3, 6, ReplicaCause.STEADY,
         p95=0.03, expect_level_cause=Cause.HEADROOM),
     Row("no-early-widening-without-new-ready-replicas",
         level_state(1, changed_ago=120, recs=((120.0, 1),)),
-        replica_state(6, ready_at_narrowing=6), 360.0, 6, 1, 6, ReplicaCause.STEADY,
+        replica_state(6, ready_at_narrowing=6), 400.0, 6, 1, 6, ReplicaCause.STEADY,
         p95=0.03, expect_level_cause=Cause.STABILIZING),
     Row("no-early-widening-over-the-objective",
         level_state(1, changed_ago=120, recs=((120.0, 1),)),
-        replica_state(6, ready_at_narrowing=4), 360.0, 6, 1, 6, ReplicaCause.STEADY,
+        replica_state(6, ready_at_narrowing=4), 400.0, 6, 1, 6, ReplicaCause.STEADY,
         p95=0.105),
     Row("own-narrowing-undone-when-its-reason-is-gone",
         level_state(1, changed_ago=120, recs=((120.0, 1),)),
-        replica_state(6, ready_at_narrowing=6, joint_narrowed=True), 360.0, 6, 3, 6,
+        replica_state(6, ready_at_narrowing=6, joint_narrowed=True), 400.0, 6, 3, 6,
         ReplicaCause.STEADY, p95=0.03, expect_level_cause=Cause.HEADROOM),
     # 5. Scale in only after widening has had its window.
     Row("scale-in-waits-for-the-widen-window", level_state(3, changed_ago=100),
@@ -204,6 +220,30 @@ ROWS = (
     Row("rising-rate-without-replicas-wanted-holds", level_state(3),
         replica_state(4, rates=((10.0, 224.0), (5.0, 234.0))), 244.0, 4, 3, 4,
         ReplicaCause.STEADY, p95=0.05),
+    # 1c. The guard: no replicas wanted (76 rps per replica is inside the width band), but
+    #     the rate moved forward by its rise (79 per ready replica) predicts the widest
+    #     level at 82 ms, over the guard's 75 ms: narrow now, before any breach is measured.
+    Row("guard-narrows-ahead-of-a-lagging-rate", level_state(3),
+        replica_state(4, rates=((10.0, 296.0), (5.0, 300.0))), 304.0, 4, 2, 4,
+        ReplicaCause.STEADY, p95=0.06, expect_level_cause=Cause.PREDICTED_OVERLOAD),
+    Row("guard-holds-a-steady-rate-within-it", level_state(3),
+        replica_state(4, rates=((10.0, 296.0), (5.0, 296.0))), 296.0, 4, 3, 4,
+        ReplicaCause.STEADY, p95=0.06),
+    Row("guard-at-one-narrows-only-on-a-predicted-breach", level_state(3),
+        replica_state(4, rates=((10.0, 296.0), (5.0, 300.0))), 304.0, 4, 3, 4,
+        ReplicaCause.STEADY, p95=0.06, policy={"guardShareOfObjective": 1.0}),
+    #     Its narrowing is undone once the widest level fits the guard again (70 rps per
+    #     replica: 61 ms), without the level policy's 300 s...
+    Row("guard-narrowing-undone-when-the-level-fits-again",
+        level_state(2, changed_ago=60, recs=((60.0, 2),)),
+        replica_state(4, ready_at_narrowing=4, joint_narrowed=True), 280.0, 4, 3, 4,
+        ReplicaCause.STEADY, p95=0.04, expect_level_cause=Cause.HEADROOM),
+    #     ...but not while it would be over the guard (77 rps per replica: 76 ms, though
+    #     within the level policy's 80 ms headroom line).
+    Row("guard-never-widens-into-its-own-line",
+        level_state(2, changed_ago=60, recs=((60.0, 2),)),
+        replica_state(4, ready_at_narrowing=4, joint_narrowed=True), 308.0, 4, 2, 4,
+        ReplicaCause.STEADY, p95=0.04),
     # 1b. A full queue while the rate climbs: straight to the narrowest level.
     Row("full-queue-and-climbing-rate-narrows-to-the-narrowest", level_state(3),
         replica_state(4, rates=((10.0, 300.0), (5.0, 340.0))), 380.0, 4, 0, 4,
@@ -241,7 +281,13 @@ class TestTable:
 class TestFixtureNumbers:
     def test_rates_derived_from_the_profile(self) -> None:
         assert widest_fit_rps(SPEC, PROFILE) == pytest.approx(78.18, abs=0.01)
-        assert width_target_rps(SPEC, PROFILE, 0.1) == pytest.approx(71.07, abs=0.01)
+        assert widest_fit_rps(SPEC, PROFILE, 0.75) == pytest.approx(76.50, abs=0.01)
+        assert width_band_top_rps(SPEC, PROFILE, POLICY) == pytest.approx(80.91, abs=0.01)
+        assert width_target_rps(SPEC, PROFILE, POLICY) == pytest.approx(73.56, abs=0.01)
+
+    def test_a_hotter_width_share_sizes_fewer_replicas(self) -> None:
+        hotter = replace(POLICY, width_share_of_objective=1.0)
+        assert width_target_rps(SPEC, PROFILE, hotter) > width_target_rps(SPEC, PROFILE, POLICY)
         assert narrowest_capacity_rps(SPEC, PROFILE) == 400.0
 
     def test_width_target_follows_the_allowed_levels(self) -> None:
@@ -316,7 +362,7 @@ class TestSequences:
             levels.append(decision.level.level)
         assert levels[0] == 2  # narrowed first, at the first evaluation
         assert asked[:11] == [4] * 11  # no replicas before the excess lasted a pod start
-        assert asked[11] == 7  # then the width target's count: ceil(480 / 71.07)
+        assert asked[11] == 7  # then the width target's count: ceil(480 / 73.56)
         assert levels[19] == 2 and levels[20] == 3  # widened as soon as they were ready
         # Scale-in: the window's highest recommendation (7 until 300 s after the drop)
         # and 300 s at the widest level since widening (step 20) both hold it back.

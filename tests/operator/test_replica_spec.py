@@ -39,6 +39,8 @@ class TestDefaults:
             "scaleDownStabilizationSeconds": policy.scale_down_stabilization_s,
             "targetShareOfNarrowest": policy.target_share_of_narrowest,
             "tolerance": policy.tolerance,
+            "widthShareOfObjective": policy.width_share_of_objective,
+            "guardShareOfObjective": policy.guard_share_of_objective,
             "podStartSeconds": policy.pod_start_s,
         } == REPLICA_DEFAULTS
 
@@ -46,10 +48,13 @@ class TestDefaults:
         policy = parse_replica_policy({
             "enabled": True, "min": 3, "max": 40, "scaleUpStabilizationSeconds": 30,
             "scaleDownStabilizationSeconds": 600, "targetShareOfNarrowest": 0.7,
-            "tolerance": 0.05, "podStartSeconds": 90,
+            "tolerance": 0.05, "podStartSeconds": 90, "widthShareOfObjective": 0.85,
+            "guardShareOfObjective": 1,
         })
         assert policy == ReplicaPolicy(True, 3, 40, 30, 600, 0.7, 0.05, 90,
-                                       pod_start_defaulted=False)
+                                       pod_start_defaulted=False,
+                                       width_share_of_objective=0.85,
+                                       guard_share_of_objective=1.0)
 
     def test_the_pod_start_time_defaults_to_the_operators(self) -> None:
         """``podStartSeconds`` is chart-defaulted: the CRD has no default for it."""
@@ -100,6 +105,16 @@ def _refused(raw: Any) -> SpecError:
         ({"max": 3, "targetShareOfNarrowest": float("nan")},
          "spec.policy.replicas.targetShareOfNarrowest", "finite"),
         ({"max": 3, "tolerance": 0.6}, "spec.policy.replicas.tolerance", "<= 0.5"),
+        ({"max": 3, "widthShareOfObjective": 0},
+         "spec.policy.replicas.widthShareOfObjective", "> 0"),
+        ({"max": 3, "widthShareOfObjective": 1.1},
+         "spec.policy.replicas.widthShareOfObjective", "<= 1"),
+        ({"max": 3, "guardShareOfObjective": -0.5},
+         "spec.policy.replicas.guardShareOfObjective", "> 0"),
+        ({"max": 3, "guardShareOfObjective": 1.5},
+         "spec.policy.replicas.guardShareOfObjective", "<= 1"),
+        ({"max": 3, "guardShareOfObjective": "high"},
+         "spec.policy.replicas.guardShareOfObjective", "number"),
         ({"max": 3, "tolerance": "10%"}, "spec.policy.replicas.tolerance", "number"),
         ({"max": 3, "podStartSeconds": 0}, "spec.policy.replicas.podStartSeconds", ">= 1"),
         ({"max": 3, "maxReplicas": 4}, "spec.policy.replicas.maxReplicas", "unknown field"),
