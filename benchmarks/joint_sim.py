@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/joint_sim.py                  # full run, reporting seeds
     .venv/bin/python benchmarks/joint_sim.py --quick          # a short check (the test)
     .venv/bin/python benchmarks/joint_sim.py --seeds 101 102 103 --out /tmp/tune.json
+    .venv/bin/python benchmarks/joint_sim.py --explain diurnal 101   # where joint loses
 
 Three traces (``diurnal``: one day; ``bursty``: a flat load with Poisson-timed spikes of
 1.4-2.6x lasting minutes; ``ramp``: a slow climb over three hours), each peaking near the
@@ -348,6 +349,8 @@ class JointController:
     interval_s: int = 5
     state: JointState | None = None
     causes: dict[str, int] = field(default_factory=dict)
+    latest: tuple[str, str] = ("", "")
+    """The last evaluation's (replica cause, level cause), for ``explain``."""
 
     def start(self, rate_rps: float, now: float) -> tuple[int, int]:
         target = width_target_rps(self.spec, self.profile, self.policy)
@@ -362,6 +365,7 @@ class JointController:
         decision = decide_joint(observation, ReplicaObservation(ready, pod_start_s), self.spec,
                                 self.policy, self.profile, self.state, now)
         self.state = decision.state
+        self.latest = (decision.replicas.cause.value, decision.level.cause.value)
         if decision.replicas.changed:
             key = decision.replicas.cause.value
             self.causes[key] = self.causes.get(key, 0) + 1
@@ -679,6 +683,55 @@ def table(document: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def explain(name: str, seed: int, *, quick: bool = False, world: World | None = None) -> str:
+    """Where the joint policy loses against the HPA on one run (a diagnostic; the world is
+    the benchmark's): its violation seconds, and the replica-seconds it spends beyond the
+    HPA's (or saves), each by the cause of its latest decision (replica cause, level
+    cause) and the level served."""
+    world = world or World()
+    spec = build_spec()
+    profile = profile_from_spec(spec.model.profile)
+    policy = parse_replica_policy({"enabled": True, "min": 1, "max": world.max_replicas})
+    full = profile[-1].service_and_capacity(1)[1]
+    peak = 0.95 * world.max_replicas * world.hpa_target_utilization * full
+    seconds = TRACES[name][1] // (12 if quick else 1)
+    trace = make_trace(name, peak, seconds, seed)
+    hpa, _, joint = controllers(spec, profile, policy, world, trace)
+    assert isinstance(joint, JointController)
+    hpa_rows: list[tuple[int, float, int, int, int, float, bool]] = []
+    simulate(trace, hpa, profile, world, spec.objective.p95_s, seed, hpa_rows)
+    rows: list[tuple[int, float, int, int, int, float, bool]] = []
+    seen: list[tuple[str, str]] = []
+    step = joint.step
+
+    def logged(observation: Observation, ready: int, pod_start_s: float | None,
+               now: float) -> tuple[int, int]:
+        out = step(observation, ready, pod_start_s, now)
+        seen.append(joint.latest)
+        return out
+
+    joint.step = logged  # type: ignore[method-assign]
+    simulate(trace, joint, profile, world, spec.objective.p95_s, seed, rows)
+    violations: dict[str, int] = {}
+    extra: dict[str, float] = {}
+    cause = ("(start)", "")
+    evaluations = iter(seen)
+    for (t, _, ready, asked, level, _, violated), hpa_row in zip(rows, hpa_rows, strict=True):
+        if t > 0 and t % joint.interval_s == 0:
+            cause = next(evaluations, cause)
+        key = f"{cause[0]} / {cause[1]} / L{level}" + (" / starting" if asked > ready else "")
+        if violated:
+            violations[key] = violations.get(key, 0) + 1
+        extra[cause[0]] = extra.get(cause[0], 0.0) + asked - hpa_row[3]
+    lines = [f"{name} seed {seed}: joint {sum(violations.values())} violation s; "
+             f"replica-s joint - hpa = {sum(extra.values()):+.0f}",
+             "violation seconds by (replica cause / level cause / level served):"]
+    lines += [f"  {n:6d}  {k}" for k, n in sorted(violations.items(), key=lambda i: -i[1])]
+    lines.append("replica-seconds beyond the HPA's, by the joint's replica cause:")
+    lines += [f"  {v:+12.0f}  {k}" for k, v in sorted(extra.items(), key=lambda i: -i[1])]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
@@ -686,7 +739,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", help="default: the reporting seeds")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--explain", nargs=2, metavar=("TRACE", "SEED"),
+                        help="print where the joint loses on one run (nothing written)")
     args = parser.parse_args(argv)
+    if args.explain:
+        name, seed = args.explain
+        if name not in TRACES or not seed.isdigit():
+            print(f"--explain: TRACE one of {', '.join(TRACES)}, SEED an integer; "
+                  f"got {name} {seed}", file=sys.stderr)
+            return 2
+        print(explain(name, int(seed), quick=args.quick))
+        return 0
     seeds = tuple(args.seeds) if args.seeds else ((1,) if args.quick else REPORT_SEEDS)
     world = World()
     started = time.perf_counter()

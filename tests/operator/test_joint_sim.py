@@ -133,3 +133,20 @@ class TestHpaBaseline:
         assert self.step(controller, 0.0, 15.0) == 1
         big = self.hpa(999)
         assert self.step(big, 10_000_000.0, 15.0) == 1000
+
+
+class TestExplain:
+    """The diagnostic that says where the joint policy loses against the HPA."""
+
+    def test_accounts_for_every_violation_second(self, quick: dict[str, Any]) -> None:
+        text = joint_sim.explain("ramp", 1, quick=True)
+        head, *rest = text.splitlines()
+        violations = int(head.split("joint ")[1].split(" violation")[0])
+        assert violations == quick["traces"]["ramp"]["joint"]["per_seed"][0]["violation_s"]
+        listed = rest[1:rest.index("replica-seconds beyond the HPA's, by the joint's "
+                                   "replica cause:")]
+        assert sum(int(line.split()[0]) for line in listed) == violations
+
+    def test_bad_arguments_exit_2(self, capsys: pytest.CaptureFixture[str]) -> None:
+        assert joint_sim.main(["--explain", "weekly", "1"]) == 2
+        assert "TRACE one of diurnal, bursty, ramp" in capsys.readouterr().err
