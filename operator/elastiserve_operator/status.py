@@ -240,6 +240,8 @@ def effective_policy(
             "scaleDownStabilizationSeconds": replicas.scale_down_stabilization_s,
             "targetShareOfNarrowest": replicas.target_share_of_narrowest,
             "tolerance": replicas.tolerance,
+            "widthShareOfObjective": replicas.width_share_of_objective,
+            "guardShareOfObjective": replicas.guard_share_of_objective,
             "podStartSeconds": replicas.pod_start_s,
         }
         sources["policy.replicas.podStartSeconds"] = (

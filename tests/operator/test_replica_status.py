@@ -115,6 +115,9 @@ def test_the_effective_policy_lists_the_replica_policy_while_enabled() -> None:
     on = parse_replica_policy({"enabled": True, "max": 9}, pod_start_s=80)
     got = effective_policy(spec(), on)
     assert got["replicas"]["max"] == 9 and got["replicas"]["podStartSeconds"] == 80
+    # Every knob in effect is shown, the joint policy's shares included.
+    assert got["replicas"]["widthShareOfObjective"] == 0.9
+    assert got["replicas"]["guardShareOfObjective"] == 0.75
     assert got["sources"]["policy.replicas.podStartSeconds"] == "chartDefault"
     own = parse_replica_policy({"enabled": True, "max": 9, "podStartSeconds": 5})
     assert effective_policy(spec(), own)["sources"]["policy.replicas.podStartSeconds"] == "spec"
