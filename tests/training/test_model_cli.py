@@ -85,10 +85,26 @@ def test_user_factory_trains_and_serving_side_must_allow_it(
     assert len(load_bundle(out / "bundle").build_all()) == 2
 
 
+@pytest.mark.parametrize("factory", ["with_concat", "with_grouped_conv"])
+def test_concatenation_and_grouped_convolutions_train_from_the_cli(
+        tmp_path: Path, fresh_trust: None, monkeypatch: pytest.MonkeyPatch, factory: str) -> None:
+    """Once refused up front; now a composite axis (concatenation) or a slot kept alike per
+    group (grouped convolution) carries them through the same command and bundle."""
+    out = tmp_path / "run"
+    name = f"{FACTORY}:{factory}"
+    assert main(["train", "--model", name, "--dataset", "generated", "--image-size", "32",
+                 "--epochs", "1", *FAST, "--out", str(out)]) == 0
+    monkeypatch.setenv(constructors.ALLOW_ENV, name)
+    levels = load_bundle(out / "bundle").build_all()
+    assert len(levels) == 2
+    outputs = [level(torch.zeros(2, 3, 32, 32)) for level in levels]
+    assert all(o.shape == outputs[-1].shape for o in outputs)
+
+
 @pytest.mark.parametrize("model, reason", [
     (f"{FACTORY}:with_layer_norm", "norm is a GroupNorm holding tensors"),
-    (f"{FACTORY}:with_grouped_conv", "grouped convolution (groups=2"),
-    (f"{FACTORY}:with_concat", "concatenated or split"),
+    (f"{FACTORY}:chunk_block", "split apart (torch.split/chunk along channels)"),
+    (f"{FACTORY}:mixed_groups", "groups the channels of one dependency group"),
     (f"{FACTORY}:with_conv_head", "does not come straight from an nn.Linear head"),
     ("torchvision:squeezenet1_0", "does not come straight from an nn.Linear head"),
     ("torchvision:fcos_resnet50_fpn", "not a torchvision classification model"),
