@@ -8,16 +8,18 @@ bit-identical through every growth, the levels must be prefixes of the largest a
 MACs level by level (:func:`external_pipeline.prune_grow_and_check`).
 
 ResNet-18, MobileNetV3-Small and EfficientNet-B0 at 3x16x16 (residual adds, depthwise convs,
-squeeze-and-excitation); DenseNet-121 at 3x32x32, its smallest input (a ``torch.cat`` before
-every dense layer, its layout's concatenated sides up to 25 parts: the slowest case here,
-most of it in Torch-Pruning's concatenation bookkeeping while pruning); RegNetX-400MF at
-3x32x32 (grouped 3x3 convolutions, module names such as ``block1-0``, a constructor that
-cannot run on the meta device). ResNeXt is covered on torchvision's own ResNeXt ``ResNet``
-class at a small size in ``test_model_structures.py``.
+squeeze-and-excitation); RegNetX-400MF at 3x32x32 (grouped 3x3 convolutions, module names
+such as ``block1-0``, a constructor that cannot run on the meta device). Concatenation is
+covered on torchvision's own ``DenseNet`` class at a small size, and ResNeXt on its ResNeXt
+``ResNet`` class, in ``test_model_structures.py``. DenseNet-121 itself (3x32x32, its layout's
+concatenated sides up to 25 parts) passed this same check in three runs (32-87 s, most of it
+Torch-Pruning's concatenation bookkeeping) and is left out of the suite for its time: set
+``ELASTISERVE_SLOW_MODELS=1`` to include it.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -30,13 +32,17 @@ torch.set_num_threads(1)
 CLASSES = 4
 
 
-@pytest.mark.parametrize("name, size", [
+MODELS = [
     ("torchvision:resnet18", 16),
     ("torchvision:mobilenet_v3_small", 16),
     ("torchvision:efficientnet_b0", 16),
-    ("torchvision:densenet121", 32),
     ("torchvision:regnet_x_400mf", 32),
-])
+]
+if os.environ.get("ELASTISERVE_SLOW_MODELS") == "1":
+    MODELS.append(("torchvision:densenet121", 32))
+
+
+@pytest.mark.parametrize("name, size", MODELS)
 def test_torchvision_prune_and_grow(tmp_path: Path, name: str, size: int) -> None:
     args = prune_grow_and_check(tmp_path, name, (3, size, size), CLASSES)
     sides = [side for entry in args["layout"].values() for side in entry[:2]]
