@@ -107,10 +107,15 @@ class Clock:
         return self.now
 
 
-RATE = grouped_form(DEFAULT_RATE_QUERY)
-LATENCY = grouped_form(DEFAULT_LATENCY_QUERY)
-SHARE = grouped_form(SERVED_SHARE_QUERY)
-assert RATE is not None and LATENCY is not None and SHARE is not None
+def form_of(template: str) -> Grouped:
+    form = grouped_form(template)
+    assert form is not None
+    return form
+
+
+RATE = form_of(DEFAULT_RATE_QUERY)
+LATENCY = form_of(DEFAULT_LATENCY_QUERY)
+SHARE = form_of(SERVED_SHARE_QUERY)
 
 
 def grouped(form: Grouped, namespace: str = "ml") -> str:
