@@ -6,9 +6,11 @@ seed 3) live in their own subpackages, each exposing ``add_arguments(group)`` an
 ``run(args, data, rank) -> int``. All of them share the data and output arguments below and write
 the same bundle format.
 
-``--model torchvision:<name>`` or ``--model package.module:factory`` (prune-and-grow only) takes
-a model this project did not write: :mod:`.model_analysis` derives its dependency groups with
-Torch-Pruning's DependencyGraph, or refuses it with the reason, before any training.
+``--model torchvision:<name>`` or ``--model package.module:factory`` takes a model this project
+did not write: :mod:`.model_analysis` derives its dependency groups with Torch-Pruning's
+DependencyGraph, or refuses it with the reason, before any training. Prune-and-grow and
+regrowth (both forms) work on that layout; discovery does not, since it removes whole residual
+blocks, which a dependency-group layout does not describe.
 
 Runs plain (one process) or under ``torchrun --nproc_per_node N`` (DDP, gloo on CPU, NCCL on
 GPU is not used here). Interrupt it at any time: rerunning the same command in the same
@@ -43,6 +45,10 @@ STRATEGY_MODULES: dict[str, str] = {
 }
 """Strategies other than prune-and-grow: name -> module with add_arguments/run."""
 
+MODEL_STRATEGIES = ("prune-grow", "regrowth")
+"""Strategies that take ``--model`` (a dependency-group layout); discovery needs the in-project
+architectures' residual blocks."""
+
 
 def anchor_strengths(text: str) -> float | tuple[float, ...]:
     """``--anchor``: ``0.2`` (every level) or ``0,0.05,0.2,0.2`` (one per level)."""
@@ -60,15 +66,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="prune-grow (seed 1, default), regrowth (seed 2), discovery (seed 3)")
     parser.add_argument("--arch", choices=ARCHITECTURES, default="resnet20")
     parser.add_argument("--model", default=None, metavar="torchvision:NAME|PKG.MOD:FACTORY",
-                        help="prune-grow: instead of --arch, a torchvision classification model "
-                             "or your own factory returning an nn.Module (the serving side must "
+                        help="prune-grow, regrowth: instead of --arch, a torchvision "
+                             "classification model or your own factory returning an nn.Module "
+                             "(the serving side must "
                              f"list it in {constructors.ALLOW_ENV}); refused up front with the "
                              "reason when its structure cannot be nested")
     parser.add_argument("--model-arg", action="append", default=[], metavar="NAME=VALUE",
                         help="keyword argument for --model's constructor (JSON value or string; "
                              "repeatable); torchvision's num_classes defaults to the data's")
     parser.add_argument("--weights", type=Path, default=None, metavar="FILE",
-                        help="prune-grow with --model: your trained full model, safetensors or "
+                        help="with --model: your trained full model, safetensors or "
                              "a PyTorch state dict (read with weights_only=True); --epochs is "
                              "then unused")
     parser.add_argument("--width-mult", type=float, default=1.0,
@@ -164,8 +171,8 @@ def _device(setting: str) -> str | None:
     return None if setting == "cuda" else "cpu"
 
 
-def _architecture(args: argparse.Namespace, input_shape: tuple[int, int, int],
-                  num_classes: int) -> tuple[str, dict[str, Any]]:
+def resolve_architecture(args: argparse.Namespace, input_shape: tuple[int, int, int],
+                         num_classes: int) -> tuple[str, dict[str, Any]]:
     """``--arch`` with its width, or ``--model`` analysed into a dependency-group layout."""
     if args.model is None:
         return args.arch, {"in_channels": input_shape[0], "num_classes": num_classes,
@@ -186,15 +193,16 @@ def _run(args: argparse.Namespace, rank: int) -> int:
                         channels=3).limit(args.train_subset, args.test_subset, args.seed)
     if args.model is not None:
         data = data.rgb()  # a constructor's model takes three channels
-    if args.model is not None and args.strategy in STRATEGY_MODULES:
-        raise ValueError(f"--model works with --strategy prune-grow only; {args.strategy} needs "
-                         f"one of the in-project architectures (--arch)")
+    if args.model is not None and args.strategy not in MODEL_STRATEGIES:
+        raise ValueError(f"--model does not work with --strategy {args.strategy}: it removes "
+                         f"whole residual blocks, which a DependencyGraph layout does not "
+                         f"describe (use --arch, or --strategy prune-grow or regrowth)")
     if args.weights is not None and args.model is None:
         raise ValueError("--weights goes with --model (use --baseline-weights with --arch)")
     if args.strategy in STRATEGY_MODULES:
         strategy_run = importlib.import_module(STRATEGY_MODULES[args.strategy]).run
         return int(strategy_run(args, data, rank))
-    arch, arch_args = _architecture(args, data.input_shape, len(data.class_names))
+    arch, arch_args = resolve_architecture(args, data.input_shape, len(data.class_names))
     weights = args.weights if args.weights is not None else args.baseline_weights
     cfg = PipelineConfig(
         arch=arch,

@@ -14,6 +14,14 @@ one-shot or iterative (``--schedule``, ``--steps-per-level`` steps), then regrow
 Writes ``OUT/report.json`` (the strategies' common contract plus the whole trajectory),
 ``OUT/report.md`` and ``OUT/trajectory.png``. The baseline is cached in
 ``OUT/baseline.safetensors`` (with its configuration) and reused by a rerun.
+
+``--model`` (a torchvision model or a user's factory, analysed into a dependency-group layout
+by the training CLI) works with both forms: the baseline is its constructor's model (trained,
+or ``--weights``), the sparse artifacts record the constructor and layout as their
+architecture, and the structured form cuts the constructed model along the layout as
+prune-and-grow does. Structured regrowth refuses a layout with a concatenated or grouped axis:
+it scores and regrows channels per plain slot (a gate per output channel), and such an axis
+does not map a slot's channels one to one onto a layer's rows.
 """
 
 from __future__ import annotations
@@ -29,12 +37,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from elastiserve_store import architectures, load_bundle
+from elastiserve_store import architectures, constructors, load_bundle
 from elastiserve_store.profile import count_macs, count_params
+from elastiserve_store.slots import Composite, tensor_slots
 from elastiserve_store.sparse import dense_bytes
 
 from .. import loop
+from ..cli import resolve_architecture
 from ..data import Dataset
+from ..pipeline import _load_baseline
 from ..schedules import iterative
 from .budget import Budget, BudgetError, geometric_keeps
 from .plot import plot_trajectory
@@ -99,26 +110,45 @@ def _budget(args: argparse.Namespace) -> Budget | None:
     return None
 
 
-def _arch_args(args: argparse.Namespace, data: Dataset) -> dict[str, Any]:
-    return {"in_channels": data.input_shape[0], "num_classes": len(data.class_names),
-            "width_mult": args.width_mult}
+def _architecture(args: argparse.Namespace, data: Dataset) -> tuple[str, dict[str, Any]]:
+    """``--arch`` with its width, or ``--model`` analysed into a layout (as prune-and-grow)."""
+    return resolve_architecture(args, data.input_shape, len(data.class_names))
 
 
-def _baseline(args: argparse.Namespace, data: Dataset, arch_args: dict[str, Any]
+def check_structured(arch: str, arch_args: dict[str, Any]) -> None:
+    """Refuse, before any training, a layout structured regrowth cannot gate channel by
+    channel: one with a concatenated or grouped axis (see the module docstring)."""
+    if not constructors.is_external(arch):
+        return
+    for name, info in tensor_slots(architectures.build(arch, arch_args)).items():
+        if any(isinstance(axis, Composite) for axis in info.axes):
+            raise ValueError(
+                f"--regrowth-form structured cannot take {arch}: {name} has a concatenated or "
+                f"grouped channel axis, and structured regrowth gates one plain slot's "
+                f"channels at a time (use --regrowth-form unstructured or --strategy "
+                f"prune-grow)")
+
+
+def _baseline(args: argparse.Namespace, data: Dataset, arch: str, arch_args: dict[str, Any]
               ) -> tuple[nn.Module, float]:
-    """Train the dense network, or reuse the one a previous run with the same settings left."""
-    key = {"arch": args.arch, "arch_args": arch_args, "epochs": args.epochs, "lr": args.lr,
+    """Train the dense network (or load ``--weights``), or reuse the one a previous run with
+    the same settings left."""
+    weights: Path | None = getattr(args, "weights", None)
+    key = {"arch": arch, "arch_args": arch_args, "epochs": args.epochs, "lr": args.lr,
            "batch_size": args.batch_size, "seed": args.seed, "dataset": data.name,
-           "train": len(data.train.labels)}
+           "train": len(data.train.labels),
+           "weights": None if weights is None else [str(weights), weights.stat().st_mtime_ns]}
     path, meta = args.out / "baseline.safetensors", args.out / "baseline.json"
     torch.manual_seed(args.seed)
-    model = architectures.build(args.arch, arch_args)
+    model = architectures.build(arch, arch_args)
     if path.is_file() and meta.is_file() and json.loads(meta.read_text()).get("key") == key:
         model.load_state_dict(load_file(str(path)))
         return model.to(args.regrowth_device), float(json.loads(meta.read_text())["seconds"])
+    if weights is not None:
+        _load_baseline(model, weights)
     model.to(args.regrowth_device)
     start = time.perf_counter()
-    if args.epochs > 0:
+    if args.epochs > 0 and weights is None:
         loop.train(model, data.train, torch.tensor(data.mean), torch.tensor(data.std),
                    loop.TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                                     seed=args.seed * 7919 + 1))
@@ -176,14 +206,14 @@ def run(args: argparse.Namespace, data: Dataset, rank: int) -> int:
 def _unstructured(args: argparse.Namespace, data: Dataset, budget: Budget | None
                   ) -> dict[str, Any]:
     start = time.perf_counter()
-    arch_args = _arch_args(args, data)
-    dense, base_seconds = _baseline(args, data, arch_args)
+    arch, arch_args = _architecture(args, data)
+    dense, base_seconds = _baseline(args, data, arch, arch_args)
     cfg = SparseConfig(importance=args.regrowth_importance, init=args.regrowth_init,
                        prune_epochs=args.prune_epochs, core_epochs=args.core_epochs,
                        grow_epochs=args.grow_epochs, lr=args.lr, batch_size=args.batch_size,
                        calib_batches=args.regrowth_calib_batches, seed=args.seed)
     traj = SparseTrajectory(dense, data, cfg, args.out / "levels", metadata={
-        "architecture": args.arch, "arch_args": arch_args,
+        "architecture": arch, "arch_args": arch_args,
         "input_shape": list(data.input_shape), "class_names": list(data.class_names),
         "normalisation": {"mean": list(data.mean), "std": list(data.std)}})
     extreme = args.regrowth_sparsity if budget is None else traj.sparsity_for(budget, dense)
@@ -214,7 +244,7 @@ def _unstructured(args: argparse.Namespace, data: Dataset, budget: Budget | None
     pruned = [p for p in points if p.phase == "pruned"]
     levels = [pruned[-1]] + [p for p in points if p.phase == "regrown"]
     return {
-        "strategy": "regrowth", "form": "unstructured", "architecture": args.arch,
+        "strategy": "regrowth", "form": "unstructured", "architecture": arch,
         "arch_args": arch_args, "schedule": schedule,
         "budget": None if budget is None else {"kind": budget.kind, "value": budget.value},
         "importance": args.regrowth_importance, "init": args.regrowth_init,
@@ -236,10 +266,11 @@ def _unstructured(args: argparse.Namespace, data: Dataset, budget: Budget | None
 def _structured(args: argparse.Namespace, data: Dataset, budget: Budget | None
                 ) -> dict[str, Any]:
     start = time.perf_counter()
-    arch_args = _arch_args(args, data)
+    arch, arch_args = _architecture(args, data)
+    check_structured(arch, arch_args)
     shape = data.input_shape
     cfg = StructuredConfig(
-        arch=args.arch, arch_args=arch_args, prune_importance=args.importance,
+        arch=arch, arch_args=arch_args, prune_importance=args.importance,
         regrow_importance=args.regrowth_importance, init=args.regrowth_init,
         prune_epochs=args.prune_epochs, core_epochs=args.core_epochs,
         grow_epochs=args.grow_epochs, lr=args.lr, batch_size=args.batch_size,
@@ -257,7 +288,7 @@ def _structured(args: argparse.Namespace, data: Dataset, budget: Budget | None
         keeps = geometric_keeps(keep, final, args.regrowth_steps)
     if not keeps:
         raise ValueError("no regrowth level is wider than the pruned network")
-    dense, base_seconds = _baseline(args, data, arch_args)
+    dense, base_seconds = _baseline(args, data, arch, arch_args)
     dense.cpu()
     steps = args.steps_per_level if args.schedule == "iterative" else 1
     traj = StructuredTrajectory(cfg, data)
@@ -280,7 +311,7 @@ def _structured(args: argparse.Namespace, data: Dataset, budget: Budget | None
                    "macs_ratio": 1.0, "params": count_params(dense),
                    "train_seconds": base_seconds}
     return {
-        "strategy": "regrowth", "form": "structured", "architecture": args.arch,
+        "strategy": "regrowth", "form": "structured", "architecture": arch,
         "arch_args": arch_args, "schedule": "iterative" if steps > 1 else "one-shot",
         "budget": None if budget is None else {"kind": budget.kind, "value": budget.value},
         "importance": args.regrowth_importance, "init": args.regrowth_init,
