@@ -134,6 +134,8 @@ def _baseline(args: argparse.Namespace, data: Dataset, arch: str, arch_args: dic
     """Train the dense network (or load ``--weights``), or reuse the one a previous run with
     the same settings left."""
     weights: Path | None = getattr(args, "weights", None)
+    if weights is not None and not weights.is_file():
+        raise ValueError(f"--weights {weights}: no such file")
     key = {"arch": arch, "arch_args": arch_args, "epochs": args.epochs, "lr": args.lr,
            "batch_size": args.batch_size, "seed": args.seed, "dataset": data.name,
            "train": len(data.train.labels),
