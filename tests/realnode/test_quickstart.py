@@ -458,7 +458,10 @@ def test_quickstart_on_the_real_node(
         low_loader.start()
         wait_until(lambda: timeline.level() == FULL, what="the model to widen when load fell",
                    timeout_s=180.0, interval_s=0.5,
-                   detail=lambda: f" (levels {timeline.changes}, p95 s {p95_now(prometheus)})")
+                   detail=lambda: (f" (levels {timeline.changes}, p95 s {p95_now(prometheus)}"
+                                   f", client latency in the last 10 s "
+                                   f"{recent_latency(results_by_pod, low)}, load "
+                                   f"{os.getloadavg()})"))
         wait_until(lambda: all_answer_at_current_level(results_by_pod, timeline, pods),
                    what="every replica to answer at the full level again", timeout_s=30.0,
                    interval_s=0.1)
@@ -546,6 +549,19 @@ def port_forward(cluster: Any, args: list[str]) -> Iterator[None]:
         finally:
             proc.terminate()
             proc.wait(timeout=10)
+
+
+def recent_latency(by_pod: list[tuple[str, Result]], service: list[Result],
+                   seconds: float = 10.0) -> dict[str, str]:
+    """p50/p95 ms of what the clients saw lately, per pod (direct) and through the Service:
+    tells a slow node (both high) from a slow path in front of the pods (failure detail)."""
+    since = time.monotonic() - seconds
+    groups: dict[str, list[float]] = {}
+    for name, r in [*list(by_pod), *(("service", r) for r in list(service))]:
+        if r.received >= since and r.status == 200:
+            groups.setdefault(name, []).append(r.latency_s * 1000)
+    return {name: f"{percentile(v, 50):.0f}/{percentile(v, 95):.0f} ms ({len(v)})"
+            for name, v in sorted(groups.items())}
 
 
 def p95_now(prometheus: PrometheusServer) -> str:
