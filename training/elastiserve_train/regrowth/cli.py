@@ -19,9 +19,7 @@ Writes ``OUT/report.json`` (the strategies' common contract plus the whole traje
 by the training CLI) works with both forms: the baseline is its constructor's model (trained,
 or ``--weights``), the sparse artifacts record the constructor and layout as their
 architecture, and the structured form cuts the constructed model along the layout as
-prune-and-grow does. Structured regrowth refuses a layout with a concatenated or grouped axis:
-it scores and regrows channels per plain slot (a gate per output channel), and such an axis
-does not map a slot's channels one to one onto a layer's rows.
+prune-and-grow does, concatenated and grouped axes included (:mod:`.channels`).
 """
 
 from __future__ import annotations
@@ -37,9 +35,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from elastiserve_store import architectures, constructors, load_bundle
+from elastiserve_store import architectures, load_bundle
 from elastiserve_store.profile import count_macs, count_params
-from elastiserve_store.slots import Composite, tensor_slots
 from elastiserve_store.sparse import dense_bytes
 
 from .. import loop
@@ -113,20 +110,6 @@ def _budget(args: argparse.Namespace) -> Budget | None:
 def _architecture(args: argparse.Namespace, data: Dataset) -> tuple[str, dict[str, Any]]:
     """``--arch`` with its width, or ``--model`` analysed into a layout (as prune-and-grow)."""
     return resolve_architecture(args, data.input_shape, len(data.class_names))
-
-
-def check_structured(arch: str, arch_args: dict[str, Any]) -> None:
-    """Refuse, before any training, a layout structured regrowth cannot gate channel by
-    channel: one with a concatenated or grouped axis (see the module docstring)."""
-    if not constructors.is_external(arch):
-        return
-    for name, info in tensor_slots(architectures.build(arch, arch_args)).items():
-        if any(isinstance(axis, Composite) for axis in info.axes):
-            raise ValueError(
-                f"--regrowth-form structured cannot take {arch}: {name} has a concatenated or "
-                f"grouped channel axis, and structured regrowth gates one plain slot's "
-                f"channels at a time (use --regrowth-form unstructured or --strategy "
-                f"prune-grow)")
 
 
 def _baseline(args: argparse.Namespace, data: Dataset, arch: str, arch_args: dict[str, Any]
@@ -269,7 +252,6 @@ def _structured(args: argparse.Namespace, data: Dataset, budget: Budget | None
                 ) -> dict[str, Any]:
     start = time.perf_counter()
     arch, arch_args = _architecture(args, data)
-    check_structured(arch, arch_args)
     shape = data.input_shape
     cfg = StructuredConfig(
         arch=arch, arch_args=arch_args, prune_importance=args.importance,

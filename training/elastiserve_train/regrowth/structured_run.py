@@ -11,7 +11,7 @@ So every regrown network is an ordinary nested level and the result is an ordina
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from torch import nn
 
 from elastiserve_store import InputSpec, Normalisation, architectures, write_bundle
 from elastiserve_store.profile import count_macs, latency_ms
-from elastiserve_store.slots import Widths, tensor_slots
+from elastiserve_store.slots import Widths, slot_groups, tensor_slots
 
 from .. import loop
 from ..data import Dataset
@@ -56,9 +56,16 @@ class StructuredConfig:
                                 seed=self.seed * 7919 + salt)
 
 
-def min_keep(full: Widths) -> float:
-    """The smallest keep ratio that leaves at least one channel in every slot."""
-    return max(1.0 / n for n in full.values()) + 1e-9
+def min_keep(full: Widths, groups: Mapping[str, int] | None = None) -> float:
+    """The smallest keep ratio that leaves at least one channel in every slot (in every group
+    of a grouped slot)."""
+    g = dict(groups or {})
+    return max(g.get(s, 1) / n for s, n in full.items()) + 1e-9
+
+
+def slot_groups_of(arch: str, arch_args: dict[str, Any]) -> dict[str, int]:
+    """Group count per slot (1 but for the grouped slots of a constructor-built model)."""
+    return slot_groups(tensor_slots(architectures.build(arch, arch_args)))
 
 
 def level_macs(arch: str, arch_args: dict[str, Any], widths: Widths,
@@ -70,17 +77,18 @@ def keep_for_budget(cfg: StructuredConfig, budget: Budget, input_shape: tuple[in
                     ) -> float:
     """Widest channel keep ratio whose level meets ``budget`` (MACs, MACs ratio or bytes)."""
     full = architectures.full_widths(cfg.arch, cfg.arch_args)
+    groups = slot_groups_of(cfg.arch, cfg.arch_args)
     full_macs = level_macs(cfg.arch, cfg.arch_args, full, input_shape)
 
     def cost(keep: float) -> float:
-        widths = target_widths(full, keep)
+        widths = target_widths(full, keep, groups)
         if budget.kind == "bytes":
             model = architectures.build(cfg.arch, cfg.arch_args, widths)
             return float(sum(t.numel() * t.element_size() for t in model.state_dict().values()))
         macs = level_macs(cfg.arch, cfg.arch_args, widths, input_shape)
         return macs / full_macs if budget.kind == "macs_ratio" else float(macs)
 
-    return largest_keep_within(cost, budget, min_keep=min_keep(full), iterations=20)
+    return largest_keep_within(cost, budget, min_keep=min_keep(full, groups), iterations=20)
 
 
 class StructuredTrajectory:
@@ -92,6 +100,7 @@ class StructuredTrajectory:
         self.mean = torch.tensor(data.mean)
         self.std = torch.tensor(data.std)
         self.full = architectures.full_widths(cfg.arch, cfg.arch_args)
+        self.groups = slot_groups_of(cfg.arch, cfg.arch_args)
         self.keeps: list[float] = []
         self.accuracies: list[float] = []
         self.seconds: list[float] = []
@@ -154,7 +163,8 @@ class StructuredTrajectory:
                              f"{self.keeps[-1]}")
         k = len(state.kept)
         prev = state.kept[-1]
-        widths = {s: max(w, len(prev[s])) for s, w in target_widths(self.full, keep).items()}
+        widths = {s: max(w, len(prev[s]))
+                  for s, w in target_widths(self.full, keep, self.groups).items()}
         everything = {s: torch.arange(n) for s, n in self.full.items()}
         state.kept.append(everything)
         probe = state.level_model(k, own_from=k - 1)
@@ -163,7 +173,7 @@ class StructuredTrajectory:
         close_gates(probe, prev)
         probe.to(cfg.device)
         scores = channel_scores(probe, prev, reference, self._calib(), cfg.regrow_importance)
-        new_kept = choose_channels(prev, scores, widths, self.full)
+        new_kept = choose_channels(prev, scores, widths, self.full, self.groups)
         if cfg.init == "reinit":
             self._reinit(state, prev, new_kept, salt=k)
         state.kept.append(new_kept)
@@ -178,7 +188,7 @@ class StructuredTrajectory:
 
     def _gate_reference(self, probe: nn.Module) -> dict[str, torch.Tensor]:
         """Gate parameters' values before gating: the master's (pre-pruning where pruned)."""
-        names = [n for group in gate_parameters(probe).values() for n in group]
+        names = [n for gates in gate_parameters(probe).values() for n, _ in gates]
         params = dict(probe.named_parameters())
         return {n: params[n].detach().clone() for n in names}
 
