@@ -81,6 +81,7 @@ API = "elastiserve_operator_api_request_duration_seconds"
 LAG = "elastiserve_operator_event_loop_lag_seconds"
 LAG_EVAL = "elastiserve_operator_evaluation_lag_seconds"
 SKIPPED = "elastiserve_operator_evaluations_skipped_total"
+GC = "elastiserve_operator_gc_pause_seconds"
 
 
 def buckets_of(text: str, name: str, match: str = "") -> dict[float, float]:
@@ -130,6 +131,14 @@ def quantile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(1, -(-len(ordered) * q // 1))  # ceil(n * q), at least 1
     return ordered[int(rank) - 1]
+
+
+def histogram_sum(text: str, name: str, match: str = "") -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(f"{name}_sum") and match in line:
+            total += float(line.split()[-1])
+    return total
 
 
 def histogram_count(text: str, name: str, match: str = "") -> float:
@@ -368,6 +377,8 @@ def run_once(models: int, args: argparse.Namespace) -> dict[str, Any]:
                 skipped_before = counter(text, SKIPPED)
                 requests_before = {m: histogram_count(text, API, f'method="{m}"')
                                    for m in METHODS}
+                gc_before = {g: buckets_of(text, GC, f'generation="{g}"') for g in "012"}
+                gc_sums_before = {g: histogram_sum(text, GC, f'generation="{g}"') for g in "012"}
                 loads["idle_start"] = load()
                 profile = tmp / "idle.txt"
                 profiler = (start_profile(proc.pid, args.idle_seconds, profile)
@@ -389,6 +400,15 @@ def run_once(models: int, args: argparse.Namespace) -> dict[str, Any]:
                 text = fetch(url)
                 eval_p99, evaluations = histogram_p99(text, EVALUATION, eval_before)
                 idle_lag = lag_summary(text, lag_before)
+                gc_pauses = {}
+                for g in "012":
+                    bound, count = histogram_p99(text, GC, gc_before[g], f'generation="{g}"',
+                                                 q=1.0)
+                    gc_pauses[g] = {
+                        "collections": count,
+                        "seconds": round(histogram_sum(text, GC, f'generation="{g}"')
+                                         - gc_sums_before[g], 3),
+                        "longest_bound_ms": round(bound * 1000.0, 1) if count else None}
                 idle_requests = {
                     m: round((histogram_count(text, API, f'method="{m}"') - requests_before[m])
                              / args.idle_seconds, 2) for m in METHODS}
@@ -476,7 +496,7 @@ def run_once(models: int, args: argparse.Namespace) -> dict[str, Any]:
         "evaluation_lag_p50_bound_ms": steady_lag["evaluation_lag_p50_bound_ms"],
         "evaluation_lag_samples": steady_lag["evaluation_lag_samples"],
         "evaluations_skipped": int(skipped),
-        "idle": {**idle_lag, "api_requests_per_s": idle_requests,
+        "idle": {**idle_lag, "api_requests_per_s": idle_requests, "gc_pauses": gc_pauses,
                  "component_cpu_pct": component_cpu},
         "create_burst_reconcile_p50_ms": round(quantile(burst, 0.5), 1),
         "create_burst_reconcile_p99_ms": round(quantile(burst, 0.99), 1),
@@ -520,6 +540,8 @@ NOTE = (
     "the idle window (the operator's is idle_cpu_pct). "
     "rss_when_settled_mb: right after every model was reconciled and Ready (the create "
     "burst's high-water mark, before the operator hands free heap back); "
+    "idle.gc_pauses: the operator's garbage collections over the idle window by "
+    "generation (count, seconds in all, the longest's bucket bound); "
     "status_writes_whole_run: status applies by writer and evaluations that sent none "
     "(holds: kopf's copy said it; stale_copy: only the answer to the operator's own last "
     "write did). "

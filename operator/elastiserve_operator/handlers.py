@@ -150,6 +150,7 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         metrics.serve(op.metrics_port)
         memo.metrics_served = True
     memo.lag_task = asyncio.get_running_loop().create_task(metrics.watch_loop_lag())
+    memo.unwatch_gc = metrics.watch_gc()
     trim = malloc_trim()
     if trim is not None:  # hand a burst's freed heap back to the system (``heap``)
         memo.trim_task = asyncio.get_running_loop().create_task(
@@ -231,6 +232,9 @@ async def cleanup(memo: Any, **_: Any) -> None:
         task = getattr(memo, name, None)
         if task is not None:
             task.cancel()
+    unwatch_gc = getattr(memo, "unwatch_gc", None)
+    if unwatch_gc is not None:
+        unwatch_gc()
     policy_runtime = getattr(memo, "policy_runtime", None)
     if policy_runtime is not None:
         await policy_runtime.api.close()

@@ -1,4 +1,5 @@
-"""The free heap is handed back periodically where the C library can (glibc here)."""
+"""The free heap is handed back periodically where the C library can (glibc here), and every
+garbage collection is timed."""
 
 from __future__ import annotations
 
@@ -34,3 +35,25 @@ def test_trim_runs_every_period_and_its_time_is_observed() -> None:
 
     asyncio.run(run())
     assert len(calls) >= 6 and all(t >= 0.0 for t in calls)
+
+
+def test_every_garbage_collection_is_timed_by_generation_until_unhooked() -> None:
+    import gc
+
+    from elastiserve_operator.metrics import OperatorMetrics
+
+    metrics = OperatorMetrics()
+    unhook = metrics.watch_gc()
+    gc.collect(2)
+    gc.collect(0)
+
+    def count(generation: str) -> float:
+        found = metrics.registry.get_sample_value(
+            "elastiserve_operator_gc_pause_seconds_count", {"generation": generation})
+        return float(found or 0.0)
+
+    assert count("2") >= 1 and count("0") >= 1
+    unhook()
+    before = count("2")
+    gc.collect(2)
+    assert count("2") == before
