@@ -111,6 +111,14 @@ def npy(array: np.ndarray, version: tuple[int, int] | None = None) -> bytes:
     return buffer.getvalue()
 
 
+def _npy_with_shape(shape: str, data_bytes: int) -> bytes:
+    """A version 1.0 ``.npy`` body whose header says ``shape`` (as numpy writes a header)."""
+    header = f"{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}"
+    header += " " * (-(len(header) + 11) % 64) + "\n"
+    return (b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode()
+            + b"\0" * data_bytes)
+
+
 class TestNpy:
     """The binary twin of the JSON tensor: same shapes and values, read without pickle."""
 
@@ -144,6 +152,11 @@ class TestNpy:
             (npy(np.full((1, 1, 8, 8), np.inf, np.float32)), 400, "non-finite"),
             (npy(np.zeros((1, 1, 8, 8), np.float32))[:-4], 400, "bytes"),
             (npy(np.zeros((1, 1, 8, 8), np.float32)) + b"\0", 400, "bytes"),
+            (_npy_with_shape("(0, 1000000000000000000000000000000, 8, 8)", 0), 400, "shape"),
+            (_npy_with_shape("(0, 4611686018427387904, 4611686018427387904)", 0), 400, "shape"),
+            (_npy_with_shape("(" + "1, " * 100 + ")", 4), 400, "shape"),
+            (_npy_with_shape("(True, 1, 8, 8)", 256), 400, "shape"),
+            (npy(np.full((1, 1, 8, 8), 1e300)), 400, "non-finite"),
             (b"\x93NUMPY\x09\x00", 400, "header"),
             (b"\x93NUMPY\x01\x00\xff", 400, "header"),
         ],

@@ -224,9 +224,12 @@ def decode_npy_tensor(data: bytes, spec: InputSpec, limits: DecodeLimits) -> np.
         raise BadRequest(400, f".npy dtype {dtype.str} is not one of {sorted(NPY_DTYPES)}")
     if fortran_order:
         raise BadRequest(400, ".npy tensor must be in C order")
+    # numpy's header check lets any int through (bools, huge or negative numbers, 100 axes):
+    # the shape must be one the model takes before it sizes anything.
+    if not (all(type(dim) is int and dim >= 0 for dim in shape) and _fits_geometry(shape, spec)):
+        raise BadRequest(400, f".npy tensor shape {list(shape)} != [C,H,W] or [n,C,H,W] with "
+                              f"{list(spec.shape)}")
     max_elements = limits.max_samples * spec.channels * spec.height * spec.width
-    if any(dim < 0 for dim in shape):
-        raise BadRequest(400, f".npy shape {list(shape)} has a negative dimension")
     count = math.prod(shape)  # Python ints: a hostile shape cannot overflow the check
     if count > max_elements:
         raise BadRequest(413, f".npy tensor has {count} elements, more than {max_elements}")
@@ -236,8 +239,15 @@ def decode_npy_tensor(data: bytes, spec: InputSpec, limits: DecodeLimits) -> np.
                               f"says {count * dtype.itemsize}")
     array = np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
     if dtype != np.uint8:
-        array = array.astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):  # inf is refused just below
+            array = array.astype(np.float32)
     return _checked_batch(array, spec, limits, ".npy tensor")
+
+
+def _fits_geometry(shape: tuple[int, ...], spec: InputSpec) -> bool:
+    """Whether ``shape`` is ``[C,H,W]``, ``[n,C,H,W]`` or (one channel) ``[H,W]`` of ``spec``."""
+    return (shape[-3:] == spec.shape and len(shape) in (3, 4)) or (
+        spec.channels == 1 and shape == (spec.height, spec.width))
 
 
 def _checked_batch(array: np.ndarray[Any, Any], spec: InputSpec, limits: DecodeLimits,
