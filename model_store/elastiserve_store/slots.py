@@ -29,7 +29,7 @@ nothing but torch: the serving side never imports Torch-Pruning.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 import torch
@@ -236,6 +236,51 @@ def slot_groups(layout: Mapping[str, TensorSlots]) -> dict[str, int]:
     return groups
 
 
+def _resolve_joined(joined: list[tuple[str, Composite, int]], widths: Widths,
+                    put: Callable[[str, int, str], None]) -> None:
+    """Widths of slots seen only inside concatenations: an axis with one unknown part gives it
+    (the axis's size less its known parts), which may leave another axis with one unknown.
+
+    A worklist keyed by slot, so the time is linear in the parts however the manifest orders
+    them (a layout is untrusted input: rescanning every axis per resolved slot was quadratic).
+    """
+    unknown = [{s for p in axis.parts if (s := p.slot) is not None and s not in widths}
+               for _, axis, _ in joined]
+    waiting: dict[str, list[int]] = {}
+    for index, slots in enumerate(unknown):
+        for slot in slots:
+            waiting.setdefault(slot, []).append(index)
+    ready = [i for i, slots in enumerate(unknown) if len(slots) <= 1]
+    done: set[int] = set()
+    while ready:
+        index = ready.pop()
+        if index in done:
+            continue
+        done.add(index)
+        name, axis, size = joined[index]
+        missing = {s for p in axis.parts if (s := p.slot) is not None and s not in widths}
+        known = sum(p.size if p.slot is None else widths[p.slot]
+                    for p in axis.parts if p.slot not in missing)
+        if not missing:
+            if known != size:
+                raise ValueError(f"{name} holds {size} channels on a concatenated axis whose "
+                                 f"parts hold {known}")
+            continue
+        slot = missing.pop()
+        if size - known < 1:
+            raise ValueError(f"{name} holds {size} channels on a concatenated axis whose "
+                             f"other parts already hold {known}")
+        put(slot, size - known, name)
+        for other in waiting.pop(slot, []):
+            unknown[other].discard(slot)
+            if len(unknown[other]) <= 1 and other not in done:
+                ready.append(other)
+    if len(done) < len(joined):
+        stuck = next(axis for i, (_, axis, _) in enumerate(joined) if i not in done)
+        raise ValueError(f"the widths of slots {sorted(axis_slots(stuck))[:5]} "
+                         f"cannot be read: they appear only inside concatenations")
+
+
 def read_widths(layout: Mapping[str, TensorSlots], shapes: Mapping[str, tuple[int, ...]]
                 ) -> Widths:
     """Every slot's width from tensor shapes: where a slot is an axis of its own, or, when it
@@ -258,24 +303,7 @@ def read_widths(layout: Mapping[str, TensorSlots], shapes: Mapping[str, tuple[in
                 put(one.slot, size * one.groups if axis.one_group else size, name)
             else:
                 joined.append((name, axis, size))
-    while joined:
-        left = []
-        for name, axis, size in joined:
-            unknown = {s for p in axis.parts if (s := p.slot) is not None and s not in widths}
-            if len(unknown) > 1:
-                left.append((name, axis, size))
-                continue
-            known = sum(p.size if p.slot is None else widths[p.slot]
-                        for p in axis.parts if p.slot not in unknown)
-            if unknown:
-                put(unknown.pop(), size - known, name)
-            elif known != size:
-                raise ValueError(f"{name} holds {size} channels on a concatenated axis whose "
-                                 f"parts hold {known}")
-        if len(left) == len(joined):
-            raise ValueError(f"the widths of slots {sorted(axis_slots(left[0][1]))[:5]} "
-                             f"cannot be read: they appear only inside concatenations")
-        joined = left
+    _resolve_joined(joined, widths, put)
     for slot, g in slot_groups(layout).items():
         if slot in widths and (widths[slot] < 1 or widths[slot] % g):
             raise ValueError(f"slot {slot} has width {widths[slot]}, not a positive multiple "

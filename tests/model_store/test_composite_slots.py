@@ -91,6 +91,25 @@ def test_widths_read_from_shapes_infer_a_slot_seen_only_in_a_concatenation() -> 
         read_widths({"w": TensorSlots((GROUPED,), False)}, {"w": (5,)})
 
 
+def test_slots_only_inside_concatenations_resolve_in_any_order() -> None:
+    """A chain where each axis's one unknown slot is known only once the previous axis gave
+    it; listed last-to-first, so a single pass in manifest order resolves one slot at a time."""
+    n = 300
+    width = [2] + [k % 3 + 1 for k in range(1, n + 1)]  # what each slot is cut to
+    layout = {"w0": TensorSlots(("s0",), False)}
+    shapes: dict[str, tuple[int, ...]] = {"w0": (width[0],)}
+    for k in range(n, 0, -1):
+        cat = Composite((Part(f"s{k - 1}", 4), Part(f"s{k}", 4)))
+        layout[f"w{k}"] = TensorSlots((cat,), False)
+        shapes[f"w{k}"] = (width[k - 1] + width[k],)
+    assert read_widths(layout, shapes) == {f"s{k}": w for k, w in enumerate(width)}
+    # An axis smaller than its known parts is refused where it is read, not later.
+    bad = {"w0": TensorSlots(("a",), False),
+           "w1": TensorSlots((Composite((Part("a", 4), Part("b", 4))),), False)}
+    with pytest.raises(ValueError, match="other parts already hold 4"):
+        read_widths(bad, {"w0": (4,), "w1": (3,)})
+
+
 def test_layout_sides_round_trip_and_plain_layouts_read_as_before() -> None:
     plain = {"conv1": [None, "g0", False], "bn1": ["g0", "g0", True], "fc": ["g0", None, True]}
     assert external.layout_from_json(plain) == {
