@@ -207,11 +207,15 @@ class KubeApi:
             total=None, sock_connect=timeout_s, sock_read=timeout_s
         )
         self._session: aiohttp.ClientSession | None = None
+        self._watch_session: aiohttp.ClientSession | None = None
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._watch_session is not None:
+            await self._watch_session.close()
+            self._watch_session = None
 
     async def request(
         self,
@@ -254,6 +258,16 @@ class KubeApi:
             )
         return self._session
 
+    def _open_watches(self) -> aiohttp.ClientSession:
+        """Watches on a pool of their own, unbounded: a watch holds its connection for
+        minutes, one per watched namespace, and in the requests' pool 32 namespaces would
+        leave no connection for an apply or a status write."""
+        if self._watch_session is None:
+            self._watch_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=0)
+            )
+        return self._watch_session
+
     async def watch(
         self, path: str, *, timeout_s: int, **params: str
     ) -> AsyncIterator[dict[str, Any]]:
@@ -267,7 +281,7 @@ class KubeApi:
         same typed error as ``request``'s (410 Gone: the version is too old, list again);
         a broken connection is ``ApiTransient``.
         """
-        session = self._open()
+        session = self._open_watches()
         query = {**params, "watch": "1", "allowWatchBookmarks": "true",
                  "timeoutSeconds": str(timeout_s)}
         url = f"{self._server}{path}?{urlencode(query)}"

@@ -642,6 +642,10 @@ def forget_model(rt: Runtime, namespace: str, name: str) -> None:
     rt.pod_starts.pop((namespace, name), None)
     rt.statuses.forget(namespace, name)
     rt.owner_conflicts.pop((namespace, name), None)
+    if rt.pods is not None and not any(ns == namespace for ns, _ in rt.deployments):
+        # The namespace's last model we know of: stop its pod watch (a model still there
+        # but not yet seen only costs one listing on its next read).
+        rt.pods.forget(namespace)
 
 
 OwnerLookup = Callable[[str, str], Mapping[str, Any] | None]

@@ -289,7 +289,13 @@ class SharedPods:
                     synced.set_exception(error)
                     raise
                 if not isinstance(error, ApiError):
-                    raise  # a bug: the readers keep the last state, the log says why
+                    # Unexpected (a body that does not decode, an event of a shape the API
+                    # does not send): said once, and the table dropped, so the next reader
+                    # starts a fresh listing and watch instead of reading a frozen table.
+                    log.exception("pod watch in %s stopped: listing it again on the next "
+                                  "read", namespace)
+                    self._tables.pop(namespace, None)
+                    return
                 if error.status == 403:
                     log.warning("pods in %s cannot be watched (%s): listed every %.0f s "
                                 "instead; grant the operator 'watch' on pods", namespace,

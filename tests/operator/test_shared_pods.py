@@ -4,7 +4,7 @@ the cache's age, one request for concurrent callers, failures not kept."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -337,3 +337,65 @@ def test_a_failed_first_listing_reaches_the_callers_and_is_tried_again() -> None
 
     asyncio.run(run())
     assert api.lists == 2
+
+
+def test_an_unexpected_watch_failure_is_logged_and_the_next_read_lists_again(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Not a frozen table: a watch that fails in a way the API does not (here a ValueError,
+    as a body that does not decode) says so once, and the next reader starts afresh."""
+    api = Watcher([named("a", "a-1")])
+    shared = SharedPods(api)
+
+    async def run() -> None:
+        await shared.of_model("ml", "a")
+        api.events.put_nowait(ValueError("half a JSON object"))
+        while "ml" in shared._tables:
+            await asyncio.sleep(0)
+        api.pods = [named("a", "a-1", "n5")]
+        assert [p["spec"]["nodeName"] for p in await shared.of_model("ml", "a")] == ["n5"]
+        await shared.close()
+
+    with caplog.at_level("ERROR", logger="elastiserve_operator.shared_pods"):
+        asyncio.run(run())
+    assert api.lists == 2
+    assert any("pod watch in ml stopped" in r.getMessage() for r in caplog.records)
+
+
+def test_a_forgotten_namespace_stops_its_watch() -> None:
+    api = Watcher([named("a", "a-1")])
+    shared = SharedPods(api)
+
+    async def run() -> None:
+        await shared.of_model("ml", "a")
+        watcher = shared._watchers["ml"]
+        shared.forget("ml")
+        with pytest.raises(asyncio.CancelledError):
+            await watcher
+        assert "ml" not in shared._watchers and "ml" not in shared._tables
+        await shared.close()
+
+    asyncio.run(run())
+
+
+def test_the_last_model_of_a_namespace_going_stops_its_pod_watch() -> None:
+    from elastiserve_operator.children import names_for
+    from elastiserve_operator.kube import KubeApi
+    from elastiserve_operator.metrics import OperatorMetrics
+    from elastiserve_operator.reconcile import Runtime, forget_model
+    from elastiserve_operator.settings import OperatorSettings
+
+    forgotten: list[str] = []
+
+    class Pods(SharedPods):
+        def forget(self, namespace: str) -> None:
+            forgotten.append(namespace)
+
+    rt = Runtime(api=cast(KubeApi, object()), prometheus=cast(Any, object()),
+                 settings=OperatorSettings(metrics_port=0), metrics=OperatorMetrics())
+    rt.pods = Pods(cast(Any, object()))
+    for name in ("a", "b"):
+        rt.deployments[("ml", names_for(name).deployment)] = {}
+    forget_model(rt, "ml", "a")
+    assert forgotten == []  # model b still needs the namespace's pods
+    forget_model(rt, "ml", "b")
+    assert forgotten == ["ml"]
