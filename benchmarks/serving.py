@@ -771,7 +771,7 @@ def write_breakdown_only(args: argparse.Namespace, width_mult: float, env: dict[
                   "input": "3x224x224, ImageNet mean/std, one 256x256 JPEG per request"},
         "demo_model": "the make demo bundle's geometry (elastiserve.local.demo.DEMO_GEOMETRY), "
                       "random weights, one .npy float32 tensor of the demo's "
-                      "images_per_request (16) "
+                      "images_per_request (32) "
                       "samples per request; forward_only_rps in requests/s (batch x 16 "
                       "samples per forward pass)",
         "machine": {"cpus": os.cpu_count(), "load_avg_start": [round(x, 2) for x in load_start],

@@ -19,6 +19,11 @@ import elastiserve_operator.signals.prometheus  # noqa: F401  (operator extra)
 import elastiserve_serve.ts_server  # noqa: F401  (serve extra)
 import elastiserve_train  # noqa: F401  (train extra: the model and matplotlib)
 
+IMAGES_PER_REQUEST = 32
+"""Images per demo request. With 16, the narrowest level served 2.5x what the full one
+serves end to end (TorchServe's per-request cost is a few ms beside a forward pass of the
+same order); with 32, 3.3x (``benchmarks/serving.py --breakdown-only``, quiet machine)."""
+
 
 def positive_int(text: str) -> int:
     try:
@@ -49,8 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "latency)")
     parser.add_argument("--peak-factor", type=positive_float, default=2.0,
                         help="peak load as a multiple of the full level's capacity (default 2)")
-    parser.add_argument("--images-per-request", type=positive_int, default=16,
-                        help="images in each request body (default 16)")
+    parser.add_argument("--images-per-request", type=positive_int,
+                        default=IMAGES_PER_REQUEST,
+                        help=f"images in each request body (default {IMAGES_PER_REQUEST}: "
+                             f"enough model work per request for the levels' capacities to "
+                             f"differ past the HTTP path's cost)")
     parser.add_argument("--quiet", action="store_true", help="no line per second")
 
 

@@ -49,6 +49,7 @@ from elastiserve_serve.runtime.settings import PIN_HEADER
 from elastiserve_serve.ts_server import TorchServe, run_torchserve
 from elastiserve_store.manifest import Manifest
 
+from .cli_demo import IMAGES_PER_REQUEST
 from .loop import LoopEvent, LoopThread, PolicyLoop, end_to_end_p95_query, rate_query
 from .ramp import LoadPlan, Outcome, Phase, RampLoad, Request
 
@@ -116,7 +117,7 @@ class DemoConfig:
     run_dir: Path = Path("runs/demo")
     bundle: Path | None = None  # serve this bundle instead of training one
     train_args: tuple[str, ...] = DEFAULT_TRAIN_ARGS
-    images_per_request: int = 16  # model work per request, so levels differ in capacity
+    images_per_request: int = IMAGES_PER_REQUEST  # model work per request (see there)
     distinct_requests: int = 64
     workers: int = 1
     worker_threads: int = 1
