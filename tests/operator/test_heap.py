@@ -6,15 +6,17 @@ from __future__ import annotations
 import asyncio
 import platform
 
-import pytest
-
 from elastiserve_operator.heap import malloc_trim, trim_periodically
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
 def test_glibc_malloc_trim_is_found_and_callable() -> None:
+    """Found where the C library is glibc (every image and CI machine of this project);
+    elsewhere it may be missing, and then the operator simply does not trim."""
     trim = malloc_trim()
-    assert trim is not None
+    if platform.libc_ver()[0] == "glibc":
+        assert trim is not None
+    if trim is None:
+        return
     blocks = [bytearray(256 * 1024) for _ in range(64)]  # 16 MiB from malloc, then freed
     del blocks
     assert isinstance(trim(), bool)
