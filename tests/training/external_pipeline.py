@@ -24,6 +24,12 @@ from elastiserve_train.pipeline import Pipeline, PipelineConfig
 
 from .core_checks import assert_core_unchanged
 
+FACTORY = "tests.training.user_models"
+"""The module of the toy factories (``user_models.py``), as a user would name theirs."""
+SHAPE = (3, 16, 16)
+CLASSES = 4
+
+
 
 def prune_grow_and_check(tmp_path: Path, name: str, shape: tuple[int, int, int],
                          classes: int, kwargs: dict[str, Any] | None = None,

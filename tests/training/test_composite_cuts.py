@@ -32,18 +32,14 @@ from elastiserve_store.errors import ManifestError
 from elastiserve_store.slots import Widths, prefix, slot_groups, tensor_slots, widths_of
 from elastiserve_train.model_analysis import analyse
 
-torch.set_num_threads(1)
+from .external_pipeline import CLASSES, FACTORY, SHAPE
 
-FACTORY = "tests.training.user_models"
-SHAPE = (3, 16, 16)
-CLASSES = 4
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
-def trusted(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(constructors, "_trusted", set())
-    monkeypatch.delenv(constructors.ALLOW_ENV, raising=False)
-    yield
+def _fresh_trust(trusted: None) -> None:
+    """Every test here starts with no factory trusted (``conftest.trusted``)."""
 
 
 def _full(factory: str) -> tuple[str, dict[str, Any], nn.Module]:

@@ -34,13 +34,6 @@ def _image_folder(root: Path, classes: tuple[str, ...] = ("cat", "dog")) -> Path
     return root
 
 
-@pytest.fixture
-def fresh_trust(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Factories trusted by one CLI run must not leak into the next test."""
-    monkeypatch.setattr(constructors, "_trusted", set())
-    monkeypatch.delenv(constructors.ALLOW_ENV, raising=False)
-
-
 def test_torchvision_model_on_image_folder_with_user_weights(tmp_path: Path) -> None:
     data = _image_folder(tmp_path / "data")
     torch.manual_seed(1)
@@ -73,7 +66,7 @@ def test_weights_that_need_unpickling_are_refused(tmp_path: Path,
 
 
 def test_user_factory_trains_and_serving_side_must_allow_it(
-        tmp_path: Path, fresh_trust: None, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, trusted: None, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "run"
     name = f"{FACTORY}:tiny_residual"
     assert main(["train", "--model", name, "--model-arg", "num_classes=4", "--dataset",
@@ -87,7 +80,7 @@ def test_user_factory_trains_and_serving_side_must_allow_it(
 
 @pytest.mark.parametrize("factory", ["with_concat", "with_grouped_conv"])
 def test_concatenation_and_grouped_convolutions_train_from_the_cli(
-        tmp_path: Path, fresh_trust: None, monkeypatch: pytest.MonkeyPatch, factory: str) -> None:
+        tmp_path: Path, trusted: None, monkeypatch: pytest.MonkeyPatch, factory: str) -> None:
     """Once refused up front; now a composite axis (concatenation) or a slot kept alike per
     group (grouped convolution) carries them through the same command and bundle."""
     out = tmp_path / "run"
@@ -110,7 +103,7 @@ def test_concatenation_and_grouped_convolutions_train_from_the_cli(
     ("torchvision:fcos_resnet50_fpn", "not a torchvision classification model"),
 ])
 def test_unsupported_structures_refused_up_front(
-        tmp_path: Path, fresh_trust: None, capsys: pytest.CaptureFixture[str],
+        tmp_path: Path, trusted: None, capsys: pytest.CaptureFixture[str],
         model: str, reason: str) -> None:
     out = tmp_path / "run"
     code = main(["train", "--model", model, "--dataset", "generated", "--image-size", "32",

@@ -13,7 +13,6 @@ of the untraced image).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,21 +23,14 @@ from elastiserve_store import constructors, external
 from elastiserve_store.slots import Composite, Part
 from elastiserve_train.model_analysis import UnsupportedModelError, analyse
 
-from .external_pipeline import prune_grow_and_check
+from .external_pipeline import CLASSES, FACTORY, SHAPE, prune_grow_and_check
 
 torch.set_num_threads(1)
 
-FACTORY = "tests.training.user_models"
-SHAPE = (3, 16, 16)
-CLASSES = 4
-
 
 @pytest.fixture(autouse=True)
-def trusted(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The factories are trusted for this test only (as the training CLI trusts its own)."""
-    monkeypatch.setattr(constructors, "_trusted", set())
-    monkeypatch.delenv(constructors.ALLOW_ENV, raising=False)
-    yield
+def _fresh_trust(trusted: None) -> None:
+    """Every test here starts with no factory trusted (``conftest.trusted``)."""
 
 
 def _trust(factory: str) -> str:

@@ -37,13 +37,6 @@ FAST = ["--dataset", "generated", "--image-size", "16", "--epochs", "0.25",
         "--threads", "1", "--no-progress"]
 
 
-@pytest.fixture
-def fresh_trust(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Factories trusted by one CLI run must not leak into the next test."""
-    monkeypatch.setattr(constructors, "_trusted", set())
-    monkeypatch.delenv(constructors.ALLOW_ENV, raising=False)
-
-
 def _serving_side(monkeypatch: pytest.MonkeyPatch, allow: str) -> None:
     """A process of its own that trusts nothing the CLI trusted, only its allow-list."""
     monkeypatch.setattr(constructors, "_trusted", set())
@@ -51,7 +44,7 @@ def _serving_side(monkeypatch: pytest.MonkeyPatch, allow: str) -> None:
 
 
 def test_unstructured_regrowth_of_a_user_factory_with_its_weights(
-        tmp_path: Path, fresh_trust: None, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, trusted: None, monkeypatch: pytest.MonkeyPatch) -> None:
     name = f"{FACTORY}:tiny_residual"
     torch.manual_seed(3)
     mine = tiny_residual(num_classes=4)
@@ -83,7 +76,7 @@ def test_unstructured_regrowth_of_a_user_factory_with_its_weights(
 
 
 def test_structured_regrowth_of_a_user_factory_makes_a_nested_bundle(
-        tmp_path: Path, fresh_trust: None, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, trusted: None, monkeypatch: pytest.MonkeyPatch) -> None:
     name = f"{FACTORY}:tiny_residual"
     out = tmp_path / "run"
     assert main(["train", "--strategy", "regrowth", "--regrowth-form", "structured",
@@ -141,7 +134,7 @@ def _trained_looking(model: torch.nn.Module) -> torch.nn.Module:
     ("with_grouped_conv", "reinit"),  # a slot in two groups
 ])
 def test_structured_regrowth_on_composite_layouts(
-        tmp_path: Path, fresh_trust: None, monkeypatch: pytest.MonkeyPatch, factory: str,
+        tmp_path: Path, trusted: None, monkeypatch: pytest.MonkeyPatch, factory: str,
         init: str) -> None:
     name = f"{FACTORY}:{factory}"
     constructors.trust_factory(name)
@@ -189,7 +182,7 @@ def test_a_grouped_slot_regrows_the_same_channels_in_every_group() -> None:
 
 
 def test_discovery_with_a_model_is_refused_up_front(
-        tmp_path: Path, fresh_trust: None, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, trusted: None, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
     code = main(["train", "--strategy", "discovery", "--model", f"{FACTORY}:tiny_residual",
                  *FAST, "--out", str(out)])
