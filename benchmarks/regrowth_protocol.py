@@ -339,6 +339,8 @@ def protocol(args: argparse.Namespace, sizes: dict[str, int], argv: Sequence[str
                      f"from a {sizes['train'] + sizes['validation']}-image pool, "
                      f"{sizes['test']} test images, {args.baseline_epochs:g} baseline epochs, "
                      f"{args.ft_epochs:g} fine-tuning epoch(s) per step",
+        "architecture": {"name": ARCH, "width_mult": args.width_mult,
+                         "note": "reduced width (the paper-size network is width 1)"},
         "commands": ["python benchmarks/regrowth_protocol.py " + " ".join(argv)],
     }
 
@@ -361,12 +363,20 @@ def _plot(path: Path, doc: dict[str, Any]) -> None:
         for phase, style, label in (("pruned", "o-", "pruned (trajectory, E epochs/step)"),
                                     ("control", "^-", "pruned, equal total epochs"),
                                     ("regrown", "s--", "regrown")):
-            pts = sorted((v["sparsity"], v) for k, v in points.items()
-                         if k.startswith(f"{traj}/{phase}-"))
+            pts = sorted(((v["sparsity"], v) for k, v in points.items()
+                          if k.startswith(f"{traj}/{phase}-")), key=lambda sv: sv[0])
+            if phase == "regrown" and pts:  # drawn from the extreme point regrowth starts at
+                start = max(((v["sparsity"], v) for k, v in points.items()
+                             if k.startswith(f"{traj}/pruned-")), key=lambda sv: sv[0])
+                pts.append(start)
             if pts:
                 ax.errorbar([tx(s) for s, _ in pts], [v["test"]["mean"] * 100 for _, v in pts],
                             yerr=[v["test"]["std"] * 100 for _, v in pts], fmt=style,
                             capsize=3, label=label)
+            if phase == "control":  # the equal budget each pair was compared at
+                for sp, v in pts:
+                    ax.annotate(f"{v['total_epochs']:g} ep", (tx(sp), v["test"]["mean"] * 100),
+                                textcoords="offset points", xytext=(5, 5), fontsize=7)
         if BASELINE in points:
             base = points[BASELINE]["test"]
             ax.axhline(base["mean"] * 100, color="grey", linestyle=":", label="dense baseline")
@@ -376,7 +386,9 @@ def _plot(path: Path, doc: dict[str, Any]) -> None:
         ax.set_xticks([tx(t) for t in ticks], [f"{t * 100:g}%" for t in ticks])
         ax.set_xlabel("weights pruned (zero)")
         ax.set_ylabel("test top-1 accuracy (%), mean ± std over seeds")
-        ax.set_title(f"{ARCH} x{doc['protocol']['reduction'].split()[2]}: {traj}")
+        ax.set_title(f"{ARCH} x{doc['protocol']['architecture']['width_mult']:g}, "
+                     f"{doc['protocol']['budgets']['finetune_epochs_per_step']:g} epoch(s) "
+                     f"per step: {traj}")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -469,7 +481,8 @@ def main(argv: list[str] | None = None) -> int:
         "protocol": proto, "steps": [asdict(st) for st in steps],
         "summary": summarise(rows, steps),
         "rows": sorted(rows, key=lambda r: (r["seed"], r["key"])),
-        "wall_seconds_this_invocation": time.perf_counter() - start,
+        "wall_seconds_this_invocation": time.perf_counter() - start,  # small when cached
+        "train_seconds_total": sum(r["train_seconds"] for r in rows),
         "machine": {"platform": platform.platform(), "torch": torch.__version__,
                     "cpus": os.cpu_count(), "threads": args.threads,
                     "load_average_at_end": list(os.getloadavg()),
