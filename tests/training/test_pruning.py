@@ -54,3 +54,30 @@ def test_target_widths_refuses_empty_slots() -> None:
     assert target_widths({"a": 16, "b": 3}, 0.34) == {"a": 5, "b": 1}
     with pytest.raises(ValueError, match="no channel"):
         target_widths({"a": 2}, 0.25)
+
+
+def test_hessian_scores_equal_the_batched_reference() -> None:
+    """The per-sample passes give the same OBD scores as per-sample backward passes through
+    one batched graph (the slow form they replaced): eval-mode batch norms make a sample's
+    loss independent of its batch."""
+    import torch_pruning as tp
+    from torch.nn import functional as F
+
+    torch.manual_seed(0)
+    model = architectures.build("resnet20", ARGS).eval()
+    batches = _batches()
+    strategy = make_importance("hessian")
+    strategy.prepare(model, batches)
+    reference = tp.importance.HessianImportance()
+    for x, y in batches:
+        losses = F.cross_entropy(model(x), y, reduction="none")
+        for i, loss in enumerate(losses):
+            model.zero_grad()
+            loss.backward(retain_graph=i + 1 < len(losses))
+            reference.accumulate_grad(model)
+    graph = tp.DependencyGraph().build_dependency(model, torch.zeros(1, 1, 8, 8))
+    groups = list(graph.get_all_groups(root_module_types=[torch.nn.Conv2d]))
+    assert groups
+    for group in groups[:4]:
+        assert torch.allclose(strategy.importance(group), reference(group), rtol=1e-4,
+                              atol=1e-8)

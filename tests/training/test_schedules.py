@@ -43,3 +43,23 @@ def test_cosine_lr() -> None:
     assert cosine_lr(1.0, 0, 10) == 1.0
     assert cosine_lr(1.0, 10, 10) == pytest.approx(0.0)
     assert cosine_lr(1.0, 0, 10, warmup=2) == 0.5
+
+
+@pytest.mark.parametrize(("ratios", "reason"), [
+    ((0.3, 0.5, 1.0), "3 level ratios for 4 levels"),
+    ((0.0, 0.5, 0.7, 1.0), "in \\(0, 1\\]"),
+    ((0.3, 0.7, 0.5, 1.0), "rise strictly"),
+    ((0.3, 0.5, 0.7, 0.9), "must be 1.0"),
+])
+def test_level_ratios_that_cannot_nest_are_refused(ratios: tuple[float, ...],
+                                                   reason: str) -> None:
+    from elastiserve_train.pipeline import PipelineConfig
+    with pytest.raises(ValueError, match=reason):
+        PipelineConfig(levels=4, level_ratios=ratios)
+
+
+def test_level_ratios_replace_the_even_spacing() -> None:
+    from elastiserve_train.pipeline import PipelineConfig
+    assert PipelineConfig(levels=4).ratios == [0.25, 0.5, 0.75, 1.0]
+    assert PipelineConfig(levels=4, level_ratios=(0.3, 0.5, 0.7, 1.0)).ratios == [0.3, 0.5, 0.7,
+                                                                                  1.0]

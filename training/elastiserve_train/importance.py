@@ -45,11 +45,15 @@ def _hessian_prep(imp: Any) -> Callable[[nn.Module, Iterable[Batch]], None]:
     def prep(model: nn.Module, batches: Iterable[Batch]) -> None:
         imp.zero_grad()
         model.eval()
+        # One forward pass per sample: a backward pass from one element of a batched loss
+        # still runs through the whole batch's graph, which made this cost a full batch
+        # backward per sample (291 s for 256 samples of a small ResNet-20, against seconds).
+        # In eval mode the batch norms use their running statistics, so a sample's loss is
+        # the same alone as in its batch.
         for x, y in batches:
-            losses = F.cross_entropy(model(x), y, reduction="none")
-            for i, loss in enumerate(losses):
+            for i in range(len(y)):
                 model.zero_grad()
-                loss.backward(retain_graph=i + 1 < len(losses))
+                F.cross_entropy(model(x[i:i + 1]), y[i:i + 1]).backward()  # type: ignore[no-untyped-call]
                 imp.accumulate_grad(model)
     return prep
 

@@ -10,6 +10,7 @@ every stage (DDP keeps them in step) and rank 0 alone writes.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Callable
@@ -80,6 +81,9 @@ class PipelineConfig:
     full_loss_levels: str = "full"
     """``full``: that loss on the full network only; ``all``: on every wider level (one loss
     each, weight ``full_loss``), so a level also fits the very next one grown from it."""
+    level_ratios: tuple[float, ...] | None = None
+    """Channel ratio of each level, smallest first, ending at 1.0 (None: evenly spaced,
+    :func:`schedules.nested_ratios`). The protocol study prunes 30/50/70 % this way."""
 
     def __post_init__(self) -> None:
         # Refuse here, before hours of baseline training, not when the core stage starts.
@@ -96,8 +100,17 @@ class PipelineConfig:
         if self.full_loss_levels not in FULL_LOSS_LEVELS:
             raise ValueError(f"--full-loss-levels must be one of {', '.join(FULL_LOSS_LEVELS)}, "
                              f"got {self.full_loss_levels!r}")
+        if self.level_ratios is not None:
+            check_level_ratios(self.level_ratios, self.levels)
         if self.baseline_weights is not None and not Path(self.baseline_weights).is_file():
             raise ValueError(f"--baseline-weights: {self.baseline_weights} is not a file")
+
+    @property
+    def ratios(self) -> list[float]:
+        """Each level's channel ratio, smallest first."""
+        if self.level_ratios is None:
+            return nested_ratios(self.levels)
+        return list(self.level_ratios)
 
     def anchor_at(self, level: int) -> float:
         """The anchor strength while level ``level`` is tuned (0: the core)."""
@@ -116,6 +129,19 @@ class PipelineConfig:
                                 else self.anchor_at(anchored_level),
                                 full_loss=0.0 if anchored_level is None
                                 or anchored_level >= self.levels - 1 else self.full_loss)
+
+
+def check_level_ratios(ratios: tuple[float, ...], levels: int) -> None:
+    """Refuse level ratios that cannot nest: one per level, rising strictly, in (0, 1],
+    the last the full network (1.0)."""
+    if len(ratios) != levels:
+        raise ValueError(f"{len(ratios)} level ratios for {levels} levels")
+    if any(not 0.0 < r <= 1.0 for r in ratios):
+        raise ValueError(f"level ratios must be in (0, 1], got {list(ratios)}")
+    if any(b <= a for a, b in itertools.pairwise(ratios)):
+        raise ValueError(f"level ratios must rise strictly, got {list(ratios)}")
+    if ratios[-1] != 1.0:
+        raise ValueError(f"the last level ratio must be 1.0 (the full network), got {ratios[-1]}")
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -175,7 +201,7 @@ class Pipeline:
         self.progress = progress
         self.mean = torch.tensor(data.mean)
         self.std = torch.tensor(data.std)
-        self.ratios = nested_ratios(cfg.levels)
+        self.ratios = cfg.ratios
         self.state_path = out_dir / "state.json"
         self.state = self._load_state()
         self._stage_start: float | None = None
