@@ -28,6 +28,9 @@ Resumable: every finished (seed, point) is cached, with its weights and masks, i
 table.
 
     python benchmarks/regrowth_protocol.py --threads 1          # the committed run (CPU)
+    python benchmarks/regrowth_protocol.py --threads 1 --ft-epochs 3 \
+        --work-dir runs/regrowth-protocol/e3 \
+        --out benchmarks/results/regrowth_protocol-e3.json      # sensitivity: E = 3
     python benchmarks/regrowth_protocol.py --quick              # smoke size, < 1 min
 """
 
