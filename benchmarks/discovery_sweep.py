@@ -49,6 +49,7 @@ from elastiserve_train import loop
 from elastiserve_train.data import FASHION_MNIST_DIR, Dataset, ImageSet, load_fashion_mnist
 from elastiserve_train.discovery.params import DiscoveryParams
 from elastiserve_train.discovery.search import SearchConfig, discover
+from elastiserve_train.protocol import seed_spread
 
 ROOT = Path(__file__).resolve().parent
 SWEEP = (("alpha", 0.0, 0.5), ("alpha", 0.5, 0.5), ("alpha", 1.0, 0.5),
@@ -370,12 +371,6 @@ def nu_baseline(seed: int, data: Dataset, val: ImageSet, args: argparse.Namespac
             "test_accuracy": loop.evaluate(model, data.test, mean, std)}
 
 
-def _mean_spread(values: list[float]) -> dict[str, float]:
-    t = torch.tensor(values, dtype=torch.float64)
-    return {"mean": float(t.mean()), "std": float(t.std()) if len(values) > 1 else 0.0,
-            "n": len(values)}
-
-
 def nu_aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and spread over seeds per (α, ν)."""
     out = []
@@ -383,10 +378,10 @@ def nu_aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for nu in sorted({r["nu"] for r in rows if r["alpha"] == alpha}):
             group = [r for r in rows if r["alpha"] == alpha and r["nu"] == nu]
             out.append({"alpha": alpha, "method": name, "nu": nu, **{
-                key: _mean_spread([float(r[key]) for r in group])
+                key: seed_spread([float(r[key]) for r in group])
                 for key in ("macs_ratio", "params_ratio", "val_accuracy", "test_accuracy",
                             "layers_removed", "units_removed")},
-                "theta_interior_end": _mean_spread(
+                "theta_interior_end": seed_spread(
                     [float(r["theta_interior"]["end"]) for r in group])})
     return out
 
@@ -448,7 +443,7 @@ def nu_plot(agg: list[dict[str, Any]], baselines: dict[str, Any], path: Path) ->
             ax.errorbar(x, y, xerr=xe, yerr=ye, marker="o", capsize=3, label=name)
     if baselines:
         accs = [float(b["test_accuracy"]) for b in baselines.values()]
-        ms = _mean_spread(accs)
+        ms = seed_spread(accs)
         ax.errorbar([1.0], [ms["mean"]], yerr=[ms["std"]], marker="s", color="black",
                     capsize=3, label="unpruned")
     ax.set_xlabel("MACs kept (fraction of the unpruned network)")
@@ -525,13 +520,13 @@ def nu_sweep(args: argparse.Namespace, argv: list[str]) -> int:
     doc["matched_macs"] = {"val_accuracy": matched_macs(agg, "val_accuracy"),
                            "test_accuracy": matched_macs(agg, "test_accuracy")}
     interior = [float(r["theta_interior"]["end"]) for r in doc["runs"]]
-    doc["theta_interior_end"] = _mean_spread(interior) if interior else None
+    doc["theta_interior_end"] = seed_spread(interior) if interior else None
     save()
     print(nu_table(agg))
     for key, rows in doc["matched_macs"].items():
         print(f"matched MACs ({key}): {json.dumps(rows)}")
     if doc["baselines"]:
-        print(f"unpruned: {_mean_spread([b['test_accuracy'] for b in doc['baselines'].values()])}")
+        print(f"unpruned: {seed_spread([b['test_accuracy'] for b in doc['baselines'].values()])}")
     nu_plot(agg, doc["baselines"], args.out.with_suffix(".png"))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
     return 0

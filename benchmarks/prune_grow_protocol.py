@@ -46,14 +46,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from regrowth_trajectory import Cache
 from safetensors.torch import load_file, save_file
 
 from elastiserve_store import architectures
 from elastiserve_store.profile import count_macs
 from elastiserve_train import loop
-from elastiserve_train.data import Dataset, ImageSet, load_dataset
+from elastiserve_train.data import Dataset, ImageSet
 from elastiserve_train.importance import IMPORTANCES, make_importance
 from elastiserve_train.pipeline import Pipeline, PipelineConfig
+from elastiserve_train.protocol import protocol_split, seed_spread
 from elastiserve_train.pruning import ChainPruner
 from elastiserve_train.schedules import iterative, one_shot
 
@@ -99,37 +101,17 @@ def pruning_steps(schedule: str, keep: float, steps: int) -> list[float]:
     raise ValueError(f"unknown schedule {schedule!r}; choose from {', '.join(SCHEDULE_NAMES)}")
 
 
-def mean_std(values: list[float]) -> dict[str, float | int]:
-    """Mean and sample standard deviation over seeds (0 for a single seed)."""
-    return {"mean": statistics.fmean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
-
-
-class Cell:
-    """One (architecture, seed): its baseline and a JSON of finished variants, resumable."""
+class Cell(Cache):
+    """One (architecture, seed)'s finished variants (``variants.json`` beside its baseline and
+    nested runs), resumable. Unlike :class:`Cache` it refuses a file made with other settings
+    instead of starting over: the weights beside it were made with those settings too."""
 
     def __init__(self, work: Path, config: dict[str, Any]) -> None:
+        path = work / "variants.json"
+        if path.is_file() and json.loads(path.read_text()).get("config") != config:
+            raise SystemExit(f"{path}: made with other settings; use another --work-dir")
+        super().__init__(path, config)
         self.dir = work
-        self.path = work / "variants.json"
-        self.data: dict[str, Any] = {"config": config, "results": {}}
-        if self.path.is_file():
-            old = json.loads(self.path.read_text())
-            if old.get("config") != config:
-                raise SystemExit(f"{self.path}: made with other settings; use another "
-                                 f"--work-dir")
-            self.data = old
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        value: dict[str, Any] | None = self.data["results"].get(key)
-        return value
-
-    def put(self, key: str, value: dict[str, Any]) -> dict[str, Any]:
-        self.data["results"][key] = value
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1))
-        tmp.replace(self.path)
-        return value
 
 
 class Study:
@@ -165,14 +147,14 @@ class Study:
                                 seed=self.seed * 7919 + salt)
 
     def _timed(self, key: str, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        if (hit := self.cell.get(key)) is not None:
+        hit: dict[str, Any] | None = self.cell.get(key)
+        if hit is not None:
             return hit
-        start = time.perf_counter()
         value = make()
-        value.setdefault("seconds", round(time.perf_counter() - start, 1))
         _log(f"{self.arch} seed {self.seed} {key}: val {value['val_acc']:.4f} "
              f"test {value['test_acc']:.4f} ({value['seconds']:.0f} s)")
-        return self.cell.put(key, value)
+        self.cell.put(key, value)
+        return value
 
     def _baseline_model(self) -> torch.nn.Module:
         model: torch.nn.Module = architectures.build(self.arch, self.arch_args)
@@ -263,14 +245,6 @@ def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def protocol_data(args: argparse.Namespace) -> tuple[Dataset, ImageSet]:
-    """The fixed split every seed uses: ``--pool`` training images drawn with seed 0, of which
-    ``--validation`` are held out; the whole test set."""
-    data = load_dataset("fashion-mnist", args.data_path, channels=1)
-    data = data.limit(args.pool, args.test_subset, 0)
-    return data.with_validation(args.validation, 0)
-
-
 # ---------------------------------------------------------------------- report
 
 def aggregate(args: argparse.Namespace) -> dict[str, Any]:
@@ -294,7 +268,7 @@ def summarise(entry: dict[str, Any]) -> dict[str, Any]:
     full_macs = [r["macs"] for r in runs.get("baseline", {}).values()]
 
     def stats(per_seed: dict[str, Any], field: str) -> dict[str, Any]:
-        return mean_std([float(v[field]) for v in per_seed.values()])
+        return seed_spread([float(v[field]) for v in per_seed.values()])
 
     def point(per_seed: dict[str, Any]) -> dict[str, Any]:
         return {"test_acc": stats(per_seed, "test_acc"), "val_acc": stats(per_seed, "val_acc"),
@@ -337,7 +311,7 @@ def ablation(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
         common = sorted(set(recipe) & set(other))
         if not common:
             continue
-        table[name] = {str(r): mean_std([other[s]["levels"][k]["test_acc"]
+        table[name] = {str(r): seed_spread([other[s]["levels"][k]["test_acc"]
                                          - recipe[s]["levels"][k]["test_acc"] for s in common])
                        for k, r in enumerate(RATIOS)}
     return table
@@ -518,7 +492,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     torch.set_num_threads(args.threads)
     if not args.report_only:
-        data, validation = protocol_data(args)
+        data, validation = protocol_split(args.data_path, args.pool, args.validation,
+                                          args.test_subset)
         for arch, width in args.archs:
             for seed in args.seeds:
                 Study(arch, width, seed, data, validation, args).run()

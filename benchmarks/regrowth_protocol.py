@@ -42,7 +42,6 @@ import json
 import math
 import os
 import platform
-import statistics
 import sys
 import time
 import zlib
@@ -58,7 +57,8 @@ from torch import nn
 
 from elastiserve_store import architectures
 from elastiserve_train import loop
-from elastiserve_train.data import Dataset, ImageSet, load_dataset
+from elastiserve_train.data import Dataset, ImageSet
+from elastiserve_train.protocol import protocol_split, seed_spread
 from elastiserve_train.regrowth.sparse_run import SparseConfig, SparseTrajectory
 from elastiserve_train.regrowth.unstructured import Masks, float_masks, sparsity_of
 
@@ -156,12 +156,6 @@ def pairs(steps: Sequence[Step]) -> list[tuple[Step, Step]]:
     return out
 
 
-def _spread(values: Sequence[float]) -> dict[str, Any]:
-    """Mean and sample standard deviation (n - 1; 0 for a single seed)."""
-    return {"mean": statistics.fmean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
-
-
 def summarise(rows: Sequence[dict[str, Any]], steps: Sequence[Step]) -> dict[str, Any]:
     """Across seeds: every point's accuracies, and regrown minus its control per seed.
 
@@ -174,8 +168,8 @@ def summarise(rows: Sequence[dict[str, Any]], steps: Sequence[Step]) -> dict[str
     for key in [BASELINE, CHECK, *(st.key for st in steps)]:
         have = [by[(s, key)] for s in seeds if (s, key) in by]
         if have:
-            points[key] = {"val": _spread([r["val_accuracy"] for r in have]),
-                           "test": _spread([r["test_accuracy"] for r in have]),
+            points[key] = {"val": seed_spread([r["val_accuracy"] for r in have]),
+                           "test": seed_spread([r["test_accuracy"] for r in have]),
                            "sparsity": have[0]["sparsity"],
                            "total_epochs": have[0]["total_epochs"]}
     comparisons = []
@@ -189,8 +183,8 @@ def summarise(rows: Sequence[dict[str, Any]], steps: Sequence[Step]) -> dict[str
             r = [by[(s, reg.key)][f"{split}_accuracy"] for s in both]
             c = [by[(s, ctl.key)][f"{split}_accuracy"] for s in both]
             d = [a - b for a, b in zip(r, c, strict=True)]
-            entry[split] = {"regrown": _spread(r), "pruned_equal_epochs": _spread(c),
-                            "difference": {**_spread(d), "per_seed": d}}
+            entry[split] = {"regrown": seed_spread(r), "pruned_equal_epochs": seed_spread(c),
+                            "difference": {**seed_spread(d), "per_seed": d}}
         comparisons.append(entry)
     return {"points": points, "regrown_vs_pruned": comparisons}
 
@@ -461,8 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         p.error(str(e))
     torch.set_num_threads(args.threads)
-    data, val = load_dataset("fashion-mnist", args.data_path, channels=1).limit(
-        args.pool, args.test_subset, 0).with_validation(args.validation, 0)
+    data, val = protocol_split(args.data_path, args.pool, args.validation, args.test_subset)
     sizes = {"train": len(data.train.labels), "validation": len(val.labels),
              "test": len(data.test.labels)}
     proto = protocol(args, sizes, argv)

@@ -3,27 +3,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.benchmark_scripts import load_benchmark
 
-
-def _load() -> ModuleType:
-    name = "prune_grow_protocol"
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-PGP = _load()
+PGP = load_benchmark("prune_grow_protocol")
 
 
 @pytest.mark.parametrize(("ratio", "epochs", "budget"), [

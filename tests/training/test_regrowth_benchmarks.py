@@ -3,22 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
+from tests.benchmark_scripts import load_benchmark
 
 ARGS = argparse.Namespace(arch="resnet20", width_mult=0.5, dataset="fashion-mnist",
                           train_subset=4000, test_subset=2000, epochs=2.0, core_epochs=1.0,
@@ -31,7 +17,7 @@ def _option(cmd: list[str], name: str) -> str:
 
 
 def test_every_strategy_gets_the_same_shared_settings() -> None:
-    strategies = _load("strategies")
+    strategies = load_benchmark("strategies")
     ratios = [0.0638675, 0.2518, 0.5639, 1.0]
     cmds = {n: strategies._command(n, ARGS, ratios) for n in strategies.STRATEGIES}
     shared = strategies._shared(ARGS)
@@ -43,7 +29,7 @@ def test_every_strategy_gets_the_same_shared_settings() -> None:
 
 
 def test_regrowth_budgets_are_prune_grow_level_macs_never_rounded_below() -> None:
-    strategies = _load("strategies")
+    strategies = load_benchmark("strategies")
     ratios = [0.0638675079, 0.25182350, 0.5638680, 1.0]
     cmd = strategies._command("regrowth", ARGS, ratios)
     assert float(_option(cmd, "--budget-macs-ratio")) >= ratios[0]
@@ -53,7 +39,7 @@ def test_regrowth_budgets_are_prune_grow_level_macs_never_rounded_below() -> Non
 
 
 def test_discovery_gets_prune_grow_budgets_unless_told_to_find_its_own() -> None:
-    strategies = _load("strategies")
+    strategies = load_benchmark("strategies")
     ratios = [0.0638675079, 0.25182350, 0.5638680, 1.0]
     cmd = strategies._command("discovery", ARGS, ratios)
     assert _option(cmd, "--beta") == "1"  # the budget is then a MACs ratio
