@@ -133,20 +133,22 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[int(rank) - 1]
 
 
-def histogram_sum(text: str, name: str, match: str = "") -> float:
+def series_total(text: str, series: str, match: str = "") -> float:
+    """The sum over every label set of ``series`` (e.g. a histogram's ``_sum`` or ``_count``)
+    whose line contains ``match``."""
     total = 0.0
     for line in text.splitlines():
-        if line.startswith(f"{name}_sum") and match in line:
+        if line.startswith(series) and match in line:
             total += float(line.split()[-1])
     return total
+
+
+def histogram_sum(text: str, name: str, match: str = "") -> float:
+    return series_total(text, f"{name}_sum", match)
 
 
 def histogram_count(text: str, name: str, match: str = "") -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(f"{name}_count") and match in line:
-            total += float(line.split()[-1])
-    return total
+    return series_total(text, f"{name}_count", match)
 
 
 SERVER = "apiserver_request_duration_seconds"
