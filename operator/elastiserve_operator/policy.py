@@ -19,6 +19,12 @@ gives capacity, "widen" gives accuracy):
    once, whatever the metrics say.
 2. **No data, no move.** A missing, NaN, infinite or negative p95 or request rate, or a
    sample older than ``staleAfterSeconds``, holds the level (``metrics_available=False``).
+   2a. **Idle is data.** A request rate measured at exactly 0 with no latency (missing or
+   NaN: ``histogram_quantile`` over zero requests is NaN, and so is a queue wait over zero
+   completions) is a model that nobody called in the window, not a gap in the metrics:
+   nothing waited, so its p95 reads as 0 and the rules below apply (it widens after its
+   window, and the joint policy may scale in). Holding instead kept an idle model at the
+   level and the replica count of its last burst until the next request came.
 3. **Settle.** For ``settleSeconds`` after a narrowing, latency readings still mix in the
    slower level (the query's rate() window and the queue it left), so they are not
    recorded and the level is held, unless the request rate alone predicts an overload.
@@ -67,7 +73,7 @@ from .profile import LevelProfile
 from .queueing import p95_latency_s
 from .spec import ElasticModelSpec, Loops, NodePressureThresholds, PolicyMode
 
-__all__ = ["Cause", "Decision", "decide", "predict_p95_s", "pressure_reasons"]
+__all__ = ["Cause", "Decision", "decide", "idle", "predict_p95_s", "pressure_reasons"]
 
 
 class Cause(str, Enum):
@@ -109,6 +115,15 @@ class Decision:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def idle(observation: Observation) -> bool:
+    """Rule 2a: the request rate is a reading of exactly 0 (the counter counts arrivals, so
+    no request arrived in the window) and there is no latency reading, missing or NaN (an
+    infinite or negative one is a broken query, not an idle model)."""
+    p95 = observation.p95_s
+    return (finite_or_none(observation.request_rate_rps) == 0.0
+            and (p95 is None or math.isnan(p95)))
 
 
 def predict_p95_s(
@@ -239,9 +254,9 @@ def decide(
     if policy.loops is Loops.WORKER:
         return _worker_ceiling(observation, spec, state, now)
 
-    # 2. Metrics present, finite, fresh.
-    p95 = finite_or_none(observation.p95_s)
+    # 2. Metrics present, finite, fresh; an idle model's missing latency is no gap (2a).
     rate = finite_or_none(observation.request_rate_rps)
+    p95 = 0.0 if idle(observation) else finite_or_none(observation.p95_s)
     missing = [
         name
         for name, value in (("p95 latency", p95), ("request rate", rate))

@@ -193,6 +193,20 @@ ROWS = (
         replica_state(10, recs=((200.0, 9),)), 300.0, 10, 3, 9, ReplicaCause.SCALE_IN),
     Row("within-tolerance-holds", level_state(3), replica_state(10), 680.0, 10,
         3, 10, ReplicaCause.STEADY),
+    #    An idle model (rate 0, no latency: a quantile over zero requests) is scaled in
+    #    like any other low load, not held as if its metrics were missing.
+    Row("idle-scales-in-after-the-widen-window", level_state(3, changed_ago=400),
+        replica_state(10), 0.0, 10, 3, 2, ReplicaCause.SCALE_IN, p95=None),
+    Row("idle-with-nan-latency-scales-in", level_state(3, changed_ago=400),
+        replica_state(10), 0.0, 10, 3, 2, ReplicaCause.SCALE_IN, p95=math.nan),
+    Row("idle-scale-in-waits-for-the-widen-window", level_state(3, changed_ago=100),
+        replica_state(10), 0.0, 10, 3, 10, ReplicaCause.SCALE_IN_AFTER_WIDENING, p95=None),
+    Row("idle-and-narrowed-widens-before-scaling-in", level_state(2), replica_state(10),
+        0.0, 10, 2, 10, ReplicaCause.SCALE_IN_AFTER_WIDENING, p95=None,
+        expect_level_cause=Cause.STABILIZING),
+    Row("idle-with-an-infinite-latency-holds", level_state(3, changed_ago=400),
+        replica_state(10), 0.0, 10, 3, 10, ReplicaCause.METRICS_MISSING, p95=math.inf,
+        expect_level_cause=Cause.METRICS_MISSING),
     # 6. Bounds.
     Row("never-below-min", level_state(3), replica_state(3), 10.0, 3, 3, 2,
         ReplicaCause.SCALE_IN),
@@ -413,8 +427,9 @@ def test_bounds_and_missing_data_hold_for_any_input(
                             state, NOW)
     assert POLICY.min_replicas <= decision.replicas.replicas <= POLICY.max_replicas
     assert 0 <= decision.level.level <= 3
-    usable = (rate is not None and math.isfinite(rate) and p95 is not None
-              and math.isfinite(p95))
+    idle = rate == 0.0 and p95 is None  # rule 2a of the level policy: no gap, no requests
+    usable = idle or (rate is not None and math.isfinite(rate) and p95 is not None
+                      and math.isfinite(p95))
     if not usable:
         assert decision.replicas.replicas == min(max(replicas, 2), 20)
         assert decision.level.level == level
