@@ -24,30 +24,30 @@ What it shows, from watches on the API (wall-clock times of this process):
 
 from __future__ import annotations
 
-import base64
 import json
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-import yaml
 
 from elastiserve.testing.metrics_server import MetricsServer
-from elastiserve.testing.pod_discovery import discover_pods
 from elastiserve.testing.processes import wait_until
-from elastiserve.testing.prometheus import PrometheusServer, file_sd_job, run_prometheus
 from elastiserve_operator.signals.prometheus import end_to_end_latency_query
-from elastiserve_serve.loadgen import Result, Target
-from tests.operator.cluster_harness import CLUSTER_ROLE, CRD, PEERING_CRD, OperatorProcess
-from tests.serving.bundles import make_bundle
+from elastiserve_serve.loadgen import Result
+from tests.operator.cluster_harness import OperatorProcess
+from tests.realnode.conftest import LEVELS
+from tests.realnode.model_bed import (
+    ModelBed,
+    kubectl_json,
+    model_target,
+    open_loop,
+    ready_pods,
+    replica_managers,
+    watch_field,
+)
 from tests.serving.tiny import png_bytes
 
 pytestmark = [
@@ -58,11 +58,9 @@ pytestmark = [
     pytest.mark.timeout(900),
 ]
 
-NS = "hpa"
-OPERATOR_NS = "hpa-operator"
-ACCOUNT = "elastiserve-operator-hpa"
-MODEL = "hpamodel"
-LEVELS = ("L0-25pct", "L1-50pct", "L2-75pct", "L3-100pct")
+BED = ModelBed(ns="hpa", operator_ns="hpa-operator", account="elastiserve-operator-hpa",
+               model="hpamodel")
+NS, MODEL = BED.ns, BED.model
 FULL = len(LEVELS) - 1
 WINDOW_S = 5
 CPU_REQUEST_M = 250
@@ -72,113 +70,13 @@ TARGET_UTILISATION = 100
 LOAD_RPS = 400.0
 
 
-# ----------------------------------------------------------------------- watches
-
-
-@dataclass
-class Series:
-    """Values of one field of one object, each with the wall-clock time a watch saw it."""
-
-    values: list[tuple[float, str]] = field(default_factory=list)
-
-    def last(self) -> str | None:
-        return self.values[-1][1] if self.values else None
-
-    def first_time(self, predicate: Any) -> float | None:
-        return next((at for at, value in self.values if predicate(value)), None)
-
-    def distinct(self) -> list[str]:
-        return [value for _, value in self.values]
-
-
-def watch_field(cluster: Any, stop: threading.Event, kind: str, name: str, path: str) -> Series:
-    """Follow one field with ``kubectl get -w`` (the API's watch) in a thread; a value is
-    recorded when it differs from the last one. The watch is restarted when it ends (the
-    object does not exist yet, or the server closed it)."""
-    series = Series()
-    kubectl = cluster.plane.assets.binary("kubectl")
-    argv = [str(kubectl), f"--kubeconfig={cluster.plane.kubeconfig_path}", "-n", NS, "get",
-            kind, name, "-w", "-o", f"jsonpath={{{path}}}{{\"\\n\"}}"]
-
-    current: list[subprocess.Popen[str]] = []
-
-    def run() -> None:
-        while not stop.is_set():
-            with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                  text=True) as proc:
-                current[:] = [proc]
-                if stop.is_set():  # told while this one was starting
-                    proc.terminate()
-                assert proc.stdout is not None
-                for line in proc.stdout:
-                    text = line.strip()
-                    if text and text != series.last():
-                        series.values.append((time.time(), text))
-            stop.wait(0.5)
-
-    def stop_when_told() -> None:
-        stop.wait()
-        for proc in current:
-            proc.terminate()
-
-    threading.Thread(target=run, daemon=True).start()
-    threading.Thread(target=stop_when_told, daemon=True).start()
-    return series
-
-
-def open_loop(target: Target, body: bytes, rate_rps: float, stop: threading.Event,
-              results: list[Result], max_in_flight: int = 48) -> None:
-    """Arrivals at ``rate_rps`` until ``stop``; an arrival that finds ``max_in_flight``
-    requests outstanding is shed (status -1) instead of queued, so that stopping waits for at
-    most ``max_in_flight`` answers, not for a backlog the overload has built."""
-    slots = threading.BoundedSemaphore(max_in_flight)
-    limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight)
-    with httpx.Client(timeout=30.0, limits=limits) as client, \
-            ThreadPoolExecutor(max_in_flight) as pool:
-
-        def send(due: float) -> None:
-            try:
-                reply = client.post(target.url, content=body, headers=dict(target.headers))
-                status, level = reply.status_code, reply.headers.get("x-elastiserve-level")
-            except httpx.HTTPError:
-                status, level = 0, None
-            finally:
-                slots.release()
-            results.append(Result(due, time.monotonic(), status, level))
-
-        start = time.monotonic()
-        arrival = 0
-        while not stop.is_set():
-            due = start + arrival / rate_rps
-            arrival += 1
-            stop.wait(max(0.0, due - time.monotonic()))
-            if slots.acquire(blocking=False):
-                pool.submit(send, due)
-            else:
-                results.append(Result(due, due, -1, None))
-
-
-def kubectl_json(cluster: Any, *args: str) -> Any:
-    return json.loads(cluster.plane.kubectl(*args, "-o", "json").stdout)
-
-
-def replica_managers(obj: dict[str, Any]) -> set[tuple[str, str]]:
-    """(manager, subresource) of every managedFields entry that owns ``spec.replicas``."""
-    return {(e["manager"], e.get("subresource") or "")
-            for e in obj["metadata"].get("managedFields") or []
-            if "f:replicas" in ((e.get("fieldsV1") or {}).get("f:spec") or {})}
-
-
-def ready_pods(cluster: Any) -> list[str]:
-    pods = kubectl_json(cluster, "-n", NS, "get", "pods", "-l",
-                        f"elastiserve.io/model={MODEL}")["items"]
-    return [pod["metadata"]["name"] for pod in pods
-            if pod["metadata"].get("deletionTimestamp") is None and any(
-                c["type"] == "Ready" and c["status"] == "True"
-                for c in pod.get("status", {}).get("conditions") or [])]
-
-
 # ----------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def bed() -> ModelBed:
+    """This module's names (the shared fixtures in ``conftest.py`` read them)."""
+    return BED
 
 
 @pytest.fixture(scope="module")
@@ -186,107 +84,6 @@ def metrics_server(real_cluster: Any, tmp_path_factory: pytest.TempPathFactory
                    ) -> Iterator[MetricsServer]:
     with MetricsServer.start(real_cluster, tmp_path_factory.mktemp("metrics-server")) as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def prometheus(real_cluster: Any, tmp_path_factory: pytest.TempPathFactory
-               ) -> Iterator[PrometheusServer]:
-    """A real Prometheus scraping the annotated pods the API lists."""
-    work = tmp_path_factory.mktemp("hpa-prometheus")
-
-    def list_pods() -> list[dict[str, Any]]:
-        listed = real_cluster.plane.kubectl("get", "pods", "-n", NS, "-o", "json",
-                                            timeout_s=20, check=False)
-        if listed.returncode != 0:
-            return []
-        items: list[dict[str, Any]] = json.loads(listed.stdout)["items"]
-        return items
-
-    with discover_pods(list_pods, work / "targets" / "pods.json") as targets, \
-            run_prometheus(work / "server", [], extra_jobs=[file_sd_job(targets)]) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def mar(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small generated 4-level bundle, archived as ``elastiserve archive`` does; readable by
-    the serving pod's user (it is mounted as a single file: hostPath)."""
-    work = tmp_path_factory.mktemp("hpa-model")
-    bundle = make_bundle(work / "bundle", ratios=(0.25, 0.5, 0.75, 1.0), names=LEVELS, size=28)
-    done = subprocess.run([sys.executable, "-m", "elastiserve.cli", "archive", str(bundle),
-                           "--name", MODEL, "--export-path", str(work / "mar")],
-                          capture_output=True, text=True, timeout=300, check=False)
-    assert done.returncode == 0, done.stderr
-    path = work / "mar" / f"{MODEL}.mar"
-    path.chmod(0o644)
-    return path
-
-
-@pytest.fixture(scope="module")
-def operator(real_cluster: Any, product_images_on_node: Any, mar: Path,
-             prometheus: PrometheusServer, tmp_path_factory: pytest.TempPathFactory
-             ) -> Iterator[OperatorProcess]:
-    """The operator as a process with its least-privilege account (a ClusterRole of its own
-    name, so that nothing here collides with the chart the quick-start test installs), for
-    namespace ``hpa`` only; removed with everything it made afterwards."""
-    plane = real_cluster.plane
-    work = tmp_path_factory.mktemp("hpa-operator")
-    role = yaml.safe_load(CLUSTER_ROLE.read_text(encoding="utf-8"))
-    role["metadata"]["name"] = ACCOUNT
-    account = [
-        role,
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NS}},
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}},
-        {"apiVersion": "v1", "kind": "ServiceAccount",
-         "metadata": {"name": ACCOUNT, "namespace": OPERATOR_NS}},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-         "metadata": {"name": ACCOUNT},
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                     "name": ACCOUNT},
-         "subjects": [{"kind": "ServiceAccount", "name": ACCOUNT, "namespace": OPERATOR_NS}]},
-    ]
-    process: OperatorProcess | None = None
-    try:
-        plane.kubectl("apply", "--server-side", "-f", str(CRD), "-f", str(PEERING_CRD))
-        plane.kubectl("wait", "--for=condition=Established", "--timeout=30s",
-                      "crd/elasticmodels.elastiserve.io")
-        plane.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(account))
-        wait_until(lambda: plane.kubectl("-n", OPERATOR_NS, "get", "sa", ACCOUNT, check=False)
-                   .returncode == 0, what="the operator's ServiceAccount", timeout_s=30.0)
-        token = plane.kubectl("-n", OPERATOR_NS, "create", "token", ACCOUNT,
-                              "--duration=2h").stdout.strip()
-        admin = yaml.safe_load(plane.kubeconfig_path.read_text(encoding="utf-8"))
-        kubeconfig = work / "kubeconfig"
-        kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config",
-            "clusters": admin["clusters"],
-            "users": [{"name": ACCOUNT, "user": {"token": token}}],
-            "contexts": [{"name": "ctx", "context": {"cluster": admin["clusters"][0]["name"],
-                                                     "user": ACCOUNT}}],
-            "current-context": "ctx",
-        }), encoding="utf-8")
-        kubeconfig.chmod(0o600)
-        settings = {
-            "ELASTISERVE_SERVING_IMAGE": product_images_on_node["serving"].ref,
-            "ELASTISERVE_SERVING_IMAGE_PULL_POLICY": "Never",
-            "ELASTISERVE_ALLOWED_HOST_PATHS": json.dumps([str(mar.parent)]),
-        }
-        process = OperatorProcess(kubeconfig, work / "operator.log", prometheus.url,
-                                  namespaces=(NS,), extra_env=settings).start()
-        yield process
-    finally:
-        plane.kubectl("-n", NS, "delete", "hpa,elasticmodel", "--all", "--wait=true",
-                      "--timeout=120s", check=False, timeout_s=130)
-        if process is not None:
-            process.stop()
-            print("operator log tail:\n" + process.log_tail())
-        plane.kubectl("delete", "namespace", NS, OPERATOR_NS, "--ignore-not-found",
-                      "--timeout=120s", check=False, timeout_s=130)
-        plane.kubectl("delete", "clusterrolebinding,clusterrole", ACCOUNT,
-                      "--ignore-not-found", check=False)
-        # The quick-start test that follows on this cluster installs them with the chart.
-        plane.kubectl("delete", "-f", str(CRD), "-f", str(PEERING_CRD), "--ignore-not-found",
-                      "--timeout=60s", check=False, timeout_s=70)
 
 
 # ----------------------------------------------------------------------- the test
@@ -345,7 +142,8 @@ def hpa_condition(cluster: Any, kind: str) -> dict[str, Any]:
 
 
 def test_an_hpa_on_the_model_and_the_operator_meet_a_load_step_without_fighting(
-    real_cluster: Any, metrics_server: MetricsServer, operator: OperatorProcess, mar: Path,
+    real_cluster: Any, metrics_server: MetricsServer, bed_operator: OperatorProcess,
+    bed_mar: Path,
 ) -> None:
     cluster, plane = real_cluster, real_cluster.plane
     started = time.monotonic()
@@ -355,9 +153,9 @@ def test_an_hpa_on_the_model_and_the_operator_meet_a_load_step_without_fighting(
         phases[phase] = round(time.monotonic() - started, 1)
 
     stop = threading.Event()
-    level = watch_field(cluster, stop, "elasticmodel", MODEL, ".status.activeLevel")
-    spec_replicas = watch_field(cluster, stop, "elasticmodel", MODEL, ".spec.replicas")
-    deployment = watch_field(cluster, stop, "deployment", f"{MODEL}-serving", ".spec.replicas")
+    level = watch_field(cluster, stop, NS, "elasticmodel", MODEL, ".status.activeLevel")
+    spec_replicas = watch_field(cluster, stop, NS, "elasticmodel", MODEL, ".spec.replicas")
+    deployment = watch_field(cluster, stop, NS, "deployment", f"{MODEL}-serving", ".spec.replicas")
     loader_stop = threading.Event()
     results: list[Result] = []
     loader: threading.Thread | None = None
@@ -368,10 +166,10 @@ def test_an_hpa_on_the_model_and_the_operator_meet_a_load_step_without_fighting(
                 f"{metrics_server.pod_usage(NS)})")
 
     try:
-        plane.kubectl("apply", "-f", "-", input=json.dumps(model_manifest(mar)))
-        wait_until(lambda: len(ready_pods(cluster)) == 1,
+        plane.kubectl("apply", "-f", "-", input=json.dumps(model_manifest(bed_mar)))
+        wait_until(lambda: len(ready_pods(cluster, BED)) == 1,
                    what="the serving pod Ready through its probes", timeout_s=180.0,
-                   interval_s=0.5, detail=lambda: f"\n{operator.log_tail()}")
+                   interval_s=0.5, detail=lambda: f"\n{bed_operator.log_tail()}")
         mark("first replica Ready")
         wait_until(lambda: level.last() == str(FULL), what="the full level in status",
                    timeout_s=60.0)
@@ -388,11 +186,7 @@ def test_an_hpa_on_the_model_and_the_operator_meet_a_load_step_without_fighting(
         assert idle.get("desiredReplicas") == 1, idle
 
         # The load step, through the model's Service (kube-proxy), with the model's one key.
-        key = base64.b64decode(kubectl_json(cluster, "-n", NS, "get", "secret",
-                                            f"{MODEL}-inference-key")["data"]["key"]).decode()
-        service = kubectl_json(cluster, "-n", NS, "get", "service", MODEL)
-        target = Target(f"http://{service['spec']['clusterIP']}:8080/predictions/{MODEL}",
-                        {"Authorization": f"Bearer {key}", "Content-Type": "image/png"})
+        target = model_target(cluster, BED)
         load_started = time.time()
         mark("load step")
         loader = threading.Thread(target=open_loop, args=(
@@ -409,7 +203,7 @@ def test_an_hpa_on_the_model_and_the_operator_meet_a_load_step_without_fighting(
         loader_stop.set()
         loader.join(timeout=60)
         mark("HPA wrote 2, load stopped")
-        wait_until(lambda: len(ready_pods(cluster)) == 2, what="the second replica Ready",
+        wait_until(lambda: len(ready_pods(cluster, BED)) == 2, what="the second replica Ready",
                    timeout_s=180.0, interval_s=0.5, detail=state)
         wait_until(lambda: (kubectl_json(cluster, "-n", NS, "get", "elasticmodel", MODEL)
                             .get("status") or {}).get("replicas") == 2,
