@@ -175,6 +175,25 @@ def server_side(before: str, after: str) -> dict[str, float | None]:
     return out
 
 
+def gc_marks(text: str) -> dict[str, tuple[dict[float, float], float]]:
+    """Per generation: the operator's GC pause buckets and their sum now (for :func:`gc_since`)."""
+    return {g: (buckets_of(text, GC, f'generation="{g}"'),
+                histogram_sum(text, GC, f'generation="{g}"')) for g in "012"}
+
+
+def gc_since(text: str, marks: dict[str, tuple[dict[float, float], float]]
+             ) -> dict[str, dict[str, Any]]:
+    """Per generation since ``marks``: collections, seconds paused, longest (bucket bound)."""
+    pauses: dict[str, dict[str, Any]] = {}
+    for g, (buckets, total) in marks.items():
+        bound, count = histogram_p99(text, GC, buckets, f'generation="{g}"', q=1.0)
+        pauses[g] = {
+            "collections": count,
+            "seconds": round(histogram_sum(text, GC, f'generation="{g}"') - total, 3),
+            "longest_bound_ms": round(bound * 1000.0, 1) if count else None}
+    return pauses
+
+
 def load() -> float:
     return round(os.getloadavg()[0], 2)
 
@@ -379,8 +398,7 @@ def run_once(models: int, args: argparse.Namespace) -> dict[str, Any]:
                 skipped_before = counter(text, SKIPPED)
                 requests_before = {m: histogram_count(text, API, f'method="{m}"')
                                    for m in METHODS}
-                gc_before = {g: buckets_of(text, GC, f'generation="{g}"') for g in "012"}
-                gc_sums_before = {g: histogram_sum(text, GC, f'generation="{g}"') for g in "012"}
+                gc_before = gc_marks(text)
                 loads["idle_start"] = load()
                 profile = tmp / "idle.txt"
                 profiler = (start_profile(proc.pid, args.idle_seconds, profile)
@@ -402,15 +420,7 @@ def run_once(models: int, args: argparse.Namespace) -> dict[str, Any]:
                 text = fetch(url)
                 eval_p99, evaluations = histogram_p99(text, EVALUATION, eval_before)
                 idle_lag = lag_summary(text, lag_before)
-                gc_pauses = {}
-                for g in "012":
-                    bound, count = histogram_p99(text, GC, gc_before[g], f'generation="{g}"',
-                                                 q=1.0)
-                    gc_pauses[g] = {
-                        "collections": count,
-                        "seconds": round(histogram_sum(text, GC, f'generation="{g}"')
-                                         - gc_sums_before[g], 3),
-                        "longest_bound_ms": round(bound * 1000.0, 1) if count else None}
+                gc_pauses = gc_since(text, gc_before)
                 idle_requests = {
                     m: round((histogram_count(text, API, f'method="{m}"') - requests_before[m])
                              / args.idle_seconds, 2) for m in METHODS}
@@ -434,8 +444,13 @@ def run_once(models: int, args: argparse.Namespace) -> dict[str, Any]:
                     lag_loop_before = buckets_of(text, LAG)
                     phase_lag_before = buckets_of(text, LAG_EVAL)
                     server_before = plane.kubectl("get", "--raw", "/metrics").stdout
+                    phase_gc_before = gc_marks(text)
                     skip = line_count(log_path)
                     loads[f"{what}_start"] = load()
+                    phase_profile = tmp / f"{what}.txt"
+                    phase_profiler = (start_profile(
+                        proc.pid, len(changes) * args.change_gap + 3.0, phase_profile)
+                        if args.profile else None)
                     for i in changes:
                         crs.patch_namespaced_custom_object(
                             "elastiserve.io", "v1alpha1", "bench", "elasticmodels",
@@ -466,7 +481,12 @@ def run_once(models: int, args: argparse.Namespace) -> dict[str, Any]:
                             histogram_p99(text, LAG, lag_loop_before)[0] * 1000.0, 1),
                         **lag_summary(text, phase_lag_before),
                         **server_side(server_before, server),
+                        "gc_pauses": gc_since(text, phase_gc_before),
                     }
+                    if phase_profiler is not None:
+                        phase_profiler.wait(len(changes) * args.change_gap + 60)
+                        if phase_profile.exists():
+                            phases[what]["profile"] = profile_summary(phase_profile)
                 text = fetch(url)
                 steady_lag = lag_summary(text, lag_before)
                 skipped = counter(text, SKIPPED) - skipped_before
@@ -665,7 +685,11 @@ def print_run(result: dict[str, Any], out: Path) -> None:
         print(f"{what}: p50 {phase['reconcile_p50_ms']} ms, p99 {phase['reconcile_p99_ms']} ms, "
               f"{phase['reconciles_within_200ms_pct']} % within 200 ms, "
               f"{phase['api_patches_per_change']} PATCH/change, eval lag p99 <= "
-              f"{phase['evaluation_lag_p99_bound_ms']} ms")
+              f"{phase['evaluation_lag_p99_bound_ms']} ms, GC s/collections per generation "
+              f"{[(p['seconds'], p['collections']) for p in phase['gc_pauses'].values()]}")
+        if phase.get("profile"):
+            print(f"  {what} profile: packages {phase['profile']['innermost_package_pct']}; "
+                  f"ours {phase['profile']['operator_functions_inclusive_pct'][:6]}")
     print(f"create burst: p99 {result['create_burst_reconcile_p99_ms']} ms, all in "
           f"{result['create_burst_all_reconciled_s']} s; load {result['load_avg_1m']}")
     if result["idle_profile"]:
