@@ -15,7 +15,8 @@ process), for one open-loop load step and its end:
    excess had to last the pod start time first, measured from the model's own first pod
    (``status.replicaDecision.podStartSource: Measured``);
 3. the new replica becomes Ready and the model widens back to the full level while the load
-   goes on (never before the second replica was Ready);
+   goes on (never before the second replica was Ready), and both replicas serve it
+   (TorchServe's request counter of each pod, in Prometheus);
 4. after the load stops the count goes back to ``min`` (1) only once the full level has
    served for ``widenStabilizationSeconds`` (``ScaleInAfterWidening`` in between), with its
    ``ScaleIn`` Event; the Deployment's replicas take the values 1, 2, 1 and nothing else;
@@ -39,9 +40,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from elastiserve.testing.processes import wait_until
+from elastiserve.testing.prometheus import PrometheusServer
 from elastiserve_operator.signals.prometheus import end_to_end_latency_query
 from elastiserve_serve.loadgen import Result
 from tests.operator.cluster_harness import OperatorProcess
@@ -77,7 +80,7 @@ LOAD_RPS = 13.0
 """Over the widest level's 12 (the width band's top is 10.3 at 90 % of the objective) on
 one replica, 6.5 per replica on two; under 80 % of the narrowest level's 40, so replicas
 are asked for width (after a pod start), not for capacity (at once)."""
-WIDEN_WINDOW_S = 15
+WIDEN_WINDOW_S = 20
 SCALE_DOWN_WINDOW_S = 5
 
 
@@ -136,8 +139,19 @@ def model_events(cluster: Any) -> list[tuple[str, str]]:
     return [(e["reason"], e["message"]) for e in events["items"]]
 
 
+def pods_that_served(prometheus: PrometheusServer) -> dict[str, float]:
+    """Requests each serving pod counted (TorchServe's own counter, as Prometheus scraped
+    it): pod name -> requests, for the pods that served any."""
+    answer = httpx.get(f"{prometheus.url}/api/v1/query", timeout=10.0, params={
+        "query": f'ts_inference_requests_total{{namespace="{NS}",model_name="{MODEL}"}} > 0'})
+    answer.raise_for_status()
+    return {series["metric"]["pod"]: float(series["value"][1])
+            for series in answer.json()["data"]["result"]}
+
+
 def test_the_joint_policy_narrows_scales_out_widens_back_and_scales_in_on_real_pods(
     real_cluster: Any, bed_operator: OperatorProcess, bed_mar: Path,
+    bed_prometheus: PrometheusServer,
 ) -> None:
     cluster, plane = real_cluster, real_cluster.plane
     started = time.monotonic()
@@ -217,6 +231,11 @@ def test_the_joint_policy_narrows_scales_out_widens_back_and_scales_in_on_real_p
         mark("widened back")
         widened_status = model_status(cluster)
         assert loader.is_alive(), "the load stopped before the model widened back"
+        # The new replica takes its share through the Service (one connection a request).
+        wait_until(lambda: len(pods_that_served(bed_prometheus)) == 2,
+                   what="both replicas to have served requests", timeout_s=30.0,
+                   interval_s=0.5, detail=lambda: f"{pods_that_served(bed_prometheus)}{state()}")
+        served = pods_that_served(bed_prometheus)
         loader_stop.set()
         loader.join(timeout=60)
         load_stopped = time.time()
@@ -269,5 +288,6 @@ def test_the_joint_policy_narrows_scales_out_widens_back_and_scales_in_on_real_p
           f"+{load_stopped - load_started:.1f} s; scaled in at "
           f"+{scaled_in_at - load_started:.1f} s, {scaled_in_at - last_widened:.1f} s after "
           f"the last widening ({back[0]!r}); replica causes {cause.distinct()}; "
-          f"{len(answered)} answered, {len(results) - len(answered)} shed; test body "
+          f"{len(answered)} answered, {len(results) - len(answered)} shed; requests per "
+          f"pod while both served {served}; test body "
           f"{time.monotonic() - started:.1f} s; phases at s: {phases}")
