@@ -40,7 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="let clients pin a level with X-Elastiserve-Level")
     parser.add_argument("--control-file", default="/dev/shm/elastiserve/level.json")
     parser.add_argument("--threads", type=non_negative, default=0,
-                        help="torch threads per worker")
+                        help="torch threads per worker (default 0: in a pod the operator "
+                        "runs, the container's CPU request over its workers, else torch's "
+                        "default)")
     parser.add_argument("--trace-levels", action=argparse.BooleanOptionalAction, default=True,
                         help="run each level as a graph traced in memory at load, checked equal "
                              "to eager (a level that fails stays eager and the worker logs "

@@ -23,6 +23,7 @@ imported later.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from typing import Any
 
 from .archive_check import check_model_dir
 from .bundle_levels import load_levels
+from .runtime.cpu_threads import auto_threads
 from .runtime.engine import ElasticRuntime, Failure, Outcome, RawRequest, Success
 from .runtime.settings import settings_from_mapping
 from .runtime.text import MAX_HEADER_VALUE, plain
@@ -60,6 +62,9 @@ class ElastiserveHandler:
         if os.environ.get(DEVICE_ENV):
             raw["device"] = os.environ[DEVICE_ENV]
         settings = settings_from_mapping(raw)
+        threads, why = auto_threads(settings.threads, os.environ)
+        settings = dataclasses.replace(settings, threads=threads)
+        log.info("elastiserve: torch threads per worker: %s", why)
         levels = load_levels(model_dir, share_storage=share_storage)
         metrics = TorchServeMetrics(context.metrics, context.model_name)
         self.runtime = ElasticRuntime(levels, settings, metrics)

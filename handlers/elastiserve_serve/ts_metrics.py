@@ -34,6 +34,7 @@ CONTROL_OK = "elastiserve_control_file_ok"
 LEVEL_MEMORY = "elastiserve_level_device_memory_bytes"
 STAGE_SECONDS = "elastiserve_stage_seconds_total"
 BATCHES = "elastiserve_batches_total"
+THREADS = "elastiserve_torch_threads"
 LEVEL_DIMENSION = "ElasticLevel"
 
 # TorchServe's own frontend metrics, as in its default metrics.yaml (its defaults are replaced
@@ -85,6 +86,7 @@ def metrics_config() -> dict[str, Any]:
                 {"name": ACTIVE, "unit": "index", "dimensions": per_level()},
                 {"name": CONTROL_OK, "unit": "bool", "dimensions": ["ModelName"]},
                 {"name": LEVEL_MEMORY, "unit": "bytes", "dimensions": per_level()},
+                {"name": THREADS, "unit": "count", "dimensions": ["ModelName"]},
             ],
         },
     }
@@ -111,6 +113,7 @@ class TorchServeMetrics:
         self._memory = cache.get_metric(LEVEL_MEMORY, MetricTypes.GAUGE)
         self._stages = cache.get_metric(STAGE_SECONDS, MetricTypes.COUNTER)
         self._batches = cache.get_metric(BATCHES, MetricTypes.COUNTER)
+        self._threads = cache.get_metric(THREADS, MetricTypes.GAUGE)
         self._last_active: str | None = None
 
     def request_served(self, level: str, seconds: float, *, pinned: bool = False) -> None:
@@ -131,6 +134,9 @@ class TorchServeMetrics:
 
     def level_memory(self, level: str, nbytes: int) -> None:
         self._memory.add_or_update(nbytes, [self._model, level])
+
+    def torch_threads(self, count: int) -> None:
+        self._threads.add_or_update(count, [self._model])
 
     def request_rejected(self, status: int) -> None:
         self._rejected.add_or_update(1, [self._model, str(status)])

@@ -306,6 +306,17 @@ _CONTAINER_SECURITY: Mapping[str, Any] = {
 }
 
 
+def _cpu_request_env(resources: Mapping[str, Mapping[str, str]]) -> list[dict[str, Any]]:
+    """``ELASTISERVE_CPU_REQUEST_MILLI`` from the downward API, where the container has a CPU
+    request (or a limit, which Kubernetes copies into the request). Without either the API
+    would report 0, and the handler keeps torch's default: there is no grant to size against.
+    """
+    if "cpu" not in resources.get("requests", {}) and "cpu" not in resources.get("limits", {}):
+        return []
+    return [{"name": "ELASTISERVE_CPU_REQUEST_MILLI", "valueFrom": {"resourceFieldRef": {
+        "containerName": "torchserve", "resource": "requests.cpu", "divisor": "1m"}}}]
+
+
 def _model_volume(
     spec: ElasticModelSpec,
 ) -> tuple[dict[str, Any], str, str, list[dict[str, Any]]]:
@@ -394,6 +405,10 @@ def build_deployment(
             {"name": "HOME", "value": WRITABLE_HOME},
             # The handler's device (spec.serving.device); TorchServe passes it to its workers.
             {"name": "ELASTISERVE_DEVICE", "value": serving.device},
+            # Torch threads per worker from what the pod was granted (runtime.cpu_threads):
+            # the worker count here, the CPU request through the downward API (below).
+            {"name": "ELASTISERVE_WORKERS", "value": str(serving.workers)},
+            *_cpu_request_env(serving.resources),
             # User model factories a bundle may name (the chart's serving.allowedFactories);
             # the loader refuses any other before importing it.
             *([{"name": "ELASTISERVE_ALLOWED_FACTORIES",

@@ -349,6 +349,13 @@ def test_quickstart_on_the_real_node(
                timeout_s=300.0, interval_s=0.5,
                detail=lambda: diagnostics(real_cluster))
     numbers["apply_to_ready_s"] = round(time.monotonic() - applied_at, 2)
+    # Each worker sized its torch threads from the pod's 500m CPU request (one thread), not
+    # from the node's cores (runtime.cpu_threads); every pod says so in its metrics.
+    threads_query = f'elastiserve_torch_threads{{ModelName="{MODEL}"}}'
+    wait_until(lambda: len(prometheus.query(threads_query)) == REPLICAS,
+               what="every serving pod's torch thread count in Prometheus", timeout_s=60.0,
+               interval_s=1.0, detail=lambda: str(prometheus.query(threads_query)))
+    assert {s.value for s in prometheus.query(threads_query)} == {1.0}
     pods = {pod["status"]["podIP"]: pod["metadata"]["name"]
             for pod in ready_serving_pods(real_cluster)}
 

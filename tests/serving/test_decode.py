@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from elastiserve_serve.runtime import BadRequest, DecodeLimits, InputSpec, Normalisation
-from elastiserve_serve.runtime.decode import IMAGE_AREA_MARGIN, decode, limits_for
+from elastiserve_serve.runtime.decode import (
+    IMAGE_AREA_MARGIN,
+    Pixels,
+    batch_tensor,
+    decode,
+    decode_pixels,
+    limits_for,
+)
 from elastiserve_serve.runtime.engine import ElasticRuntime, Failure, RawRequest
 from elastiserve_serve.runtime.settings import RuntimeSettings
 
@@ -253,6 +260,33 @@ class TestNormalisedValues:
         expected = torch.from_numpy(np.asarray(Image.open(io.BytesIO(body)), dtype=np.float32))
         out = decode(body, SPEC, NORM, LIMITS)
         assert torch.equal(out[0, 0], expected / 255.0)
+
+
+class TestBatchNormalisation:
+    """A batch is normalised once, in one buffer: the same numbers as each request alone."""
+
+    def test_mixed_bodies_give_each_requests_own_rows(self) -> None:
+        norm = Normalisation((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        values = np.random.default_rng(3).random((2, 3, 8, 8), dtype=np.float32)
+        bodies: list[bytes | str] = [png_bytes(8, 8, "RGB", "JPEG"),
+                                     json.dumps({"data": values.tolist()}),
+                  npy((values * 255).astype(np.uint8)), png_bytes(12, 10, "RGB")]
+        parts = [decode_pixels(body, RGB, LIMITS) for body in bodies]
+        assert [p.scale for p in parts] == [255.0, 1.0, 255.0, 255.0]
+        batch = batch_tensor(parts, norm)
+        alone = torch.cat([decode(body, RGB, norm, LIMITS) for body in bodies])
+        assert batch.shape == (6, 3, 8, 8) and batch.is_contiguous()
+        assert torch.equal(batch, alone)
+
+    def test_an_empty_batch_is_refused(self) -> None:
+        with pytest.raises(ValueError, match="at least one"):
+            batch_tensor([], RGB_NORM)
+
+    def test_a_read_only_array_is_copied_not_refused(self) -> None:
+        pixels = np.full((1, 3, 8, 8), 255, dtype=np.uint8)
+        pixels.flags.writeable = False
+        out = batch_tensor([Pixels(pixels, 255.0)], RGB_NORM)
+        assert torch.equal(out, torch.ones((1, 3, 8, 8)))
 
 
 class TestLimitsFollowTheModel:

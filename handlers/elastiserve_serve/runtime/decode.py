@@ -24,6 +24,7 @@ import io
 import json
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +92,24 @@ def limits_for(limits: DecodeLimits, spec: InputSpec) -> DecodeLimits:
                         max_samples=limits.max_samples)
 
 
+@dataclass(frozen=True)
+class Pixels:
+    """One request's checked input before normalisation: ``[n, C, H, W]`` numbers and the
+    scale that maps them to [0, 1] (255 for 8-bit pixels, 1 for float tensors).
+
+    Kept apart from normalisation so that a batch is normalised once, in one buffer, on the
+    device it runs on (:func:`batch_tensor`): 8-bit pixels then cross to a GPU at a quarter of
+    the bytes, and the CPU path saves the per-request float copy and the concatenation.
+    """
+
+    array: np.ndarray[Any, Any]
+    scale: float
+
+    @property
+    def samples(self) -> int:
+        return int(self.array.shape[0])
+
+
 def decode(
     body: bytes | bytearray | str,
     spec: InputSpec,
@@ -98,6 +117,11 @@ def decode(
     limits: DecodeLimits,
 ) -> torch.Tensor:
     """Decode one request body to a float tensor of shape ``[n, C, H, W]`` (n >= 1)."""
+    return batch_tensor([decode_pixels(body, spec, limits)], norm)
+
+
+def decode_pixels(body: bytes | bytearray | str, spec: InputSpec, limits: DecodeLimits) -> Pixels:
+    """Check and decode one request body; every refusal is a :class:`BadRequest`."""
     try:
         data = body.encode("utf-8") if isinstance(body, str) else bytes(body)
     except UnicodeEncodeError:  # lone surrogates in a text body
@@ -107,12 +131,12 @@ def decode(
     if len(data) > limits.max_body_bytes:
         raise BadRequest(413, f"body of {len(data)} bytes exceeds {limits.max_body_bytes}")
     if data.startswith(PNG_MAGIC) or data.startswith(JPEG_MAGIC):
-        return normalise(decode_image(data, spec, limits)[None], norm, scale=255.0)
+        return Pixels(decode_image(data, spec, limits)[None], 255.0)
     if data.startswith(NPY_MAGIC):
         array = decode_npy_tensor(data, spec, limits)
-        return normalise(array, norm, scale=255.0 if array.dtype == np.uint8 else 1.0)
+        return Pixels(array, 255.0 if array.dtype == np.uint8 else 1.0)
     if data.lstrip()[:1] in (b"[", b"{"):
-        return normalise(decode_json_tensor(data, spec, limits), norm)
+        return Pixels(decode_json_tensor(data, spec, limits), 1.0)
     raise BadRequest(415, "unsupported body: expected a PNG, a JPEG, a JSON or a .npy tensor")
 
 
@@ -273,25 +297,48 @@ def _checked_batch(array: np.ndarray[Any, Any], spec: InputSpec, limits: DecodeL
 
 def normalise(pixels: np.ndarray[Any, Any], norm: Normalisation, *,
               scale: float = 1.0) -> torch.Tensor:
-    """``[n, C, H, W]`` pixels (any layout) to a contiguous float32 ``(p / scale - mean) / std``.
+    """``[n, C, H, W]`` pixels (any layout) to a contiguous float32 ``(p / scale - mean) / std``."""
+    return batch_tensor([Pixels(pixels, scale)], norm)
 
-    ``scale`` is 255 for 8-bit image pixels and 1 for JSON tensors already in [0, 1]. One float
-    buffer is allocated; the per-channel divisor and offset are applied to it in place.
+
+def batch_tensor(parts: Sequence[Pixels], norm: Normalisation,
+                 device: torch.device | None = None) -> torch.Tensor:
+    """The requests of one batch as one contiguous float32 ``(p / scale - mean) / std`` on
+    ``device`` (the CPU when ``None``).
+
+    One float buffer is allocated for the whole batch. Each part is converted into its rows
+    on the way in (the copy also makes any layout contiguous and, on a GPU, moves the part
+    there at its own width: 1 byte a pixel for images); its scale and the standard deviation
+    are divided out in place, then the mean is subtracted once over the batch.
     """
-    source = torch.from_numpy(pixels if pixels.flags.writeable else np.array(pixels))
-    out = torch.empty(source.shape, dtype=torch.float32)
-    out.copy_(source)  # converts and makes the layout contiguous in the same pass
-    divisor, offset = _affine(tuple(norm.mean), tuple(norm.std), scale)
-    return out.div_(divisor).sub_(offset)
+    if not parts:
+        raise ValueError("a batch needs at least one request")
+    target = device or torch.device("cpu")
+    shape = parts[0].array.shape[1:]
+    out = torch.empty((sum(p.samples for p in parts), *shape), dtype=torch.float32,
+                      device=target)
+    mean = tuple(norm.mean)
+    std = tuple(norm.std)
+    offset = 0
+    for part in parts:
+        array = part.array if part.array.flags.writeable else np.array(part.array)
+        rows = out[offset:offset + part.samples]
+        rows.copy_(torch.from_numpy(array))
+        divisor, _ = _affine(mean, std, part.scale, target)
+        rows.div_(divisor)
+        offset += part.samples
+    _, shift = _affine(mean, std, 1.0, target)
+    return out.sub_(shift)
 
 
-@functools.lru_cache(maxsize=8)
-def _affine(mean: tuple[float, ...], std: tuple[float, ...],
-            scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel ``scale * std`` and ``mean / std`` as ``[1, C, 1, 1]`` tensors (cached)."""
+@functools.lru_cache(maxsize=16)
+def _affine(mean: tuple[float, ...], std: tuple[float, ...], scale: float,
+            device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel ``scale * std`` and ``mean / std`` as ``[1, C, 1, 1]`` tensors on
+    ``device`` (cached: built once per normalisation, scale and device)."""
     std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    return std_t * scale, mean_t / std_t
+    return (std_t * scale).to(device), (mean_t / std_t).to(device)
 
 
 def _count_numbers(value: object) -> int | None:

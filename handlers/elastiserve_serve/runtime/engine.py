@@ -34,7 +34,7 @@ import torch
 
 from .batch_level import BatchChoice, ChoiceReason, choose_batch_level
 from .control import ARRIVAL_HEADER, ControlFileReader, ControlState
-from .decode import BadRequest, decode, limits_for
+from .decode import BadRequest, Pixels, batch_tensor, decode_pixels, limits_for
 from .device import level_memory_bytes, levels_on, resolve_device
 from .graph import trace_levels
 from .heap import trim_heap
@@ -164,6 +164,7 @@ class ElasticRuntime:
         for name, nbytes in self.level_memory.items():
             self.metrics.level_memory(name, nbytes)
         log.info("levels on %s; memory per level (bytes): %s", self.device, self.level_memory)
+        self.metrics.torch_threads(torch.get_num_threads())
         trim_heap()  # the levels' warm-up activations are freed; give the pages back
 
     def _profile(self, max_samples: int) -> ServiceTimes:
@@ -189,30 +190,30 @@ class ElasticRuntime:
         received_ns = self._wall_ns()
         self._refresh_active()
         outcomes: list[Outcome | None] = [None] * len(requests)
-        routed: list[tuple[int, str, torch.Tensor, bool]] = []
+        routed: list[tuple[int, str, Pixels, bool]] = []
         oldest_wait_s = 0.0
         for idx, request in enumerate(requests):
             began = self._clock()
             try:
-                level, tensor, pinned = self._route(request)
+                level, pixels, pinned = self._route(request)
                 self.stages.add("decode", self._clock() - began)
             except BadRequest as err:
                 outcomes[idx] = self._reject(err.status, err.reason)
                 continue
-            routed.append((idx, level, tensor, pinned))
+            routed.append((idx, level, pixels, pinned))
             if not pinned:
                 oldest_wait_s = max(oldest_wait_s, _waited_s(request.headers, received_ns))
-        unpinned_samples = sum(t.shape[0] for _, _, t, pinned in routed if not pinned)
+        unpinned_samples = sum(p.samples for _, _, p, pinned in routed if not pinned)
         served = self._batch_level(unpinned_samples, oldest_wait_s, self._clock() - start)
-        groups: dict[str, list[tuple[int, torch.Tensor, bool]]] = {}
-        for idx, level, tensor, pinned in routed:
-            groups.setdefault(level if pinned else served, []).append((idx, tensor, pinned))
+        groups: dict[str, list[tuple[int, Pixels, bool]]] = {}
+        for idx, level, pixels, pinned in routed:
+            groups.setdefault(level if pinned else served, []).append((idx, pixels, pinned))
         # The controller's level first: a pinned group's forward pass must not lengthen the
         # latency the unpinned requests are measured at.
         order = sorted(groups, key=lambda name: name != served)
         for level in order:
             members = groups[level]
-            self._run_group(level, [(idx, tensor) for idx, tensor, _ in members], outcomes)
+            self._run_group(level, [(idx, pixels) for idx, pixels, _ in members], outcomes)
             elapsed = self._clock() - start
             for idx, _, was_pinned in members:
                 if isinstance(outcomes[idx], Success):
@@ -245,7 +246,7 @@ class ElasticRuntime:
                       oldest_wait_s * 1000, self.levels.names[choice.level])
         return self.levels.names[choice.level]
 
-    def _route(self, request: RawRequest) -> tuple[str, torch.Tensor, bool]:
+    def _route(self, request: RawRequest) -> tuple[str, Pixels, bool]:
         """Level and decoded input of one request; every failure is a :class:`BadRequest`.
 
         The decoder raises :class:`BadRequest` for what it recognises; anything else it or the
@@ -254,9 +255,7 @@ class ElasticRuntime:
         """
         try:
             level, pinned = self._choose_level(request.headers)
-            tensor = decode(
-                request.body, self.levels.input_spec, self.levels.normalisation, self.limits
-            )
+            pixels = decode_pixels(request.body, self.levels.input_spec, self.limits)
         except BadRequest:
             raise
         except MemoryError:
@@ -264,7 +263,7 @@ class ElasticRuntime:
         except Exception as err:
             log.warning("request refused: %s", plain(f"{type(err).__name__}: {err}"))
             raise BadRequest(400, f"cannot read the request ({type(err).__name__})") from None
-        return level, tensor, pinned
+        return level, pixels, pinned
 
     def _reject(self, status: int, reason: str) -> Failure:
         failure = Failure(status, reason)
@@ -274,11 +273,15 @@ class ElasticRuntime:
     def _run_group(
         self,
         level: str,
-        members: list[tuple[int, torch.Tensor]],
+        members: list[tuple[int, Pixels]],
         outcomes: list[Outcome | None],
     ) -> None:
         try:
-            batch = torch.cat([tensor for _, tensor in members]).to(self.device)
+            began = self._clock()
+            # One normalisation for the group, into one buffer on the device (decode.py).
+            batch = batch_tensor([pixels for _, pixels in members], self.levels.normalisation,
+                                 self.device)
+            self.stages.add("decode", self._clock() - began)
             began = self._clock()
             with torch.inference_mode():
                 probabilities = torch.softmax(
@@ -305,8 +308,8 @@ class ElasticRuntime:
             for vrow, irow in zip(values.tolist(), indices.tolist(), strict=True)
         ]
         offset = 0
-        for idx, tensor in members:
-            count = tensor.shape[0]
+        for idx, pixels in members:
+            count = pixels.samples
             outcomes[idx] = Success(level, rows[offset : offset + count])
             offset += count
         self.stages.add("postprocess", self._clock() - began)

@@ -42,6 +42,9 @@ class MetricsSink(Protocol):
     def batches_served(self, count: int) -> None:
         """Batches handled since the last report (reported with the stage seconds)."""
 
+    def torch_threads(self, count: int) -> None:
+        """The intra-op threads this worker runs (``runtime.cpu_threads``), at load."""
+
 
 class NullMetrics:
     """Discards everything (the default when nobody is listening)."""
@@ -70,6 +73,9 @@ class NullMetrics:
     def batches_served(self, count: int) -> None:
         pass
 
+    def torch_threads(self, count: int) -> None:
+        pass
+
 
 @dataclass
 class RecordingMetrics:
@@ -84,6 +90,7 @@ class RecordingMetrics:
     memory: dict[str, int] = field(default_factory=dict)
     stages: dict[str, float] = field(default_factory=dict)
     batches: int = 0
+    threads: int | None = None
 
     def request_served(self, level: str, seconds: float, *, pinned: bool = False) -> None:
         (self.pinned if pinned else self.served).append((level, seconds))
@@ -108,3 +115,6 @@ class RecordingMetrics:
 
     def batches_served(self, count: int) -> None:
         self.batches += count
+
+    def torch_threads(self, count: int) -> None:
+        self.threads = count
