@@ -51,15 +51,13 @@ def bed_prometheus(real_cluster: Any, bed: ModelBed, tmp_path_factory: pytest.Te
 
 @pytest.fixture(scope="module")
 def bed_mar(bed: ModelBed, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small generated 4-level bundle, archived as ``elastiserve archive`` does, with one
-    torch thread per worker (as the quick start archives: what a fraction of a core buys;
-    more threads wait on each other when the shared node is busy); readable by the serving
-    pod's user (it is mounted as a single file: hostPath)."""
+    """A small generated 4-level bundle, archived as ``elastiserve archive`` does (torch
+    threads left to the pod's CPU request); readable by the serving pod's user (it is
+    mounted as a single file: hostPath)."""
     work = tmp_path_factory.mktemp(f"{bed.ns}-model")
     bundle = make_bundle(work / "bundle", ratios=(0.25, 0.5, 0.75, 1.0), names=LEVELS, size=28)
     done = subprocess.run([sys.executable, "-m", "elastiserve.cli", "archive", str(bundle),
-                           "--name", bed.model, "--export-path", str(work / "mar"),
-                           "--threads", "1"],
+                           "--name", bed.model, "--export-path", str(work / "mar")],
                           capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     path = work / "mar" / f"{bed.model}.mar"

@@ -40,7 +40,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from elastiserve.testing.processes import wait_until
@@ -142,11 +141,8 @@ def model_events(cluster: Any) -> list[tuple[str, str]]:
 def pods_that_served(prometheus: PrometheusServer) -> dict[str, float]:
     """Requests each serving pod counted (TorchServe's own counter, as Prometheus scraped
     it): pod name -> requests, for the pods that served any."""
-    answer = httpx.get(f"{prometheus.url}/api/v1/query", timeout=10.0, params={
-        "query": f'ts_inference_requests_total{{namespace="{NS}",model_name="{MODEL}"}} > 0'})
-    answer.raise_for_status()
-    return {series["metric"]["pod"]: float(series["value"][1])
-            for series in answer.json()["data"]["result"]}
+    query = f'ts_inference_requests_total{{namespace="{NS}",model_name="{MODEL}"}} > 0'
+    return {sample.labels["pod"]: sample.value for sample in prometheus.query(query)}
 
 
 def test_the_joint_policy_narrows_scales_out_widens_back_and_scales_in_on_real_pods(
