@@ -160,10 +160,14 @@ def test_an_hpa_on_the_model_and_the_operator_meet_a_load_step_without_fighting(
     results: list[Result] = []
     loader: threading.Thread | None = None
 
+    p95 = watch_field(cluster, stop, NS, "elasticmodel", MODEL, ".status.p95Ms")
+
     def state() -> str:
+        answered = sum(1 for r in results if r.status == 200)
         return (f" (level {level.values}, model replicas {spec_replicas.values}, deployment "
-                f"{deployment.values}, hpa {hpa_status(cluster)}, usage "
-                f"{metrics_server.pod_usage(NS)})")
+                f"{deployment.values}, model p95Ms seen {[v for _, v in p95.values][-30:]}, "
+                f"{answered} answered, {len(results) - answered} shed or failed, hpa "
+                f"{hpa_status(cluster)}, usage {metrics_server.pod_usage(NS)})")
 
     try:
         plane.kubectl("apply", "-f", "-", input=json.dumps(model_manifest(bed_mar)))
