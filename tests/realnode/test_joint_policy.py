@@ -80,6 +80,9 @@ LOAD_RPS = 13.0
 one replica, 6.5 per replica on two; under 80 % of the narrowest level's 40, so replicas
 are asked for width (after a pod start), not for capacity (at once)."""
 WIDEN_WINDOW_S = 20
+SERVED_BY_THE_NEW_REPLICA = 15
+"""Requests the second replica must have answered before the load stops (about 2 s of its
+half of the load): the widened model serves the step on both replicas for a while."""
 SCALE_DOWN_WINDOW_S = 5
 
 
@@ -227,8 +230,10 @@ def test_the_joint_policy_narrows_scales_out_widens_back_and_scales_in_on_real_p
         mark("widened back")
         widened_status = model_status(cluster)
         assert loader.is_alive(), "the load stopped before the model widened back"
-        # The new replica takes its share through the Service (one connection a request).
-        wait_until(lambda: len(pods_that_served(bed_prometheus)) == 2,
+        # The new replica takes its share through the Service (one connection a request):
+        # the load goes on until it has served a few seconds' worth at the full level.
+        wait_until(lambda: (lambda served: len(served) == 2 and min(served.values())
+                            >= SERVED_BY_THE_NEW_REPLICA)(pods_that_served(bed_prometheus)),
                    what="both replicas to have served requests", timeout_s=30.0,
                    interval_s=0.5, detail=lambda: f"{pods_that_served(bed_prometheus)}{state()}")
         served = pods_that_served(bed_prometheus)
