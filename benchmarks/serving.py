@@ -593,7 +593,7 @@ def stage_table(scrapes: Sequence[tuple[dict[Any, float], dict[Any, float]]], mo
 
 
 def breakdown(root: Path, bundles: dict[str, tuple[Path, bytes, int]], *, batch: int,
-              delay_ms: int, threads: int, seconds: float, env: dict[str, str],
+              delay_ms: int, threads: int, seconds: float, rounds: int, env: dict[str, str],
               stock: Path | None) -> dict[str, Any]:
     """Every level of every bundle: forward-only capacity in process, end-to-end
     capacity through one TorchServe (closed loop, pinned level), and the per-request stage
@@ -612,7 +612,6 @@ def breakdown(root: Path, bundles: dict[str, tuple[Path, bytes, int]], *, batch:
     if stock is not None:
         models.append(f"{STOCK}={STOCK}.mar")
     clients = 2 * batch
-    rounds = 2
     with run_torchserve(root / "run-breakdown", store, models, extra_env=env) as server:
         auth = {"Authorization": f"Bearer {server.keys.inference}"}
         url = f"{server.inference_url}/predictions/"
@@ -721,7 +720,8 @@ def run_breakdown(args: argparse.Namespace, width_mult: float, env: dict[str, st
     return breakdown(root, {"serving": (serving, jpeg_body(), 1),
                             "demo": (demo, demo_body(demo, per), per)},
                      batch=args.batch_size, delay_ms=args.max_batch_delay_ms, threads=1,
-                     seconds=seconds, env=env or {"OMP_NUM_THREADS": "1"}, stock=stock)
+                     seconds=seconds, rounds=args.breakdown_rounds,
+                     env=env or {"OMP_NUM_THREADS": "1"}, stock=stock)
 
 
 
@@ -742,8 +742,9 @@ def breakdown_basis(args: argparse.Namespace, stage_result: dict[str, Any]) -> d
         "stock_full": stock,
         "method": (f"end_to_end_rps: answers/s through one TorchServe, {2 * args.batch_size} "
                    f"closed-loop clients pinning the level for {args.breakdown_seconds} s "
-                   "in 2 rounds (every target in each round, order reversed in the second, "
-                   "after a 1 s warm-up of each; batches kept full), "
+                   f"in {args.breakdown_rounds} rounds (every target in each round, the order "
+                   "reversed every other round, after a 1 s warm-up of each; batches kept "
+                   "full), "
                    f"batch {args.batch_size}, delay "
                    f"{args.max_batch_delay_ms} ms, 1 worker, 1 thread, per-batch choice off; "
                    "forward_only_rps: the same level's forward pass + softmax in process, as "
@@ -890,14 +891,22 @@ def main() -> int:
     parser.add_argument("--profile-only", action="store_true",
                         help="only the in-process profile of both handlers, printed")
     parser.add_argument("--output", type=Path)
-    parser.add_argument("--breakdown-seconds", type=float, default=6.0,
-                        help="closed-loop seconds per level in the stage table (default 6)")
+    parser.add_argument("--breakdown-seconds", type=float, default=24.0,
+                        help="closed-loop seconds per level in the stage table (default 24)")
+    parser.add_argument("--breakdown-rounds", type=int, default=6,
+                        help="rounds the stage table's time is split into, every target in "
+                        "each (more rounds spread this shared machine's drift over all "
+                        "targets alike; default 6)")
     parser.add_argument("--breakdown-only", action="store_true",
                         help="only the stage table (forward-only vs end-to-end per level, "
                              "serving model and demo bundle); writes serving-breakdown.json")
     parser.add_argument("--plot-only", type=Path, metavar="JSON",
                         help="redraw the PNG beside a result JSON and exit")
     args = parser.parse_args()
+    if args.breakdown_rounds < 1 or args.breakdown_seconds <= 0:
+        print("serving: --breakdown-rounds must be >= 1 and --breakdown-seconds > 0",
+              file=sys.stderr)
+        return 2
     if args.plot_only:
         plot(json.loads(args.plot_only.read_text()), args.plot_only.with_suffix(".png"))
         return 0
