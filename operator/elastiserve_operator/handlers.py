@@ -70,6 +70,7 @@ from .replica_owner import (
 )
 from .schedule import next_slot
 from .settings import OperatorSettings, settings_from_env
+from .shutdown import Shutdown, is_operator_exit, may_spawn, shutdown_of
 from .signals.prometheus import PrometheusClient
 from .spec import SpecError, parse_spec
 from .status import pod_count, ready_count
@@ -156,6 +157,7 @@ async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
         memo.trim_task = asyncio.get_running_loop().create_task(
             trim_periodically(trim, metrics.heap_trim.observe))
     memo.gone = set()  # uids of models deleted while their daemon ran (``model_event``)
+    memo.shutdown = Shutdown()  # no daemon respawns once the exit has begun (``shutdown``)
     memo.runtime = Runtime(
         api=KubeApi(connection_info(settings), observe=metrics.observe_request),
         prometheus=PrometheusClient(op.prometheus_url, timeout_s=op.prometheus_timeout_s,
@@ -228,6 +230,7 @@ async def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.AiohttpSessio
 
 @kopf.on.cleanup()
 async def cleanup(memo: Any, **_: Any) -> None:
+    shutdown_of(memo).begun = True  # before the sessions close: no daemon may start on them
     for name in ("lag_task", "trim_task"):
         task = getattr(memo, name, None)
         if task is not None:
@@ -398,7 +401,7 @@ async def _reensure_owner(
         await reconcile(runtime, owner)
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0)
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=5.0, when=may_spawn)
 async def policy_loop(body: kopf.Body, memo: Any, stopped: kopf.DaemonStopped, **_: Any) -> None:
     """Evaluate every interval (read live: a spec change applies from the next round), on
     a fixed grid (``schedule``): how late each round starts is measured, and a loop a whole
@@ -429,6 +432,8 @@ async def policy_loop(body: kopf.Body, memo: Any, stopped: kopf.DaemonStopped, *
     try:
         while True:
             await stopped.wait(max(0.0, due - loop.time()))
+            if is_operator_exit(stopped.reason):
+                shutdown_of(memo).begun = True
             if stopped or uid in gone:
                 break
             runtime.metrics.evaluation_lag.observe(max(0.0, loop.time() - due))
