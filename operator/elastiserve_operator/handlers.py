@@ -70,7 +70,13 @@ from .replica_owner import (
 )
 from .schedule import next_slot
 from .settings import OperatorSettings, settings_from_env
-from .shutdown import Shutdown, is_operator_exit, may_spawn, shutdown_of
+from .shutdown import (
+    Shutdown,
+    is_operator_exit,
+    may_spawn,
+    shutdown_of,
+    sleep_unless_stopped,
+)
 from .signals.prometheus import PrometheusClient
 from .spec import SpecError, parse_spec
 from .status import pod_count, ready_count
@@ -431,7 +437,7 @@ async def policy_loop(body: kopf.Body, memo: Any, stopped: kopf.DaemonStopped, *
     due = loop.time() + random.random() * interval()
     try:
         while True:
-            await stopped.wait(max(0.0, due - loop.time()))
+            await sleep_unless_stopped(stopped, due - loop.time())
             if is_operator_exit(stopped.reason):
                 shutdown_of(memo).begun = True
             if stopped or uid in gone:

@@ -11,20 +11,29 @@ a task of kopf's own whose normal end is ``TimeoutError`` (kopf swallows it in t
 so a wait that ran out in those 5 s made ``kopf.operator`` raise a bare ``TimeoutError``:
 a traceback and a non-zero exit code on every rolling update.
 
-The daemon's ``when`` filter (``may_spawn``) reads a flag shared through kopf's memo: kopf
+Two guards, each enough for the case above:
+
+* The daemon's ``when`` filter (``may_spawn``) reads a flag shared through kopf's memo: kopf
 evaluates it right before spawning, in the same step, so once the flag is set no daemon
 starts again. The first daemon stopped for ``OPERATOR_EXITING`` sets it (a respawn of the
 same model can only come after that daemon has returned), and so does the cleanup handler.
+* The daemon sleeps with ``sleep_unless_stopped``: the time limit is ours, so when it runs
+out kopf's waiting task is cancelled rather than ended with ``TimeoutError``. A daemon that
+still gets started in the exit (a model first seen in the last queued events, while no
+daemon ran to set the flag) is then cancelled after kopf's 5 s like any hung task, with
+nothing to re-raise.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
 import kopf
 
-__all__ = ["Shutdown", "is_operator_exit", "may_spawn", "shutdown_of"]
+__all__ = ["Shutdown", "is_operator_exit", "may_spawn", "shutdown_of", "sleep_unless_stopped"]
 
 
 @dataclass
@@ -51,3 +60,14 @@ def shutdown_of(memo: Any) -> Shutdown:
 def may_spawn(memo: Any, **_: Any) -> bool:
     """kopf ``when`` filter of the policy daemon: no new daemon once the exit has begun."""
     return not shutdown_of(memo).begun
+
+
+async def sleep_unless_stopped(stopped: kopf.DaemonStopped, seconds: float) -> None:
+    """Sleep ``seconds`` or until the daemon is stopped, whichever comes first.
+
+    Not ``stopped.wait(seconds)``: that runs the wait in a task of kopf's whose normal end,
+    when the time runs out, is ``TimeoutError``, and kopf re-raises it from ``kopf.operator``
+    if the task was still pending when the exit began (see the module docstring)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(max(0.0, seconds)):
+            await stopped.wait()
