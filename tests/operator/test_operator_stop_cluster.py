@@ -85,13 +85,13 @@ def _patch_and_await_dispatch(crs: Any, namespace: str, name: str, patches: int)
             GROUP, VERSION, namespace, PLURAL, name,
             {"metadata": {"annotations": {"test.elastiserve.io/tick": str(tick)}}})
         last = patched["metadata"]["resourceVersion"]
-    stream = watch.Watch()
-    for event in stream.stream(
+    stream = watch.Watch()  # type: ignore[no-untyped-call]
+    for event in stream.stream(  # type: ignore[no-untyped-call]
         crs.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL,
         field_selector=f"metadata.name={name}",
         resource_version=start["metadata"]["resourceVersion"], timeout_seconds=20,
     ):
         if event["object"]["metadata"]["resourceVersion"] == last:
-            stream.stop()
+            stream.stop()  # type: ignore[no-untyped-call]
             return
     raise AssertionError(f"the API server did not dispatch {name}'s patch {last} in 20 s")
