@@ -193,6 +193,18 @@ ROWS = (
         replica_state(10, recs=((200.0, 9),)), 300.0, 10, 3, 9, ReplicaCause.SCALE_IN),
     Row("within-tolerance-holds", level_state(3), replica_state(10), 680.0, 10,
         3, 10, ReplicaCause.STEADY),
+    #    Hysteresis: a scale-in never lands on a count whose band the forecast exceeds (the
+    #    scale-out test would ask for the replica back at once). 600 rps on 10 is under the
+    #    band (66.2 per replica) and ceil(600 / 73.6) = 9, but the trend (+2.5 rps/s) puts
+    #    750 rps one pod start ahead, over 9 x 80.9 = 728: hold 10...
+    Row("scale-in-never-below-what-the-forecast-asks-for", level_state(3, changed_ago=400),
+        replica_state(10, rates=tuple((float(a), 600.0 - 2.5 * a) for a in range(300, 0, -30))),
+        600.0, 10, 3, 10, ReplicaCause.STEADY),
+    #    ...while a gentler trend (+1 rps/s: 660 one pod start ahead, inside 9 x 80.9)
+    #    scales in to 9 as before.
+    Row("scale-in-with-the-forecast-inside-the-smaller-band", level_state(3, changed_ago=400),
+        replica_state(10, rates=tuple((float(a), 600.0 - 1.0 * a) for a in range(300, 0, -30))),
+        600.0, 10, 3, 9, ReplicaCause.SCALE_IN),
     #    An idle model (rate 0, no latency: a quantile over zero requests) is scaled in
     #    like any other low load, not held as if its metrics were missing.
     Row("idle-scales-in-after-the-widen-window", level_state(3, changed_ago=400),
@@ -433,6 +445,81 @@ def test_bounds_and_missing_data_hold_for_any_input(
     if not usable:
         assert decision.replicas.replicas == min(max(replicas, 2), 20)
         assert decision.level.level == level
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    replicas=st.integers(3, 20),
+    rate=st.floats(0.0, 1500.0),
+    slope=st.floats(0.0, 5.0),
+)
+def test_a_scale_in_never_lands_where_the_scale_out_test_fires(
+    replicas: int, rate: float, slope: float
+) -> None:
+    """Hysteresis between the two width tests: after a scale-in to ``n`` at the same
+    readings, the forecast is inside ``n``'s band (no replica started and stopped, or
+    stopped and started, under a steady load). Fails on the rule that sized a scale-in on
+    the measured rate alone."""
+    rates = tuple((float(a), rate - slope * a) for a in range(300, 0, -30))
+    state = JointState(level_state(3, changed_ago=400), replica_state(replicas, rates=rates))
+    decision = decide_joint(Observation(0.05, rate, NOW, None, replicas),
+                            ReplicaObservation(replicas, 60.0), SPEC, POLICY, PROFILE,
+                            state, NOW)
+    if decision.replicas.cause is ReplicaCause.SCALE_IN:
+        forecast = decision.replicas.forecast_rps
+        assert forecast is not None
+        band_top = width_band_top_rps(SPEC, PROFILE, POLICY) * decision.replicas.replicas
+        assert forecast <= band_top, decision.replicas.reason
+
+
+class TestSteadyLoadNearTheBand:
+    """Issue 21: the real-node test's declared profile (one worker; the widest level carries
+    12 rps, the narrowest 40; objective 1 s; band top 10.26, width target 9.33 per replica
+    at the default tolerance), 2 replicas ready at the full level, a steady rate replayed
+    for 600 evaluations a second apart: the count never moves while 2 replicas are the
+    smallest count whose band holds the rate (9.4-20 rps), and only scales in, once, where
+    one replica's does (under 9.33 rps)."""
+
+    LEVEL_CAPACITY = (40.0, 28.0, 18.0, 12.0)
+
+    def spec_and_policy(self, tolerance: float) -> tuple[Any, ReplicaPolicy]:
+        spec = parse_spec({
+            "model": {"levelCount": 4, "source": {"localPath": "/m.mar"}},
+            "objective": {"p95Ms": 1000},
+            "serving": {"workers": 1, "batchSize": 4, "maxBatchDelayMs": 5},
+            "policy": {"evaluationIntervalSeconds": 1, "stableWindowSeconds": 6,
+                       "panicWindowSeconds": 2, "panicThreshold": 2.0, "headroom": 0.2,
+                       "widenStabilizationSeconds": 20, "settleSeconds": 6,
+                       "staleAfterSeconds": 10},
+        })
+        policy = parse_replica_policy({"enabled": True, "min": 1, "max": 2,
+                                       "scaleDownStabilizationSeconds": 5,
+                                       "tolerance": tolerance, "podStartSeconds": 30})
+        return spec, policy
+
+    def replay(self, rate: float, tolerance: float) -> list[int]:
+        spec, policy = self.spec_and_policy(tolerance)
+        profile = tuple(LevelProfile(f"l{k}", capacity_rps=c, accuracy=0.8 + 0.02 * k)
+                        for k, c in enumerate(self.LEVEL_CAPACITY))
+        state = JointState.initial(3, 2, NOW - 3600.0)
+        counts = [2]
+        for step in range(1, 601):
+            now = NOW + step
+            ready = state.replicas.replicas  # a scale-in takes effect at once
+            decision = decide_joint(Observation(0.3, rate, now, None, ready),
+                                    ReplicaObservation(ready, 30.0), spec, policy, profile,
+                                    state, now)
+            state = decision.state
+            if decision.replicas.replicas != counts[-1]:
+                counts.append(decision.replicas.replicas)
+        return counts
+
+    @pytest.mark.parametrize("rate", [9.4, 11.0, 13.0, 16.0, 20.0])
+    def test_default_tolerance_holds_two_replicas(self, rate: float) -> None:
+        assert self.replay(rate, 0.1) == [2]
+
+    def test_under_one_replicas_target_scales_in_once(self) -> None:
+        assert self.replay(9.2, 0.1) == [2, 1]
 
 
 def test_disabled_policy_object_defaults() -> None:
