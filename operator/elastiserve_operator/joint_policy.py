@@ -41,10 +41,7 @@ serves narrow for as long as the load stays high. This layer runs the level poli
    for a scale-in) around a per-replica *width target*: the rate at which the widest
    allowed level is predicted at ``widthShareOfObjective`` of the objective (the band's
    top), divided by ``1 + tolerance``. A scale-out is judged on the forecast, a scale-in
-   on the measured rate, and to no fewer replicas than keep the forecast inside the band:
-   a scale-in sized on the measured rate alone, under a rising trend, landed on a count
-   the scale-out test rejects at once (a replica stopped and asked back under a steady
-   load). A scale-out is sized like the HPA's, the measured rate at the
+   on the measured rate. A scale-out is sized like the HPA's, the measured rate at the
    target, and at least so that the forecast stays inside the band: the trend, fitted on
    a few minutes of a noisy rate, says when to scale and how far ahead to look, but sized
    at the target it kept every fleet a trend's worth of noise too large (a plateau after
@@ -596,11 +593,7 @@ def decide_replicas(
         wanted = policy.clamp(max(math.ceil(rate / target_rps),
                                   math.ceil(forecast / fit_rps)))
     elif rate < target_rps * (1.0 - policy.tolerance) * current:
-        # Never fewer than the scale-out test above would ask for again at once: a count
-        # sized on the measured rate alone, under a rising forecast, is undone by the next
-        # scale-out (a replica started and stopped under a steady load).
-        wanted = policy.clamp(max(math.ceil(rate / target_rps),
-                                  math.ceil(forecast / fit_rps)))
+        wanted = policy.clamp(math.ceil(rate / target_rps))
     state = _recorded(state, wanted, policy, horizon, now)
     per_replica = (f"{forecast / current:.1f} rps per replica{trend}, width band up to "
                    f"{fit_rps:.1f} (target {target_rps:.1f})")

@@ -193,18 +193,6 @@ ROWS = (
         replica_state(10, recs=((200.0, 9),)), 300.0, 10, 3, 9, ReplicaCause.SCALE_IN),
     Row("within-tolerance-holds", level_state(3), replica_state(10), 680.0, 10,
         3, 10, ReplicaCause.STEADY),
-    #    Hysteresis: a scale-in never lands on a count whose band the forecast exceeds (the
-    #    scale-out test would ask for the replica back at once). 600 rps on 10 is under the
-    #    band (66.2 per replica) and ceil(600 / 73.6) = 9, but the trend (+2.5 rps/s) puts
-    #    750 rps one pod start ahead, over 9 x 80.9 = 728: hold 10...
-    Row("scale-in-never-below-what-the-forecast-asks-for", level_state(3, changed_ago=400),
-        replica_state(10, rates=tuple((float(a), 600.0 - 2.5 * a) for a in range(300, 0, -30))),
-        600.0, 10, 3, 10, ReplicaCause.STEADY),
-    #    ...while a gentler trend (+1 rps/s: 660 one pod start ahead, inside 9 x 80.9)
-    #    scales in to 9 as before.
-    Row("scale-in-with-the-forecast-inside-the-smaller-band", level_state(3, changed_ago=400),
-        replica_state(10, rates=tuple((float(a), 600.0 - 1.0 * a) for a in range(300, 0, -30))),
-        600.0, 10, 3, 9, ReplicaCause.SCALE_IN),
     #    An idle model (rate 0, no latency: a quantile over zero requests) is scaled in
     #    like any other low load, not held as if its metrics were missing.
     Row("idle-scales-in-after-the-widen-window", level_state(3, changed_ago=400),
@@ -445,31 +433,6 @@ def test_bounds_and_missing_data_hold_for_any_input(
     if not usable:
         assert decision.replicas.replicas == min(max(replicas, 2), 20)
         assert decision.level.level == level
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    replicas=st.integers(3, 20),
-    rate=st.floats(0.0, 1500.0),
-    slope=st.floats(0.0, 5.0),
-)
-def test_a_scale_in_never_lands_where_the_scale_out_test_fires(
-    replicas: int, rate: float, slope: float
-) -> None:
-    """Hysteresis between the two width tests: after a scale-in to ``n`` at the same
-    readings, the forecast is inside ``n``'s band (no replica started and stopped, or
-    stopped and started, under a steady load). Fails on the rule that sized a scale-in on
-    the measured rate alone."""
-    rates = tuple((float(a), rate - slope * a) for a in range(300, 0, -30))
-    state = JointState(level_state(3, changed_ago=400), replica_state(replicas, rates=rates))
-    decision = decide_joint(Observation(0.05, rate, NOW, None, replicas),
-                            ReplicaObservation(replicas, 60.0), SPEC, POLICY, PROFILE,
-                            state, NOW)
-    if decision.replicas.cause is ReplicaCause.SCALE_IN:
-        forecast = decision.replicas.forecast_rps
-        assert forecast is not None
-        band_top = width_band_top_rps(SPEC, PROFILE, POLICY) * decision.replicas.replicas
-        assert forecast <= band_top, decision.replicas.reason
 
 
 class TestSteadyLoadNearTheBand:
