@@ -27,7 +27,6 @@ nothing to re-raise.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,7 +66,11 @@ async def sleep_unless_stopped(stopped: kopf.DaemonStopped, seconds: float) -> N
 
     Not ``stopped.wait(seconds)``: that runs the wait in a task of kopf's whose normal end,
     when the time runs out, is ``TimeoutError``, and kopf re-raises it from ``kopf.operator``
-    if the task was still pending when the exit began (see the module docstring)."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(max(0.0, seconds)):
-            await stopped.wait()
+    if the task was still pending when the exit began (see the module docstring). An
+    untimed wait, cancelled when our time runs out, ends cancelled instead (written with
+    ``asyncio.wait`` rather than ``asyncio.timeout``, which Python 3.10 lacks)."""
+    waiter = asyncio.ensure_future(stopped.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=max(0.0, seconds))
+    finally:
+        waiter.cancel()  # a no-op when the daemon was stopped in time
