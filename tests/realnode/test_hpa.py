@@ -35,7 +35,10 @@ import pytest
 
 from elastiserve.testing.metrics_server import MetricsServer
 from elastiserve.testing.processes import wait_until
-from elastiserve_operator.signals.prometheus import end_to_end_latency_query
+from elastiserve_operator.signals.prometheus import (
+    end_to_end_latency_query,
+    request_rate_query,
+)
 from elastiserve_serve.loadgen import Result
 from tests.operator.cluster_harness import OperatorProcess
 from tests.realnode.conftest import LEVELS
@@ -104,9 +107,7 @@ def model_manifest(mar: Path) -> dict[str, Any]:
             "objective": {
                 "p95Ms": 150,
                 "latencyQuery": end_to_end_latency_query(f"{WINDOW_S}s"),
-                "requestRateQuery": (
-                    'sum(rate(ts_inference_requests_total{namespace="$namespace",'
-                    f'model_name="$model"}}[{WINDOW_S}s]))'),
+                "requestRateQuery": request_rate_query(f"{WINDOW_S}s"),
             },
             "replicas": 1,
             "serving": {"workers": 1, "batchSize": 4, "maxBatchDelayMs": 5,

@@ -47,7 +47,11 @@ from elastiserve.testing.node_config import NODE_NAME
 from elastiserve.testing.pod_discovery import discover_pods
 from elastiserve.testing.processes import wait_until
 from elastiserve.testing.prometheus import PrometheusServer, file_sd_job, run_prometheus
-from elastiserve_operator.signals.prometheus import end_to_end_latency_query
+from elastiserve_operator.signals.prometheus import (
+    end_to_end_latency_query,
+    render_query,
+    request_rate_query,
+)
 from elastiserve_serve.loadgen import Result, Target, percentile, piecewise_arrivals, run_schedule
 from tests.chart.test_quickstart_doc import DOC, blocks, yaml_documents
 from tests.serving.bundles import make_bundle
@@ -335,9 +339,7 @@ def test_quickstart_on_the_real_node(
                                                        "path": "fmnist.mar"}
     model["spec"]["objective"].update({
         "latencyQuery": end_to_end_latency_query(f"{WINDOW_S}s"),
-        "requestRateQuery": (
-            'sum(rate(ts_inference_requests_total{namespace="$namespace",'
-            f'model_name="$model"}}[{WINDOW_S}s]))'),
+        "requestRateQuery": request_rate_query(f"{WINDOW_S}s"),
     })
     page_policy = model["spec"]["policy"]
     # The page's choice of loops stays (the windows below are shortened, the loops are not).
@@ -600,10 +602,11 @@ def load_summary(results: list[Result]) -> str:
 
 def p95_now(prometheus: PrometheusServer) -> str:
     """The model's p95 (s) and request rate (requests/s) as the operator's queries read them."""
-    rate = (f'sum(rate(ts_inference_requests_total{{namespace="{NS}",model_name="{MODEL}"}}'
-            f'[{WINDOW_S}s]))')
-    query = end_to_end_latency_query(f"{WINDOW_S}s").replace("$namespace", NS).replace(
-        "$model", MODEL)
+    def ours(template: str) -> str:
+        return render_query(template, namespace=NS, name=MODEL, model=MODEL)
+
+    rate = ours(request_rate_query(f"{WINDOW_S}s"))
+    query = ours(end_to_end_latency_query(f"{WINDOW_S}s"))
     try:
         return (f"{[round(s.value, 3) for s in prometheus.query(query)]} at "
                 f"{[round(s.value, 1) for s in prometheus.query(rate)]} requests/s")

@@ -105,9 +105,13 @@ DEFAULT_LATENCY_QUERY = END_TO_END_LATENCY_QUERY
 the queue wait, not the handler-only histogram. A deployment with an ingress histogram should
 point ``ELASTISERVE_LATENCY_QUERY`` (or the CR's ``objective.latencyQuery``) at that one."""
 
-DEFAULT_RATE_QUERY = (
-    'sum(rate(ts_inference_requests_total{namespace="$namespace",model_name="$model"}[1m]))'
-)
+def request_rate_query(window: str = "1m") -> str:
+    """Arriving requests/s over ``window`` (see :data:`DEFAULT_RATE_QUERY`)."""
+    return ('sum(rate(ts_inference_requests_total{namespace="$namespace",model_name="$model"}'
+            f"[{window}]))")
+
+
+DEFAULT_RATE_QUERY = request_rate_query()
 """Arriving requests/s: TorchServe's frontend counts a request when it is received, before
 the queue, which is what the predictor needs (see ``Observation``); the handler's
 ``elastiserve_requests_total`` counts completions and saturates under overload."""
