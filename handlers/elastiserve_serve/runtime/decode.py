@@ -143,7 +143,7 @@ def decode_pixels(body: bytes | bytearray | str, spec: InputSpec, limits: Decode
 def decode_image(data: bytes, spec: InputSpec, limits: DecodeLimits) -> np.ndarray[Any, Any]:
     """PNG/JPEG bytes to ``[C, H, W]`` uint8 pixels, converted to the model's geometry.
 
-    Pixels stay 8-bit until :func:`normalise`, which converts, lays out and scales them in one
+    Pixels stay 8-bit until :func:`batch_tensor`, which converts, lays out and scales them in one
     pass: a float copy per step (divide, transpose, subtract, divide) cost as much as the
     resize on a 224x224 RGB input.
     """
@@ -293,12 +293,6 @@ def _checked_batch(array: np.ndarray[Any, Any], spec: InputSpec, limits: DecodeL
     if array.dtype != np.uint8 and not np.isfinite(array).all():
         raise BadRequest(400, f"{what} contains a non-finite value")
     return np.ascontiguousarray(array)
-
-
-def normalise(pixels: np.ndarray[Any, Any], norm: Normalisation, *,
-              scale: float = 1.0) -> torch.Tensor:
-    """``[n, C, H, W]`` pixels (any layout) to a contiguous float32 ``(p / scale - mean) / std``."""
-    return batch_tensor([Pixels(pixels, scale)], norm)
 
 
 def batch_tensor(parts: Sequence[Pixels], norm: Normalisation,
