@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import os
 import signal
 import socket
 import sys
@@ -46,8 +48,11 @@ from .gateway import Gateway, GatewayConfig
 from .gateway_keys import KeyFile, KeyFileError
 from .gateway_server import GatewayServer
 from .level_agent import set_level
-from .mar_overrides import MarError, ServeOverrides, rewrite_mar
+from .mar_overrides import MarError, ServeOverrides, read_config, rewrite_mar
+from .runtime.batch_plan import thread_candidates
 from .runtime.control import level_index
+from .runtime.cpu_threads import auto_threads
+from .serve_profile import ProfileError, ProfileResult, host_threads, profile_mar, worker_cores
 from .served_levels import ServedLevelsError, levels_of_bundle, levels_of_mar, write_served_levels
 from .ts_config import MAX_REQUEST_SIZE
 from .ts_server import TorchServe, free_port, run_torchserve
@@ -78,6 +83,25 @@ def positive(text: str) -> int:
     return value
 
 
+AUTO = "auto"
+
+
+def positive_or_auto(text: str) -> int | str:
+    """``--batch-size``/``--threads``: a count of at least 1, or ``auto`` (measured at start)."""
+    return AUTO if text.strip().lower() == AUTO else positive(text)
+
+
+def positive_ms(text: str) -> float:
+    """``--objective-ms``: a latency objective, more than 0 ms."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 600_000:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"{text} is not in (0, 600000] ms")
+    return value
+
+
 def non_negative(text: str) -> int:
     """A delay in ms that may be 0."""
     try:
@@ -100,8 +124,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=positive, default=None,
                         help="worker processes per model (default: the archive's; 1 for "
                              "--bundle)")
-    parser.add_argument("--batch-size", type=positive, default=None,
-                        help="largest batch (default: the archive's; 8 for --bundle)")
+    parser.add_argument("--batch-size", type=positive_or_auto, default=None,
+                        help="largest batch, or 'auto': measured on this host at start, the "
+                             "smallest batch near the best throughput whose widest-level batch "
+                             "fits the objective (needs --objective-ms; default: the archive's; "
+                             "8 for --bundle)")
+    parser.add_argument("--threads", type=positive_or_auto, default=None,
+                        help="torch threads per worker, or 'auto': measured with the batch size "
+                             "up to the pod's CPU request (or this host's cores) over the workers "
+                             "(default: the archive's; from the pod's CPU request in a pod)")
+    parser.add_argument("--objective-ms", type=positive_ms, default=None,
+                        help="the latency objective 'auto' plans for (the p95 a client sees)")
     parser.add_argument("--max-batch-delay-ms", type=non_negative, default=None,
                         help="longest wait to fill a batch (default: the archive's; 5 for "
                              "--bundle; TorchServe cannot do 0, which becomes 1)")
@@ -152,9 +185,11 @@ def serve_overrides(args: argparse.Namespace) -> ServeOverrides:
     handler: dict[str, Any] = {"control_file": str(args.control_file)}
     if args.allow_pin is not None:
         handler["allow_pin"] = bool(args.allow_pin)
+    if isinstance(args.threads, int):
+        handler["threads"] = args.threads
     return ServeOverrides(
         workers=args.workers,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size if isinstance(args.batch_size, int) else None,
         max_batch_delay_ms=args.max_batch_delay_ms,
         handler=handler,
     )
@@ -201,12 +236,13 @@ def prepare_store(args: argparse.Namespace, store: Path,
                              f"({', '.join(names)}, or an index 0..{len(names) - 1})") from None
     store.mkdir(parents=True, exist_ok=True)
     if args.bundle is not None:
-        chosen = {k: v if (v := getattr(args, k)) is not None else default
+        chosen = {k: v if isinstance(v := getattr(args, k), int) else default
                   for k, default in BUNDLE_DEFAULTS.items()}
-        spec = ArchiveSpec(
-            **chosen,
-            handler={"control_file": str(args.control_file), "allow_pin": bool(args.allow_pin)},
-        )
+        handler: dict[str, Any] = {"control_file": str(args.control_file),
+                                   "allow_pin": bool(args.allow_pin)}
+        if isinstance(args.threads, int):
+            handler["threads"] = args.threads
+        spec = ArchiveSpec(**chosen, handler=handler)
         name = args.name or "elastic"
         build_archive(args.bundle, store, name, spec, force=True)
     else:
@@ -222,6 +258,12 @@ def run(args: argparse.Namespace) -> int:
     args.control_file = args.control_file.resolve()
     if args.mar is not None and args.name is not None and len(args.mar) != 1:
         return _fail("--name needs exactly one --mar (each would get that name)")
+    planning = AUTO in (args.batch_size, args.threads)
+    if planning and args.objective_ms is None:
+        return _fail("--batch-size auto and --threads auto need --objective-ms (the latency "
+                     "the plan must keep)")
+    if planning and args.mar is not None and len(args.mar) != 1:
+        return _fail("--batch-size auto and --threads auto need exactly one --mar")
     keys = None
     if args.key_file is not None:
         keys = KeyFile(args.key_file)
@@ -242,6 +284,11 @@ def run(args: argparse.Namespace) -> int:
     store = run_dir / "model-store"
     models = ([f"{args.name or 'elastic'}={args.name or 'elastic'}.mar"]
               if args.bundle is not None else mar_registrations(args.mar, args.name))
+    if planning:
+        try:
+            apply_serving_plan(args, store / models[0].split("=", 1)[1], run_dir)
+        except (MarError, ProfileError, OSError) as error:
+            return _fail(f"auto batch size/threads: {error}")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if keys is not None or args.gateway:
@@ -261,6 +308,34 @@ def run(args: argparse.Namespace) -> int:
                   f"(Authorization: Bearer <key>)")
         print(f"level:      elastiserve level set <name|index> --control-file {args.control_file}")
         return _wait(server, stop)
+
+
+def apply_serving_plan(args: argparse.Namespace, mar: Path, run_dir: Path) -> ProfileResult:
+    """Profile the model store's archive on this host (:mod:`.serve_profile`), rewrite it with
+    the planned batch size (and threads, for ``--threads auto``), print the plan, and keep the
+    whole profile in ``RUN_DIR/serving-profile.json``."""
+    config = read_config(mar)
+    workers = int(config.get("minWorkers") or 1)
+    archived = int((config.get("handler") or {}).get("threads") or 0)
+    if args.threads == AUTO:
+        counts = thread_candidates(host_threads(workers))
+    else:  # the count the worker will run with (runtime.cpu_threads); 0: torch's default
+        counts = (auto_threads(archived, os.environ)[0],)
+    result = profile_mar(mar, objective_ms=float(args.objective_ms),
+                         max_batch_delay_ms=int(config.get("maxBatchDelay") or 0),
+                         thread_counts=counts, cores=worker_cores(workers))
+    chosen = result.plan
+    overrides = ServeOverrides(
+        batch_size=chosen.batch_size if args.batch_size == AUTO else None,
+        handler={"threads": chosen.threads} if args.threads == AUTO else {},
+    )
+    rewrite_mar(mar, mar, overrides)
+    (run_dir / "serving-profile.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    print(f"profile:    batch size {read_config(mar).get('batchSize')}, threads "
+          f"{chosen.threads} ({result.level}: {chosen.seconds * 1000:.1f} ms a batch, "
+          f"{chosen.requests_per_s:.0f} requests/s a worker; {chosen.reason}; profiled in "
+          f"{result.seconds:.1f} s, RUN_DIR/serving-profile.json)", flush=True)
+    return result
 
 
 def _serve_behind_gateway(

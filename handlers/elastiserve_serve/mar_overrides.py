@@ -32,7 +32,8 @@ import yaml
 
 from .archive_check import MANIFEST, MarError, check_archive, check_config
 
-__all__ = ["DEFAULT_CONFIG_NAME", "MarError", "ServeOverrides", "override_config", "rewrite_mar"]
+__all__ = ["DEFAULT_CONFIG_NAME", "MarError", "ServeOverrides", "override_config", "read_config",
+           "rewrite_mar"]
 
 DEFAULT_CONFIG_NAME = "model-config.yaml"
 MIN_TORCHSERVE_DELAY_MS = 1
@@ -81,6 +82,17 @@ def override_config(config: Mapping[str, Any], overrides: ServeOverrides) -> dic
             raise MarError("the archive's model-config.yaml has a handler: that is not a mapping")
         out["handler"] = {**handler, **overrides.handler}
     return out
+
+
+def read_config(mar: Path) -> Mapping[str, Any]:
+    """The checked ``model-config.yaml`` of an archive ``elastiserve archive`` wrote."""
+    try:
+        with zipfile.ZipFile(mar) as archive:
+            manifest = check_archive(archive)
+            name = str(manifest["model"].get("configFile") or DEFAULT_CONFIG_NAME)
+            return check_config(yaml.safe_load(archive.read(name)))
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, KeyError) as error:
+        raise MarError(f"{mar}: broken archive: {error}") from None
 
 
 def rewrite_mar(source: Path, target: Path, overrides: ServeOverrides) -> dict[str, Any]:
