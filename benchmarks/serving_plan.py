@@ -13,13 +13,14 @@ TorchServe, one worker each:
   torch's default threads.
 
 Each is swept with open-loop load (requests on a fixed schedule, latency from the scheduled
-time) at the widest level, the configurations taking turns at each rate (x1.25 per step), until
-the p95 objective breaks (a breach is re-run once); ``max_sustained_rps`` is the highest rate
-served within the objective with no failed request. Requests are one sample each (a ``.npy``
-of the input), as a REST client sends one image. The headline is ``auto`` over the best fixed
-configuration, a ratio in the same run.
+time) at the widest level, the configurations taking turns at each rate (x1.2 per step by
+default), each rate run twice per configuration, until a run breaks the p95 objective;
+``max_sustained_rps`` is the highest rate at which both runs held the objective with no failed
+request (a batching configuration can hold a rate once by luck and collapse the next time).
+Requests are one sample each (a ``.npy`` of the input), as a REST client sends one image. The
+headline is ``auto`` over the best fixed configuration, a ratio in the same run.
 
-    .venv/bin/python benchmarks/serving_plan.py            # ~10 min on 2 cores
+    .venv/bin/python benchmarks/serving_plan.py            # ~12 min on 2 cores
     .venv/bin/python benchmarks/serving_plan.py --quick    # smoke run
 
 Writes ``benchmarks/results/serving_plan.json`` (``--quick``: ``serving_plan-quick.json``).
@@ -33,6 +34,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -43,9 +45,8 @@ from serving import (
     Step,
     Target,
     demo_bundle,
-    max_sustained,
     rate_grid,
-    sweep,
+    run_step,
     warm,
     write_bundles,
 )
@@ -68,6 +69,58 @@ def one_sample_body(bundle: Path) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, pixels, allow_pickle=False)
     return buffer.getvalue()
+
+
+def strict_sweep(targets: list[Target], body: bytes, rates: list[float], seconds: float,
+                 objective_ms: float) -> dict[str, list[Step]]:
+    """Every rate twice per target, the targets taking turns (the order rotating per rate and
+    reversed for the second run), a target leaving at its first rate with a breach.
+
+    Stricter than ``serving.sweep`` (a breach confirmed by a re-run): a batching configuration
+    can stay in a fast state by luck and collapse in the next run at the same rate (a queue
+    that forms once turns into full, slower batches), so a rate counts only if both runs held.
+    """
+    steps: dict[str, list[Step]] = {t.name: [] for t in targets}
+    active = list(targets)
+    for i, rate in enumerate(rates):
+        if not active:
+            break
+        turn = i % len(active)
+        order = active[turn:] + active[:turn]
+        for target in order + order[::-1]:
+            steps[target.name].append(run_step(target, body, rate, seconds))
+            time.sleep(1.0)
+        active = [t for t in active
+                  if all(s.sustained(objective_ms) for s in steps[t.name] if s.rate == rate)]
+    return steps
+
+
+def strict_max(steps: list[Step], objective_ms: float) -> Step | None:
+    """The highest rate whose runs all held the objective (below the first that did not)."""
+    by_rate: dict[float, list[Step]] = {}
+    for step in steps:
+        by_rate.setdefault(step.rate, []).append(step)
+    best: Step | None = None
+    for rate in sorted(by_rate):
+        if not all(s.sustained(objective_ms) for s in by_rate[rate]):
+            break
+        best = max(by_rate[rate], key=lambda s: s.p95_ms)
+    return best
+
+
+def process_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds so far of TorchServe's frontend (the JVM) and of its Python workers."""
+    import psutil
+
+    out = {"frontend": 0.0, "workers": 0.0}
+    for proc in psutil.Process(pid).children(recursive=True):
+        try:
+            times = proc.cpu_times()
+            kind = "frontend" if proc.name() == "java" else "workers"
+            out[kind] += times.user + times.system
+        except psutil.NoSuchProcess:
+            continue
+    return out
 
 
 def make_plan(bundle: Path, store: Path, name: str, objective_ms: float) -> dict[str, Any]:
@@ -107,7 +160,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from elastiserve_serve.ts_server import run_torchserve
 
     root = Path(tempfile.mkdtemp(prefix="serving-plan-"))
-    bundles = {"demo": demo_bundle(root), "serving": write_bundles(root, 1.0)["levels"]}
+    makers = {"demo": lambda: demo_bundle(root),
+              "serving": lambda: write_bundles(root, 1.0)["levels"]}
+    bundles = {model: makers[model]() for model in args.models}
     objectives = {"demo": args.demo_objective_ms, "serving": args.serving_objective_ms}
     store = root / "store"
     out: dict[str, Any] = {"models": {}, "load_average_1m": {"start": os.getloadavg()[0]}}
@@ -125,13 +180,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             targets = [Target(config, f"{server.inference_url}/predictions/{name}", auth)
                        for config, name in entry["names"].items()]
             warm(targets, body, 20)
-            grid = rate_grid(args.start[model], 1.25, args.stop)
+            grid = rate_grid(args.start[model], args.factor, args.stop)
             print(f"{model}: sweep (objective p95 {entry['objective_ms']} ms, "
                   f"{args.seconds} s a step):", flush=True)
-            steps = sweep(targets, body, grid, args.seconds, entry["objective_ms"])
+            before = process_cpu(server.process.pid)
+            steps = strict_sweep(targets, body, grid, args.seconds, entry["objective_ms"])
+            after = process_cpu(server.process.pid)
+            sent = sum(s.requests for rows in steps.values() for s in rows)
+            # What batch_plan.REQUEST_OVERHEAD_CPU_S stands for: the frontend's CPU per request
+            # (all configurations together), beside the workers' (timed path included).
+            entry["cpu_ms_per_request"] = {
+                kind: round((after[kind] - before[kind]) / sent * 1000, 3) for kind in after}
             entry["configs"] = {}
             for config in CONFIGS:
-                best: Step | None = max_sustained(steps[config], entry["objective_ms"])
+                best = strict_max(steps[config], entry["objective_ms"])
                 settings = (FIXED.get(config) or
                             {"batch": entry["plan"]["plan"]["batch_size"],
                              "delay_ms": AUTO_DELAY_MS,
@@ -148,8 +210,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if fixed_best else None)
     out["load_average_1m"]["end"] = os.getloadavg()[0]
     out["method"] = ("open-loop sweep at the widest level, configurations taking turns at "
-                     f"each rate (x1.25), {args.seconds} s a step, a breach re-run once; one "
-                     "TorchServe, one worker per configuration; one-sample .npy requests")
+                     f"each rate (x{args.factor}) twice, {args.seconds} s a step, a rate held "
+                     "only if both runs held; one TorchServe, one worker per configuration; "
+                     "one-sample .npy requests")
     return out
 
 
@@ -163,7 +226,8 @@ def print_table(result: dict[str, Any]) -> None:
             print(f"{model:>8} {config:>17} {c['batch']:>5} {threads!s:>7} {c['delay_ms']:>5} "
                   f"{c['max_sustained_rps']:>8.1f} {p95:>7}")
         print(f"{model:>8} auto over the best fixed configuration: "
-              f"{entry['auto_over_best_fixed']}x")
+              f"{entry['auto_over_best_fixed']}x; CPU ms per request "
+              f"{entry['cpu_ms_per_request']}")
 
 
 def main() -> int:
@@ -173,15 +237,25 @@ def main() -> int:
     parser.add_argument("--demo-objective-ms", type=float, default=100.0)
     parser.add_argument("--serving-objective-ms", type=float, default=500.0)
     parser.add_argument("--stop", type=float, default=3000.0, help="highest rate tried")
+    parser.add_argument("--factor", type=float, default=1.2, help="rate step (x per step)")
+    parser.add_argument("--models", default="demo,serving",
+                        help="comma-separated: demo, serving")
+    parser.add_argument("--start-demo", type=float, default=200.0, help="first rate, demo")
+    parser.add_argument("--start-serving", type=float, default=12.0, help="first rate, serving")
+    parser.add_argument("--output", type=Path, default=None, help="JSON path")
     args = parser.parse_args()
+    args.models = [m for m in args.models.split(",") if m]
+    if not args.models or set(args.models) - {"demo", "serving"}:
+        parser.error("--models takes demo and/or serving")
     args.seconds = args.seconds or (2.0 if args.quick else 5.0)
-    args.start = {"demo": 40.0, "serving": 4.0}
+    args.start = {"demo": args.start_demo, "serving": args.start_serving}
     result = run(args)
     print_table(result)
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / ("serving_plan-quick.json" if args.quick else "serving_plan.json")
+    path = args.output or RESULTS / ("serving_plan-quick.json" if args.quick
+                                     else "serving_plan.json")
     path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path.relative_to(REPO)}")
+    print(f"wrote {path}")
     return 0
 
 

@@ -38,6 +38,7 @@ import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -284,15 +285,23 @@ def run(args: argparse.Namespace) -> int:
     store = run_dir / "model-store"
     models = ([f"{args.name or 'elastic'}={args.name or 'elastic'}.mar"]
               if args.bundle is not None else mar_registrations(args.mar, args.name))
-    if planning:
+
+    def plan() -> int | None:
+        """The measured plan, if asked for: ``None`` when done, else the exit code."""
+        if not planning:
+            return None
         try:
             apply_serving_plan(args, store / models[0].split("=", 1)[1], run_dir)
         except (MarError, ProfileError, OSError) as error:
             return _fail(f"auto batch size/threads: {error}")
+        return None
+
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if keys is not None or args.gateway:
-        return _serve_behind_gateway(args, run_dir, store, models, keys, stop, names)
+        return _serve_behind_gateway(args, run_dir, store, models, keys, stop, names, plan)
+    if (code := plan()) is not None:
+        return code
     with run_torchserve(
         run_dir / "torchserve", store, models, bind_host=args.bind,
         metrics_host=args.metrics_bind, inference_port=args.port, metrics_port=args.metrics_port,
@@ -341,12 +350,14 @@ def apply_serving_plan(args: argparse.Namespace, mar: Path, run_dir: Path) -> Pr
 def _serve_behind_gateway(
     args: argparse.Namespace, run_dir: Path, store: Path, models: list[str],
     keys: KeyFile | None, stop: threading.Event, names: tuple[str, ...] = (),
+    plan: Callable[[], int | None] = lambda: None,
 ) -> int:
     """The gateway on ``--bind``/``--port``, TorchServe behind it on loopback only.
 
     TorchServe's key check is off because nothing but this pod's containers (or this host's
     processes, locally) can reach a loopback port; the gateway listens before TorchServe is
-    ready, so probes get a 503 with the reason meanwhile.
+    ready, so probes get a 503 with the reason meanwhile. ``plan`` (``--batch-size auto``)
+    runs after the gateway listens: a pod's liveness probe is answered while it measures.
     """
     inference_port, management_port = free_port(), free_port()
     config = GatewayConfig(
@@ -366,6 +377,8 @@ def _serve_behind_gateway(
     gateway = GatewayServer(Gateway(config, keys), args.bind, args.port)
     port = gateway.start()
     try:
+        if (code := plan()) is not None:
+            return code
         with run_torchserve(
             run_dir / "torchserve", store, models, bind_host="127.0.0.1",
             metrics_host=args.metrics_bind, inference_port=inference_port,

@@ -41,6 +41,9 @@ from .runtime.batch_plan import (
 )
 from .runtime.cpu_threads import CPU_REQUEST_ENV
 
+MIN_TIMED_S = 0.3
+"""Each configuration is timed at least this long (and at least 5 runs): a pod's start pays
+a few seconds for a plan that a node's noise does not decide."""
 PROFILE_TIMEOUT_S = 300.0
 """Longest the child may take (a large model on one thread, every batch up to the budget)."""
 
@@ -167,7 +170,7 @@ def _child(args: argparse.Namespace) -> int:
     # 0: the worker keeps torch's default; time that count.
     threads = tuple(int(t) or torch.get_num_threads() for t in args.threads.split(","))
     measurements = measure(run, torch.set_num_threads, threads, batch_candidates(args.max_batch),
-                           budget, clock=time.perf_counter)
+                           budget, repeats=5, min_timed_s=MIN_TIMED_S, clock=time.perf_counter)
     json.dump({
         "level": runtime.active,
         "budget_s": budget,

@@ -35,6 +35,7 @@ LEVEL_MEMORY = "elastiserve_level_device_memory_bytes"
 STAGE_SECONDS = "elastiserve_stage_seconds_total"
 BATCHES = "elastiserve_batches_total"
 THREADS = "elastiserve_torch_threads"
+BATCH_SIZE = "elastiserve_batch_size"
 LEVEL_DIMENSION = "ElasticLevel"
 
 # TorchServe's own frontend metrics, as in its default metrics.yaml (its defaults are replaced
@@ -87,6 +88,7 @@ def metrics_config() -> dict[str, Any]:
                 {"name": CONTROL_OK, "unit": "bool", "dimensions": ["ModelName"]},
                 {"name": LEVEL_MEMORY, "unit": "bytes", "dimensions": per_level()},
                 {"name": THREADS, "unit": "count", "dimensions": ["ModelName"]},
+                {"name": BATCH_SIZE, "unit": "count", "dimensions": ["ModelName"]},
             ],
         },
     }
@@ -114,6 +116,7 @@ class TorchServeMetrics:
         self._stages = cache.get_metric(STAGE_SECONDS, MetricTypes.COUNTER)
         self._batches = cache.get_metric(BATCHES, MetricTypes.COUNTER)
         self._threads = cache.get_metric(THREADS, MetricTypes.GAUGE)
+        self._batch_size = cache.get_metric(BATCH_SIZE, MetricTypes.GAUGE)
         self._last_active: str | None = None
 
     def request_served(self, level: str, seconds: float, *, pinned: bool = False) -> None:
@@ -137,6 +140,9 @@ class TorchServeMetrics:
 
     def torch_threads(self, count: int) -> None:
         self._threads.add_or_update(count, [self._model])
+
+    def batch_size(self, count: int) -> None:
+        self._batch_size.add_or_update(count, [self._model])
 
     def request_rejected(self, status: int) -> None:
         self._rejected.add_or_update(1, [self._model, str(status)])

@@ -63,7 +63,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .settings import NetworkPolicySettings, OperatorSettings
-from .spec import ElasticModelSpec, LocalPathSource, PvcSource, UrlSource
+from .spec import AUTO_BATCH, ElasticModelSpec, LocalPathSource, PvcSource, UrlSource
 
 __all__ = [
     "API_VERSION",
@@ -352,6 +352,16 @@ def _model_volume(
     return {"name": "model", "emptyDir": {}}, MODEL_DIR, f"{MODEL_DIR}/model.mar", [init]
 
 
+def _batching_args(spec: ElasticModelSpec) -> list[str]:
+    """A fixed batch size, or ``Auto``: the pod measures its node for the batch size and the
+    threads (within its CPU request) that serve most within the objective before TorchServe
+    registers the model (``elastiserve serve --batch-size auto``)."""
+    if spec.serving.batch_size == AUTO_BATCH:
+        return ["--batch-size", "auto", "--threads", "auto",
+                "--objective-ms", str(spec.objective.p95_ms)]
+    return ["--batch-size", str(spec.serving.batch_size)]
+
+
 def build_deployment(
     owner: Owner, spec: ElasticModelSpec, settings: OperatorSettings, *,
     autoscaled: bool = False, replicas: int | None = None,
@@ -377,7 +387,7 @@ def build_deployment(
         "--run-dir", "/tmp/elastiserve",
         "--control-file", CONTROL_FILE,
         "--workers", str(serving.workers),
-        "--batch-size", str(serving.batch_size),
+        *_batching_args(spec),
         "--max-batch-delay-ms", str(serving.max_batch_delay_ms),
         # Explicit either way: the archive's own setting must not outlive the CR's.
         "--allow-pin" if spec.allow_request_pinning else "--no-allow-pin",

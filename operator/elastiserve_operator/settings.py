@@ -52,6 +52,11 @@ ENV = {
 """Setting -> env var name (the chart's contract; the README of the chart lists them)."""
 
 
+def _integer_or_auto(text: str) -> int | str:
+    """``serving.batchSize``: an integer, or ``Auto`` (each pod measures; spec.AUTO_BATCH)."""
+    return text.strip() if text.strip() == "Auto" else _integer(text)
+
+
 def _integer(text: str) -> int:
     """An integer, also written as a float with no fraction (``5.0``: how YAML may hand
     a chart value over)."""
@@ -97,7 +102,7 @@ DEFAULTS_ENV: Mapping[str, tuple[str, Callable[[str], Any]]] = {
     "ELASTISERVE_NODE_PRESSURE_TEMPERATURE_CELSIUS": ("nodePressure.temperatureCelsius", float),
     "ELASTISERVE_NODE_PRESSURE_GPU_LOAD_PERCENT": ("nodePressure.gpuLoadPercent", float),
     "ELASTISERVE_SERVING_WORKERS": ("serving.workers", _integer),
-    "ELASTISERVE_SERVING_BATCH_SIZE": ("serving.batchSize", _integer),
+    "ELASTISERVE_SERVING_BATCH_SIZE": ("serving.batchSize", _integer_or_auto),
     "ELASTISERVE_SERVING_MAX_BATCH_DELAY_MS": ("serving.maxBatchDelayMs", _integer),
     "ELASTISERVE_SERVING_RESOURCES": ("serving.resources", _json),
     "ELASTISERVE_SERVING_NODE_SELECTOR": ("serving.nodeSelector", _json),

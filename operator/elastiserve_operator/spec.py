@@ -41,7 +41,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Literal, TypeAlias
 
 __all__ = [
     "CHART_DEFAULTED",
@@ -276,7 +276,7 @@ class ServingDefaults:
     """
 
     workers: int = 1
-    batch_size: int = 1
+    batch_size: BatchSize = 1
     max_batch_delay_ms: int = 10
     resources: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     node_selector: Mapping[str, str] = field(default_factory=dict)
@@ -284,12 +284,19 @@ class ServingDefaults:
     runtime_class_name: str | None = None
 
 
+AUTO_BATCH: Literal["Auto"] = "Auto"
+"""``serving.batchSize: Auto``: each pod measures its node before TorchServe registers the model
+and takes the batch size and threads that serve most within the objective
+(``elastiserve serve --batch-size auto --threads auto``, ``runtime/batch_plan.py``)."""
+BatchSize: TypeAlias = int | Literal["Auto"]
+
+
 @dataclass(frozen=True)
 class ServingSettings:
     """Pod-level serving knobs; ``workers`` also feeds the queueing model's server count."""
 
     workers: int = 1
-    batch_size: int = 1
+    batch_size: BatchSize = 1
     max_batch_delay_ms: int = 10
     image: str | None = None
     resources: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
@@ -671,7 +678,7 @@ def _parse_serving(r: _Reader, d: ServingDefaults) -> ServingSettings:
     """Fields left out come from ``d`` (the operator's defaults), each as a whole."""
     return ServingSettings(
         workers=r.integer("workers", d.workers, 1, 64),
-        batch_size=r.integer("batchSize", d.batch_size, 1, 256),
+        batch_size=_batch_size(r, d.batch_size),
         max_batch_delay_ms=r.integer("maxBatchDelayMs", d.max_batch_delay_ms, 0, 10_000),
         image=r.optional_string("image"),
         resources=_parse_resources(r.sub("resources")) if r.has("resources") else d.resources,
@@ -684,6 +691,22 @@ def _parse_serving(r: _Reader, d: ServingDefaults) -> ServingSettings:
         token_authorization=_token_authorization(r),
         device=_device(r),
     )
+
+
+def _batch_size(r: _Reader, default: BatchSize) -> BatchSize:
+    """An integer 1..256, or ``Auto`` (measured by each pod, :data:`AUTO_BATCH`)."""
+    if not r.has("batchSize"):
+        return default
+    value = r.raw["batchSize"]
+    if value == AUTO_BATCH:
+        return AUTO_BATCH
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 256:
+        raise SpecError(r.at("batchSize"), f"{_BATCH_RULE}, got {value!r}")
+    return value
+
+
+_BATCH_RULE = "must be an integer 1-256 or Auto"
+"""The CRD's CEL message for ``serving.batchSize``, word for word."""
 
 
 SERVING_DEVICES = {"Auto": "auto", "CPU": "cpu", "CUDA": "cuda"}

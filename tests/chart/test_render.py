@@ -534,6 +534,23 @@ class TestSettingsReachTheOperator:
         assert {c["imagePullPolicy"] for c in pod["containers"]} == {"Always"}
         assert pod["containers"][0]["image"].endswith("-l4t-r36")
 
+    def test_an_auto_batch_size_value_reaches_the_pods_as_a_plan(self) -> None:
+        """``serving.batchSize: Auto`` passes the values schema and makes each pod plan its
+        batch size and threads against the model's objective."""
+        module = importlib.import_module("elastiserve_operator.settings")
+        children = importlib.import_module("elastiserve_operator.children")
+        spec_module = importlib.import_module("elastiserve_operator.spec")
+        objects = render(ChartValues(set_values={"serving.batchSize": "Auto"}))
+        settings = module.settings_from_env(operator_settings(objects))
+        model = spec_module.parse_spec(
+            {"model": {"levelCount": 2, "source": {"localPath": "/m/m.mar"}},
+             "objective": {"p95Ms": 120}}, settings.spec_defaults)
+        args = children.build_deployment(children.Owner("m", "ns", "u"), model, settings)[
+            "spec"]["template"]["spec"]["containers"][0]["args"]
+        for flag, value in (("--batch-size", "auto"), ("--threads", "auto"),
+                            ("--objective-ms", "120")):
+            assert args[args.index(flag) + 1] == value
+
     def test_changed_policy_values_reach_the_operators_defaults(self) -> None:
         module = importlib.import_module("elastiserve_operator.settings")
         objects = render(ChartValues(set_values={

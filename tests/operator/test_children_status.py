@@ -189,6 +189,30 @@ class TestServingSettingsReachThePods:
         assert not {"nodeSelector", "tolerations", "runtimeClassName"} & set(pod)
         assert pod["containers"][0]["imagePullPolicy"] == "IfNotPresent"
 
+    def test_auto_batch_size_asks_the_pod_to_plan_against_the_objective(self) -> None:
+        """``batchSize: Auto``: the pod measures its node for the batch size and threads
+        (``elastiserve serve --batch-size auto --threads auto``) against the CR's objective."""
+        args = serving_args(self.build(spec(serving={"batchSize": "Auto"})))
+        assert (args["--batch-size"], args["--threads"], args["--objective-ms"]) == (
+            "auto", "auto", "100")
+        fixed = serving_args(self.build(spec()))
+        assert "--threads" not in fixed and "--objective-ms" not in fixed
+        # The chart's default can be Auto too (a CR that sets a number still wins).
+        chart_auto = settings_from_env({"ELASTISERVE_SERVING_BATCH_SIZE": "Auto"})
+        assert serving_args(self.build(spec(), chart_auto))["--batch-size"] == "auto"
+        assert serving_args(self.build(spec(serving={"batchSize": 4}), chart_auto))[
+            "--batch-size"] == "4"
+        model = parse_spec(spec(serving={"batchSize": "Auto"}), CHART.spec_defaults)
+        assert effective_policy(model)["serving"]["batchSize"] == "Auto"
+
+    def test_auto_batch_size_args_are_accepted_by_the_serving_cli(self) -> None:
+        from elastiserve.cli import parser_for
+
+        argv = [str(a) for a in self.build(spec(serving={"batchSize": "Auto"}))[
+            "spec"]["template"]["spec"]["containers"][0]["args"]]
+        parsed = parser_for(argv).parse_args(argv)
+        assert (parsed.batch_size, parsed.threads, parsed.objective_ms) == ("auto", "auto", 100)
+
     def test_the_configmap_and_status_say_what_the_pods_run_with(self) -> None:
         model = parse_spec(spec(serving={"batchSize": 2}), CHART.spec_defaults)
         children = {c["kind"]: c for c in build_children(OWNER, model, CHART)}

@@ -128,3 +128,21 @@ def test_measure_times_each_configuration_and_stops_past_the_budget() -> None:
     assert runs.count((1, 8)) == 0 and runs.count((1, 1)) == 3  # a warm-up and two timed
     with pytest.raises(ValueError):
         measure(run, set_threads, (1,), (1,), 1.0, repeats=0, clock=clock)
+
+
+def test_measure_keeps_timing_fast_configurations_until_the_minimum_time() -> None:
+    clock_now = [0.0]
+    counts: dict[int, int] = {}
+
+    def run(batch: int) -> None:
+        counts[batch] = counts.get(batch, 0) + 1
+        clock_now[0] += batch / 1000  # 1 ms a request
+
+    rows = measure(run, lambda _: None, (1,), (1, 64), 1.0, repeats=3, min_timed_s=0.05,
+                   max_repeats=20, clock=lambda: clock_now[0])
+    assert [m.batch for m in rows] == [1, 64]
+    assert counts[1] == 1 + 20  # 1 ms runs: capped at max_repeats before 50 ms
+    assert counts[64] == 1 + 3  # 64 ms runs: the three repeats already pass 50 ms
+    with pytest.raises(ValueError):
+        measure(run, lambda _: None, (1,), (1,), 1.0, repeats=3, max_repeats=2,
+                clock=lambda: 0.0)

@@ -27,7 +27,11 @@ the demo model at batch 32 and two threads held 466 requests/s, batch 1 at one t
 
 Smallest, not fastest: within the tolerance, fewer threads leave cores to the node and to other
 workers, and a smaller batch keeps a light load's latency low; a measurement 5 % apart is noise
-on a shared node anyway.
+on a shared node anyway. A batch larger than it pays for is worse than useless where a model's
+activations outgrow the cache: the serving benchmark's ResNet-20 at 224x224 takes 27 ms for one
+image and 371 ms for eight at two threads, so once a queue forms, TorchServe hands the worker
+full batches that drain slower than single requests would, and the queue never recovers (seen
+at 27 requests/s: batch 8 and batch 2 collapsed to p95 > 3 s where batch 1 held 190-230 ms).
 
 This module is pure (no clock, no torch, no files); :func:`measure` takes the work to time as
 callables, so the choice and the search are table-tested.
@@ -170,20 +174,28 @@ def measure(
     budget_s: float,
     *,
     repeats: int = 3,
+    min_timed_s: float = 0.0,
+    max_repeats: int = 25,
     clock: Callable[[], float],
 ) -> list[Measurement]:
     """Time ``run(batch)`` for every thread count and batch size (one warm-up, then the median
-    of ``repeats``), stopping a thread count's batches at the first one over ``budget_s``:
-    larger batches only take longer, and the profile delays the pod's start."""
-    if repeats < 1:
-        raise ValueError("repeats must be at least 1")
+    of at least ``repeats`` runs, more until ``min_timed_s`` of them, at most ``max_repeats``),
+    stopping a thread count's batches at the first one over ``budget_s``: larger batches only
+    take longer, and the profile delays the pod's start.
+
+    Why a minimum time: three runs are three samples of a noisy node; the serving
+    benchmark's ResNet-20 at 224x224 read 51 ms for batch 2 in a three-run profile and 74-89
+    ms in steady state, enough to choose the wrong batch."""
+    if repeats < 1 or max_repeats < repeats:
+        raise ValueError("repeats must be at least 1 and max_repeats at least repeats")
     out: list[Measurement] = []
     for count in threads:
         set_threads(count)
         for batch in batches:
             run(batch)
-            times = []
-            for _ in range(repeats):
+            times: list[float] = []
+            while len(times) < repeats or (sum(times) < min_timed_s
+                                           and len(times) < max_repeats):
                 start = clock()
                 run(batch)
                 times.append(clock() - start)

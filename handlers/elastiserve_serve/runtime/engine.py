@@ -165,6 +165,7 @@ class ElasticRuntime:
             self.metrics.level_memory(name, nbytes)
         log.info("levels on %s; memory per level (bytes): %s", self.device, self.level_memory)
         self.metrics.torch_threads(torch.get_num_threads())
+        self.metrics.batch_size(max(1, max_batch_samples))
         trim_heap()  # the levels' warm-up activations are freed; give the pages back
 
     def _profile(self, max_samples: int) -> ServiceTimes:

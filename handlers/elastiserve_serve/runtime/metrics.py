@@ -45,6 +45,10 @@ class MetricsSink(Protocol):
     def torch_threads(self, count: int) -> None:
         """The intra-op threads this worker runs (``runtime.cpu_threads``), at load."""
 
+    def batch_size(self, count: int) -> None:
+        """The most requests the host hands this worker in one batch (TorchServe's registered
+        ``batchSize``: fixed, or planned by ``--batch-size auto``), at load."""
+
 
 class NullMetrics:
     """Discards everything (the default when nobody is listening)."""
@@ -76,6 +80,9 @@ class NullMetrics:
     def torch_threads(self, count: int) -> None:
         pass
 
+    def batch_size(self, count: int) -> None:
+        pass
+
 
 @dataclass
 class RecordingMetrics:
@@ -91,6 +98,7 @@ class RecordingMetrics:
     stages: dict[str, float] = field(default_factory=dict)
     batches: int = 0
     threads: int | None = None
+    batch: int | None = None
 
     def request_served(self, level: str, seconds: float, *, pinned: bool = False) -> None:
         (self.pinned if pinned else self.served).append((level, seconds))
@@ -118,3 +126,6 @@ class RecordingMetrics:
 
     def torch_threads(self, count: int) -> None:
         self.threads = count
+
+    def batch_size(self, count: int) -> None:
+        self.batch = count
