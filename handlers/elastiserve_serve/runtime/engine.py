@@ -34,6 +34,7 @@ import torch
 
 from .batch_level import BatchChoice, ChoiceReason, choose_batch_level
 from .control import ARRIVAL_HEADER, ControlFileReader, ControlState
+from .cuda_graphs import Capture, capture_cuda, graph_levels, wants_graphs
 from .decode import BadRequest, Pixels, batch_tensor, decode_pixels, limits_for
 from .device import level_memory_bytes, levels_on, resolve_device
 from .graph import trace_levels
@@ -102,8 +103,10 @@ class ElasticRuntime:
         metrics: MetricsSink | None = None,
         clock: Callable[[], float] = time.perf_counter,
         wall_ns: Callable[[], int] = time.time_ns,
+        capture: Capture = capture_cuda,
     ) -> None:
         self.settings = settings
+        self._capture = capture
         self.metrics: MetricsSink = metrics or NullMetrics()
         self._clock = clock
         self._wall_ns = wall_ns
@@ -158,6 +161,9 @@ class ElasticRuntime:
                     module(sample)
             del sample
         samples = self.settings.profile_max_samples or max(1, max_batch_samples)
+        if wants_graphs(self.device, self.settings.cuda_graphs):
+            # Graphs per profiled batch size, captured before the profile times them.
+            self.levels = graph_levels(self.levels, profile_sizes(samples), self._capture)
         if self.settings.worker_choice:
             self.service_times = self._profile(samples)
         self.level_memory = level_memory_bytes(self.levels, self.device, samples)

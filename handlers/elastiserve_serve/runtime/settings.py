@@ -31,6 +31,7 @@ class RuntimeSettings:
     warmup_batch: int = 2
     threads: int = 0  # torch intra-op threads per worker; 0 leaves torch's default
     trace_levels: bool = True  # run levels as traced graphs where verified equal (runtime.graph)
+    cuda_graphs: bool = True  # on CUDA, replay captured graphs where verified equal (cuda_graphs)
     device: str = "auto"  # auto | cpu | cuda (see runtime.device)
     worker_choice: bool = True  # per-batch level choice within the control file's bounds
     worker_target: float = 0.8  # share of the objective a batch's oldest request may use
@@ -54,7 +55,7 @@ def settings_from_mapping(raw: Mapping[str, object]) -> RuntimeSettings:
 
     Keys: ``control_file`` (path, or empty for none), ``default_level``, ``allow_pin``,
     ``top_k``, ``max_body_bytes``, ``max_image_pixels``, ``max_samples``, ``warmup_batch``,
-    ``threads``, ``trace_levels``, ``worker_choice``, ``worker_target``,
+    ``threads``, ``trace_levels``, ``cuda_graphs``, ``worker_choice``, ``worker_target``,
     ``profile_max_samples``, ``profile_repeats``, ``device`` (``auto``/``cpu``/``cuda``).
     """
     known = {
@@ -68,6 +69,7 @@ def settings_from_mapping(raw: Mapping[str, object]) -> RuntimeSettings:
         "warmup_batch",
         "threads",
         "trace_levels",
+        "cuda_graphs",
         "worker_choice",
         "worker_target",
         "profile_max_samples",
@@ -93,6 +95,9 @@ def settings_from_mapping(raw: Mapping[str, object]) -> RuntimeSettings:
     trace = raw.get("trace_levels", defaults.trace_levels)
     if not isinstance(trace, bool):
         raise ValueError("trace_levels must be a boolean")
+    cuda_graphs = raw.get("cuda_graphs", defaults.cuda_graphs)
+    if not isinstance(cuda_graphs, bool):
+        raise ValueError("cuda_graphs must be a boolean")
     worker_choice = raw.get("worker_choice", defaults.worker_choice)
     if not isinstance(worker_choice, bool):
         raise ValueError("worker_choice must be a boolean")
@@ -108,6 +113,7 @@ def settings_from_mapping(raw: Mapping[str, object]) -> RuntimeSettings:
         warmup_batch=_int(raw, "warmup_batch", defaults.warmup_batch),
         threads=_int(raw, "threads", defaults.threads),
         trace_levels=trace,
+        cuda_graphs=cuda_graphs,
         worker_choice=worker_choice,
         worker_target=float(target),
         profile_max_samples=_int(raw, "profile_max_samples", defaults.profile_max_samples),
