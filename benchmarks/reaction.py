@@ -337,7 +337,7 @@ def _load() -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="the JSON file to write")
     parser.add_argument("--objective-ms", type=int, default=DEFAULT_OBJECTIVE_MS,
                         help="p95 objective (above this shared machine's scheduling noise)")
     parser.add_argument("--configs", default=",".join(CONFIGS),

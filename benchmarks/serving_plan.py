@@ -157,9 +157,14 @@ def build_configs(bundle: Path, store: Path, model: str, plan: dict[str, Any]) -
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     sys.path.insert(0, str(REPO))
+    with tempfile.TemporaryDirectory(prefix="serving-plan-") as tmp:
+        return measure_all(args, Path(tmp))
+
+
+def measure_all(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """Everything :func:`run` does, under ``root`` (removed afterwards)."""
     from elastiserve_serve.ts_server import run_torchserve
 
-    root = Path(tempfile.mkdtemp(prefix="serving-plan-"))
     makers = {"demo": lambda: demo_bundle(root),
               "serving": lambda: write_bundles(root, 1.0)["levels"]}
     bundles = {model: makers[model]() for model in args.models}

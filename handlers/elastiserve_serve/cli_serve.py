@@ -50,10 +50,17 @@ from .gateway_keys import KeyFile, KeyFileError
 from .gateway_server import GatewayServer
 from .level_agent import set_level
 from .mar_overrides import MarError, ServeOverrides, read_config, rewrite_mar
-from .runtime.batch_plan import thread_candidates
+from .runtime.batch_plan import batch_candidates, thread_candidates
 from .runtime.control import level_index
 from .runtime.cpu_threads import auto_threads
-from .serve_profile import ProfileError, ProfileResult, host_threads, profile_mar, worker_cores
+from .serve_profile import (
+    ProfileError,
+    ProfileResult,
+    ProfileStopped,
+    host_threads,
+    profile_mar,
+    worker_cores,
+)
 from .served_levels import ServedLevelsError, levels_of_bundle, levels_of_mar, write_served_levels
 from .ts_config import MAX_REQUEST_SIZE
 from .ts_server import TorchServe, free_port, run_torchserve
@@ -263,6 +270,8 @@ def run(args: argparse.Namespace) -> int:
     if planning and args.objective_ms is None:
         return _fail("--batch-size auto and --threads auto need --objective-ms (the latency "
                      "the plan must keep)")
+    if not planning and args.objective_ms is not None:
+        return _fail("--objective-ms is only used by --batch-size auto or --threads auto")
     if planning and args.mar is not None and len(args.mar) != 1:
         return _fail("--batch-size auto and --threads auto need exactly one --mar")
     keys = None
@@ -291,7 +300,10 @@ def run(args: argparse.Namespace) -> int:
         if not planning:
             return None
         try:
-            apply_serving_plan(args, store / models[0].split("=", 1)[1], run_dir)
+            apply_serving_plan(args, store / models[0].split("=", 1)[1], run_dir, stop)
+        except (ProfileStopped, KeyboardInterrupt):
+            print("elastiserve serve: stopped while profiling", file=sys.stderr)
+            return 0
         except (MarError, ProfileError, OSError) as error:
             return _fail(f"auto batch size/threads: {error}")
         return None
@@ -319,20 +331,26 @@ def run(args: argparse.Namespace) -> int:
         return _wait(server, stop)
 
 
-def apply_serving_plan(args: argparse.Namespace, mar: Path, run_dir: Path) -> ProfileResult:
+def apply_serving_plan(args: argparse.Namespace, mar: Path, run_dir: Path,
+                       stop: threading.Event | None = None) -> ProfileResult:
     """Profile the model store's archive on this host (:mod:`.serve_profile`), rewrite it with
     the planned batch size (and threads, for ``--threads auto``), print the plan, and keep the
     whole profile in ``RUN_DIR/serving-profile.json``."""
     config = read_config(mar)
     workers = int(config.get("minWorkers") or 1)
-    archived = int((config.get("handler") or {}).get("threads") or 0)
+    handler = dict(config.get("handler") or {})
+    archived = int(handler.get("threads") or 0)
     if args.threads == AUTO:
         counts = thread_candidates(host_threads(workers))
     else:  # the count the worker will run with (runtime.cpu_threads); 0: torch's default
         counts = (auto_threads(archived, os.environ)[0],)
+    # A fixed batch size is timed alone: the threads must be the best for that batch.
+    batches = (batch_candidates() if args.batch_size == AUTO
+               else (int(config.get("batchSize") or 1),))
     result = profile_mar(mar, objective_ms=float(args.objective_ms),
                          max_batch_delay_ms=int(config.get("maxBatchDelay") or 0),
-                         thread_counts=counts, cores=worker_cores(workers))
+                         thread_counts=counts, cores=worker_cores(workers), batches=batches,
+                         handler=handler, stop=stop)
     chosen = result.plan
     overrides = ServeOverrides(
         batch_size=chosen.batch_size if args.batch_size == AUTO else None,

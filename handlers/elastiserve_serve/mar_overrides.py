@@ -127,13 +127,17 @@ def _rewrite(archive: zipfile.ZipFile, target: Path, overrides: ServeOverrides) 
     replaced = {name, MANIFEST}
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")
-    with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as out:
-        for info in archive.infolist():
-            if info.filename in replaced:
-                continue
-            with archive.open(info) as src, out.open(info, "w") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-        out.writestr(MANIFEST, json.dumps(manifest, indent=2))
-        out.writestr(name, yaml.safe_dump(config, sort_keys=False))
-    partial.replace(target)
+    try:
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as out:
+            for info in archive.infolist():
+                if info.filename in replaced:
+                    continue
+                with archive.open(info) as src, out.open(info, "w") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+            out.writestr(MANIFEST, json.dumps(manifest, indent=2))
+            out.writestr(name, yaml.safe_dump(config, sort_keys=False))
+        partial.replace(target)
+    except BaseException:
+        partial.unlink(missing_ok=True)  # no half-written archive left in the model store
+        raise
     return config

@@ -23,7 +23,7 @@ from elastiserve_serve.runtime.cuda_graphs import (
 
 from .tiny import SPEC, tiny_levels
 
-Replay = tuple[Callable[[], None], torch.Tensor]
+Replay = tuple[Callable[[], None], torch.Tensor, object]
 
 
 class Recorder:
@@ -35,9 +35,11 @@ class Recorder:
                  ) -> None:
         self.fail_at, self.skew_at = fail_at, skew_at
         self.replays: list[int] = []
+        self.pools: list[tuple[int, object]] = []  # (size, the pool it was given)
 
-    def __call__(self, module: nn.Module, static_input: torch.Tensor) -> Replay:
+    def __call__(self, module: nn.Module, static_input: torch.Tensor, pool: object) -> Replay:
         size = static_input.shape[0]
+        self.pools.append((size, pool))
         if size in self.fail_at:
             raise RuntimeError("operation not permitted when stream is capturing")
         with torch.inference_mode():
@@ -49,7 +51,7 @@ class Recorder:
                 fresh = module(static_input)
                 static_output.copy_(fresh + (1.0 if size in self.skew_at else 0.0))
 
-        return replay, static_output
+        return replay, static_output, pool or f"pool-of-{size}"
 
 
 @pytest.mark.parametrize(("device", "enabled", "expected"), [
@@ -122,3 +124,40 @@ def test_an_already_graphed_level_is_not_graphed_again() -> None:
     once = graph_levels(tiny_levels(), (1,), Recorder())
     twice = graph_levels(once, (1, 2), Recorder())
     assert twice.modules == once.modules
+
+
+def test_a_levels_sizes_share_the_pool_of_its_largest_capture() -> None:
+    recorder = Recorder()
+    graph_level("full", tiny_levels().modules[2], SPEC.shape, (2, 8, 1, 4), recorder)
+    assert recorder.pools == [(8, None), (4, "pool-of-8"), (2, "pool-of-8"), (1, "pool-of-8")]
+
+
+def test_the_engine_graphs_its_levels_at_warm_up_where_the_device_wants_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine's seam: with graphs wanted (CUDA, here forced), warm-up captures each level
+    at the profiled sizes and serving runs through the graphs, answering as before."""
+    from elastiserve_serve.runtime import engine
+    from elastiserve_serve.runtime.engine import ElasticRuntime, RawRequest, Success
+    from elastiserve_serve.runtime.settings import RuntimeSettings
+
+    from .tiny import png_bytes
+
+    settings = RuntimeSettings(control_file=None, worker_choice=False, trace_levels=False)
+    plain = ElasticRuntime(tiny_levels(), settings)
+    monkeypatch.setattr(engine, "wants_graphs", lambda device, enabled: enabled)
+    recorder = Recorder()
+    graphed = ElasticRuntime(tiny_levels(), settings, capture=recorder)
+    graphed.warm_up(4)
+    assert all(isinstance(m, GraphedLevel) and m.sizes == (1, 2, 4)
+               for m in graphed.levels.modules)
+    requests = [RawRequest(png_bytes()) for _ in range(3)]
+    before = len(recorder.replays)
+    got, expected = graphed.handle(requests), plain.handle(requests)
+    assert len(recorder.replays) == before + 1  # one batch of 3: the size-4 graph, once
+    assert all(isinstance(o, Success) for o in got)
+    assert [o.to_json() for o in got] == [o.to_json() for o in expected]
+    off = ElasticRuntime(tiny_levels(), RuntimeSettings(
+        control_file=None, worker_choice=False, trace_levels=False, cuda_graphs=False),
+        capture=recorder)
+    off.warm_up(4)
+    assert not any(isinstance(m, GraphedLevel) for m in off.levels.modules)

@@ -5,20 +5,24 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from elastiserve.cli import main
+from elastiserve.cli import main, parser_for
 from elastiserve_serve.archive import ArchiveSpec, build_archive
+from elastiserve_serve.cli_serve import apply_serving_plan
 from elastiserve_serve.mar_overrides import read_config
 from elastiserve_serve.serve_profile import (
     ProfileError,
+    ProfileStopped,
     host_threads,
     profile_mar,
     result_from_json,
@@ -71,7 +75,7 @@ def tiny_mar(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 def test_profile_times_the_widest_level_in_a_child(tiny_mar: Path) -> None:
     result = profile_mar(tiny_mar, objective_ms=200, max_batch_delay_ms=5, thread_counts=(1,),
-                         cores=1.0, max_batch=8)
+                         cores=1.0, batches=(1, 2, 4, 8))
     assert result.level == "L2"
     assert {m.threads for m in result.measurements} == {1}
     assert [m.batch for m in result.measurements] == [1, 2, 4, 8]  # all fit 77.5 ms
@@ -90,9 +94,39 @@ def test_a_profile_that_fails_says_why(tmp_path: Path) -> None:
                     cores=1.0)
 
 
+@pytest.mark.slow
+def test_a_profile_is_stopped_when_the_command_is(tiny_mar: Path) -> None:
+    stop = threading.Event()
+    stop.set()  # SIGTERM arrived: the child is killed at the first poll
+    began = time.monotonic()
+    with pytest.raises(ProfileStopped):
+        profile_mar(tiny_mar, objective_ms=200, max_batch_delay_ms=5, thread_counts=(1,),
+                    cores=1.0, stop=stop)
+    assert time.monotonic() - began < 5
+
+
+@pytest.mark.slow
+def test_a_fixed_batch_size_with_auto_threads_is_planned_at_that_batch(
+        tmp_path: Path, tiny_mar: Path) -> None:
+    """``--batch-size 8 --threads auto``: only batch 8 is timed, so the threads written are
+    the best for the batch TorchServe will hand over, and the batch size stays 8."""
+    mar = tmp_path / "tiny.mar"
+    shutil.copy(tiny_mar, mar)
+    args = parser_for(["serve"]).parse_args(
+        ["serve", "--mar", str(mar), "--batch-size", "8", "--threads", "auto",
+         "--objective-ms", "200"])
+    result = apply_serving_plan(args, mar, tmp_path)
+    assert {m.batch for m in result.measurements} == {8}
+    config = read_config(mar)
+    assert config["batchSize"] == 8  # as archived: only the threads were planned
+    assert config["handler"]["threads"] == result.plan.threads
+    assert json.loads((tmp_path / "serving-profile.json").read_text())["plan"]["batch_size"] == 8
+
+
 @pytest.mark.parametrize(("extra", "message"), [
     (["--batch-size", "auto"], "need --objective-ms"),
     (["--threads", "auto"], "need --objective-ms"),
+    (["--objective-ms", "100"], "only used by --batch-size auto"),
 ])
 def test_auto_without_an_objective_is_one_line_and_exit_2(
         tmp_path: Path, tiny_mar: Path, extra: list[str], message: str,

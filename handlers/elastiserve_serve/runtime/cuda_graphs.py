@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,14 +39,19 @@ WARMUP_RUNS = 3
 """Runs before capture (on a side stream, as CUDA requires): cuDNN picks its algorithms and
 TorchScript's profiling executor optimises a traced level within the first runs."""
 
-Capture = Callable[[nn.Module, torch.Tensor], tuple[Callable[[], None], torch.Tensor]]
-"""Record ``module(static_input)``; return ``replay`` (re-runs it on whatever the input buffer
-holds) and the output buffer each replay overwrites."""
+Captured = tuple[Callable[[], None], torch.Tensor, Any]
+Capture = Callable[[nn.Module, torch.Tensor, Any], Captured]
+"""Record ``module(static_input)`` into memory pool ``pool`` (``None``: a new one); return
+``replay`` (re-runs it on whatever the input buffer holds), the output buffer each replay
+overwrites, and the pool (for the level's next size)."""
 
 
-def capture_cuda(module: nn.Module, static_input: torch.Tensor) -> tuple[
-        Callable[[], None], torch.Tensor]:
-    """The real capture: warm-up on a side stream, then ``torch.cuda.graph``."""
+def capture_cuda(module: nn.Module, static_input: torch.Tensor, pool: Any) -> Captured:
+    """The real capture: warm-up on a side stream, then ``torch.cuda.graph`` into ``pool``.
+
+    One pool per level, shared by its sizes (captured largest first, so the smaller ones fit
+    in what the largest reserved): a worker replays one graph at a time and copies each
+    output out at once, so no replay overwrites memory another one still needs."""
     side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side), torch.inference_mode():
@@ -53,9 +59,9 @@ def capture_cuda(module: nn.Module, static_input: torch.Tensor) -> tuple[
             module(static_input)
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph), torch.inference_mode():
+    with torch.cuda.graph(graph, pool=pool), torch.inference_mode():
         static_output = module(static_input)
-    return graph.replay, static_output
+    return graph.replay, static_output, graph.pool()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,11 +120,12 @@ def graph_level(name: str, module: nn.Module, shape: tuple[int, ...], sizes: Seq
     device = first.device if first is not None else torch.device("cpu")
     generator = torch.Generator().manual_seed(0)
     graphs: dict[int, _Graph] = {}
-    for size in sorted(set(sizes)):
+    pool: Any = None
+    for size in sorted(set(sizes), reverse=True):
         try:
             with torch.inference_mode():  # serving runs in it: buffers and checks do too
                 static_input = torch.zeros((size, *shape), device=device)
-                replay, static_output = capture(module, static_input)
+                replay, static_output, pool = capture(module, static_input, pool)
                 probe = torch.randn((size, *shape), generator=generator).to(device)
                 expected = module(probe)
                 static_input.copy_(probe)

@@ -161,12 +161,14 @@ class ElasticRuntime:
                     module(sample)
             del sample
         samples = self.settings.profile_max_samples or max(1, max_batch_samples)
+        # Memory before graphs: a graph's replay allocates nothing (its activations live in
+        # its pool), so the allocator's peak would miss them afterwards.
+        self.level_memory = level_memory_bytes(self.levels, self.device, samples)
         if wants_graphs(self.device, self.settings.cuda_graphs):
             # Graphs per profiled batch size, captured before the profile times them.
             self.levels = graph_levels(self.levels, profile_sizes(samples), self._capture)
         if self.settings.worker_choice:
             self.service_times = self._profile(samples)
-        self.level_memory = level_memory_bytes(self.levels, self.device, samples)
         for name, nbytes in self.level_memory.items():
             self.metrics.level_memory(name, nbytes)
         log.info("levels on %s; memory per level (bytes): %s", self.device, self.level_memory)
