@@ -34,7 +34,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -42,11 +41,11 @@ from typing import Any
 from serving import (
     REPO,
     RESULTS,
-    Step,
     Target,
     demo_bundle,
+    max_sustained,
     rate_grid,
-    run_step,
+    sweep,
     warm,
     write_bundles,
 )
@@ -69,43 +68,6 @@ def one_sample_body(bundle: Path) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, pixels, allow_pickle=False)
     return buffer.getvalue()
-
-
-def strict_sweep(targets: list[Target], body: bytes, rates: list[float], seconds: float,
-                 objective_ms: float) -> dict[str, list[Step]]:
-    """Every rate twice per target, the targets taking turns (the order rotating per rate and
-    reversed for the second run), a target leaving at its first rate with a breach.
-
-    Stricter than ``serving.sweep`` (a breach confirmed by a re-run): a batching configuration
-    can stay in a fast state by luck and collapse in the next run at the same rate (a queue
-    that forms once turns into full, slower batches), so a rate counts only if both runs held.
-    """
-    steps: dict[str, list[Step]] = {t.name: [] for t in targets}
-    active = list(targets)
-    for i, rate in enumerate(rates):
-        if not active:
-            break
-        turn = i % len(active)
-        order = active[turn:] + active[:turn]
-        for target in order + order[::-1]:
-            steps[target.name].append(run_step(target, body, rate, seconds))
-            time.sleep(1.0)
-        active = [t for t in active
-                  if all(s.sustained(objective_ms) for s in steps[t.name] if s.rate == rate)]
-    return steps
-
-
-def strict_max(steps: list[Step], objective_ms: float) -> Step | None:
-    """The highest rate whose runs all held the objective (below the first that did not)."""
-    by_rate: dict[float, list[Step]] = {}
-    for step in steps:
-        by_rate.setdefault(step.rate, []).append(step)
-    best: Step | None = None
-    for rate in sorted(by_rate):
-        if not all(s.sustained(objective_ms) for s in by_rate[rate]):
-            break
-        best = max(by_rate[rate], key=lambda s: s.p95_ms)
-    return best
 
 
 def process_cpu(pid: int) -> dict[str, float]:
@@ -189,7 +151,7 @@ def measure_all(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             print(f"{model}: sweep (objective p95 {entry['objective_ms']} ms, "
                   f"{args.seconds} s a step):", flush=True)
             before = process_cpu(server.process.pid)
-            steps = strict_sweep(targets, body, grid, args.seconds, entry["objective_ms"])
+            steps = sweep(targets, body, grid, args.seconds, entry["objective_ms"], strict=True)
             after = process_cpu(server.process.pid)
             sent = sum(s.requests for rows in steps.values() for s in rows)
             # What batch_plan.REQUEST_OVERHEAD_CPU_S stands for: the frontend's CPU per request
@@ -198,7 +160,7 @@ def measure_all(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 kind: round((after[kind] - before[kind]) / sent * 1000, 3) for kind in after}
             entry["configs"] = {}
             for config in CONFIGS:
-                best = strict_max(steps[config], entry["objective_ms"])
+                best = max_sustained(steps[config], entry["objective_ms"], strict=True)
                 settings = (FIXED.get(config) or
                             {"batch": entry["plan"]["plan"]["batch_size"],
                              "delay_ms": AUTO_DELAY_MS,

@@ -358,7 +358,7 @@ def apply_serving_plan(args: argparse.Namespace, mar: Path, run_dir: Path,
     )
     rewrite_mar(mar, mar, overrides)
     (run_dir / "serving-profile.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
-    print(f"profile:    batch size {read_config(mar).get('batchSize')}, threads "
+    print(f"profile:    batch size {overrides.batch_size or batches[0]}, threads "
           f"{chosen.threads} ({result.level}: {chosen.seconds * 1000:.1f} ms a batch, "
           f"{chosen.requests_per_s:.0f} requests/s a worker; {chosen.reason}; profiled in "
           f"{result.seconds:.1f} s, RUN_DIR/serving-profile.json)", flush=True)

@@ -70,6 +70,13 @@ class TestMaxSustained:
     def test_nothing_served(self) -> None:
         assert bench.max_sustained([step(2, 900), step(2, 800)], 500.0) is None
 
+    def test_strict_counts_a_rate_only_when_every_run_held(self) -> None:
+        """``serving_plan.py``'s rule: one lucky run does not hold a rate; the worse run of a
+        held rate is reported."""
+        steps = [step(2, 50), step(2, 70), step(4, 900), step(4, 120), step(8, 300)]
+        best = bench.max_sustained(steps, 500.0, strict=True)
+        assert best is not None and (best.rate, best.p95_ms) == (2, 70)
+
 
 class TestRatios:
     def test_only_rates_both_sustained_are_compared(self) -> None:

@@ -43,15 +43,19 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from .service_times import profile_sizes
+
 THROUGHPUT_TOLERANCE = 0.05
 """A configuration within 5 % of the best throughput counts as equally fast."""
 MAX_AUTO_BATCH = 64
 """The largest batch ``auto`` considers (requests per batch)."""
 REQUEST_OVERHEAD_CPU_S = 0.0015
 """CPU seconds per request spent outside the timed batch path: TorchServe 0.12's frontend and
-the worker's backend protocol. Measured on the 2-core test machine with the demo model at
-200-400 one-sample requests/s: the JVM 0.8-1.4 ms per request, the worker process 0.9-1.4 ms of
-which the timed path (batch 8, one thread) is about 0.5 ms."""
+the worker's backend protocol. On the 2-core test machine with the demo model's one-sample
+requests, ``benchmarks/serving_plan.py`` records (``cpu_ms_per_request``, whole sweeps) the JVM
+at 0.49-0.53 ms and the worker processes at 1.78-1.83 ms a request, of which the timed path
+is about 0.5 ms; a first ad-hoc reading at a steady 200-400 requests/s gave the JVM 0.8-1.4
+ms."""
 
 
 @dataclass(frozen=True)
@@ -101,15 +105,9 @@ def latency_budget_s(objective_ms: float, max_batch_delay_ms: float, target: flo
 
 
 def thread_candidates(max_threads: int) -> tuple[int, ...]:
-    """1, 2, 4, ... up to ``max_threads``, and ``max_threads`` itself."""
-    if max_threads < 1:
-        raise ValueError("max_threads must be at least 1")
-    counts = [1]
-    while counts[-1] * 2 < max_threads:
-        counts.append(counts[-1] * 2)
-    if counts[-1] != max_threads:
-        counts.append(max_threads)
-    return tuple(counts)
+    """1, 2, 4, ... up to ``max_threads``, and ``max_threads`` itself (the sizes the worker's
+    own profile uses for batches, :func:`.service_times.profile_sizes`)."""
+    return profile_sizes(max_threads)
 
 
 def batch_candidates(max_batch: int = MAX_AUTO_BATCH) -> tuple[int, ...]:
