@@ -31,7 +31,8 @@ on a shared node anyway. A batch larger than it pays for is worse than useless w
 activations outgrow the cache: the serving benchmark's ResNet-20 at 224x224 takes 27 ms for one
 image and 371 ms for eight at two threads, so once a queue forms, TorchServe hands the worker
 full batches that drain slower than single requests would, and the queue never recovers (seen
-at 27 requests/s: batch 8 and batch 2 collapsed to p95 > 3 s where batch 1 held 190-230 ms).
+at 27 requests/s: batch 2 in both of two rounds and batch 8 in one collapsed to p95 > 3 s,
+where batch 1 held 188-231 ms).
 
 This module is pure (no clock, no torch, no files); :func:`measure` takes the work to time as
 callables, so the choice and the search are table-tested.
